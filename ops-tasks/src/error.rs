@@ -1,0 +1,136 @@
+use std::path::PathBuf;
+
+use ops_core::TaskId;
+use thiserror::Error;
+
+/// One violation of a template's parameter schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParameterViolation {
+    /// JSON pointer into the submitted parameters, e.g. `/frames` (empty for the root).
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl std::fmt::Display for ParameterViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() { "/" } else { &self.path };
+        write!(f, "{path}: {}", self.message)
+    }
+}
+
+/// Errors from `ops-tasks`.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A template file could not be read or is invalid.
+    #[error("template {}: {field}: {message}", file.display())]
+    InvalidTemplate {
+        /// The file (or a descriptive name for templates built in code).
+        file: PathBuf,
+        /// The offending field, dotted (e.g. `resources.memory`), or `-` for the whole file.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Parameters do not satisfy the template's schema; every violation is listed.
+    #[error("invalid parameters for template {template}: {}", violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidParameters {
+        /// The template.
+        template: String,
+        /// All violations, each with its JSON path.
+        violations: Vec<ParameterViolation>,
+    },
+    /// No template with this name; `close_matches` lists similar names.
+    #[error("unknown template {name:?}{}", if close_matches.is_empty() { String::new() } else { format!(" (did you mean {}?)", close_matches.join(", ")) })]
+    TemplateNotFound {
+        /// The requested name.
+        name: String,
+        /// Similar names in the catalogue.
+        close_matches: Vec<String>,
+    },
+    /// No such task for this tenant (also returned for another tenant's task).
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// The request can never run on this machine.
+    #[error("request larger than the machine: {}", shortfalls.join("; "))]
+    ExceedsCapacity {
+        /// Each dimension that does not fit.
+        shortfalls: Vec<String>,
+    },
+    /// A path (output glob, working directory, log) would leave the task's directory.
+    #[error("path {path:?} escapes the task directory: {reason}")]
+    PathEscape {
+        /// The offending path or pattern.
+        path: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The requested state change is not allowed.
+    #[error("task {task_id}: cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The task.
+        task_id: TaskId,
+        /// Current status.
+        from: ops_core::TaskStatus,
+        /// Requested status.
+        to: ops_core::TaskStatus,
+    },
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The executor failed.
+    #[error("executor {executor}: {message}")]
+    Executor {
+        /// Executor name.
+        executor: String,
+        /// What failed.
+        message: String,
+    },
+    /// The history database failed.
+    #[error("history store: {0}")]
+    Store(#[from] sqlx::Error),
+    /// A database migration failed.
+    #[error("history migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Publishing or storing events failed.
+    #[error(transparent)]
+    Events(#[from] ops_events::Error),
+    /// A filesystem operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// (De)serializing stored JSON failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Whether the same call may succeed if retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Store(e) => matches!(
+                e,
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Database(_)
+            ),
+            Error::Events(e) => e.is_retryable(),
+            Error::Io { .. } | Error::Executor { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
