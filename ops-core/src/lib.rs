@@ -29,14 +29,14 @@ mod error;
 mod event;
 mod ids;
 mod resources;
+pub mod task;
 mod tenancy;
 mod usage;
-pub mod task;
 
 pub use error::{Error, Result};
 pub use event::{Event, EventBuilder, event_types};
 pub use ids::{EventId, TaskId};
 pub use resources::{GpuRequest, Resources};
-pub use tenancy::{Environment, Labels, Tenant};
 pub use task::{Reason, TaskEventData, TaskStatus};
+pub use tenancy::{Environment, Labels, Tenant};
 pub use usage::Usage;

@@ -242,8 +242,7 @@ mod tests {
         assert_eq!(r.memory_bytes, 256 << 20);
         assert_eq!(r.gpus.count, 1);
         let r: Resources =
-            serde_json::from_str(r#"{"cpu": "2", "gpus": {"count": 2, "model": "A100"}}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"cpu": "2", "gpus": {"count": 2, "model": "A100"}}"#).unwrap();
         assert_eq!(r.cpu_millis, 2000);
         assert_eq!(r.gpus.model.as_deref(), Some("A100"));
         let back: Resources = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();

@@ -48,7 +48,10 @@ impl TaskStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::TimedOut
+            TaskStatus::Succeeded
+                | TaskStatus::Failed
+                | TaskStatus::Cancelled
+                | TaskStatus::TimedOut
         )
     }
 
@@ -79,14 +82,14 @@ impl TaskStatus {
         if self.is_final() {
             return false;
         }
-        match (self, next) {
-            (_, Cancelled | Failed) => true,
-            (Submitted, Queued) => true,
-            (Queued, Running) => true,
-            (Running, Succeeded | TimedOut | Retrying | Queued) => true,
-            (Retrying, Queued) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (_, Cancelled | Failed)
+                | (Submitted, Queued)
+                | (Queued, Running)
+                | (Running, Succeeded | TimedOut | Retrying | Queued)
+                | (Retrying, Queued)
+        )
     }
 }
 
@@ -288,7 +291,10 @@ mod tests {
 
     #[test]
     fn reasons_round_trip() {
-        assert_eq!("OutOfMemory".parse::<Reason>().unwrap(), Reason::OutOfMemory);
+        assert_eq!(
+            "OutOfMemory".parse::<Reason>().unwrap(),
+            Reason::OutOfMemory
+        );
         assert!("Bogus".parse::<Reason>().is_err());
         assert!(!Reason::Cancelled.is_retryable());
     }

@@ -14,7 +14,11 @@ pub struct ParameterViolation {
 
 impl std::fmt::Display for ParameterViolation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {}", self.message)
     }
 }
@@ -32,6 +36,14 @@ pub enum Error {
         field: String,
         /// What is wrong.
         message: String,
+    },
+    /// Several template problems, possibly in several files, reported together. Each
+    /// entry is an [`Error::InvalidTemplate`] (or an [`Error::Io`] for an unreadable
+    /// file); a single problem is reported as that error alone.
+    #[error("{} template problems: {}", problems.len(), problems.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    InvalidTemplates {
+        /// Every problem found.
+        problems: Vec<Error>,
     },
     /// Parameters do not satisfy the template's schema; every violation is listed.
     #[error("invalid parameters for template {template}: {}", violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "))]

@@ -1,1 +1,469 @@
-fn main() {}
+//! The main job: a small compute platform on this machine, with embedded defaults.
+//!
+//! Loads `examples/local-platform/config.toml` and its template catalogue, starts the
+//! task service (SQLite history and event outbox, local executor with cgroup limits),
+//! wires two functions to the event stream, submits a demo workload for two tenants,
+//! shows progress, and prints a summary. Exits non-zero if any task ended differently
+//! from what the demo expects, so CI can run it as a smoke test.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use ops_core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
+use ops_events::{Dedupe, Dispatcher, Trigger, function_fn};
+use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
+use ops_tasks::template::Catalogue;
+use ops_tasks::{HistoryStore, SqliteHistory, SubmitRequest, TaskRecord, Tasks, TasksConfig};
+use serde::Deserialize;
+
+/// Runs a demo platform on this machine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The platform's configuration file.
+    #[arg(long, default_value_os_t = default_config())]
+    config: PathBuf,
+    /// Delete the state directory (database and task directories) first.
+    #[arg(long)]
+    fresh: bool,
+    /// Render tasks to submit per tenant.
+    #[arg(long, default_value_t = 3)]
+    renders: u32,
+}
+
+fn default_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("local-platform/config.toml")
+}
+
+/// `config.toml`: where state lives, the catalogue, and each component's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformConfig {
+    database: PathBuf,
+    templates: PathBuf,
+    #[serde(default)]
+    tasks: TasksConfig,
+    #[serde(default)]
+    executor: LocalExecutorConfig,
+}
+
+impl PlatformConfig {
+    fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut config: PlatformConfig =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.database = base.join(&config.database);
+        config.templates = base.join(&config.templates);
+        config.tasks.root = base.join(&config.tasks.root);
+        Ok(config)
+    }
+}
+
+/// What the demo expects of each template's tasks.
+fn expected(template: &str) -> (TaskStatus, Reason) {
+    match template {
+        "flaky-upload" => (TaskStatus::Failed, Reason::NonZeroExit),
+        "memory-hog" => (TaskStatus::Failed, Reason::OutOfMemory),
+        "slow-encode" => (TaskStatus::TimedOut, Reason::TimedOut),
+        "custom-tool" => (TaskStatus::Failed, Reason::CommandNotFound),
+        _ => (TaskStatus::Succeeded, Reason::Completed),
+    }
+}
+
+#[derive(Default)]
+struct Meter {
+    by_tenant: BTreeMap<String, (u32, Usage)>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = PlatformConfig::load(&args.config)?;
+    if args.fresh {
+        for path in [&config.tasks.root, &config.database] {
+            let _ = std::fs::remove_dir_all(path);
+            let _ = std::fs::remove_file(path);
+        }
+        for suffix in ["-wal", "-shm"] {
+            let mut p = config.database.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    // 1. The catalogue, the history store (with its event outbox), the executor.
+    let catalogue = Catalogue::load_dir(&config.templates)?;
+    println!(
+        "Loaded {} templates from {}: {}",
+        catalogue.len(),
+        config.templates.display(),
+        catalogue.names().collect::<Vec<_>>().join(", ")
+    );
+    let history = SqliteHistory::open(&config.database.to_string_lossy()).await?;
+    let executor = LocalExecutor::new(config.executor.clone())?;
+    let capacity = ops_core::Resources::clone(&ops_tasks::Executor::capacity(&executor));
+    println!(
+        "Local executor: {} CPU, {} MiB, {} GPU(s); limits through cgroups: {}",
+        capacity.cpu_millis as f64 / 1000.0,
+        capacity.memory_bytes >> 20,
+        capacity.gpus.count,
+        executor.cgroup_mode().as_str()
+    );
+    let tasks = Tasks::builder()
+        .catalogue(catalogue)
+        .history(history.clone())
+        .executor(executor)
+        .config(config.tasks.clone())
+        .start()
+        .await?;
+
+    // 2. Functions react to events from the durable outbox (at least once, deduped).
+    let meter = Arc::new(Mutex::new(Meter::default()));
+    let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let dedupe = Arc::new(Dedupe::new(100_000));
+    let usage_fn = {
+        let meter = meter.clone();
+        function_fn("usage-meter", move |event| {
+            let meter = meter.clone();
+            async move {
+                let data: TaskEventData = event.data_as().map_err(|e| {
+                    ops_events::FunctionError::permanent(format!("not a task event: {e}"))
+                })?;
+                if let Some(usage) = data.usage {
+                    let mut m = meter.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = m.by_tenant.entry(data.tenant).or_default();
+                    entry.0 += 1;
+                    entry.1.accumulate(&usage);
+                }
+                Ok(())
+            }
+        })
+    };
+    let count_fn = {
+        let counts = counts.clone();
+        function_fn("event-counter", move |event| {
+            let counts = counts.clone();
+            let dedupe = dedupe.clone();
+            async move {
+                if dedupe.first_time(event.id) {
+                    *counts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(event.ty.clone())
+                        .or_default() += 1;
+                }
+                Ok(())
+            }
+        })
+    };
+    let final_types = [
+        event_types::TASK_SUCCEEDED,
+        event_types::TASK_FAILED,
+        event_types::TASK_TIMED_OUT,
+        event_types::TASK_CANCELLED,
+    ];
+    let mut usage_trigger = Trigger::on(final_types[0]);
+    for t in &final_types[1..] {
+        usage_trigger = usage_trigger.or_on(*t);
+    }
+    let dispatcher = Dispatcher::builder(history.outbox().clone())
+        .dead_letters(history.outbox().dead_letters())
+        .route(usage_trigger, usage_fn)
+        .route(Trigger::on("ops.task.*"), count_fn)
+        .build()?;
+    let running_dispatcher = dispatcher.start().await?;
+
+    // 3. The demo workload: two tenants, good and bad tasks, and refused requests.
+    let mut requests = Vec::new();
+    for tenant in ["acme", "globex"] {
+        for i in 0..args.renders {
+            requests.push(
+                SubmitRequest::new(tenant, "render")
+                    .parameters(serde_json::json!({
+                        "scene": format!("{tenant}-shot-{}", i + 1),
+                        "frames": 4 + 2 * i,
+                    }))
+                    .label("project", "trailer"),
+            );
+        }
+    }
+    // End users control parameters; they reach the program as plain arguments.
+    requests.push(
+        SubmitRequest::new("globex", "render").parameters(
+            serde_json::json!({ "scene": "x; rm -rf ~ $(reboot) `halt`", "frames": 2 }),
+        ),
+    );
+    requests.push(SubmitRequest::new("acme", "flaky-upload"));
+    requests.push(SubmitRequest::new("acme", "memory-hog"));
+    requests.push(SubmitRequest::new("globex", "slow-encode"));
+    requests.push(SubmitRequest::new("globex", "custom-tool"));
+
+    let refused = vec![
+        ("unknown template", SubmitRequest::new("acme", "rendr")),
+        (
+            "invalid parameters",
+            SubmitRequest::new("acme", "render")
+                .parameters(serde_json::json!({ "frames": 0, "colour": "red" })),
+        ),
+        (
+            "larger than the machine",
+            SubmitRequest::new("acme", "gpu-train"),
+        ),
+    ];
+
+    let mut live = tasks.subscribe_all();
+    let started = Instant::now();
+    let mut ids: Vec<(TaskId, Tenant)> = Vec::new();
+    for req in requests {
+        let tenant = req.tenant.clone();
+        ids.push((tasks.submit(req).await?, tenant));
+    }
+    println!("\nSubmitted {} tasks; refused at submission:", ids.len());
+    for (what, req) in refused {
+        match tasks.submit(req).await {
+            Ok(id) => bail!("expected the {what} request to be refused, but it became task {id}"),
+            Err(e) => println!("  - {what}: {e}"),
+        }
+    }
+    println!();
+
+    // 4. Progress until every task is final.
+    let bar = ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    // Line output goes above the bar on a terminal, plainly elsewhere (CI logs).
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done < ids.len() {
+        let event = tokio::select! {
+            e = live.recv() => e,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                bar.tick();
+                if Instant::now() > deadline { bail!("tasks did not finish within two minutes"); }
+                continue;
+            }
+        };
+        let Ok(event) = event else {
+            // Lagged: recount from history.
+            done = count_final(&tasks, &ids).await?;
+            bar.set_position(done as u64);
+            continue;
+        };
+        let Ok(data) = event.data_as::<TaskEventData>() else {
+            continue;
+        };
+        match event.ty.as_str() {
+            event_types::TASK_STARTED => bar.set_message(format!("{} started", data.template)),
+            event_types::TASK_RETRYING => say(format!(
+                "  ↻ {} ({}) attempt {} failed ({}), retrying",
+                data.template,
+                data.tenant,
+                data.attempt,
+                data.reason.map(|r| r.as_str()).unwrap_or("?")
+            )),
+            t if final_types.contains(&t) => {
+                done += 1;
+                bar.inc(1);
+                say(format!(
+                    "  {} {:<13} {:<7} {}{}",
+                    if data.status == TaskStatus::Succeeded {
+                        "✓"
+                    } else {
+                        "✗"
+                    },
+                    data.template,
+                    data.tenant,
+                    data.status.as_str(),
+                    data.reason
+                        .filter(|r| *r != Reason::Completed)
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ));
+            }
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+
+    // 5. Let the functions catch up with every stored event.
+    let mut total_events = 0;
+    for (id, tenant) in &ids {
+        total_events += tasks.events(tenant, *id).await?.len() as u64;
+    }
+    let caught_up = Instant::now() + Duration::from_secs(30);
+    while counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .sum::<u64>()
+        < total_events
+        && Instant::now() < caught_up
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 6. Summary.
+    let mut records = Vec::new();
+    for (id, tenant) in &ids {
+        records.push(tasks.get(tenant, *id).await?);
+    }
+    print_summary(&tasks, &records, elapsed).await?;
+    println!("\nEvents delivered to the `event-counter` function (from the SQLite outbox):");
+    for (ty, n) in counts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        println!("  {ty:<26} {n:>4}");
+    }
+    println!("\nUsage metered by the `usage-meter` function (from final events):");
+    println!(
+        "  {:<8} {:>5} {:>10} {:>10} {:>12} {:>8}",
+        "tenant", "tasks", "wall s", "cpu s", "peak MiB", "gpu s"
+    );
+    for (tenant, (n, u)) in &meter.lock().unwrap_or_else(|e| e.into_inner()).by_tenant {
+        println!(
+            "  {:<8} {:>5} {:>10.2} {:>10.2} {:>12.1} {:>8.1}",
+            tenant,
+            n,
+            u.wall_time.as_secs_f64(),
+            u.cpu_time.as_secs_f64(),
+            u.peak_memory_bytes as f64 / (1 << 20) as f64,
+            u.gpu_seconds
+        );
+    }
+    let stats = dispatcher.stats();
+    println!(
+        "  dispatcher: {} delivered, {} retried, {} dead letters",
+        stats.delivered, stats.retried, stats.dead_lettered
+    );
+
+    running_dispatcher.shutdown().await;
+    tasks.shutdown().await;
+
+    let mut wrong = Vec::new();
+    for r in &records {
+        let (status, reason) = expected(&r.template);
+        if r.status != status || r.reason != Some(reason) {
+            wrong.push(format!(
+                "{} {} ended {} ({:?}), expected {} ({})",
+                r.template, r.id, r.status, r.reason, status, reason
+            ));
+        }
+    }
+    let counted: u64 = counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .sum();
+    if counted != total_events {
+        wrong.push(format!(
+            "the function saw {counted} distinct events, history holds {total_events}"
+        ));
+    }
+    if !wrong.is_empty() {
+        bail!("unexpected results:\n  {}", wrong.join("\n  "));
+    }
+    println!("\nAll {} tasks ended as expected.", records.len());
+    Ok(())
+}
+
+async fn count_final(tasks: &Tasks, ids: &[(TaskId, Tenant)]) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for (id, tenant) in ids {
+        if tasks.get(tenant, *id).await?.status.is_final() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+async fn print_summary(
+    tasks: &Tasks,
+    records: &[TaskRecord],
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    let mut by_state: BTreeMap<String, u32> = BTreeMap::new();
+    for r in records {
+        let key = match r.reason {
+            Some(reason) if reason != Reason::Completed => format!("{} ({reason})", r.status),
+            _ => r.status.to_string(),
+        };
+        *by_state.entry(key).or_default() += 1;
+    }
+    println!(
+        "\nFinished {} tasks in {:.1}s.",
+        records.len(),
+        elapsed.as_secs_f64()
+    );
+    println!("\nTasks by state:");
+    for (state, n) in &by_state {
+        println!("  {state:<32} {n:>3}");
+    }
+    println!(
+        "\n  {:<13} {:<7} {:<10} {:<16} {:>4} {:>7} {:>8}  detail",
+        "template", "tenant", "status", "reason", "try", "wall s", "outputs"
+    );
+    for r in records {
+        let outputs = tasks.outputs(&r.tenant, r.id).await?;
+        println!(
+            "  {:<13} {:<7} {:<10} {:<16} {:>4} {:>7.2} {:>8}  {}",
+            r.template,
+            r.tenant.as_str(),
+            r.status.as_str(),
+            r.reason.map(|x| x.as_str()).unwrap_or("-"),
+            r.attempt,
+            r.usage.wall_time.as_secs_f64(),
+            outputs.len(),
+            r.message.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(r) = records
+        .iter()
+        .find(|r| r.template == "render" && r.status == TaskStatus::Succeeded)
+    {
+        let outputs = tasks.outputs(&r.tenant, r.id).await?;
+        println!(
+            "\nOutputs of render {} ({}): {}",
+            r.id,
+            r.tenant,
+            r.spec.task_dir.display()
+        );
+        for o in outputs.iter().take(4) {
+            println!("  {} ({} bytes)", o.path, o.size);
+        }
+        if outputs.len() > 4 {
+            println!("  … and {} more", outputs.len() - 4);
+        }
+    }
+    let counts = tasks.history().count_by_status(None).await?;
+    println!(
+        "\nHistory (all runs): {}",
+        counts
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(())
+}

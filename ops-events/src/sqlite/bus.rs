@@ -1,0 +1,320 @@
+//! [`EventBus`] on the SQLite outbox tables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ops_core::Event;
+use sqlx::Row;
+use tokio::time::Instant;
+
+use super::{SqliteOutbox, duration_ms, now_ms};
+use crate::bus::{Delivery, DeliveryTag, EventBus, StartFrom, SubscribeOptions, validate_name};
+use crate::{Error, Result};
+
+/// What a cheap read says about a subscription before taking the write lock.
+struct Probe {
+    cursor: i64,
+    head: i64,
+    next_due: Option<i64>,
+}
+
+/// A delivery read inside the transaction, parsed after commit.
+struct RawDelivery {
+    seq: i64,
+    attempts: i64,
+    payload: String,
+}
+
+impl SqliteOutbox {
+    async fn probe(&self, name: &str) -> Result<Probe> {
+        let row = sqlx::query(
+            "SELECT s.cursor, \
+                    (SELECT COALESCE(MAX(seq), 0) FROM ops_events), \
+                    (SELECT MIN(deliver_after) FROM ops_event_deliveries d WHERE d.subscription = s.name) \
+             FROM ops_event_subscriptions s WHERE s.name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| unknown(name))?;
+        Ok(Probe {
+            cursor: row.try_get(0)?,
+            head: row.try_get(1)?,
+            next_due: row.try_get(2)?,
+        })
+    }
+
+    /// Takes up to `max` deliveries in one write transaction.
+    async fn take(&self, name: &str, max: usize) -> Result<Vec<RawDelivery>> {
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // IMMEDIATE: take the write lock up front, so that the read-then-write below
+        // waits for other writers (busy timeout) instead of failing with SQLITE_BUSY.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row =
+            sqlx::query("SELECT cursor, ack_wait_ms FROM ops_event_subscriptions WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| unknown(name))?;
+        let cursor: i64 = row.try_get(0)?;
+        let ack_wait_ms: i64 = row.try_get(1)?;
+        let now = now_ms();
+        let deadline = now.saturating_add(ack_wait_ms);
+        let mut out = Vec::new();
+
+        // Due redeliveries first.
+        let rows = sqlx::query(
+            "UPDATE ops_event_deliveries SET attempts = attempts + 1, deliver_after = ?1 \
+             WHERE subscription = ?2 AND seq IN ( \
+                 SELECT seq FROM ops_event_deliveries \
+                 WHERE subscription = ?2 AND deliver_after <= ?3 \
+                 ORDER BY deliver_after, seq LIMIT ?4) \
+             RETURNING seq, attempts",
+        )
+        .bind(deadline)
+        .bind(name)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !rows.is_empty() {
+            let mut attempts = Vec::with_capacity(rows.len());
+            for row in &rows {
+                attempts.push((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?));
+            }
+            attempts.sort_unstable();
+            let payloads = sqlx::query(
+                "SELECT seq, payload FROM ops_events \
+                 WHERE seq IN (SELECT value FROM json_each(?1)) ORDER BY seq",
+            )
+            .bind(json_list(attempts.iter().map(|&(seq, _)| seq)))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in payloads {
+                let seq: i64 = row.try_get(0)?;
+                if let Ok(i) = attempts.binary_search_by_key(&seq, |&(s, _)| s) {
+                    out.push(RawDelivery {
+                        seq,
+                        attempts: attempts[i].1,
+                        payload: row.try_get(1)?,
+                    });
+                }
+            }
+        }
+
+        // Then new events, in order.
+        let remaining = limit.saturating_sub(i64::try_from(out.len()).unwrap_or(i64::MAX));
+        if remaining > 0 {
+            let rows = sqlx::query(
+                "SELECT seq, payload FROM ops_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .bind(cursor)
+            .bind(remaining)
+            .fetch_all(&mut *tx)
+            .await?;
+            if let Some(last) = rows.last() {
+                let last: i64 = last.try_get(0)?;
+                sqlx::query(
+                    "INSERT INTO ops_event_deliveries (subscription, seq, attempts, deliver_after) \
+                     SELECT ?1, seq, 1, ?2 FROM ops_events WHERE seq > ?3 AND seq <= ?4",
+                )
+                .bind(name)
+                .bind(deadline)
+                .bind(cursor)
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE ops_event_subscriptions SET cursor = ?1 WHERE name = ?2")
+                    .bind(last)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+                out.reserve(rows.len());
+                for row in rows {
+                    out.push(RawDelivery {
+                        seq: row.try_get(0)?,
+                        attempts: 1,
+                        payload: row.try_get(1)?,
+                    });
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn exists(&self, name: &str) -> Result<()> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM ops_event_subscriptions WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        found.map(|_| ()).ok_or_else(|| unknown(name))
+    }
+}
+
+fn unknown(name: &str) -> Error {
+    Error::UnknownSubscription {
+        name: name.to_owned(),
+    }
+}
+
+/// `[1,2,3]`, for `json_each(?)`: one prepared statement whatever the list length.
+fn json_list(seqs: impl Iterator<Item = i64>) -> String {
+    let mut s = String::from("[");
+    for (i, seq) in seqs.enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&seq.to_string());
+    }
+    s.push(']');
+    s
+}
+
+fn parse(subscription: &str, raw: Vec<RawDelivery>) -> Vec<Delivery> {
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        match serde_json::from_str::<Event>(&r.payload) {
+            Ok(event) => out.push(Delivery::new(
+                Arc::new(event),
+                u32::try_from(r.attempts).unwrap_or(u32::MAX),
+                DeliveryTag(u64::try_from(r.seq).unwrap_or(0)),
+            )),
+            // Never drop it: it stays pending (and is logged again on each redelivery)
+            // until someone repairs the row.
+            Err(e) => tracing::error!(
+                subscription,
+                seq = r.seq,
+                error = %e,
+                "stored event is not a valid CloudEvent; left pending"
+            ),
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl EventBus for SqliteOutbox {
+    async fn publish(&self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        SqliteOutbox::append(&mut tx, events).await?;
+        tx.commit().await?;
+        self.notify();
+        Ok(())
+    }
+
+    async fn subscribe(&self, name: &str, options: SubscribeOptions) -> Result<()> {
+        validate_name("subscription name", name)?;
+        sqlx::query(
+            "INSERT INTO ops_event_subscriptions (name, cursor, ack_wait_ms, created_at) \
+             VALUES (?1, CASE WHEN ?2 THEN (SELECT COALESCE(MAX(seq), 0) FROM ops_events) ELSE 0 END, ?3, ?4) \
+             ON CONFLICT (name) DO UPDATE SET ack_wait_ms = excluded.ack_wait_ms",
+        )
+        .bind(name)
+        .bind(options.start == StartFrom::New)
+        .bind(duration_ms(options.ack_wait))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fetch(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a notify in between is not missed.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let probe = self.probe(subscription).await?;
+            let now = now_ms();
+            if max > 0 && (probe.head > probe.cursor || probe.next_due.is_some_and(|d| d <= now)) {
+                let batch = parse(subscription, self.take(subscription, max).await?);
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                // Another consumer of this subscription was faster, or only corrupt
+                // rows were due: look again (the probe changed).
+                continue;
+            }
+            let now_instant = Instant::now();
+            if max == 0 || now_instant >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline.min(now_instant + self.shared.recheck_interval);
+            if let Some(due) = probe.next_due {
+                let in_ms = u64::try_from(due.saturating_sub(now)).unwrap_or(0);
+                until = until.min(now_instant + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, subscription: &str, tags: &[DeliveryTag]) -> Result<()> {
+        if tags.is_empty() {
+            return self.exists(subscription).await;
+        }
+        let done = sqlx::query(
+            "DELETE FROM ops_event_deliveries \
+             WHERE subscription = ?1 AND seq IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(subscription)
+        .bind(json_list(tags.iter().map(|t| t.0 as i64)))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            self.exists(subscription).await?;
+        }
+        Ok(())
+    }
+
+    async fn nack(&self, subscription: &str, tags: &[DeliveryTag], delay: Duration) -> Result<()> {
+        if tags.is_empty() {
+            return self.exists(subscription).await;
+        }
+        let done = sqlx::query(
+            "UPDATE ops_event_deliveries SET deliver_after = ?1 \
+             WHERE subscription = ?2 AND seq IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(now_ms().saturating_add(duration_ms(delay)))
+        .bind(subscription)
+        .bind(json_list(tags.iter().map(|t| t.0 as i64)))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            self.exists(subscription).await?;
+        }
+        self.notify();
+        Ok(())
+    }
+
+    async fn pending(&self, subscription: &str) -> Result<u64> {
+        self.exists(subscription).await?;
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM ops_event_deliveries WHERE subscription = ?1")
+                .bind(subscription)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists() {
+        assert_eq!(json_list([].into_iter()), "[]");
+        assert_eq!(json_list([1, 22, 3].into_iter()), "[1,22,3]");
+    }
+}

@@ -1,0 +1,597 @@
+//! The embedded history store: SQLite through sqlx, sharing its database (and its
+//! transactions) with the `ops-events` outbox.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ops_core::{Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
+use ops_events::sqlite::SqliteOutbox;
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Mutex;
+
+use super::{
+    ChangeBatch, HistoryStore, OutputRecord, TaskPage, TaskQuery, TaskRecord, TransitionRecord,
+};
+use crate::{Error, Result};
+
+/// Rows per multi-row INSERT (SQLite allows 32,766 bound variables per statement).
+const INSERT_CHUNK: usize = 500;
+
+const TASK_COLUMNS: &str = "id, tenant, environment, template, status, reason, message, \
+    exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, run_handle, \
+    wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, started_at, finished_at, \
+    not_before, updated_at";
+
+/// [`HistoryStore`] on SQLite. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteHistory {
+    outbox: SqliteOutbox,
+    // SQLite has one writer; serialising our write transactions here avoids busy retries.
+    write_lock: std::sync::Arc<Mutex<()>>,
+}
+
+impl SqliteHistory {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain
+    /// path) and runs the outbox and history migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let outbox = SqliteOutbox::open(url).await?;
+        Self::from_outbox(outbox).await
+    }
+
+    /// Uses the database of an existing outbox, running the history migrations.
+    pub async fn from_outbox(outbox: SqliteOutbox) -> Result<Self> {
+        // The outbox keeps its own migrations in the same database.
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.set_ignore_missing(true);
+        migrator.run(outbox.pool()).await?;
+        Ok(Self {
+            outbox,
+            write_lock: Default::default(),
+        })
+    }
+
+    /// The outbox that holds this history's events (an `EventBus`).
+    pub fn outbox(&self) -> &SqliteOutbox {
+        &self.outbox
+    }
+
+    fn pool(&self) -> &SqlitePool {
+        self.outbox.pool()
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(v).unwrap_or_default()
+}
+
+fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(micros)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store(sqlx::Error::Decode(
+        format!("stored {what} is invalid: {e}").into(),
+    ))
+}
+
+fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("reason")?;
+    let labels: String = row.try_get("labels")?;
+    let parameters: String = row.try_get("parameters")?;
+    let spec: String = row.try_get("spec")?;
+    let retry: String = row.try_get("retry")?;
+    let run_handle: Option<String> = row.try_get("run_handle")?;
+    let wall: f64 = row.try_get("wall_secs")?;
+    let cpu: f64 = row.try_get("cpu_secs")?;
+    let mut usage = Usage::new(
+        std::time::Duration::from_secs_f64(wall.max(0.0)),
+        std::time::Duration::from_secs_f64(cpu.max(0.0)),
+        row.try_get::<i64, _>("peak_memory")?.max(0) as u64,
+        0,
+    );
+    usage.gpu_seconds = row.try_get("gpu_secs")?;
+    Ok(TaskRecord {
+        id: TaskId::from_str(&id).map_err(|e| corrupt("task id", e))?,
+        tenant: Tenant::new(row.try_get::<String, _>("tenant")?),
+        environment: row.try_get::<String, _>("environment")?.into(),
+        template: row.try_get("template")?,
+        status: TaskStatus::from_str(&status).map_err(|e| corrupt("status", e))?,
+        reason: reason
+            .map(|r| Reason::from_str(&r))
+            .transpose()
+            .map_err(|e| corrupt("reason", e))?,
+        message: row.try_get("message")?,
+        exit_code: row.try_get("exit_code")?,
+        priority: row.try_get("priority")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        labels: serde_json::from_str(&labels)?,
+        parameters: serde_json::from_str(&parameters)?,
+        spec: serde_json::from_str(&spec)?,
+        retry: serde_json::from_str(&retry)?,
+        run_handle: run_handle.map(|h| serde_json::from_str(&h)).transpose()?,
+        usage,
+        submitted_at: from_micros(row.try_get("submitted_at")?),
+        started_at: row
+            .try_get::<Option<i64>, _>("started_at")?
+            .map(from_micros),
+        finished_at: row
+            .try_get::<Option<i64>, _>("finished_at")?
+            .map(from_micros),
+        not_before: row
+            .try_get::<Option<i64>, _>("not_before")?
+            .map(from_micros),
+    })
+}
+
+/// Owned column values of one task row, so that batches can be bound without borrows.
+struct TaskRow {
+    id: String,
+    tenant: String,
+    environment: String,
+    template: String,
+    status: &'static str,
+    reason: Option<&'static str>,
+    message: Option<String>,
+    exit_code: Option<i32>,
+    priority: i32,
+    attempt: i64,
+    max_attempts: i64,
+    labels: String,
+    parameters: String,
+    spec: String,
+    retry: String,
+    run_handle: Option<String>,
+    wall: f64,
+    cpu: f64,
+    peak: i64,
+    gpu: f64,
+    submitted_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    not_before: Option<i64>,
+}
+
+impl TaskRow {
+    fn new(r: &TaskRecord) -> Result<Self> {
+        Ok(Self {
+            id: r.id.to_string(),
+            tenant: r.tenant.to_string(),
+            environment: r.environment.to_string(),
+            template: r.template.clone(),
+            status: r.status.as_str(),
+            reason: r.reason.map(Reason::as_str),
+            message: r.message.clone(),
+            exit_code: r.exit_code,
+            priority: r.priority,
+            attempt: i64::from(r.attempt),
+            max_attempts: i64::from(r.max_attempts),
+            labels: serde_json::to_string(&r.labels)?,
+            parameters: serde_json::to_string(&r.parameters)?,
+            spec: serde_json::to_string(&r.spec)?,
+            retry: serde_json::to_string(&r.retry)?,
+            run_handle: r
+                .run_handle
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()?,
+            wall: r.usage.wall_time.as_secs_f64(),
+            cpu: r.usage.cpu_time.as_secs_f64(),
+            peak: r.usage.peak_memory_bytes.min(i64::MAX as u64) as i64,
+            gpu: r.usage.gpu_seconds,
+            submitted_at: micros(r.submitted_at),
+            started_at: opt_micros(r.started_at),
+            finished_at: opt_micros(r.finished_at),
+            not_before: opt_micros(r.not_before),
+        })
+    }
+}
+
+/// Owned values of one `ops_task_events` row.
+struct EventRow {
+    task_id: String,
+    event_id: String,
+    ty: String,
+    from: Option<&'static str>,
+    to: Option<&'static str>,
+    reason: Option<&'static str>,
+    at: i64,
+    json: String,
+}
+
+impl EventRow {
+    fn new(
+        task_id: TaskId,
+        event: &Event,
+        from: Option<TaskStatus>,
+        to: Option<TaskStatus>,
+        reason: Option<Reason>,
+    ) -> Result<Self> {
+        Ok(Self {
+            task_id: task_id.to_string(),
+            event_id: event.id.to_string(),
+            ty: event.ty.clone(),
+            from: from.map(TaskStatus::as_str),
+            to: to.map(TaskStatus::as_str),
+            reason: reason.map(Reason::as_str),
+            at: micros(event.time),
+            json: serde_json::to_string(event)?,
+        })
+    }
+}
+
+/// For the events written at submission: the status each one moves to.
+fn submit_statuses(event: &Event) -> (Option<TaskStatus>, Option<TaskStatus>) {
+    match event.ty.as_str() {
+        ops_core::event_types::TASK_SUBMITTED => (None, Some(TaskStatus::Submitted)),
+        ops_core::event_types::TASK_QUEUED => {
+            (Some(TaskStatus::Submitted), Some(TaskStatus::Queued))
+        }
+        _ => (None, None),
+    }
+}
+
+async fn insert_event_rows(conn: &mut sqlx::SqliteConnection, rows: &[EventRow]) -> Result<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO ops_task_events (task_id, event_id, type, from_status, to_status, reason, at, event) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.task_id.as_str())
+                .push_bind(r.event_id.as_str())
+                .push_bind(r.ty.as_str())
+                .push_bind(r.from)
+                .push_bind(r.to)
+                .push_bind(r.reason)
+                .push_bind(r.at)
+                .push_bind(r.json.as_str());
+        });
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl HistoryStore for SqliteHistory {
+    async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Serialise everything before taking the write lock.
+        let now = micros(Utc::now());
+        let mut task_rows = Vec::with_capacity(batch.inserts.len());
+        let mut label_rows = Vec::new();
+        let mut event_rows = Vec::new();
+        let mut outbox_events: Vec<Event> = Vec::new();
+        for (record, events) in &batch.inserts {
+            task_rows.push(TaskRow::new(record)?);
+            for (k, v) in &record.labels {
+                label_rows.push((record.id.to_string(), k.as_str(), v.as_str()));
+            }
+            for event in events {
+                let (from, to) = submit_statuses(event);
+                event_rows.push(EventRow::new(record.id, event, from, to, None)?);
+                outbox_events.push(event.clone());
+            }
+        }
+        let transition_rows = batch
+            .transitions
+            .iter()
+            .map(|t| TaskRow::new(&t.record))
+            .collect::<Result<Vec<_>>>()?;
+
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in task_rows.chunks(INSERT_CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new(format!("INSERT INTO ops_tasks ({TASK_COLUMNS}) "));
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.id.as_str())
+                    .push_bind(r.tenant.as_str())
+                    .push_bind(r.environment.as_str())
+                    .push_bind(r.template.as_str())
+                    .push_bind(r.status)
+                    .push_bind(r.reason)
+                    .push_bind(r.message.as_deref())
+                    .push_bind(r.exit_code)
+                    .push_bind(r.priority)
+                    .push_bind(r.attempt)
+                    .push_bind(r.max_attempts)
+                    .push_bind(r.labels.as_str())
+                    .push_bind(r.parameters.as_str())
+                    .push_bind(r.spec.as_str())
+                    .push_bind(r.retry.as_str())
+                    .push_bind(r.run_handle.as_deref())
+                    .push_bind(r.wall)
+                    .push_bind(r.cpu)
+                    .push_bind(r.peak)
+                    .push_bind(r.gpu)
+                    .push_bind(r.submitted_at)
+                    .push_bind(r.started_at)
+                    .push_bind(r.finished_at)
+                    .push_bind(r.not_before)
+                    .push_bind(now);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        for chunk in label_rows.chunks(INSERT_CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("INSERT INTO ops_task_labels (task_id, key, value) ");
+            qb.push_values(chunk, |mut b, (id, k, v)| {
+                b.push_bind(id.as_str()).push_bind(*k).push_bind(*v);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+
+        let mut applied = Vec::with_capacity(batch.transitions.len());
+        for (t, r) in batch.transitions.iter().zip(&transition_rows) {
+            let done = sqlx::query(
+                "UPDATE ops_tasks SET status = ?, reason = ?, message = ?, exit_code = ?, \
+                 priority = ?, attempt = ?, run_handle = ?, wall_secs = ?, cpu_secs = ?, \
+                 peak_memory = ?, gpu_secs = ?, started_at = ?, finished_at = ?, \
+                 not_before = ?, updated_at = ? WHERE id = ? AND status = ?",
+            )
+            .bind(r.status)
+            .bind(r.reason)
+            .bind(r.message.as_deref())
+            .bind(r.exit_code)
+            .bind(r.priority)
+            .bind(r.attempt)
+            .bind(r.run_handle.as_deref())
+            .bind(r.wall)
+            .bind(r.cpu)
+            .bind(r.peak)
+            .bind(r.gpu)
+            .bind(r.started_at)
+            .bind(r.finished_at)
+            .bind(r.not_before)
+            .bind(now)
+            .bind(r.id.as_str())
+            .bind(t.from.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                event_rows.push(EventRow::new(
+                    t.task_id,
+                    &t.event,
+                    Some(t.from),
+                    Some(t.to),
+                    t.record.reason,
+                )?);
+                outbox_events.push(t.event.clone());
+            } else {
+                tracing::debug!(task_id = %t.task_id, from = %t.from, to = %t.to, "transition skipped: status changed");
+            }
+            applied.push(done);
+        }
+
+        for (output, event) in &batch.outputs {
+            let inserted = sqlx::query(
+                "INSERT OR IGNORE INTO ops_task_outputs (task_id, path, attempt, size, created_at) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(output.task_id.to_string())
+            .bind(output.path.as_str())
+            .bind(i64::from(output.attempt))
+            .bind(output.size.min(i64::MAX as u64) as i64)
+            .bind(micros(output.created_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                event_rows.push(EventRow::new(output.task_id, event, None, None, None)?);
+                outbox_events.push(event.clone());
+            }
+        }
+
+        insert_event_rows(&mut tx, &event_rows).await?;
+        SqliteOutbox::append(&mut tx, &outbox_events).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        Ok(applied)
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks t WHERE t.tenant = "
+        ));
+        qb.push_bind(query.tenant.as_str());
+        if !query.statuses.is_empty() {
+            qb.push(" AND t.status IN (");
+            let mut sep = qb.separated(", ");
+            for s in &query.statuses {
+                sep.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(template) = &query.template {
+            qb.push(" AND t.template = ").push_bind(template.as_str());
+        }
+        if let Some(after) = query.submitted_after {
+            qb.push(" AND t.submitted_at >= ").push_bind(micros(after));
+        }
+        if let Some(before) = query.submitted_before {
+            qb.push(" AND t.submitted_at < ").push_bind(micros(before));
+        }
+        if let Some(cursor) = &query.cursor {
+            let id = TaskId::from_str(cursor)
+                .map_err(|_| Error::Config(format!("invalid page cursor {cursor:?}")))?;
+            qb.push(" AND t.id < ").push_bind(id.to_string());
+        }
+        for (k, v) in &query.labels {
+            qb.push(
+                " AND EXISTS (SELECT 1 FROM ops_task_labels l WHERE l.task_id = t.id AND l.key = ",
+            )
+            .push_bind(k.as_str())
+            .push(" AND l.value = ")
+            .push_bind(v.as_str())
+            .push(")");
+        }
+        qb.push(" ORDER BY t.id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        let mut tasks = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if tasks.len() > limit as usize {
+            tasks.truncate(limit as usize);
+            tasks.last().map(|t| t.id.to_string())
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT event FROM ops_task_events WHERE task_id = ? ORDER BY seq")
+                .bind(id.to_string())
+                .fetch_all(self.pool())
+                .await?;
+        rows.into_iter()
+            .map(|(json,)| Ok(serde_json::from_str(&json)?))
+            .collect()
+    }
+
+    async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
+        let rows = sqlx::query(
+            "SELECT from_status, to_status, reason, at, event_id FROM ops_task_events \
+             WHERE task_id = ? AND to_status IS NOT NULL ORDER BY seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_status")?;
+                let to: String = row.try_get("to_status")?;
+                let reason: Option<String> = row.try_get("reason")?;
+                let event_id: String = row.try_get("event_id")?;
+                Ok(TransitionRecord {
+                    from: from
+                        .map(|s| TaskStatus::from_str(&s))
+                        .transpose()
+                        .map_err(|e| corrupt("status", e))?,
+                    to: TaskStatus::from_str(&to).map_err(|e| corrupt("status", e))?,
+                    reason: reason
+                        .map(|r| Reason::from_str(&r))
+                        .transpose()
+                        .map_err(|e| corrupt("reason", e))?,
+                    at: from_micros(row.try_get("at")?),
+                    event_id: EventId::from_str(&event_id).map_err(|e| corrupt("event id", e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
+        let rows = sqlx::query(
+            "SELECT path, attempt, size, created_at FROM ops_task_outputs WHERE task_id = ? \
+             ORDER BY created_at, path",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutputRecord {
+                    task_id: id,
+                    path: row.try_get("path")?,
+                    attempt: row.try_get::<i64, _>("attempt")? as u32,
+                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
+                    created_at: from_micros(row.try_get("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE finished_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<TaskRecord>> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE finished_at IS NOT NULL \
+             AND finished_at < ? ORDER BY finished_at LIMIT ?"
+        )))
+        .bind(micros(cutoff))
+        .bind(i64::from(batch.clamp(1, 10_000)))
+        .fetch_all(&mut *tx)
+        .await?;
+        let records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
+        if records.is_empty() {
+            return Ok(records);
+        }
+        for table in [
+            "DELETE FROM ops_task_events WHERE task_id IN (",
+            "DELETE FROM ops_task_outputs WHERE task_id IN (",
+            "DELETE FROM ops_task_labels WHERE task_id IN (",
+            "DELETE FROM ops_tasks WHERE id IN (",
+        ] {
+            let mut qb = QueryBuilder::<Sqlite>::new(table);
+            let mut sep = qb.separated(", ");
+            for r in &records {
+                sep.push_bind(r.id.to_string());
+            }
+            qb.push(")");
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(records)
+    }
+
+    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
+        let rows: Vec<(String, i64)> = match tenant {
+            Some(t) => {
+                sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM ops_tasks WHERE tenant = ? GROUP BY status",
+                )
+                .bind(t.as_str())
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query_as("SELECT status, COUNT(*) FROM ops_tasks GROUP BY status")
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
+        let mut out = rows
+            .into_iter()
+            .map(|(s, n)| {
+                Ok((
+                    TaskStatus::from_str(&s).map_err(|e| corrupt("status", e))?,
+                    n.max(0) as u64,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+}

@@ -1,0 +1,586 @@
+//! The coordinator loop: one task that owns the queue and the running set, admits work
+//! within capacity, launches it, and turns executor updates into transitions.
+//!
+//! Each round drains commands and executor updates, admits and launches what fits,
+//! and writes every resulting change in one transaction — so throughput grows with
+//! load instead of paying one commit per event.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ops_core::{Event, Reason, Resources, TaskEventData, TaskId, TaskStatus, event_types};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{TasksConfig, event_with, reason_status, task_event};
+use crate::history::{ChangeBatch, HistoryStore, OutputRecord, TaskRecord, Transition};
+use crate::{Executor, ExecutorUpdate, Outcome, Reattached, Result, RunHandle};
+
+pub(crate) enum Command {
+    Enqueue(Vec<TaskRecord>),
+    Cancel(TaskId, oneshot::Sender<Result<()>>),
+    /// Stop (true) or resume (false) admitting queued tasks.
+    Pause(bool),
+    Shutdown,
+}
+
+struct Running {
+    record: TaskRecord,
+    handle: Option<RunHandle>,
+    cancel_requested: bool,
+}
+
+/// Queue order: priority high first, then submission order (ids are time-ordered).
+type QueueKey = (Reverse<i32>, TaskId);
+
+pub(crate) struct Coordinator {
+    history: Arc<dyn HistoryStore>,
+    executor: Arc<dyn Executor>,
+    config: TasksConfig,
+    live: broadcast::Sender<Event>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    updates_tx: mpsc::UnboundedSender<ExecutorUpdate>,
+    updates: mpsc::UnboundedReceiver<ExecutorUpdate>,
+    queue: BTreeMap<QueueKey, TaskRecord>,
+    waiting: HashMap<TaskId, TaskRecord>,
+    running: HashMap<TaskId, Running>,
+    used: Resources,
+    capacity: Resources,
+    shutdown: bool,
+    pending: Option<ChangeBatch>,
+    paused: bool,
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        history: Arc<dyn HistoryStore>,
+        executor: Arc<dyn Executor>,
+        config: TasksConfig,
+        live: broadcast::Sender<Event>,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        let capacity = executor.capacity();
+        Self {
+            history,
+            executor,
+            config,
+            live,
+            commands,
+            updates_tx,
+            updates,
+            queue: BTreeMap::new(),
+            waiting: HashMap::new(),
+            running: HashMap::new(),
+            used: Resources::default(),
+            capacity,
+            shutdown: false,
+            pending: None,
+            paused: false,
+        }
+    }
+
+    /// Loads unfinished tasks: queued ones are queued again, retrying ones wait for
+    /// their backoff, running ones are re-attached or ended with a reason.
+    pub(crate) async fn recover(&mut self) -> Result<()> {
+        let unfinished = self.history.unfinished().await?;
+        let mut batch = ChangeBatch::default();
+        let (mut queued, mut reattached, mut lost) = (0, 0, 0);
+        for record in unfinished {
+            match record.status {
+                TaskStatus::Submitted | TaskStatus::Queued => {
+                    queued += 1;
+                    self.enqueue(record);
+                }
+                TaskStatus::Retrying => {
+                    self.waiting.insert(record.id, record);
+                }
+                TaskStatus::Running => {
+                    let outcome = match &record.run_handle {
+                        Some(handle) if handle.executor == self.executor.name() => {
+                            match self
+                                .executor
+                                .reattach(handle, &record.spec, self.updates_tx.clone())
+                                .await
+                            {
+                                Ok(Reattached::Running) => None,
+                                Ok(Reattached::Gone(outcome)) => Some(outcome),
+                                Err(e) => Some(lost_outcome(&e.to_string())),
+                            }
+                        }
+                        Some(handle) => Some(lost_outcome(&format!(
+                            "started by executor {:?}, not {:?}",
+                            handle.executor,
+                            self.executor.name()
+                        ))),
+                        None => Some(lost_outcome("no run handle was recorded")),
+                    };
+                    let id = record.id;
+                    self.used = self.used.saturating_add(&record.spec.resources);
+                    let handle = record.run_handle.clone();
+                    self.running.insert(
+                        id,
+                        Running {
+                            record,
+                            handle,
+                            cancel_requested: false,
+                        },
+                    );
+                    match outcome {
+                        None => reattached += 1,
+                        Some(outcome) => {
+                            lost += 1;
+                            let attempt = self.running[&id].record.attempt;
+                            self.finish(id, attempt, outcome, &mut batch);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if queued + reattached + lost > 0 {
+            tracing::info!(queued, reattached, lost, "recovered unfinished tasks");
+        }
+        self.commit(batch).await
+    }
+
+    fn enqueue(&mut self, record: TaskRecord) {
+        self.queue
+            .insert((Reverse(record.priority), record.id), record);
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        while !self.shutdown {
+            match self.round().await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    // The round's changes are kept in memory and retried; nothing is lost.
+                    tracing::error!(error = %e, "coordinator round failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::debug!("coordinator stopped");
+    }
+
+    async fn round(&mut self) -> Result<()> {
+        let mut batch = ChangeBatch::default();
+        let mut cancel_replies = Vec::new();
+        // 1. Commands.
+        while let Ok(cmd) = self.commands.try_recv() {
+            self.command(cmd, &mut batch, &mut cancel_replies);
+        }
+        // 2. Executor updates.
+        let mut n = 0;
+        while n < self.config.batch_size {
+            let Ok(update) = self.updates.try_recv() else {
+                break;
+            };
+            self.update(update, &mut batch);
+            n += 1;
+        }
+        // 3. Retries whose backoff has elapsed go back to the queue.
+        self.requeue_due(&mut batch);
+        // 4. Admission and launch.
+        self.admit_and_launch(&mut batch).await;
+
+        let had_work = !batch.is_empty();
+        tracing::trace!(
+            queued = self.queue.len(),
+            running = self.running.len(),
+            waiting = self.waiting.len(),
+            inserts = batch.inserts.len(),
+            transitions = batch.transitions.len(),
+            outputs = batch.outputs.len(),
+            "coordinator round"
+        );
+        self.commit(batch).await?;
+        for (reply, result) in cancel_replies {
+            let _: Result<(), _> = oneshot::Sender::send(reply, result);
+        }
+        if had_work || self.shutdown || !self.updates.is_empty() {
+            return Ok(());
+        }
+        // 5. Nothing to do: sleep until a command, an update or the next retry is due.
+        let next_retry = self
+            .waiting
+            .values()
+            .filter_map(|r| r.not_before)
+            .min()
+            .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            cmd = self.commands.recv() => match cmd {
+                Some(cmd) => {
+                    let mut batch = ChangeBatch::default();
+                    let mut replies = Vec::new();
+                    self.command(cmd, &mut batch, &mut replies);
+                    self.commit(batch).await?;
+                    for (reply, result) in replies {
+                        let _ = reply.send(result);
+                    }
+                }
+                None => self.shutdown = true,
+            },
+            Some(update) = self.updates.recv() => {
+                let mut batch = ChangeBatch::default();
+                self.update(update, &mut batch);
+                self.commit(batch).await?;
+            }
+            _ = tokio::time::sleep(next_retry) => {}
+        }
+        Ok(())
+    }
+
+    fn command(
+        &mut self,
+        cmd: Command,
+        batch: &mut ChangeBatch,
+        replies: &mut Vec<(oneshot::Sender<Result<()>>, Result<()>)>,
+    ) {
+        match cmd {
+            Command::Enqueue(records) => {
+                for r in records {
+                    self.enqueue(r);
+                }
+            }
+            Command::Cancel(id, reply) => {
+                let result = self.cancel(id, batch);
+                replies.push((reply, result));
+            }
+            Command::Pause(paused) => self.paused = paused,
+            Command::Shutdown => self.shutdown = true,
+        }
+    }
+
+    fn cancel(&mut self, id: TaskId, batch: &mut ChangeBatch) -> Result<()> {
+        let queued_key = self.queue.keys().find(|(_, tid)| *tid == id).copied();
+        let record = if let Some(key) = queued_key {
+            self.queue.remove(&key)
+        } else {
+            self.waiting.remove(&id)
+        };
+        if let Some(mut record) = record {
+            let from = record.status;
+            record.status = TaskStatus::Cancelled;
+            record.reason = Some(Reason::Cancelled);
+            record.message = Some("cancelled by user".into());
+            record.finished_at = Some(Utc::now());
+            record.not_before = None;
+            self.transition(from, record, event_types::TASK_CANCELLED, batch);
+            return Ok(());
+        }
+        if let Some(running) = self.running.get_mut(&id) {
+            running.cancel_requested = true;
+            if let Some(handle) = running.handle.clone() {
+                let executor = self.executor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = executor.cancel(&handle).await {
+                        tracing::warn!(task_id = %id, error = %e, "cancel failed");
+                    }
+                });
+            }
+        }
+        // Not ours (already final): nothing to do.
+        Ok(())
+    }
+
+    fn update(&mut self, update: ExecutorUpdate, batch: &mut ChangeBatch) {
+        match update {
+            ExecutorUpdate::Started { task_id, gpus, .. } => {
+                if !gpus.is_empty() {
+                    tracing::debug!(%task_id, ?gpus, "GPUs assigned");
+                }
+            }
+            ExecutorUpdate::OutputCreated {
+                task_id,
+                attempt,
+                path,
+                size,
+            } => {
+                let Some(running) = self.running.get(&task_id) else {
+                    return;
+                };
+                let mut data = TaskEventData::new(
+                    task_id,
+                    running.record.tenant.as_str(),
+                    running.record.environment.as_str(),
+                    running.record.template.as_str(),
+                    running.record.status,
+                    attempt,
+                );
+                data.output = Some(path.clone());
+                data.output_size = Some(size);
+                data.labels = running.record.labels.clone();
+                let event = event_with(
+                    &self.config.source,
+                    event_types::TASK_OUTPUT_CREATED,
+                    &running.record,
+                    &data,
+                );
+                batch.outputs.push((
+                    OutputRecord {
+                        task_id,
+                        path,
+                        attempt,
+                        size,
+                        created_at: Utc::now(),
+                    },
+                    event,
+                ));
+            }
+            ExecutorUpdate::Finished {
+                task_id,
+                attempt,
+                outcome,
+            } => self.finish(task_id, attempt, outcome, batch),
+        }
+    }
+
+    /// Applies an attempt's end: success, retry with backoff, or a final failure.
+    fn finish(&mut self, id: TaskId, attempt: u32, outcome: Outcome, batch: &mut ChangeBatch) {
+        let Some(running) = self.running.get(&id) else {
+            tracing::debug!(task_id = %id, "finish for a task not running here");
+            return;
+        };
+        if running.record.attempt != attempt {
+            tracing::debug!(task_id = %id, attempt, "finish for an old attempt ignored");
+            return;
+        }
+        let Some(running) = self.running.remove(&id) else {
+            return;
+        };
+        self.used = self.used.saturating_sub(&running.record.spec.resources);
+        let mut record = running.record;
+        let mut reason = outcome.reason;
+        if running.cancel_requested && reason != Reason::Completed {
+            reason = Reason::Cancelled;
+        }
+        record.usage.accumulate(&outcome.usage);
+        record.exit_code = outcome.exit_code;
+        record.reason = Some(reason);
+        record.message =
+            outcome
+                .message
+                .clone()
+                .or_else(|| match (outcome.exit_code, outcome.signal) {
+                    (Some(code), _) if code != 0 => Some(format!("exited with code {code}")),
+                    (_, Some(sig)) => Some(format!("killed by signal {sig}")),
+                    _ => None,
+                });
+        let now = Utc::now();
+        if reason.is_retryable() && record.attempt < record.max_attempts {
+            let delay = record.retry.delay(record.attempt);
+            record.status = TaskStatus::Retrying;
+            record.not_before = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+            let event = task_event(&self.config.source, event_types::TASK_RETRYING, &record);
+            batch.transitions.push(Transition {
+                task_id: id,
+                from: TaskStatus::Running,
+                to: TaskStatus::Retrying,
+                record: record.clone(),
+                event,
+            });
+            tracing::info!(task_id = %id, attempt = record.attempt, %reason, ?delay, "attempt failed; retrying");
+            self.waiting.insert(id, record);
+            return;
+        }
+        let status = reason_status(reason);
+        record.status = status;
+        record.finished_at = Some(now);
+        record.not_before = None;
+        let ty = match status {
+            TaskStatus::Succeeded => event_types::TASK_SUCCEEDED,
+            TaskStatus::TimedOut => event_types::TASK_TIMED_OUT,
+            TaskStatus::Cancelled => event_types::TASK_CANCELLED,
+            _ => event_types::TASK_FAILED,
+        };
+        self.transition(TaskStatus::Running, record, ty, batch);
+    }
+
+    fn transition(&self, from: TaskStatus, record: TaskRecord, ty: &str, batch: &mut ChangeBatch) {
+        let event = task_event(&self.config.source, ty, &record);
+        batch.transitions.push(Transition {
+            task_id: record.id,
+            from,
+            to: record.status,
+            record,
+            event,
+        });
+    }
+
+    fn requeue_due(&mut self, batch: &mut ChangeBatch) {
+        let now = Utc::now();
+        let due: Vec<TaskId> = self
+            .waiting
+            .values()
+            .filter(|r| r.not_before.is_none_or(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        for id in due {
+            let Some(mut record) = self.waiting.remove(&id) else {
+                continue;
+            };
+            record.status = TaskStatus::Queued;
+            record.not_before = None;
+            self.transition(
+                TaskStatus::Retrying,
+                record.clone(),
+                event_types::TASK_QUEUED,
+                batch,
+            );
+            self.enqueue(record);
+        }
+    }
+
+    /// Admits queued tasks in order (priority, then FIFO) while they fit; a task that
+    /// does not fit is skipped for this round so smaller ones can use what is free.
+    async fn admit_and_launch(&mut self, batch: &mut ChangeBatch) {
+        if self.paused {
+            return;
+        }
+        let mut admitted = Vec::new();
+        let mut free = self.capacity.saturating_sub(&self.used);
+        let max_running = self.config.max_running;
+        for (key, record) in &self.queue {
+            if admitted.len() >= self.config.batch_size
+                || (max_running > 0 && self.running.len() + admitted.len() >= max_running)
+            {
+                break;
+            }
+            if record.spec.resources.fits_in(&free) {
+                free = free.saturating_sub(&record.spec.resources);
+                admitted.push(*key);
+            }
+            if free.cpu_millis == 0 && free.memory_bytes == 0 {
+                break;
+            }
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        let mut launches = Vec::with_capacity(admitted.len());
+        for key in admitted {
+            let Some(mut record) = self.queue.remove(&key) else {
+                continue;
+            };
+            record.attempt += 1;
+            record.spec.attempt = record.attempt;
+            self.used = self.used.saturating_add(&record.spec.resources);
+            launches.push(record);
+        }
+        let executor = &self.executor;
+        let updates = &self.updates_tx;
+        let results = futures::future::join_all(
+            launches
+                .iter()
+                .map(|r| executor.launch(r.spec.clone(), updates.clone())),
+        )
+        .await;
+        for (mut record, result) in launches.into_iter().zip(results) {
+            let id = record.id;
+            let now = Utc::now();
+            record.status = TaskStatus::Running;
+            record.started_at = Some(now);
+            record.reason = None;
+            record.message = None;
+            record.exit_code = None;
+            match result {
+                Ok(handle) => {
+                    record.run_handle = Some(handle.clone());
+                    self.transition(
+                        TaskStatus::Queued,
+                        record.clone(),
+                        event_types::TASK_STARTED,
+                        batch,
+                    );
+                    self.running.insert(
+                        id,
+                        Running {
+                            record,
+                            handle: Some(handle),
+                            cancel_requested: false,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %id, error = %e, "launch failed");
+                    self.transition(
+                        TaskStatus::Queued,
+                        record.clone(),
+                        event_types::TASK_STARTED,
+                        batch,
+                    );
+                    let attempt = record.attempt;
+                    self.running.insert(
+                        id,
+                        Running {
+                            record,
+                            handle: None,
+                            cancel_requested: false,
+                        },
+                    );
+                    self.finish(
+                        id,
+                        attempt,
+                        Outcome::new(Reason::LaunchFailed, Some(e.to_string())),
+                        batch,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes a batch together with any batch left over from a failed round. On failure
+    /// the changes stay pending in memory and are written by a later round: the queue
+    /// and running set already reflect them, so nothing is lost or applied twice.
+    async fn commit(&mut self, batch: ChangeBatch) -> Result<()> {
+        let batch = match self.pending.take() {
+            Some(mut pending) => {
+                pending.inserts.extend(batch.inserts);
+                pending.transitions.extend(batch.transitions);
+                pending.outputs.extend(batch.outputs);
+                pending
+            }
+            None => batch,
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        tracing::trace!(transitions = batch.transitions.len(), "committing");
+        let applied = match self.history.commit(&batch).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.pending = Some(batch);
+                return Err(e);
+            }
+        };
+        let skipped: std::collections::HashSet<ops_core::EventId> = batch
+            .transitions
+            .iter()
+            .zip(&applied)
+            .filter(|(_, ok)| !**ok)
+            .map(|(t, _)| t.event.id)
+            .collect();
+        tracing::trace!("committed");
+        for event in batch.events() {
+            if !skipped.contains(&event.id) {
+                let _ = self.live.send(event.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lost_outcome(detail: &str) -> Outcome {
+    Outcome::new(
+        Reason::CoordinatorLost,
+        Some(format!(
+            "coordinator restarted and could not re-attach: {detail}"
+        )),
+    )
+}

@@ -1,0 +1,652 @@
+//! The [`Tasks`] facade: submit, get, list, cancel, logs and watch — everything a
+//! platform's API layer needs, with tenant isolation built in.
+
+mod config;
+mod coordinator;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::Stream;
+use ops_core::{
+    Environment, Event, Labels, Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage,
+    event_types,
+};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use config::{RetentionPolicy, TasksConfig};
+
+use crate::history::{ChangeBatch, HistoryStore, OutputRecord, TaskPage, TaskQuery, TaskRecord};
+use crate::template::Catalogue;
+use crate::{Error, Executor, LaunchSpec, LogStream, Result};
+use coordinator::{Command, Coordinator};
+
+/// A request to run a task from a template.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct SubmitRequest {
+    /// Who submits (the platform's authenticated customer).
+    pub tenant: Tenant,
+    /// Template name in the catalogue.
+    pub template: String,
+    /// Parameters, checked against the template's JSON Schema.
+    #[serde(default)]
+    pub parameters: serde_json::Value,
+    /// Environment; the configured default when `None`.
+    #[serde(default)]
+    pub environment: Option<Environment>,
+    /// Labels, merged over the template's.
+    #[serde(default)]
+    pub labels: Labels,
+    /// Overrides the template's priority.
+    #[serde(default)]
+    pub priority: Option<i32>,
+}
+
+impl SubmitRequest {
+    /// A request for `template` on behalf of `tenant`, with no parameters.
+    pub fn new(tenant: impl Into<Tenant>, template: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            template: template.into(),
+            parameters: serde_json::Value::Object(Default::default()),
+            environment: None,
+            labels: Labels::new(),
+            priority: None,
+        }
+    }
+    /// Sets the parameters.
+    pub fn parameters(mut self, parameters: serde_json::Value) -> Self {
+        self.parameters = parameters;
+        self
+    }
+    /// Adds a label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the environment.
+    pub fn environment(mut self, environment: impl Into<Environment>) -> Self {
+        self.environment = Some(environment.into());
+        self
+    }
+    /// Overrides the priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+}
+
+/// A boxed stream, as returned by [`Tasks::watch`] and [`Tasks::follow_logs`].
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
+
+struct Inner {
+    catalogue: Catalogue,
+    history: Arc<dyn HistoryStore>,
+    executor: Arc<dyn Executor>,
+    config: TasksConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    live: broadcast::Sender<Event>,
+    coordinator: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The task service: one per platform process. Cheap to clone.
+///
+/// Every read takes the caller's tenant and answers `TaskNotFound` for another
+/// tenant's task, so an API layer cannot leak tasks across tenants by mistake.
+#[derive(Clone)]
+pub struct Tasks {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tasks")
+            .field("executor", &self.inner.executor.name())
+            .field("templates", &self.inner.catalogue.len())
+            .finish()
+    }
+}
+
+/// Builds a [`Tasks`] service; see [`Tasks::builder`].
+#[derive(Default)]
+pub struct TasksBuilder {
+    catalogue: Option<Catalogue>,
+    history: Option<Arc<dyn HistoryStore>>,
+    executor: Option<Arc<dyn Executor>>,
+    config: TasksConfig,
+}
+
+impl TasksBuilder {
+    /// The templates tasks are made from (required).
+    pub fn catalogue(mut self, catalogue: Catalogue) -> Self {
+        self.catalogue = Some(catalogue);
+        self
+    }
+    /// Where tasks and their events are stored (required).
+    pub fn history(mut self, history: impl HistoryStore) -> Self {
+        self.history = Some(Arc::new(history));
+        self
+    }
+    /// What runs the tasks (required).
+    pub fn executor(mut self, executor: impl Executor) -> Self {
+        self.executor = Some(Arc::new(executor));
+        self
+    }
+    /// Settings.
+    pub fn config(mut self, config: TasksConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the service: recovers unfinished tasks from history (re-attaching to
+    /// running ones or failing them with a reason), then starts scheduling.
+    pub async fn start(self) -> Result<Tasks> {
+        let missing = |what: &str| Error::Config(format!("Tasks::builder() needs {what}"));
+        let catalogue = self.catalogue.ok_or_else(|| missing("a catalogue"))?;
+        let history = self.history.ok_or_else(|| missing("a history store"))?;
+        let executor = self.executor.ok_or_else(|| missing("an executor"))?;
+        if self.config.batch_size == 0 {
+            return Err(Error::Config("batch_size must be at least 1".into()));
+        }
+        std::fs::create_dir_all(&self.config.root).map_err(|e| Error::io(&self.config.root, e))?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (live, _) = broadcast::channel(4096);
+        let mut coordinator = Coordinator::new(
+            history.clone(),
+            executor.clone(),
+            self.config.clone(),
+            live.clone(),
+            command_rx,
+        );
+        coordinator.recover().await?;
+        let handle = tokio::spawn(coordinator.run());
+        let tasks = Tasks {
+            inner: Arc::new(Inner {
+                catalogue,
+                history,
+                executor,
+                config: self.config,
+                commands,
+                live,
+                coordinator: std::sync::Mutex::new(Some(handle)),
+                pruner: std::sync::Mutex::new(None),
+            }),
+        };
+        if let Some(policy) = tasks.inner.config.retention.clone() {
+            let pruner = tasks.clone();
+            let handle = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(policy.interval);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = pruner.prune(policy.max_age).await {
+                        tracing::warn!(error = %e, "retention pruning failed; will retry");
+                    }
+                }
+            });
+            *tasks.inner.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        }
+        Ok(tasks)
+    }
+}
+
+pub(crate) fn task_event(source: &str, ty: &str, record: &TaskRecord) -> Event {
+    let mut data = TaskEventData::new(
+        record.id,
+        record.tenant.as_str(),
+        record.environment.as_str(),
+        record.template.as_str(),
+        record.status,
+        record.attempt,
+    );
+    data.labels = record.labels.clone();
+    data.reason = record.reason;
+    data.message = record.message.clone();
+    data.exit_code = record.exit_code;
+    if record.status.is_final() {
+        data.usage = Some(record.usage);
+    }
+    event_with(source, ty, record, &data)
+}
+
+pub(crate) fn event_with(
+    source: &str,
+    ty: &str,
+    record: &TaskRecord,
+    data: &TaskEventData,
+) -> Event {
+    let builder = Event::builder(ty, source)
+        .subject(record.id.to_string())
+        .tenant(record.tenant.as_str());
+    match builder.clone().data(data) {
+        Ok(b) => b.build(),
+        // TaskEventData always serializes; keep the event rather than lose it.
+        Err(_) => builder.build(),
+    }
+}
+
+fn valid_tenant(tenant: &Tenant) -> Result<()> {
+    let t = tenant.as_str();
+    let ok = !t.is_empty()
+        && t.len() <= 63
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !t.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid tenant {t:?}: use 1-63 letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+impl Tasks {
+    /// Starts building a service.
+    pub fn builder() -> TasksBuilder {
+        TasksBuilder::default()
+    }
+
+    /// The template catalogue.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.inner.catalogue
+    }
+
+    /// The history store.
+    pub fn history(&self) -> &Arc<dyn HistoryStore> {
+        &self.inner.history
+    }
+
+    /// The executor's capacity (what admission will never exceed).
+    pub fn capacity(&self) -> ops_core::Resources {
+        self.inner.executor.capacity()
+    }
+
+    /// Validates, renders and stores one task; returns its id. The task is stored with
+    /// its `submitted` and `queued` events in one transaction.
+    pub async fn submit(&self, request: SubmitRequest) -> Result<TaskId> {
+        let mut ids = self.submit_many(vec![request]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::Config("submission produced no task".into()))
+    }
+
+    /// Submits many tasks in one transaction (all or none). Fails on the first invalid
+    /// request, naming it by index when there are several.
+    pub async fn submit_many(&self, requests: Vec<SubmitRequest>) -> Result<Vec<TaskId>> {
+        let capacity = self.inner.executor.capacity();
+        let mut batch = ChangeBatch::default();
+        let many = requests.len() > 1;
+        for (index, request) in requests.into_iter().enumerate() {
+            let record = self.prepare(request, &capacity).map_err(|e| {
+                if many {
+                    Error::Config(format!("request #{index}: {e}"))
+                } else {
+                    e
+                }
+            })?;
+            let submitted = {
+                let mut r = record.clone();
+                r.status = TaskStatus::Submitted;
+                task_event(&self.inner.config.source, event_types::TASK_SUBMITTED, &r)
+            };
+            let queued = task_event(&self.inner.config.source, event_types::TASK_QUEUED, &record);
+            batch.inserts.push((record, vec![submitted, queued]));
+        }
+        self.inner.history.commit(&batch).await?;
+        let ids = batch.inserts.iter().map(|(r, _)| r.id).collect();
+        for event in batch.events() {
+            let _ = self.inner.live.send(event.clone());
+        }
+        let records = batch.inserts.into_iter().map(|(r, _)| r).collect();
+        self.send(Command::Enqueue(records))?;
+        Ok(ids)
+    }
+
+    fn prepare(
+        &self,
+        request: SubmitRequest,
+        capacity: &ops_core::Resources,
+    ) -> Result<TaskRecord> {
+        valid_tenant(&request.tenant)?;
+        let template = self.inner.catalogue.get(&request.template)?;
+        let rendered = template.render(&request.parameters)?;
+        let shortfalls = template.resources().shortfalls(capacity);
+        if !shortfalls.is_empty() {
+            return Err(Error::ExceedsCapacity { shortfalls });
+        }
+        let id = TaskId::new();
+        let task_dir = self
+            .inner
+            .config
+            .root
+            .join(request.tenant.as_str())
+            .join(id.to_string());
+        let mut labels = template.labels().clone();
+        labels.extend(request.labels);
+        let spec = LaunchSpec {
+            task_id: id,
+            attempt: 0,
+            tenant: request.tenant.clone(),
+            argv: rendered.argv,
+            env: rendered.env,
+            task_dir,
+            workdir: rendered.workdir,
+            resources: template.resources().clone(),
+            timeout: template.timeout(),
+            output_globs: rendered.output_globs,
+        };
+        let environment = request
+            .environment
+            .unwrap_or_else(|| Environment::new(self.inner.config.default_environment.clone()));
+        Ok(TaskRecord {
+            id,
+            tenant: request.tenant,
+            environment,
+            template: template.name().to_owned(),
+            status: TaskStatus::Queued,
+            reason: None,
+            message: None,
+            exit_code: None,
+            priority: request.priority.unwrap_or(template.priority()),
+            attempt: 0,
+            max_attempts: template.retries().max_attempts.max(1),
+            labels,
+            parameters: rendered.parameters,
+            spec,
+            retry: template.retries().clone(),
+            run_handle: None,
+            usage: Usage::default(),
+            submitted_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            not_before: None,
+        })
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.inner
+            .commands
+            .send(command)
+            .map_err(|_| Error::Config("the task service has shut down".into()))
+    }
+
+    /// A task of `tenant`.
+    pub async fn get(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
+        match self.inner.history.get(id).await? {
+            Some(r) if &r.tenant == tenant => Ok(r),
+            _ => Err(Error::TaskNotFound(id)),
+        }
+    }
+
+    /// A page of tasks; the query's tenant scopes it.
+    pub async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
+        self.inner.history.list(query).await
+    }
+
+    /// A task's events so far.
+    pub async fn events(&self, tenant: &Tenant, id: TaskId) -> Result<Vec<Event>> {
+        self.get(tenant, id).await?;
+        self.inner.history.events(id).await
+    }
+
+    /// A task's outputs so far.
+    pub async fn outputs(&self, tenant: &Tenant, id: TaskId) -> Result<Vec<OutputRecord>> {
+        self.get(tenant, id).await?;
+        self.inner.history.outputs(id).await
+    }
+
+    /// Absolute path of an output (checked to stay inside the task's directory).
+    pub async fn output_path(&self, tenant: &Tenant, id: TaskId, path: &str) -> Result<PathBuf> {
+        let record = self.get(tenant, id).await?;
+        crate::paths::resolve_within(&record.spec.task_dir, std::path::Path::new(path))
+    }
+
+    /// Cancels a task: a queued or retrying one at once, a running one by killing it
+    /// (its final `cancelled` event follows). Cancelling a finished task is a no-op.
+    pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
+        let record = self.get(tenant, id).await?;
+        if record.status.is_final() {
+            return Ok(record);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Cancel(id, tx))?;
+        rx.await
+            .map_err(|_| Error::Config("the task service has shut down".into()))??;
+        self.get(tenant, id).await
+    }
+
+    /// Everything a stream of a task has written so far.
+    pub async fn logs(&self, tenant: &Tenant, id: TaskId, stream: LogStream) -> Result<Vec<u8>> {
+        let record = self.get(tenant, id).await?;
+        let path = self.inner.executor.log_path(&record.spec.task_dir, stream);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// A stream's output as it is written, until the task is final and all is read.
+    pub async fn follow_logs(
+        &self,
+        tenant: &Tenant,
+        id: TaskId,
+        stream: LogStream,
+    ) -> Result<BoxStream<Result<Vec<u8>>>> {
+        let record = self.get(tenant, id).await?;
+        let path = self.inner.executor.log_path(&record.spec.task_dir, stream);
+        let this = self.clone();
+        let tenant = tenant.clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            loop {
+                // Check finality before reading, so the last read sees everything.
+                let done = match this.get(&tenant, id).await {
+                    Ok(r) => r.status.is_final(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                match read_from(&path, offset).await {
+                    Ok(chunk) if !chunk.is_empty() => {
+                        offset += chunk.len() as u64;
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// The task's events: those already recorded, then new ones as they are committed,
+    /// ending after its final event.
+    pub async fn watch(&self, tenant: &Tenant, id: TaskId) -> Result<BoxStream<Event>> {
+        // Subscribe before reading history so that nothing falls in between.
+        let mut live = self.inner.live.subscribe();
+        let record = self.get(tenant, id).await?;
+        let past = self.inner.history.events(id).await?;
+        let history = self.inner.history.clone();
+        let (tx, rx) = mpsc::channel(64);
+        let subject = id.to_string();
+        tokio::spawn(async move {
+            let mut seen = HashSet::new();
+            // The task may have ended between reading its record and its events.
+            let mut ended = record.status.is_final();
+            for event in past {
+                seen.insert(event.id);
+                ended |= is_final_event(&event.ty);
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if ended {
+                return;
+            }
+            loop {
+                let batch = match live.recv().await {
+                    Ok(e) => vec![e],
+                    // Fell behind: catch up from history, which has everything.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match history.events(id).await {
+                        Ok(all) => all,
+                        Err(e) => {
+                            tracing::warn!(task_id = %id, error = %e, "watch: history read failed");
+                            return;
+                        }
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                for event in batch {
+                    if event.subject.as_deref() != Some(subject.as_str()) || !seen.insert(event.id)
+                    {
+                        continue;
+                    }
+                    let last = is_final_event(&event.ty);
+                    if tx.send(event).await.is_err() || last {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Every event committed from now on, for all tenants (progress displays, metrics).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Event> {
+        self.inner.live.subscribe()
+    }
+
+    /// Waits until a task is final and returns it.
+    pub async fn wait(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
+        use futures::StreamExt;
+        let mut events = self.watch(tenant, id).await?;
+        while events.next().await.is_some() {}
+        self.get(tenant, id).await
+    }
+
+    /// Deletes tasks that finished more than `max_age` ago, with their directories.
+    /// Returns how many were deleted.
+    pub async fn prune(&self, max_age: Duration) -> Result<usize> {
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(max_age)
+                .map_err(|e| Error::Config(format!("retention max_age: {e}")))?;
+        let batch = self
+            .inner
+            .config
+            .retention
+            .as_ref()
+            .map_or(1000, |r| r.batch);
+        let mut total = 0;
+        loop {
+            let pruned = self.inner.history.prune(cutoff, batch).await?;
+            if pruned.is_empty() {
+                break;
+            }
+            total += pruned.len();
+            for record in pruned {
+                let dir = &record.spec.task_dir;
+                if let Err(e) = tokio::fs::remove_dir_all(dir).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(task_id = %record.id, dir = %dir.display(), error = %e, "could not remove task directory");
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        if total > 0 {
+            tracing::info!(deleted = total, "retention pruned finished tasks");
+        }
+        Ok(total)
+    }
+
+    /// Stops admitting queued tasks (submissions are still accepted and stored; running
+    /// tasks go on). For maintenance, or to fill a queue before opening it.
+    pub fn pause(&self) -> Result<()> {
+        self.send(Command::Pause(true))
+    }
+
+    /// Resumes admission after [`Tasks::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.send(Command::Pause(false))
+    }
+
+    /// Stops scheduling. Running tasks are left running; a later start re-attaches.
+    pub async fn shutdown(&self) {
+        tracing::trace!("shutdown requested");
+        let _ = self.inner.commands.send(Command::Shutdown);
+        let handle = self
+            .inner
+            .coordinator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        tracing::trace!("coordinator joined");
+        if let Some(p) = self
+            .inner
+            .pruner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            p.abort();
+        }
+    }
+}
+
+fn is_final_event(ty: &str) -> bool {
+    matches!(
+        ty,
+        event_types::TASK_SUCCEEDED
+            | event_types::TASK_FAILED
+            | event_types::TASK_CANCELLED
+            | event_types::TASK_TIMED_OUT
+    )
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = Vec::new();
+    file.take(1 << 20)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+pub(crate) fn reason_status(reason: Reason) -> TaskStatus {
+    match reason {
+        Reason::Completed => TaskStatus::Succeeded,
+        Reason::TimedOut => TaskStatus::TimedOut,
+        Reason::Cancelled => TaskStatus::Cancelled,
+        _ => TaskStatus::Failed,
+    }
+}
