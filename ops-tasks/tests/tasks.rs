@@ -65,6 +65,10 @@ command = ["true"]
 cpu = 4096
 "#,
     r#"
+name = "ticker"
+command = ["/bin/sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 0.2; done"]
+"#,
+    r#"
 name = "busy"
 command = ["sleep", "0.4"]
 [resources]
@@ -639,5 +643,38 @@ async fn restart_reattaches_to_running_tasks() {
         .filter(|e| e.ty == event_types::TASK_STARTED)
         .count();
     assert_eq!(started, 1);
+    tasks.shutdown().await;
+}
+
+#[tokio::test]
+async fn logs_stream_live_until_the_task_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, _, _) = start(dir.path(), None).await;
+    let id = tasks
+        .submit(SubmitRequest::new("acme", "ticker"))
+        .await
+        .unwrap();
+    let mut stream = tasks
+        .follow_logs(&acme(), id, LogStream::Stdout)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("log stream stalled")
+    {
+        seen.extend(chunk.unwrap());
+        chunks += 1;
+    }
+    assert_eq!(String::from_utf8_lossy(&seen), "tick 1\ntick 2\ntick 3\n");
+    assert!(chunks >= 2, "output arrived in {chunks} chunk(s), not live");
+    assert!(tasks.get(&acme(), id).await.unwrap().status.is_final());
+    assert!(matches!(
+        tasks
+            .follow_logs(&Tenant::new("globex"), id, LogStream::Stdout)
+            .await,
+        Err(Error::TaskNotFound(_))
+    ));
     tasks.shutdown().await;
 }

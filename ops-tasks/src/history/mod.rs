@@ -80,6 +80,20 @@ pub struct Transition {
     pub event: Event,
 }
 
+impl Transition {
+    /// A change of `record` (already holding the new status and fields) from `from`,
+    /// announced by `event`.
+    pub fn new(from: TaskStatus, record: TaskRecord, event: Event) -> Self {
+        Self {
+            task_id: record.id,
+            from,
+            to: record.status,
+            record,
+            event,
+        }
+    }
+}
+
 /// A file a task produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -282,6 +282,18 @@ impl HistoryStore for SqliteHistory {
                 outbox_events.push(event.clone());
             }
         }
+        // The state machine is enforced here, below every caller.
+        if let Some(t) = batch
+            .transitions
+            .iter()
+            .find(|t| !t.from.can_transition_to(t.to) || t.record.status != t.to)
+        {
+            return Err(Error::InvalidTransition {
+                task_id: t.task_id,
+                from: t.from,
+                to: t.to,
+            });
+        }
         let transition_rows = batch
             .transitions
             .iter()

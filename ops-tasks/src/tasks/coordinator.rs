@@ -378,13 +378,9 @@ impl Coordinator {
             record.status = TaskStatus::Retrying;
             record.not_before = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
             let event = task_event(&self.config.source, event_types::TASK_RETRYING, &record);
-            batch.transitions.push(Transition {
-                task_id: id,
-                from: TaskStatus::Running,
-                to: TaskStatus::Retrying,
-                record: record.clone(),
-                event,
-            });
+            batch
+                .transitions
+                .push(Transition::new(TaskStatus::Running, record.clone(), event));
             tracing::info!(task_id = %id, attempt = record.attempt, %reason, ?delay, "attempt failed; retrying");
             self.waiting.insert(id, record);
             return;
@@ -404,13 +400,7 @@ impl Coordinator {
 
     fn transition(&self, from: TaskStatus, record: TaskRecord, ty: &str, batch: &mut ChangeBatch) {
         let event = task_event(&self.config.source, ty, &record);
-        batch.transitions.push(Transition {
-            task_id: record.id,
-            from,
-            to: record.status,
-            record,
-            event,
-        });
+        batch.transitions.push(Transition::new(from, record, event));
     }
 
     fn requeue_due(&mut self, batch: &mut ChangeBatch) {

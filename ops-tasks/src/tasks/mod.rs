@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use ops_core::{
     Environment, Event, Labels, Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage,
     event_types,
@@ -442,39 +442,15 @@ impl Tasks {
         let path = self.inner.executor.log_path(&record.spec.task_dir, stream);
         let this = self.clone();
         let tenant = tenant.clone();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut offset = 0u64;
-            loop {
-                // Check finality before reading, so the last read sees everything.
-                let done = match this.get(&tenant, id).await {
-                    Ok(r) => r.status.is_final(),
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                match read_from(&path, offset).await {
-                    Ok(chunk) if !chunk.is_empty() => {
-                        offset += chunk.len() as u64;
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-                if done {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let finished = async move {
+            if let Err(e) = this.wait(&tenant, id).await {
+                tracing::warn!(task_id = %id, error = %e, "follow_logs: could not watch the task");
             }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        };
+        let chunks = crate::local::follow_log(path.clone(), 0, finished);
+        Ok(Box::pin(chunks.map(move |chunk| {
+            chunk.map_err(|e| Error::io(path.clone(), e))
+        })))
     }
 
     /// The task's events: those already recorded, then new ones as they are committed,
@@ -622,24 +598,6 @@ fn is_final_event(ty: &str) -> bool {
             | event_types::TASK_CANCELLED
             | event_types::TASK_TIMED_OUT
     )
-}
-
-async fn read_from(path: &std::path::Path, offset: u64) -> Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(|e| Error::io(path, e))?;
-    let mut buf = Vec::new();
-    file.take(1 << 20)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| Error::io(path, e))?;
-    Ok(buf)
 }
 
 pub(crate) fn reason_status(reason: Reason) -> TaskStatus {

@@ -1,0 +1,744 @@
+//! Task submission, launch latency and throughput, each against a baseline measured in
+//! the same run.
+//!
+//! ```text
+//! cargo bench -p ops-tasks --bench tasks
+//! cargo bench -p ops-tasks --bench tasks -- --quick
+//! cargo bench -p ops-tasks --bench tasks -- --tasks 200000
+//! ```
+//!
+//! Prints markdown tables. Baselines: raw multi-row SQLite `INSERT`s of rows the size of
+//! a stored task, on a database opened with the same settings (for submission); spawning
+//! `true` directly (for launch latency and throughput). Ratios, not absolute figures,
+//! are what carry from one machine to another.
+// A benchmark's output is its table.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ops_core::{Resources, TaskId, TaskStatus, Tenant, event_types};
+use ops_events::sqlite::{SqliteOutbox, SqliteOutboxConfig, Synchronous};
+use ops_tasks::local::{CgroupMode, LocalExecutor, LocalExecutorConfig};
+use ops_tasks::template::{Catalogue, Format, TaskTemplate};
+use ops_tasks::{HistoryStore, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Requests per `submit_many` call (one transaction each).
+const SUBMIT_BATCH: usize = 1000;
+/// Rows per multi-row INSERT in the raw baseline (as the history store does).
+const INSERT_CHUNK: usize = 500;
+/// Tasks running at once in the throughput benchmark (capacity 64 CPUs, 1 CPU each).
+const CONCURRENCY: usize = 64;
+const TENANT: &str = "bench";
+
+/// A realistic template: schema-checked parameters, placeholders, outputs, resources.
+/// Only submitted (admission is paused), never run.
+const RENDER: &str = r#"
+name = "render"
+command = ["blender", "-b", "{{ scene }}", "-o", "frames/", "-s", "{{ start }}", "-e", "{{ end }}", "{{ extra }}"]
+outputs = ["frames/*.png"]
+timeout = "1h"
+[labels]
+kind = "render"
+[parameters]
+required = ["scene"]
+[parameters.properties.scene]
+type = "string"
+pattern = "^[A-Za-z0-9_./-]+\\.blend$"
+[parameters.properties.start]
+type = "integer"
+minimum = 1
+default = 1
+[parameters.properties.end]
+type = "integer"
+minimum = 1
+default = 250
+[parameters.properties.extra]
+type = "array"
+items = { type = "string" }
+default = []
+[resources]
+cpu = 4
+memory = "8Gi"
+[retries]
+max_attempts = 3
+backoff = "10s"
+"#;
+
+/// The cheapest possible task, run for real.
+const NOOP: &str = r#"
+name = "noop"
+command = ["true"]
+[resources]
+cpu = 1
+memory = "64Mi"
+"#;
+
+/// The shell script the local executor wraps every program in, minus joining cgroups:
+/// run the program as a child and record its status.
+const WRAPPER: &str = r#"exit_file=$1
+shift
+"$@"
+s=$?
+{ echo "$s"; times; } > "$exit_file"
+exit "$s"
+"#;
+
+struct Args {
+    quick: bool,
+    submit: usize,
+    single: usize,
+    launches: usize,
+    concurrent: usize,
+}
+
+fn args() -> Args {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let (submit, single, launches, concurrent) = if quick {
+        (10_000, 300, 60, 300)
+    } else {
+        (100_000, 2_000, 300, 2_000)
+    };
+    Args {
+        quick,
+        submit: num("--tasks").unwrap_or(submit),
+        single: num("--single").unwrap_or(single),
+        launches: num("--launches").unwrap_or(launches),
+        concurrent: num("--concurrent").unwrap_or(concurrent),
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} CPUs ({model})")
+}
+
+fn catalogue() -> Catalogue {
+    let mut c = Catalogue::new();
+    for (name, text) in [("render.toml", RENDER), ("noop.toml", NOOP)] {
+        c.insert(TaskTemplate::from_str(text, Format::Toml, name).expect("template"));
+    }
+    c
+}
+
+fn executor(cgroups: CgroupMode) -> LocalExecutor {
+    let mut config = LocalExecutorConfig::default();
+    config.cgroups = cgroups;
+    config.capacity = Some(Resources::new(CONCURRENCY as u64 * 1000, 256 << 30));
+    LocalExecutor::new(config).expect("executor")
+}
+
+async fn open_outbox(path: &Path, synchronous: Synchronous) -> SqliteOutbox {
+    let config = SqliteOutboxConfig::default().synchronous(synchronous);
+    SqliteOutbox::open_with(path.to_str().expect("path"), &config)
+        .await
+        .expect("open outbox")
+}
+
+/// A Tasks service of its own, in a temporary directory.
+struct Scratch {
+    tasks: Tasks,
+    outbox: SqliteOutbox,
+    _dir: tempfile::TempDir,
+}
+
+async fn scratch(synchronous: Synchronous, cgroups: CgroupMode) -> Scratch {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = open_outbox(&dir.path().join("ops.db"), synchronous).await;
+    let history = SqliteHistory::from_outbox(outbox.clone())
+        .await
+        .expect("history");
+    let mut config = TasksConfig::default();
+    config.root = dir.path().join("tasks");
+    let tasks = Tasks::builder()
+        .catalogue(catalogue())
+        .history(history)
+        .executor(Arc::new(executor(cgroups)))
+        .config(config)
+        .start()
+        .await
+        .expect("start tasks");
+    Scratch {
+        tasks,
+        outbox,
+        _dir: dir,
+    }
+}
+
+fn render_requests(n: usize) -> Vec<SubmitRequest> {
+    (0..n)
+        .map(|i| {
+            SubmitRequest::new(TENANT, "render")
+                .parameters(serde_json::json!({
+                    "scene": format!("projects/p{}/shot-{i}.blend", i % 100),
+                    "end": 1 + i % 500,
+                }))
+                .label("project", format!("p{}", i % 100))
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ 1. submission
+
+/// What one submitted task stores, in bytes.
+struct Footprint {
+    task_row: usize,
+    event: usize,
+}
+
+/// Submits a few batches to a scratch service (also a warm-up) and measures what a task
+/// stores.
+async fn footprint() -> Footprint {
+    let s = scratch(Synchronous::Normal, CgroupMode::None).await;
+    s.tasks.pause().expect("pause");
+    for chunk in render_requests(2 * SUBMIT_BATCH).chunks(SUBMIT_BATCH) {
+        s.tasks.submit_many(chunk.to_vec()).await.expect("submit");
+    }
+    // Text columns plus ten numeric ones at 8 bytes.
+    let (task_row,): (f64,) = sqlx::query_as(
+        "SELECT avg(length(id) + length(tenant) + length(environment) + length(template) \
+         + length(status) + length(labels) + length(parameters) + length(spec) \
+         + length(retry) + 80) FROM ops_tasks",
+    )
+    .fetch_one(s.outbox.pool())
+    .await
+    .expect("size");
+    let (event,): (f64,) = sqlx::query_as("SELECT avg(length(payload)) FROM ops_events")
+        .fetch_one(s.outbox.pool())
+        .await
+        .expect("size");
+    s.tasks.shutdown().await;
+    Footprint {
+        task_row: task_row as usize,
+        event: event as usize,
+    }
+}
+
+/// Raw multi-row INSERTs of `n` rows of about `payload` bytes into a bare table,
+/// `per_tx` rows per transaction, on a database opened like the history's.
+async fn raw_inserts(synchronous: Synchronous, n: usize, payload: usize, per_tx: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = open_outbox(&dir.path().join("raw.db"), synchronous).await;
+    let pool = outbox.pool();
+    sqlx::query("CREATE TABLE raw (id TEXT PRIMARY KEY NOT NULL, payload TEXT NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("create");
+    let rows: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let mut p = format!("{{\"i\":{i},\"pad\":\"");
+            p.extend(std::iter::repeat_n('x', payload.saturating_sub(p.len() + 2)));
+            p.push_str("\"}");
+            (TaskId::new().to_string(), p)
+        })
+        .collect();
+    let start = Instant::now();
+    for txn in rows.chunks(per_tx) {
+        let mut tx = pool.begin().await.expect("begin");
+        for chunk in txn.chunks(INSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO raw (id, payload) ");
+            qb.push_values(chunk, |mut b, (id, p)| {
+                b.push_bind(id.as_str()).push_bind(p.as_str());
+            });
+            qb.build().execute(&mut *tx).await.expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// `submit_many` (`batch` requests per call, one transaction each) with admission
+/// paused: validation, rendering, task rows, labels, history and outbox events.
+async fn submit(synchronous: Synchronous, n: usize, batch: usize) -> f64 {
+    let s = scratch(synchronous, CgroupMode::None).await;
+    s.tasks.pause().expect("pause");
+    let batches: Vec<Vec<SubmitRequest>> = render_requests(n)
+        .chunks(batch)
+        .map(<[_]>::to_vec)
+        .collect();
+    let start = Instant::now();
+    for requests in batches {
+        if batch == 1 {
+            let request = requests.into_iter().next().expect("one request");
+            s.tasks.submit(request).await.expect("submit");
+        } else {
+            s.tasks.submit_many(requests).await.expect("submit");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let counts = s
+        .tasks
+        .history()
+        .count_by_status(None)
+        .await
+        .expect("count");
+    assert_eq!(counts, vec![(TaskStatus::Queued, n as u64)], "all stored");
+    s.tasks.shutdown().await;
+    secs
+}
+
+// ---------------------------------------------------------------- 2. launch latency
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Latencies of `n` runs of `f`, after a few untimed ones.
+fn sample_sync(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..n.min(10) {
+        f();
+    }
+    (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect()
+}
+
+async fn tokio_true() {
+    let status = tokio::process::Command::new("true")
+        .status()
+        .await
+        .expect("spawn true");
+    assert!(status.success());
+}
+
+/// `true` under the executor's wrapper script (no cgroups): the two processes and the
+/// exit record every attempt costs.
+async fn tokio_wrapped_true(exit_file: &Path) {
+    let status = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(WRAPPER)
+        .arg("ops-task")
+        .arg(exit_file)
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("spawn sh");
+    assert!(status.success());
+}
+
+/// Waits for `id`'s final event on `live`; panics unless it succeeded.
+async fn await_success(
+    tasks: &Tasks,
+    live: &mut tokio::sync::broadcast::Receiver<ops_core::Event>,
+    id: TaskId,
+) {
+    let subject = id.to_string();
+    loop {
+        match live.recv().await {
+            Ok(e) if e.subject.as_deref() == Some(subject.as_str()) => match e.ty.as_str() {
+                event_types::TASK_SUCCEEDED => return,
+                event_types::TASK_FAILED
+                | event_types::TASK_CANCELLED
+                | event_types::TASK_TIMED_OUT => {
+                    panic!("task {id} ended with {}: {}", e.ty, e.data)
+                }
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {
+                let record = tasks.get(&Tenant::new(TENANT), id).await.expect("get");
+                if record.status.is_final() {
+                    assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
+                    return;
+                }
+            }
+            Err(RecvError::Closed) => panic!("the task service stopped"),
+        }
+    }
+}
+
+/// Submit → `ops.task.succeeded`, one task at a time.
+async fn task_latency(cgroups: CgroupMode, n: usize) -> Vec<Duration> {
+    let s = scratch(Synchronous::Normal, cgroups).await;
+    let mut live = s.tasks.subscribe_all();
+    let mut run = async |timed: bool| {
+        let start = Instant::now();
+        let id = s
+            .tasks
+            .submit(SubmitRequest::new(TENANT, "noop"))
+            .await
+            .expect("submit");
+        await_success(&s.tasks, &mut live, id).await;
+        timed.then(|| start.elapsed())
+    };
+    for _ in 0..n.min(10) {
+        run(false).await;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.extend(run(true).await);
+    }
+    s.tasks.shutdown().await;
+    out
+}
+
+// -------------------------------------------------------------------- 3. throughput
+
+/// `n` processes of `true`, at most [`CONCURRENCY`] at a time.
+async fn spawn_concurrently(n: usize, wrapped: bool) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = Arc::new(dir.path().to_path_buf());
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        while set.len() >= CONCURRENCY {
+            set.join_next().await.expect("some").expect("join");
+        }
+        let dir = dir.clone();
+        set.spawn(async move {
+            if wrapped {
+                tokio_wrapped_true(&dir.join(format!("exit-{i}"))).await;
+            } else {
+                tokio_true().await;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("join");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Submits `n` `noop` tasks in one call and waits until all have succeeded (at most
+/// [`CONCURRENCY`] run at once: capacity 64 CPUs, 1 CPU each).
+async fn task_throughput(cgroups: CgroupMode, n: usize) -> f64 {
+    let s = scratch(Synchronous::Normal, cgroups).await;
+    // Warm-up: one task (cgroup parents, first spawn).
+    let mut live = s.tasks.subscribe_all();
+    let id = s
+        .tasks
+        .submit(SubmitRequest::new(TENANT, "noop"))
+        .await
+        .expect("submit");
+    await_success(&s.tasks, &mut live, id).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let counter = {
+        let tasks = s.tasks.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < n {
+                match live.recv().await {
+                    Ok(e) if e.ty == event_types::TASK_SUCCEEDED => seen += 1,
+                    Ok(e) if e.ty == event_types::TASK_FAILED => {
+                        panic!("a task failed: {}", e.data)
+                    }
+                    Ok(_) => {}
+                    // Fell behind the broadcast: count in history instead.
+                    Err(RecvError::Lagged(_)) => {
+                        let counts = tasks.history().count_by_status(None).await.expect("count");
+                        seen = counts
+                            .iter()
+                            .find(|(st, _)| *st == TaskStatus::Succeeded)
+                            .map_or(0, |(_, c)| *c as usize)
+                            .saturating_sub(1);
+                    }
+                    Err(RecvError::Closed) => panic!("the task service stopped"),
+                }
+                done.store(seen, Ordering::Relaxed);
+            }
+        })
+    };
+    let requests = vec![SubmitRequest::new(TENANT, "noop"); n];
+    let start = Instant::now();
+    s.tasks.submit_many(requests).await.expect("submit");
+    counter.await.expect("counter");
+    let secs = start.elapsed().as_secs_f64();
+    let counts = s
+        .tasks
+        .history()
+        .count_by_status(None)
+        .await
+        .expect("count");
+    assert_eq!(counts, vec![(TaskStatus::Succeeded, n as u64 + 1)]);
+    s.tasks.shutdown().await;
+    secs
+}
+
+// ------------------------------------------------------------------------ output
+
+struct Row {
+    name: String,
+    count: usize,
+    secs: f64,
+    /// Index of the baseline row; `None` for a baseline.
+    baseline: Option<usize>,
+}
+
+fn rate_table(unit: &str, rows: &[Row]) {
+    println!("| name | {unit} | seconds | {unit}/s | vs baseline |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        let rate = row.count as f64 / row.secs;
+        let ratio = match row.baseline {
+            Some(b) => format!("{:.2}x", rate / (rows[b].count as f64 / rows[b].secs)),
+            None => "1.00x (baseline)".to_owned(),
+        };
+        println!(
+            "| {} | {} | {:.3} | {:.0} | {} |",
+            row.name, row.count, row.secs, rate, ratio
+        );
+    }
+}
+
+struct LatencyRow {
+    name: String,
+    sorted: Vec<Duration>,
+    baseline: Option<usize>,
+}
+
+impl LatencyRow {
+    fn new(name: impl Into<String>, mut samples: Vec<Duration>, baseline: Option<usize>) -> Self {
+        samples.sort();
+        Self {
+            name: name.into(),
+            sorted: samples,
+            baseline,
+        }
+    }
+    fn p(&self, q: f64) -> Duration {
+        percentile(&self.sorted, q)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn latency_table(rows: &[LatencyRow]) {
+    println!("| name | count | seconds | per s | p50 ms | p90 ms | p99 ms | p50 vs baseline |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let total: f64 = row.sorted.iter().map(Duration::as_secs_f64).sum();
+        let ratio = match row.baseline {
+            Some(b) => format!(
+                "{:.2}x",
+                row.p(0.5).as_secs_f64() / rows[b].p(0.5).as_secs_f64()
+            ),
+            None => "1.00x (baseline)".to_owned(),
+        };
+        println!(
+            "| {} | {} | {:.3} | {:.0} | {} | {} | {} | {} |",
+            row.name,
+            row.sorted.len(),
+            total,
+            row.sorted.len() as f64 / total,
+            ms(row.p(0.5)),
+            ms(row.p(0.9)),
+            ms(row.p(0.99)),
+            ratio
+        );
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let began = Instant::now();
+    let mode = executor(CgroupMode::Auto).cgroup_mode();
+    println!(
+        "Machine: {}; tokio: 2 worker threads; local executor cgroups: auto -> {mode}{}",
+        machine(),
+        if args.quick { "; --quick" } else { "" }
+    );
+    println!();
+
+    // 1. Durable submission.
+    let fp = runtime.block_on(footprint());
+    println!(
+        "### Durable submission (admission paused; a task stores ~{} B in its row, plus \
+         one label row and two events of ~{} B, each in history and outbox)",
+        fp.task_row, fp.event
+    );
+    println!();
+    let n = args.submit;
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        let batch = SUBMIT_BATCH;
+        for (label, sync) in [("NORMAL", Synchronous::Normal), ("FULL", Synchronous::Full)] {
+            let b = rows.len();
+            rows.push(Row {
+                name: format!("raw INSERT, 1 row/task, {batch}/tx, synchronous={label} (baseline)"),
+                count: n,
+                secs: raw_inserts(sync, n, fp.task_row, batch).await,
+                baseline: None,
+            });
+            rows.push(Row {
+                name: format!("Tasks::submit_many, {batch}/tx, synchronous={label}"),
+                count: n,
+                secs: submit(sync, n, batch).await,
+                baseline: Some(b),
+            });
+        }
+        let single = args.single;
+        let b = rows.len();
+        rows.push(Row {
+            name: "raw INSERT, 1 row/tx, synchronous=NORMAL (baseline)".to_owned(),
+            count: single,
+            secs: raw_inserts(Synchronous::Normal, single, fp.task_row, 1).await,
+            baseline: None,
+        });
+        rows.push(Row {
+            name: "Tasks::submit, 1 task/tx, synchronous=NORMAL".to_owned(),
+            count: single,
+            secs: submit(Synchronous::Normal, single, 1).await,
+            baseline: Some(b),
+        });
+        rows
+    });
+    rate_table("tasks", &rows);
+    let rate = rows[1].count as f64 / rows[1].secs;
+    println!();
+    println!(
+        "Target: submit_many at synchronous=NORMAL >= 20,000 tasks/s: {} ({rate:.0}/s)",
+        verdict(rate >= 20_000.0)
+    );
+    println!();
+
+    // 2. Launch overhead.
+    let n = args.launches;
+    println!("### Launch overhead: one `true` at a time, submit -> `ops.task.succeeded`");
+    println!();
+    let mut rows = vec![LatencyRow::new(
+        "std::process::Command `true` .status() (baseline)",
+        sample_sync(n, || {
+            let status = std::process::Command::new("true")
+                .status()
+                .expect("spawn true");
+            assert!(status.success());
+        }),
+        None,
+    )];
+    runtime.block_on(async {
+        let mut tokio_samples = Vec::with_capacity(n);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wrapped_samples = Vec::with_capacity(n);
+        for i in 0..n + 10 {
+            let start = Instant::now();
+            tokio_true().await;
+            let t = start.elapsed();
+            let start = Instant::now();
+            tokio_wrapped_true(&dir.path().join("exit")).await;
+            let w = start.elapsed();
+            if i >= 10 {
+                tokio_samples.push(t);
+                wrapped_samples.push(w);
+            }
+        }
+        rows.push(LatencyRow::new(
+            "tokio::process::Command `true`",
+            tokio_samples,
+            Some(0),
+        ));
+        rows.push(LatencyRow::new(
+            "tokio: /bin/sh wrapper script + `true` (no cgroups)",
+            wrapped_samples,
+            Some(0),
+        ));
+        rows.push(LatencyRow::new(
+            format!("Tasks: submit -> succeeded, cgroups={mode}"),
+            task_latency(CgroupMode::Auto, n).await,
+            Some(0),
+        ));
+        if mode != CgroupMode::None {
+            let samples = task_latency(CgroupMode::None, n).await;
+            rows.push(LatencyRow::new(
+                "Tasks: submit -> succeeded, cgroups=none",
+                samples,
+                Some(0),
+            ));
+        }
+    });
+    latency_table(&rows);
+    let ratio = rows[3].p(0.5).as_secs_f64() / rows[0].p(0.5).as_secs_f64();
+    println!();
+    println!(
+        "Target: Tasks p50 (default cgroups) within 3x of the bare spawn p50: {} ({ratio:.2}x)",
+        verdict(ratio <= 3.0)
+    );
+    println!();
+
+    // 3. Throughput.
+    let n = args.concurrent;
+    println!(
+        "### Throughput: {n} `true` tasks submitted at once, at most {CONCURRENCY} running"
+    );
+    println!();
+    let rows = runtime.block_on(async {
+        let mut rows = vec![Row {
+            name: format!("tokio::process `true`, {CONCURRENCY} at a time (baseline)"),
+            count: n,
+            secs: spawn_concurrently(n, false).await,
+            baseline: None,
+        }];
+        rows.push(Row {
+            name: format!(
+                "tokio: /bin/sh wrapper + `true`, {CONCURRENCY} at a time (no cgroups)"
+            ),
+            count: n,
+            secs: spawn_concurrently(n, true).await,
+            baseline: Some(0),
+        });
+        rows.push(Row {
+            name: format!("Tasks: submit_many -> all succeeded, cgroups={mode}"),
+            count: n,
+            secs: task_throughput(CgroupMode::Auto, n).await,
+            baseline: Some(0),
+        });
+        if mode != CgroupMode::None {
+            rows.push(Row {
+                name: "Tasks: submit_many -> all succeeded, cgroups=none".to_owned(),
+                count: n,
+                secs: task_throughput(CgroupMode::None, n).await,
+                baseline: Some(0),
+            });
+        }
+        rows
+    });
+    rate_table("tasks", &rows);
+    let rate = rows[2].count as f64 / rows[2].secs;
+    println!();
+    println!(
+        "Target: >= 500 completed tasks/s (default cgroups): {} ({rate:.0}/s)",
+        verdict(rate >= 500.0)
+    );
+    println!();
+    println!("Total bench time: {:.1} s", began.elapsed().as_secs_f64());
+}
