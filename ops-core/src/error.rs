@@ -26,5 +26,5 @@ impl Error {
     }
 }
 
-/// Result with [`Error`] as the default error.
+/// Result with [`enum@Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

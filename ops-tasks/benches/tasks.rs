@@ -14,7 +14,6 @@
 // A benchmark's output is its table.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,6 +89,8 @@ exit "$s"
 
 struct Args {
     quick: bool,
+    /// `submit`, `launch` or `throughput`: run only that benchmark.
+    only: Option<String>,
     submit: usize,
     single: usize,
     launches: usize,
@@ -110,8 +111,14 @@ fn args() -> Args {
     } else {
         (100_000, 2_000, 300, 2_000)
     };
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     Args {
         quick,
+        only,
         submit: num("--tasks").unwrap_or(submit),
         single: num("--single").unwrap_or(single),
         launches: num("--launches").unwrap_or(launches),
@@ -247,7 +254,10 @@ async fn raw_inserts(synchronous: Synchronous, n: usize, payload: usize, per_tx:
     let rows: Vec<(String, String)> = (0..n)
         .map(|i| {
             let mut p = format!("{{\"i\":{i},\"pad\":\"");
-            p.extend(std::iter::repeat_n('x', payload.saturating_sub(p.len() + 2)));
+            p.extend(std::iter::repeat_n(
+                'x',
+                payload.saturating_sub(p.len() + 2),
+            ));
             p.push_str("\"}");
             (TaskId::new().to_string(), p)
         })
@@ -564,23 +574,8 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "NOT met" }
 }
 
-fn main() {
-    let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let began = Instant::now();
-    let mode = executor(CgroupMode::Auto).cgroup_mode();
-    println!(
-        "Machine: {}; tokio: 2 worker threads; local executor cgroups: auto -> {mode}{}",
-        machine(),
-        if args.quick { "; --quick" } else { "" }
-    );
-    println!();
-
-    // 1. Durable submission.
+/// 1. Durable submission.
+fn submission(runtime: &tokio::runtime::Runtime, args: &Args) {
     let fp = runtime.block_on(footprint());
     println!(
         "### Durable submission (admission paused; a task stores ~{} B in its row, plus \
@@ -631,8 +626,10 @@ fn main() {
         verdict(rate >= 20_000.0)
     );
     println!();
+}
 
-    // 2. Launch overhead.
+/// 2. Launch overhead.
+fn launch(runtime: &tokio::runtime::Runtime, args: &Args, mode: CgroupMode) {
     let n = args.launches;
     println!("### Launch overhead: one `true` at a time, submit -> `ops.task.succeeded`");
     println!();
@@ -694,12 +691,12 @@ fn main() {
         verdict(ratio <= 3.0)
     );
     println!();
+}
 
-    // 3. Throughput.
+/// 3. Throughput with concurrency.
+fn throughput(runtime: &tokio::runtime::Runtime, args: &Args, mode: CgroupMode) {
     let n = args.concurrent;
-    println!(
-        "### Throughput: {n} `true` tasks submitted at once, at most {CONCURRENCY} running"
-    );
+    println!("### Throughput: {n} `true` tasks submitted at once, at most {CONCURRENCY} running");
     println!();
     let rows = runtime.block_on(async {
         let mut rows = vec![Row {
@@ -709,9 +706,7 @@ fn main() {
             baseline: None,
         }];
         rows.push(Row {
-            name: format!(
-                "tokio: /bin/sh wrapper + `true`, {CONCURRENCY} at a time (no cgroups)"
-            ),
+            name: format!("tokio: /bin/sh wrapper + `true`, {CONCURRENCY} at a time (no cgroups)"),
             count: n,
             secs: spawn_concurrently(n, true).await,
             baseline: Some(0),
@@ -740,5 +735,89 @@ fn main() {
         verdict(rate >= 500.0)
     );
     println!();
+}
+
+async fn probe(n: usize) {
+    for clients in [1usize, 2, 4] {
+        let s = scratch(Synchronous::Normal, CgroupMode::None).await;
+        s.tasks.pause().expect("pause");
+        let batches: Vec<Vec<SubmitRequest>> = render_requests(n)
+            .chunks(SUBMIT_BATCH)
+            .map(<[_]>::to_vec)
+            .collect();
+        let queues: Vec<Vec<Vec<SubmitRequest>>> = (0..clients)
+            .map(|c| batches.iter().skip(c).step_by(clients).cloned().collect())
+            .collect();
+        let cpu0 = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for q in queues {
+            let tasks = s.tasks.clone();
+            set.spawn(async move {
+                for b in q {
+                    tasks.submit_many(b).await.expect("submit");
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu1 = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let ticks = |t: &str| -> f64 {
+            let f: Vec<&str> = t.rsplit(')').next().unwrap().split_whitespace().collect();
+            (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+        };
+        println!(
+            "clients {clients}: {:.0}/s, wall {secs:.2}s, cpu {:.2}s",
+            n as f64 / secs,
+            ticks(&cpu1) - ticks(&cpu0)
+        );
+        if clients == 1 {
+            let _ = std::fs::remove_file("/tmp/probe.db");
+            sqlx::query("VACUUM INTO '/tmp/probe.db'").execute(s.outbox.pool()).await.unwrap();
+        }
+        s.tasks.shutdown().await;
+    }
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let began = Instant::now();
+    let mode = executor(CgroupMode::Auto).cgroup_mode();
+    println!(
+        "Machine: {}; tokio: 2 worker threads; local executor cgroups: auto -> {mode}{}",
+        machine(),
+        if args.quick { "; --quick" } else { "" }
+    );
+    println!();
+    let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+    if run("submit") {
+        submission(&runtime, &args);
+    }
+    if run("launch") {
+        launch(&runtime, &args, mode);
+    }
+    if args.only.as_deref() == Some("probe-launch") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_thread_names(true)
+            .init();
+        runtime.block_on(async {
+            let l = task_latency(CgroupMode::Auto, args.launches).await;
+            println!("{l:?}");
+        });
+    }
+    if args.only.as_deref() == Some("probe") {
+        runtime.block_on(probe(args.submit));
+    }
+    if run("throughput") {
+        throughput(&runtime, &args, mode);
+    }
     println!("Total bench time: {:.1} s", began.elapsed().as_secs_f64());
 }
