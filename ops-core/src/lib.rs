@@ -21,8 +21,8 @@
 //!
 //! let wanted = Resources::parse_memory("512Mi").unwrap();
 //! assert_eq!(wanted, 512 * 1024 * 1024);
-//! let r = Resources { cpu_millis: 500, memory_bytes: wanted, ..Resources::default() };
-//! assert!(r.fits_in(&Resources { cpu_millis: 2000, memory_bytes: 1 << 30, ..Resources::default() }));
+//! let r = Resources::new(500, wanted);
+//! assert!(r.fits_in(&Resources::new(2000, 1 << 30)));
 //! ```
 
 mod error;
