@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ops_core::{Event, Reason, Resources, TaskEventData, TaskId, TaskStatus, event_types};
+use ops_core::{Event, Reason, Resources, TaskId, TaskStatus, event_types};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{TasksConfig, event_with, reason_status, task_event};
+use super::{TasksConfig, event_with, reason_status, task_data, task_event};
 use crate::history::{ChangeBatch, HistoryStore, OutputRecord, TaskRecord, Transition};
 use crate::{Executor, ExecutorUpdate, Outcome, Reattached, Result, RunHandle};
 
@@ -305,17 +305,10 @@ impl Coordinator {
                 let Some(running) = self.running.get(&task_id) else {
                     return;
                 };
-                let mut data = TaskEventData::new(
-                    task_id,
-                    running.record.tenant.as_str(),
-                    running.record.environment.as_str(),
-                    running.record.template.as_str(),
-                    running.record.status,
-                    attempt,
-                );
+                let mut data = task_data(&running.record);
+                data.attempt = attempt;
                 data.output = Some(path.clone());
                 data.output_size = Some(size);
-                data.labels = running.record.labels.clone();
                 let event = event_with(
                     &self.config.source,
                     event_types::TASK_OUTPUT_CREATED,

@@ -195,7 +195,8 @@ impl TasksBuilder {
     }
 }
 
-pub(crate) fn task_event(source: &str, ty: &str, record: &TaskRecord) -> Event {
+/// The payload of a task's events, from its record.
+pub(crate) fn task_data(record: &TaskRecord) -> TaskEventData {
     let mut data = TaskEventData::new(
         record.id,
         record.tenant.as_str(),
@@ -211,7 +212,11 @@ pub(crate) fn task_event(source: &str, ty: &str, record: &TaskRecord) -> Event {
     if record.status.is_final() {
         data.usage = Some(record.usage);
     }
-    event_with(source, ty, record, &data)
+    data
+}
+
+pub(crate) fn task_event(source: &str, ty: &str, record: &TaskRecord) -> Event {
+    event_with(source, ty, record, &task_data(record))
 }
 
 pub(crate) fn event_with(
@@ -223,11 +228,15 @@ pub(crate) fn event_with(
     let builder = Event::builder(ty, source)
         .subject(record.id.to_string())
         .tenant(record.tenant.as_str());
-    match builder.clone().data(data) {
-        Ok(b) => b.build(),
+    match serde_json::to_value(data) {
+        Ok(json) => builder.json(json),
         // TaskEventData always serializes; keep the event rather than lose it.
-        Err(_) => builder.build(),
+        Err(e) => {
+            tracing::error!(task_id = %record.id, error = %e, "task event data did not serialize");
+            builder
+        }
     }
+    .build()
 }
 
 fn valid_tenant(tenant: &Tenant) -> Result<()> {
@@ -290,9 +299,14 @@ impl Tasks {
                 }
             })?;
             let submitted = {
-                let mut r = record.clone();
-                r.status = TaskStatus::Submitted;
-                task_event(&self.inner.config.source, event_types::TASK_SUBMITTED, &r)
+                let mut data = task_data(&record);
+                data.status = TaskStatus::Submitted;
+                event_with(
+                    &self.inner.config.source,
+                    event_types::TASK_SUBMITTED,
+                    &record,
+                    &data,
+                )
             };
             let queued = task_event(&self.inner.config.source, event_types::TASK_QUEUED, &record);
             batch.inserts.push((record, vec![submitted, queued]));
