@@ -88,6 +88,31 @@ pub enum Error {
         /// Requested status.
         to: ops_core::TaskStatus,
     },
+    /// Another live coordinator holds the lease on this coordinator id.
+    #[error("coordinator id {owner:?} is in use by a live coordinator (lease held until {until}); give each coordinator its own id")]
+    LeaseHeld {
+        /// The contested coordinator id.
+        owner: String,
+        /// When the other lease expires unless renewed.
+        until: chrono::DateTime<chrono::Utc>,
+    },
+    /// The history database could not be reached or opened.
+    #[error("cannot open history store {url}: {message}")]
+    Connect {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The database schema is older than this binary and migrations were not allowed
+    /// to run.
+    #[error("history store {url}: schema is out of date ({}); run the migrations (e.g. open with migrations enabled)", missing.join(", "))]
+    SchemaOutdated {
+        /// The URL, password redacted.
+        url: String,
+        /// The migrations not applied yet.
+        missing: Vec<String>,
+    },
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

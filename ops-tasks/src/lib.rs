@@ -85,7 +85,7 @@ pub use error::{Error, ParameterViolation, Result};
 pub use executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };
-pub use history::{HistoryStore, SqliteHistory, TaskPage, TaskQuery, TaskRecord};
+pub use history::{HistoryStore, Lease, SqliteHistory, TaskPage, TaskQuery, TaskRecord};
 pub use local::{LocalExecutor, LocalExecutorConfig};
 pub use tasks::{BoxStream, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder, TasksConfig};
 pub use template::{Catalogue, RenderedCommand, RetryPolicy, TaskTemplate};

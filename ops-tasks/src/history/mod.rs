@@ -62,6 +62,10 @@ pub struct TaskRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// A retrying task waits until then.
     pub not_before: Option<DateTime<Utc>>,
+    /// The coordinator that holds this unfinished task (see [`Lease`]); `None` while
+    /// it waits to be claimed, and again once it is final.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// A state change to apply atomically with its event.
@@ -136,6 +140,11 @@ pub struct ChangeBatch {
     pub transitions: Vec<Transition>,
     /// Outputs, each with its `ops.task.output.created` event.
     pub outputs: Vec<(OutputRecord, Event)>,
+    /// The coordinator writing the batch (fencing): inserts are owned by it, and a
+    /// transition or output applies only while the task's owner is still this one
+    /// (`None` matches unowned tasks only). A transition to a final status clears the
+    /// owner.
+    pub owner: Option<String>,
 }
 
 impl ChangeBatch {
@@ -244,7 +253,54 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
+/// A coordinator's lease: its claim on the tasks it owns in a store shared by several
+/// coordinators. See the lease methods of [`HistoryStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The coordinator's id, unique among live coordinators of one store.
+    pub owner: String,
+    /// Unique per process start: tells a restarted coordinator from its predecessor.
+    pub incarnation: String,
+    /// How long the lease lasts without renewal.
+    pub ttl: std::time::Duration,
+}
+
+impl Lease {
+    /// A lease for `owner` with a fresh incarnation.
+    pub fn new(owner: impl Into<String>, ttl: std::time::Duration) -> Self {
+        Self {
+            owner: owner.into(),
+            incarnation: uuid::Uuid::now_v7().to_string(),
+            ttl,
+        }
+    }
+}
+
+/// The answer to [`HistoryStore::renew_lease`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Renewal {
+    /// Whether the lease was still held (and is now extended). `false`: it expired or
+    /// another incarnation took it; the coordinator must stop touching its tasks.
+    pub alive: bool,
+    /// Unfinished tasks owned by this coordinator whose cancellation was requested
+    /// through [`HistoryStore::request_cancel`] (repeated until they are final).
+    pub cancel_requested: Vec<TaskId>,
+}
+
 /// Stores tasks, their transitions, events, outputs and usage.
+///
+/// # Leases (several coordinators on one store)
+///
+/// Every unfinished task has at most one owner: the coordinator that runs it. A
+/// coordinator holds a [`Lease`] ([`acquire_lease`](Self::acquire_lease)) and renews it
+/// ([`renew_lease`](Self::renew_lease)) well within its `ttl`; expiry is judged by the
+/// store's clock. It [`claim`](Self::claim)s unowned queued tasks, and
+/// [`take_over`](Self::take_over)s the unfinished tasks of coordinators whose lease
+/// expired. Commits are fenced by [`ChangeBatch::owner`], so a coordinator that lost its
+/// lease can no longer change a task that another one took over: no task is started by
+/// two live coordinators.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
     /// Applies a batch in one transaction: inserts, then transitions (each applied only
@@ -276,6 +332,42 @@ pub trait HistoryStore: Send + Sync + 'static {
 
     /// Number of tasks per status for a tenant (all tenants when `None`).
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>>;
+
+    /// Registers `lease` until now + ttl. The same incarnation renews. Another
+    /// incarnation's lease on the same owner is replaced only when it has expired or
+    /// when `force` is set (the caller knows the predecessor is dead, e.g. it holds the
+    /// predecessor's lock file); otherwise [`Error::LeaseHeld`](crate::Error::LeaseHeld).
+    /// Tasks owned under the owner's id stay owned: the new incarnation recovers them
+    /// with [`owned`](Self::owned).
+    async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()>;
+
+    /// Extends a held lease to now + ttl; see [`Renewal`].
+    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal>;
+
+    /// Ends a lease (graceful shutdown): its submitted/queued tasks become unowned (any
+    /// coordinator may claim them); running and retrying ones stay owned and the lease
+    /// is marked expired, so the same owner restarting, or another coordinator taking
+    /// over, recovers them at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Claims up to `max` unowned submitted/queued tasks for a live lease, highest
+    /// priority first then oldest, skipping rows other claimers hold (`FOR UPDATE SKIP
+    /// LOCKED` on Postgres). Returns them with `owner` set; empty when the lease is not
+    /// alive.
+    async fn claim(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>>;
+
+    /// Takes over up to `max` unfinished tasks whose owner's lease expired (or whose
+    /// owner has no lease), for a live lease; returns them with `owner` set. Removes
+    /// expired leases that own nothing any more.
+    async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>>;
+
+    /// Every unfinished task owned by `owner` (recovery after a restart).
+    async fn owned(&self, owner: &str) -> Result<Vec<TaskRecord>>;
+
+    /// Asks the owner of an unfinished task to cancel it (reported by its next
+    /// [`renew_lease`](Self::renew_lease); an unowned task's claimer cancels it at
+    /// once). Returns `false` when the task is unknown or already final.
+    async fn request_cancel(&self, id: TaskId) -> Result<bool>;
 }
 
 #[async_trait]
@@ -306,5 +398,26 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     }
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
         (**self).count_by_status(tenant).await
+    }
+    async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
+        (**self).acquire_lease(lease, force).await
+    }
+    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal> {
+        (**self).renew_lease(lease).await
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        (**self).release_lease(lease).await
+    }
+    async fn claim(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        (**self).claim(lease, max).await
+    }
+    async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        (**self).take_over(lease, max).await
+    }
+    async fn owned(&self, owner: &str) -> Result<Vec<TaskRecord>> {
+        (**self).owned(owner).await
+    }
+    async fn request_cancel(&self, id: TaskId) -> Result<bool> {
+        (**self).request_cancel(id).await
     }
 }

@@ -12,7 +12,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::{
-    ChangeBatch, HistoryStore, OutputRecord, TaskPage, TaskQuery, TaskRecord, TransitionRecord,
+    ChangeBatch, HistoryStore, Lease, OutputRecord, Renewal, TaskPage, TaskQuery, TaskRecord,
+    TransitionRecord,
 };
 use crate::{Error, Result};
 
@@ -129,6 +130,7 @@ fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
         not_before: row
             .try_get::<Option<i64>, _>("not_before")?
             .map(from_micros),
+        owner: None,
     })
 }
 
@@ -605,5 +607,27 @@ impl HistoryStore for SqliteHistory {
             .collect::<Result<Vec<_>>>()?;
         out.sort_by_key(|(s, _)| *s);
         Ok(out)
+    }
+
+    async fn acquire_lease(&self, _lease: &Lease, _force: bool) -> Result<()> {
+        todo!("leases on SQLite")
+    }
+    async fn renew_lease(&self, _lease: &Lease) -> Result<Renewal> {
+        todo!("leases on SQLite")
+    }
+    async fn release_lease(&self, _lease: &Lease) -> Result<()> {
+        todo!("leases on SQLite")
+    }
+    async fn claim(&self, _lease: &Lease, _max: u32) -> Result<Vec<TaskRecord>> {
+        todo!("leases on SQLite")
+    }
+    async fn take_over(&self, _lease: &Lease, _max: u32) -> Result<Vec<TaskRecord>> {
+        todo!("leases on SQLite")
+    }
+    async fn owned(&self, _owner: &str) -> Result<Vec<TaskRecord>> {
+        todo!("leases on SQLite")
+    }
+    async fn request_cancel(&self, _id: TaskId) -> Result<bool> {
+        todo!("leases on SQLite")
     }
 }

@@ -379,6 +379,7 @@ impl Tasks {
             started_at: None,
             finished_at: None,
             not_before: None,
+            owner: None,
         })
     }
 
