@@ -104,6 +104,58 @@ pub enum Error {
     /// The dispatcher was asked to start while it is already running.
     #[error("the dispatcher is already running")]
     AlreadyRunning,
+    /// The event store's server could not be reached or refused the connection.
+    #[error("cannot connect to the event store at {url}: {message}")]
+    Connect {
+        /// The server URL, password redacted (`postgres://user:***@host/db`).
+        url: String,
+        /// Why (connection refused, timed out, authentication failed...).
+        message: String,
+    },
+    /// The event store's schema is older than this binary and migrations were not to
+    /// be applied (`Migrations::Require`).
+    #[error(
+        "the event store schema at {url} is older than this program: missing migrations {}; \
+         apply them (or connect with migrations = \"run\")",
+        missing.join(", ")
+    )]
+    SchemaOutdated {
+        /// The server URL, password redacted.
+        url: String,
+        /// The migrations not applied yet, as `<version>_<name>`.
+        missing: Vec<String>,
+    },
+    /// The message broker (NATS JetStream) failed or refused an operation.
+    #[error("{backend} {operation}: {message}")]
+    Broker {
+        /// Which backend, e.g. `nats`.
+        backend: &'static str,
+        /// What was being done, e.g. `create consumer`.
+        operation: &'static str,
+        /// What the broker or the connection reported.
+        message: String,
+        /// Whether trying again may succeed (lost connection, timeout, server
+        /// restarting) rather than a refusal that will not change.
+        retryable: bool,
+    },
+    /// The broker did not acknowledge some published events before the publish
+    /// deadline. They may or may not be stored; publishing them again is safe (the
+    /// broker deduplicates by event id).
+    #[error(
+        "{backend}: {unacked} of {total} events not acknowledged within {waited_ms} ms: {message}"
+    )]
+    NotAcknowledged {
+        /// Which backend, e.g. `nats`.
+        backend: &'static str,
+        /// Events without an acknowledgement.
+        unacked: usize,
+        /// Events in the publish call.
+        total: usize,
+        /// How long publishing was retried.
+        waited_ms: u64,
+        /// The last error seen.
+        message: String,
+    },
 }
 
 impl Error {
@@ -111,9 +163,10 @@ impl Error {
     /// a retryable function failure).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { source, .. } => sqlx_is_retryable(source),
+            Error::Store { backend, source } => sqlx_is_retryable(backend, source),
             Error::Function { source, .. } => source.is_retryable(),
-            Error::Io { .. } => true,
+            Error::Io { .. } | Error::Connect { .. } | Error::NotAcknowledged { .. } => true,
+            Error::Broker { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -121,6 +174,14 @@ impl Error {
     pub(crate) fn sqlite(source: sqlx::Error) -> Self {
         Error::Store {
             backend: "sqlite",
+            source,
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(source: sqlx::Error) -> Self {
+        Error::Store {
+            backend: "postgres",
             source,
         }
     }
@@ -138,9 +199,19 @@ impl Error {
     }
 }
 
-fn sqlx_is_retryable(e: &sqlx::Error) -> bool {
+fn sqlx_is_retryable(backend: &str, e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) if backend == "postgres" => {
+            // SQLSTATE: serialization failure, deadlock, lock not available, too many
+            // connections, shutdown or recovery, connection exceptions (class 08).
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            matches!(
+                code,
+                "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+            ) || code.starts_with("08")
+        }
         sqlx::Error::Database(db) => {
             // SQLITE_BUSY (5) and SQLITE_LOCKED (6), including extended codes.
             let code = db.code();
@@ -186,5 +257,25 @@ mod tests {
             source: FunctionError::retryable("busy"),
         };
         assert!(f.is_retryable());
+        let down = Error::Connect {
+            url: "postgres://ops:***@db/ops".into(),
+            message: "connection refused".into(),
+        };
+        assert!(down.is_retryable());
+        assert!(
+            down.to_string().contains("postgres://ops:***@db/ops"),
+            "{down}"
+        );
+        let outdated = Error::SchemaOutdated {
+            url: "postgres://ops@db/ops".into(),
+            missing: vec!["20261125000001_outbox".into(), "20261201000001_more".into()],
+        };
+        assert!(!outdated.is_retryable());
+        assert!(
+            outdated
+                .to_string()
+                .contains("20261125000001_outbox, 20261201000001_more"),
+            "{outdated}"
+        );
     }
 }

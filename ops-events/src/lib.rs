@@ -22,6 +22,8 @@
 //! |---|---|---|
 //! | in-memory, always built | no | [`memory::InMemoryBus`] |
 //! | SQLite outbox, always built: the caller writes its state and events in one transaction | yes | [`sqlite::SqliteOutbox`] |
+//! | PostgreSQL outbox (feature `postgres`): the same, shared by several machines | yes | `postgres::PostgresOutbox` |
+//! | NATS JetStream (feature `nats`): the scale-out bus | yes | `nats::NatsBus` |
 //!
 //! Every backend passes the same conformance suite (`testkit`, behind the feature of
 //! that name).
@@ -30,6 +32,11 @@
 //!
 //! - `webhook` (default): [`webhook`] functions over `reqwest` (rustls).
 //! - `testkit`: the bus conformance suite, for backend authors.
+//! - `postgres`: the PostgreSQL outbox (`postgres` module), PostgreSQL 13 or later.
+//! - `nats`: the NATS JetStream bus (`nats` module), nats-server 2.9 or later.
+//!
+//! [`relay::Relay`] (always built) moves events from one bus to another durably: in
+//! practice from the SQL outbox, written in the same transaction as the state, to NATS.
 //!
 //! # Example
 //!
@@ -90,6 +97,11 @@ mod serde_millis;
 mod trigger;
 
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod relay;
 pub mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;

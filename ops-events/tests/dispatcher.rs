@@ -517,3 +517,96 @@ async fn sqlite_transactional_append_is_dispatched() {
     );
     assert_eq!(outbox.head().await.unwrap(), 1);
 }
+
+/// The same dispatcher checks on the PostgreSQL outbox (needs `OPS_TEST_POSTGRES_URL`).
+#[cfg(feature = "postgres")]
+mod postgres {
+    use ops_events::postgres::PostgresOutbox;
+
+    use super::*;
+
+    async fn postgres_bus() -> Option<PostgresOutbox> {
+        let url = ops_testbed::postgres_database()?;
+        Some(PostgresOutbox::connect(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn postgres_delivers_and_filters() {
+        let Some(bus) = postgres_bus().await else {
+            return;
+        };
+        delivers_and_filters(bus).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_retries_then_succeeds() {
+        let Some(bus) = postgres_bus().await else {
+            return;
+        };
+        retries_then_succeeds(bus).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_dead_letters_and_replay() {
+        let Some(outbox) = postgres_bus().await else {
+            return;
+        };
+        let store = outbox.dead_letters();
+        dead_letters_and_replay(outbox, store).await;
+    }
+
+    /// Dead letters outlive the process: a new connection sees and replays them.
+    #[tokio::test]
+    async fn postgres_dead_letters_survive_a_restart() {
+        let Some(url) = ops_testbed::postgres_database() else {
+            return;
+        };
+        let event = task_event("ops.task.failed", "t1", "acme");
+        {
+            let outbox = PostgresOutbox::connect(&url).await.unwrap();
+            let dispatcher = Dispatcher::builder(outbox.clone())
+                .config(fast_config())
+                .dead_letters(outbox.dead_letters())
+                .route(
+                    Trigger::any(),
+                    function_fn("pager", |_| async {
+                        Err(FunctionError::permanent("no pager"))
+                    }),
+                )
+                .build()
+                .unwrap();
+            let running = dispatcher.start().await.unwrap();
+            outbox.publish(std::slice::from_ref(&event)).await.unwrap();
+            eventually("dead letter", || dispatcher.stats().dead_lettered == 1).await;
+            running.shutdown().await;
+        }
+        let outbox = PostgresOutbox::connect(&url).await.unwrap();
+        let seen = Seen::default();
+        let s = seen.clone();
+        let dispatcher = Dispatcher::builder(outbox.clone())
+            .config(fast_config())
+            .dead_letters(outbox.dead_letters())
+            .route(
+                Trigger::any(),
+                function_fn("pager", move |e| {
+                    let s = s.clone();
+                    async move {
+                        s.add(e.id);
+                        Ok(())
+                    }
+                }),
+            )
+            .build()
+            .unwrap();
+        let letter = outbox
+            .dead_letters()
+            .get("pager", event.id)
+            .await
+            .unwrap()
+            .expect("kept across the restart");
+        assert!(letter.permanent && letter.event == event);
+        dispatcher.replay("pager", event.id).await.unwrap();
+        assert_eq!(seen.count(event.id), 1);
+        assert_eq!(outbox.dead_letters().count(None).await.unwrap(), 0);
+    }
+}

@@ -23,7 +23,13 @@
 //! | contract | embedded default | scale-out |
 //! |---|---|---|
 //! | [`Executor`] | [`local::LocalExecutor`] | `kube` (planned) |
-//! | [`HistoryStore`] | [`history::SqliteHistory`] | `postgres` (planned) |
+//! | [`HistoryStore`] | [`history::SqliteHistory`] | `postgres` feature: `history::PostgresHistory` |
+//!
+//! [`backends::open`] picks the history store (and event bus) from a URL. Several
+//! coordinators may share one store: each holds a [`Lease`], owns the tasks it runs,
+//! claims unowned queued ones, and takes over those of a coordinator whose lease
+//! expired (see [`HistoryStore`]'s lease methods and [`CoordinatorConfig`]). A process
+//! that only submits and reads uses [`TasksBuilder::submit_only`].
 //!
 //! # Example
 //!
@@ -72,6 +78,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backends;
 pub mod duration;
 mod error;
 pub mod executor;
@@ -80,6 +87,8 @@ pub mod local;
 pub mod paths;
 mod tasks;
 pub mod template;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use error::{Error, ParameterViolation, Result};
 pub use executor::{
@@ -87,5 +96,7 @@ pub use executor::{
 };
 pub use history::{HistoryStore, Lease, SqliteHistory, TaskPage, TaskQuery, TaskRecord};
 pub use local::{LocalExecutor, LocalExecutorConfig};
-pub use tasks::{BoxStream, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder, TasksConfig};
+pub use tasks::{
+    BoxStream, CoordinatorConfig, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder, TasksConfig,
+};
 pub use template::{Catalogue, RenderedCommand, RetryPolicy, TaskTemplate};

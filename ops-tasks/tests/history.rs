@@ -1,114 +1,159 @@
-//! `SqliteHistory` directly: the state machine is enforced, transitions are
-//! compare-and-set, and each applied change's event lands in the outbox.
+//! The history conformance suite (`ops_tasks::testkit`) on every backend: SQLite in a
+//! temporary directory, and PostgreSQL on the shared test server
+//! (`$OPS_TEST_POSTGRES_URL`, see `ops-testbed`; skipped when it is not set, unless
+//! `OPS_REQUIRE_SERVICES=1`).
 
-use chrono::Utc;
-use ops_core::{Event, Labels, TaskId, TaskStatus, Tenant, Usage, event_types};
-use ops_events::{EventBus, SubscribeOptions};
-use ops_tasks::history::{ChangeBatch, Transition};
-use ops_tasks::{Error, HistoryStore, LaunchSpec, RetryPolicy, SqliteHistory, TaskRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-fn record(id: TaskId, status: TaskStatus) -> TaskRecord {
-    let spec: LaunchSpec = serde_json::from_value(serde_json::json!({
-        "task_id": id, "attempt": 0, "tenant": "acme", "argv": ["true"], "env": {},
-        "task_dir": "/tmp/none", "workdir": null, "resources": {}, "timeout": null,
-        "output_globs": []
-    }))
-    .unwrap();
-    serde_json::from_value(serde_json::json!({
-        "id": id, "tenant": "acme", "environment": "default", "template": "t",
-        "status": status, "reason": null, "message": null, "exit_code": null,
-        "priority": 0, "attempt": 0, "max_attempts": 1, "labels": Labels::new(),
-        "parameters": {}, "spec": spec, "retry": RetryPolicy::default(),
-        "run_handle": null, "usage": Usage::default(), "submitted_at": Utc::now(),
-        "started_at": null, "finished_at": null, "not_before": null
-    }))
-    .unwrap()
-}
+use ops_tasks::{HistoryStore, SqliteHistory, testkit};
 
-fn event(ty: &str, id: TaskId) -> Event {
-    Event::builder(ty, "ops://test")
-        .subject(id.to_string())
-        .build()
-}
-
-fn transition(r: &TaskRecord, to: TaskStatus, ty: &str) -> Transition {
-    let mut next = r.clone();
-    next.status = to;
-    ops_tasks::history::Transition::new(r.status, next, event(ty, r.id))
+#[tokio::test]
+async fn sqlite_conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    testkit::run_all(|| {
+        let path = dir
+            .path()
+            .join(format!("h{}.db", n.fetch_add(1, Ordering::SeqCst)));
+        async move {
+            Arc::new(SqliteHistory::open(&path.to_string_lossy()).await.unwrap())
+                as Arc<dyn HistoryStore>
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
-async fn transitions_are_checked_compare_and_set_and_evented() {
+async fn sqlite_events_reach_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let history = SqliteHistory::open(&dir.path().join("h.db").to_string_lossy())
         .await
         .unwrap();
-    let outbox = history.outbox().clone();
-    outbox
-        .subscribe("audit", SubscribeOptions::default())
+    testkit::events_reach_the_outbox(&history, history.outbox()).await;
+}
+
+#[tokio::test]
+async fn sqlite_history_upgrades_in_place() {
+    // A database written before leases existed keeps its tasks, unowned.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let url = path.to_string_lossy().to_string();
+    let history = SqliteHistory::open(&url).await.unwrap();
+    let task = testkit::record("acme", ops_core::TaskStatus::Queued);
+    testkit::insert(&history, std::slice::from_ref(&task), None).await;
+    drop(history);
+    let history = SqliteHistory::open(&url).await.unwrap();
+    assert_eq!(history.get(task.id).await.unwrap(), Some(task));
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::sync::Arc;
+
+    use ops_events::postgres::Migrations;
+    use ops_tasks::history::{PostgresHistory, PostgresHistoryConfig};
+    use ops_tasks::{Error, HistoryStore, testkit};
+
+    async fn open() -> Option<PostgresHistory> {
+        let url = ops_testbed::postgres_database()?;
+        Some(PostgresHistory::connect(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn postgres_conformance() {
+        if open().await.is_none() {
+            return;
+        }
+        testkit::run_all(|| async {
+            let url = ops_testbed::postgres_database().expect("postgres");
+            Arc::new(PostgresHistory::connect(&url).await.unwrap()) as Arc<dyn HistoryStore>
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgres_events_reach_the_outbox() {
+        let Some(history) = open().await else { return };
+        testkit::events_reach_the_outbox(&history, history.outbox()).await;
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_history_and_concurrent_opens_migrate_once() {
+        let Some(url) = ops_testbed::postgres_database() else {
+            return;
+        };
+        let (a, b) = tokio::join!(
+            PostgresHistory::connect(&url),
+            PostgresHistory::connect(&url)
+        );
+        let (a, _b) = (a.unwrap(), b.unwrap());
+        let task = testkit::record("acme", ops_core::TaskStatus::Queued);
+        testkit::insert(&a, std::slice::from_ref(&task), None).await;
+        drop(a);
+        let again = PostgresHistory::connect_with(
+            &url,
+            PostgresHistoryConfig::default().migrations(Migrations::Require),
+        )
         .await
         .unwrap();
-    let id = TaskId::new();
-    let queued = record(id, TaskStatus::Queued);
-    let mut batch = ChangeBatch::default();
-    batch.inserts.push((
-        queued.clone(),
-        vec![
-            event(event_types::TASK_SUBMITTED, id),
-            event(event_types::TASK_QUEUED, id),
-        ],
-    ));
-    history.commit(&batch).await.unwrap();
+        assert_eq!(again.get(task.id).await.unwrap(), Some(task));
+    }
 
-    // Not allowed by the state machine: nothing is written.
-    let mut bad = ChangeBatch::default();
-    bad.transitions.push(transition(
-        &queued,
-        TaskStatus::Succeeded,
-        event_types::TASK_SUCCEEDED,
-    ));
-    let err = history.commit(&bad).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidTransition { .. }), "{err}");
-
-    // Allowed: applied once; the same change again no longer matches `from`.
-    let mut ok = ChangeBatch::default();
-    ok.transitions.push(transition(
-        &queued,
-        TaskStatus::Running,
-        event_types::TASK_STARTED,
-    ));
-    assert_eq!(history.commit(&ok).await.unwrap(), vec![true]);
-    let mut again = ChangeBatch::default();
-    again.transitions.push(transition(
-        &queued,
-        TaskStatus::Cancelled,
-        event_types::TASK_CANCELLED,
-    ));
-    assert_eq!(history.commit(&again).await.unwrap(), vec![false]);
-
-    let stored = history.get(id).await.unwrap().unwrap();
-    assert_eq!(stored.status, TaskStatus::Running);
-    assert_eq!(stored.tenant, Tenant::new("acme"));
-    let types: Vec<_> = history
-        .events(id)
+    #[tokio::test]
+    async fn require_on_an_empty_database_lists_missing_migrations() {
+        let Some(url) = ops_testbed::postgres_database() else {
+            return;
+        };
+        let err = PostgresHistory::connect_with(
+            &url,
+            PostgresHistoryConfig::default().migrations(Migrations::Require),
+        )
         .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.ty)
-        .collect();
-    assert_eq!(
-        types,
-        [
-            event_types::TASK_SUBMITTED,
-            event_types::TASK_QUEUED,
-            event_types::TASK_STARTED
-        ]
-    );
-    // The outbox holds exactly the applied changes' events, in order.
-    let deliveries = outbox
-        .fetch("audit", 10, std::time::Duration::from_millis(100))
+        .unwrap_err();
+        match &err {
+            Error::SchemaOutdated { missing, .. } => {
+                assert!(
+                    missing.iter().any(|m| m.ends_with("_outbox")),
+                    "{missing:?}"
+                );
+                assert!(
+                    missing.iter().any(|m| m == "20261125100001_history"),
+                    "{missing:?}"
+                );
+                assert!(
+                    missing.iter().any(|m| m == "20261126100001_leases"),
+                    "{missing:?}"
+                );
+            }
+            other => panic!("expected SchemaOutdated, got {other:?}"),
+        }
+        // Nothing was created.
+        PostgresHistory::connect(&url).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_names_the_url_without_password() {
+        let port = ops_testbed::free_port();
+        let url = format!("postgres://ops:hunter2@127.0.0.1:{port}/ops");
+        let err = PostgresHistory::connect_with(
+            &url,
+            PostgresHistoryConfig::default().connect_timeout(std::time::Duration::from_secs(2)),
+        )
         .await
-        .unwrap();
-    let outboxed: Vec<_> = deliveries.iter().map(|d| d.event.ty.clone()).collect();
-    assert_eq!(outboxed, types);
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Connect { .. }), "{text}");
+        assert!(
+            text.contains(&format!("postgres://ops:***@127.0.0.1:{port}/ops")),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let err = PostgresHistory::connect("mysql://root:hunter2@db/ops")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 }

@@ -201,7 +201,7 @@ impl PostgresServer {
                 .args(["-w", "-o"])
                 .arg(format!(
                     "-h 127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off \
-                     -c synchronous_commit=off -c max_connections=200",
+                     -c max_connections=200",
                     self.port,
                     d.display()
                 ))

@@ -16,10 +16,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ops_core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
-use ops_events::{Dedupe, Dispatcher, Trigger, function_fn};
+use ops_events::{Dispatcher, Trigger, function_fn};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
 use ops_tasks::template::Catalogue;
-use ops_tasks::{HistoryStore, SqliteHistory, SubmitRequest, TaskRecord, Tasks, TasksConfig};
+use ops_tasks::{HistoryStore, SubmitRequest, TaskRecord, Tasks, TasksConfig};
 use serde::Deserialize;
 
 /// Runs a demo platform on this machine.
@@ -35,6 +35,12 @@ struct Args {
     /// Render tasks to submit per tenant.
     #[arg(long, default_value_t = 3)]
     renders: u32,
+    /// History store URL, overriding the config (e.g. postgres://ops@db/ops).
+    #[arg(long, env = "OPS_HISTORY_URL")]
+    history: Option<String>,
+    /// Event bus URL, overriding the config (e.g. nats://127.0.0.1:4222).
+    #[arg(long, env = "OPS_EVENTS_URL")]
+    events: Option<String>,
 }
 
 fn default_config() -> PathBuf {
@@ -45,7 +51,12 @@ fn default_config() -> PathBuf {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlatformConfig {
-    database: PathBuf,
+    /// History store (and event outbox) URL: `sqlite://PATH` (relative to the config
+    /// file) or `postgres://…`.
+    history: String,
+    /// Event bus URL (`nats://…`); the history store's outbox when left out.
+    #[serde(default)]
+    events: Option<String>,
     templates: PathBuf,
     #[serde(default)]
     tasks: TasksConfig,
@@ -60,11 +71,24 @@ impl PlatformConfig {
         let mut config: PlatformConfig =
             toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.database = base.join(&config.database);
+        if let Some(file) = sqlite_path(&config.history) {
+            config.history = format!("sqlite://{}", base.join(file).display());
+        }
         config.templates = base.join(&config.templates);
         config.tasks.root = base.join(&config.tasks.root);
         Ok(config)
     }
+}
+
+/// The file of a SQLite URL (`sqlite://PATH`, `sqlite:PATH` or a bare path).
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    if let Some(p) = url.strip_prefix("sqlite://") {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = url.strip_prefix("sqlite:") {
+        return Some(PathBuf::from(p));
+    }
+    (!url.contains("://")).then(|| PathBuf::from(url))
 }
 
 /// What the demo expects of each template's tasks.
@@ -92,16 +116,24 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = PlatformConfig::load(&args.config)?;
+    let mut config = PlatformConfig::load(&args.config)?;
+    if let Some(url) = &args.history {
+        config.history = url.clone();
+    }
+    if args.events.is_some() {
+        config.events = args.events.clone();
+    }
     if args.fresh {
-        for path in [&config.tasks.root, &config.database] {
-            let _ = std::fs::remove_dir_all(path);
-            let _ = std::fs::remove_file(path);
-        }
-        for suffix in ["-wal", "-shm"] {
-            let mut p = config.database.clone().into_os_string();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_dir_all(&config.tasks.root);
+        match sqlite_path(&config.history) {
+            Some(db) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = db.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            None => println!("--fresh leaves a shared database alone; only the task directories were removed"),
         }
     }
 
@@ -113,7 +145,13 @@ async fn main() -> anyhow::Result<()> {
         config.templates.display(),
         catalogue.names().collect::<Vec<_>>().join(", ")
     );
-    let history = SqliteHistory::open(&config.database.to_string_lossy()).await?;
+    let backends = ops_tasks::backends::open(&config.history, config.events.as_deref()).await?;
+    println!(
+        "History store: {}; events: {}",
+        backends.history_url,
+        backends.events_url.as_deref().unwrap_or("the history store's outbox")
+    );
+    let history = backends.history.clone();
     let executor = LocalExecutor::new(config.executor.clone())?;
     let capacity = ops_core::Resources::clone(&ops_tasks::Executor::capacity(&executor));
     println!(
@@ -133,8 +171,6 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Functions react to events from the durable outbox (at least once, deduped).
     let meter = Arc::new(Mutex::new(Meter::default()));
-    let counts: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let dedupe = Arc::new(Dedupe::new(100_000));
     let usage_fn = {
         let meter = meter.clone();
         function_fn("usage-meter", move |event| {
@@ -153,19 +189,20 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
+    // Every event the counter saw, once per event id (delivery is at least once); the
+    // summary counts those about this run's tasks (a shared database or NATS stream may
+    // carry other runs' events too).
+    let seen: Arc<Mutex<BTreeMap<ops_core::EventId, (Option<String>, String)>>> =
+        Arc::default();
     let count_fn = {
-        let counts = counts.clone();
+        let seen = seen.clone();
         function_fn("event-counter", move |event| {
-            let counts = counts.clone();
-            let dedupe = dedupe.clone();
+            let seen = seen.clone();
             async move {
-                if dedupe.first_time(event.id) {
-                    *counts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(event.ty.clone())
-                        .or_default() += 1;
-                }
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(event.id)
+                    .or_insert_with(|| (event.subject.clone(), event.ty.clone()));
                 Ok(())
             }
         })
@@ -180,8 +217,8 @@ async fn main() -> anyhow::Result<()> {
     for t in &final_types[1..] {
         usage_trigger = usage_trigger.or_on(*t);
     }
-    let dispatcher = Dispatcher::builder(history.outbox().clone())
-        .dead_letters(history.outbox().dead_letters())
+    let dispatcher = Dispatcher::builder(backends.events.clone())
+        .dead_letters(backends.dead_letters.clone())
         .route(usage_trigger, usage_fn)
         .route(Trigger::on("ops.task.*"), count_fn)
         .build()?;
@@ -314,15 +351,19 @@ async fn main() -> anyhow::Result<()> {
     for (id, tenant) in &ids {
         total_events += tasks.events(tenant, *id).await?.len() as u64;
     }
+    let ours: std::collections::HashSet<String> =
+        ids.iter().map(|(id, _)| id.to_string()).collect();
+    let counts = || {
+        let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+        for (subject, ty) in seen.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            if subject.as_ref().is_some_and(|s| ours.contains(s)) {
+                *by_type.entry(ty.clone()).or_default() += 1;
+            }
+        }
+        by_type
+    };
     let caught_up = Instant::now() + Duration::from_secs(30);
-    while counts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .sum::<u64>()
-        < total_events
-        && Instant::now() < caught_up
-    {
+    while counts().values().sum::<u64>() < total_events && Instant::now() < caught_up {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -332,8 +373,11 @@ async fn main() -> anyhow::Result<()> {
         records.push(tasks.get(tenant, *id).await?);
     }
     print_summary(&tasks, &records, elapsed).await?;
-    println!("\nEvents delivered to the `event-counter` function (from the SQLite outbox):");
-    for (ty, n) in counts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    println!(
+        "\nEvents delivered to the `event-counter` function (from {}):",
+        backends.events_url.as_deref().unwrap_or("the outbox")
+    );
+    for (ty, n) in counts().iter() {
         println!("  {ty:<26} {n:>4}");
     }
     println!("\nUsage metered by the `usage-meter` function (from final events):");
@@ -360,6 +404,7 @@ async fn main() -> anyhow::Result<()> {
 
     running_dispatcher.shutdown().await;
     tasks.shutdown().await;
+    backends.shutdown().await;
 
     let mut wrong = Vec::new();
     for r in &records {
@@ -371,11 +416,7 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let counted: u64 = counts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .values()
-        .sum();
+    let counted: u64 = counts().values().sum();
     if counted != total_events {
         wrong.push(format!(
             "the function saw {counted} distinct events, history holds {total_events}"

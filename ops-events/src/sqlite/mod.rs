@@ -314,7 +314,7 @@ impl SqliteOutbox {
 /// Applies this crate's migrations; other crates' migrations in the same database
 /// (such as `ops-tasks`') are left alone.
 async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
+    let mut migrator = sqlx::migrate!("./migrations/sqlite");
     migrator.set_ignore_missing(true);
     migrator.run(pool).await?;
     Ok(())
@@ -369,6 +369,32 @@ mod tests {
         assert_eq!(sql.as_str().matches("(?,?,?,?,?)").count(), 3);
         let full = insert_sql(APPEND_CHUNK);
         assert_eq!(full.as_str().matches('?').count(), APPEND_CHUNK * 5);
+    }
+
+    /// The SQLite and PostgreSQL dialects of the outbox schema keep the same
+    /// migration versions and names, so both stores stay in step.
+    #[test]
+    fn migration_dialects_stay_in_step() {
+        let list = |dialect: &str| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dialect);
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".sql"))
+                .collect();
+            names.sort();
+            names
+        };
+        let sqlite = list("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, list("postgres"));
+        let embedded: Vec<String> = sqlx::migrate!("./migrations/sqlite")
+            .iter()
+            .map(|m| format!("{}_{}.sql", m.version, m.description.replace(' ', "_")))
+            .collect();
+        assert_eq!(embedded, sqlite, "the sqlite migrator embeds these files");
     }
 
     #[test]

@@ -1,9 +1,16 @@
 //! Task history: every task, its transitions and events, outputs and usage.
 //!
-//! [`HistoryStore`] is the contract; [`SqliteHistory`] the embedded default. A store
-//! writes each state change and its event in one transaction (through the event
+//! [`HistoryStore`] is the contract; [`SqliteHistory`] the embedded default, and
+//! `PostgresHistory` (feature `postgres`) the store that several coordinators share. A
+//! store writes each state change and its event in one transaction (through the event
 //! outbox of `ops-events`), so history and the event stream never disagree.
+//!
+//! Every backend passes the same conformance suite (`ops_tasks::testkit`, feature
+//! `testkit`). Their schemas are kept in step: `migrations/sqlite` and
+//! `migrations/postgres` hold the same versions under the same names.
 
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -14,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::template::RetryPolicy;
 use crate::{LaunchSpec, Result, RunHandle};
 
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresHistory, PostgresHistoryConfig};
 pub use sqlite::SqliteHistory;
 
 /// Everything known about one task.
@@ -143,7 +152,7 @@ pub struct ChangeBatch {
     /// The coordinator writing the batch (fencing): inserts are owned by it, and a
     /// transition or output applies only while the task's owner is still this one
     /// (`None` matches unowned tasks only). A transition to a final status clears the
-    /// owner.
+    /// owner; outputs of a task that this same batch made final still apply.
     pub owner: Option<String>,
 }
 
@@ -161,6 +170,19 @@ impl ChangeBatch {
             .chain(self.transitions.iter().map(|t| &t.event))
             .chain(self.outputs.iter().map(|(_, e)| e))
     }
+}
+
+/// A task deleted by [`HistoryStore::prune`]: what the caller needs to clean up after
+/// it (the full record is not read back, so that pruning stays cheap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PrunedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its owner.
+    pub tenant: Tenant,
+    /// Its directory (`LaunchSpec::task_dir`), to be removed by the caller.
+    pub task_dir: std::path::PathBuf,
 }
 
 /// A query over one tenant's tasks, newest first.
@@ -327,8 +349,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn unfinished(&self) -> Result<Vec<TaskRecord>>;
 
     /// Deletes up to `batch` tasks that finished before `cutoff`, with their events,
-    /// outputs and labels. Returns the ids deleted (empty when nothing is left).
-    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<TaskRecord>>;
+    /// outputs and labels, oldest first. Returns the tasks deleted (empty when nothing
+    /// is left). Each call is a short transaction of its own, so that pruning a large
+    /// backlog in a loop does not hold up writers.
+    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>>;
 
     /// Number of tasks per status for a tenant (all tenants when `None`).
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>>;
@@ -393,7 +417,7 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
         (**self).unfinished().await
     }
-    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<TaskRecord>> {
+    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
         (**self).prune(cutoff, batch).await
     }
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
@@ -419,5 +443,68 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     }
     async fn request_cancel(&self, id: TaskId) -> Result<bool> {
         (**self).request_cancel(id).await
+    }
+}
+
+/// Statuses in which a task waits to be claimed.
+const CLAIMABLE_SQL: &str = "('submitted', 'queued')";
+/// Final statuses, for SQL.
+const FINAL_SQL: &str = "('succeeded', 'failed', 'cancelled', 'timed_out')";
+
+/// Refuses a batch with a transition the state machine does not allow (nothing is
+/// written then): enforced here, below every caller.
+fn check_transitions(batch: &ChangeBatch) -> Result<()> {
+    match batch
+        .transitions
+        .iter()
+        .find(|t| !t.from.can_transition_to(t.to) || t.record.status != t.to)
+    {
+        Some(t) => Err(crate::Error::InvalidTransition {
+            task_id: t.task_id,
+            from: t.from,
+            to: t.to,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The owner an inserted task gets: the batch's, unless it is already final.
+fn insert_owner<'a>(batch: &'a ChangeBatch, record: &TaskRecord) -> Option<&'a str> {
+    if record.status.is_final() {
+        None
+    } else {
+        batch.owner.as_deref()
+    }
+}
+
+/// For the events written at submission: the status each one moves to.
+fn submit_statuses(event: &Event) -> (Option<TaskStatus>, Option<TaskStatus>) {
+    match event.ty.as_str() {
+        ops_core::event_types::TASK_SUBMITTED => (None, Some(TaskStatus::Submitted)),
+        ops_core::event_types::TASK_QUEUED => {
+            (Some(TaskStatus::Submitted), Some(TaskStatus::Queued))
+        }
+        _ => (None, None),
+    }
+}
+
+/// A lease's ttl in microseconds (saturating).
+fn ttl_micros(lease: &Lease) -> i64 {
+    i64::try_from(lease.ttl.as_micros()).unwrap_or(i64::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlite_and_postgres_migrations_are_in_step() {
+        let list = |m: &sqlx::migrate::Migrator| {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let sqlite = list(&sqlx::migrate!("./migrations/sqlite"));
+        let postgres = list(&sqlx::migrate!("./migrations/postgres"));
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, postgres);
     }
 }

@@ -1,6 +1,7 @@
 //! The embedded history store: SQLite through sqlx, sharing its database (and its
 //! transactions) with the `ops-events` outbox.
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -12,8 +13,9 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
 use super::{
-    ChangeBatch, HistoryStore, Lease, OutputRecord, Renewal, TaskPage, TaskQuery, TaskRecord,
-    TransitionRecord,
+    CLAIMABLE_SQL, ChangeBatch, FINAL_SQL, HistoryStore, Lease, OutputRecord, PrunedTask, Renewal,
+    TaskPage, TaskQuery, TaskRecord, TransitionRecord, check_transitions, insert_owner,
+    submit_statuses, ttl_micros,
 };
 use crate::{Error, Result};
 
@@ -23,7 +25,7 @@ const INSERT_CHUNK: usize = 500;
 const TASK_COLUMNS: &str = "id, tenant, environment, template, status, reason, message, \
     exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, run_handle, \
     wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, started_at, finished_at, \
-    not_before, updated_at";
+    not_before, updated_at, owner";
 
 /// [`HistoryStore`] on SQLite. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -44,7 +46,7 @@ impl SqliteHistory {
     /// Uses the database of an existing outbox, running the history migrations.
     pub async fn from_outbox(outbox: SqliteOutbox) -> Result<Self> {
         // The outbox keeps its own migrations in the same database.
-        let mut migrator = sqlx::migrate!("./migrations");
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.set_ignore_missing(true);
         migrator.run(outbox.pool()).await?;
         Ok(Self {
@@ -130,7 +132,7 @@ fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
         not_before: row
             .try_get::<Option<i64>, _>("not_before")?
             .map(from_micros),
-        owner: None,
+        owner: row.try_get("owner")?,
     })
 }
 
@@ -230,17 +232,6 @@ impl EventRow {
     }
 }
 
-/// For the events written at submission: the status each one moves to.
-fn submit_statuses(event: &Event) -> (Option<TaskStatus>, Option<TaskStatus>) {
-    match event.ty.as_str() {
-        ops_core::event_types::TASK_SUBMITTED => (None, Some(TaskStatus::Submitted)),
-        ops_core::event_types::TASK_QUEUED => {
-            (Some(TaskStatus::Submitted), Some(TaskStatus::Queued))
-        }
-        _ => (None, None),
-    }
-}
-
 async fn insert_event_rows(conn: &mut sqlx::SqliteConnection, rows: &[EventRow]) -> Result<()> {
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
@@ -267,14 +258,16 @@ impl HistoryStore for SqliteHistory {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        check_transitions(batch)?;
         // Serialise everything before taking the write lock.
         let now = micros(Utc::now());
+        let owner = batch.owner.as_deref();
         let mut task_rows = Vec::with_capacity(batch.inserts.len());
         let mut label_rows = Vec::new();
         let mut event_rows = Vec::new();
         let mut outbox_events: Vec<Event> = Vec::new();
         for (record, events) in &batch.inserts {
-            task_rows.push(TaskRow::new(record)?);
+            task_rows.push((TaskRow::new(record)?, insert_owner(batch, record)));
             for (k, v) in &record.labels {
                 label_rows.push((record.id.to_string(), k.as_str(), v.as_str()));
             }
@@ -283,18 +276,6 @@ impl HistoryStore for SqliteHistory {
                 event_rows.push(EventRow::new(record.id, event, from, to, None)?);
                 outbox_events.push(event.clone());
             }
-        }
-        // The state machine is enforced here, below every caller.
-        if let Some(t) = batch
-            .transitions
-            .iter()
-            .find(|t| !t.from.can_transition_to(t.to) || t.record.status != t.to)
-        {
-            return Err(Error::InvalidTransition {
-                task_id: t.task_id,
-                from: t.from,
-                to: t.to,
-            });
         }
         let transition_rows = batch
             .transitions
@@ -307,7 +288,7 @@ impl HistoryStore for SqliteHistory {
         for chunk in task_rows.chunks(INSERT_CHUNK) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new(format!("INSERT INTO ops_tasks ({TASK_COLUMNS}) "));
-            qb.push_values(chunk, |mut b, r| {
+            qb.push_values(chunk, |mut b, (r, owner)| {
                 b.push_bind(r.id.as_str())
                     .push_bind(r.tenant.as_str())
                     .push_bind(r.environment.as_str())
@@ -332,7 +313,8 @@ impl HistoryStore for SqliteHistory {
                     .push_bind(r.started_at)
                     .push_bind(r.finished_at)
                     .push_bind(r.not_before)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(*owner);
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -346,33 +328,47 @@ impl HistoryStore for SqliteHistory {
         }
 
         let mut applied = Vec::with_capacity(batch.transitions.len());
+        // Tasks this batch made final: their outputs still apply (see ChangeBatch::owner).
+        let mut finalized = HashSet::new();
         for (t, r) in batch.transitions.iter().zip(&transition_rows) {
-            let done = sqlx::query(
+            // Fenced: only while the task is still in `from` and owned by the batch's
+            // owner (`IS`: NULL-safe). A final status clears the owner.
+            let sql = if t.to.is_final() {
                 "UPDATE ops_tasks SET status = ?, reason = ?, message = ?, exit_code = ?, \
                  priority = ?, attempt = ?, run_handle = ?, wall_secs = ?, cpu_secs = ?, \
                  peak_memory = ?, gpu_secs = ?, started_at = ?, finished_at = ?, \
-                 not_before = ?, updated_at = ? WHERE id = ? AND status = ?",
-            )
-            .bind(r.status)
-            .bind(r.reason)
-            .bind(r.message.as_deref())
-            .bind(r.exit_code)
-            .bind(r.priority)
-            .bind(r.attempt)
-            .bind(r.run_handle.as_deref())
-            .bind(r.wall)
-            .bind(r.cpu)
-            .bind(r.peak)
-            .bind(r.gpu)
-            .bind(r.started_at)
-            .bind(r.finished_at)
-            .bind(r.not_before)
-            .bind(now)
-            .bind(r.id.as_str())
-            .bind(t.from.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+                 not_before = ?, updated_at = ?, spec = ?, owner = NULL \
+                 WHERE id = ? AND status = ? AND owner IS ?"
+            } else {
+                "UPDATE ops_tasks SET status = ?, reason = ?, message = ?, exit_code = ?, \
+                 priority = ?, attempt = ?, run_handle = ?, wall_secs = ?, cpu_secs = ?, \
+                 peak_memory = ?, gpu_secs = ?, started_at = ?, finished_at = ?, \
+                 not_before = ?, updated_at = ?, spec = ? \
+                 WHERE id = ? AND status = ? AND owner IS ?"
+            };
+            let done = sqlx::query(sql)
+                .bind(r.status)
+                .bind(r.reason)
+                .bind(r.message.as_deref())
+                .bind(r.exit_code)
+                .bind(r.priority)
+                .bind(r.attempt)
+                .bind(r.run_handle.as_deref())
+                .bind(r.wall)
+                .bind(r.cpu)
+                .bind(r.peak)
+                .bind(r.gpu)
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(r.not_before)
+                .bind(now)
+                .bind(r.spec.as_str())
+                .bind(r.id.as_str())
+                .bind(t.from.as_str())
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                 == 1;
             if done {
                 event_rows.push(EventRow::new(
@@ -383,13 +379,35 @@ impl HistoryStore for SqliteHistory {
                     t.record.reason,
                 )?);
                 outbox_events.push(t.event.clone());
+                if t.to.is_final() {
+                    finalized.insert(t.task_id);
+                }
             } else {
-                tracing::debug!(task_id = %t.task_id, from = %t.from, to = %t.to, "transition skipped: status changed");
+                tracing::debug!(task_id = %t.task_id, from = %t.from, to = %t.to, owner, "transition skipped: status or owner changed");
             }
             applied.push(done);
         }
 
+        let mut owned: HashMap<TaskId, bool> = HashMap::new();
         for (output, event) in &batch.outputs {
+            let allowed = match owned.get(&output.task_id) {
+                Some(allowed) => *allowed,
+                None => {
+                    let allowed = finalized.contains(&output.task_id)
+                        || sqlx::query("SELECT 1 FROM ops_tasks WHERE id = ? AND owner IS ?")
+                            .bind(output.task_id.to_string())
+                            .bind(owner)
+                            .fetch_optional(&mut *tx)
+                            .await?
+                            .is_some();
+                    owned.insert(output.task_id, allowed);
+                    allowed
+                }
+            };
+            if !allowed {
+                tracing::debug!(task_id = %output.task_id, path = %output.path, owner, "output skipped: task not owned by this writer");
+                continue;
+            }
             let inserted = sqlx::query(
                 "INSERT OR IGNORE INTO ops_task_outputs (task_id, path, attempt, size, created_at) \
                  VALUES (?, ?, ?, ?, ?)",
@@ -547,20 +565,19 @@ impl HistoryStore for SqliteHistory {
         rows.iter().map(row_to_record).collect()
     }
 
-    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<TaskRecord>> {
+    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
         let _guard = self.write_lock.lock().await;
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE finished_at IS NOT NULL \
-             AND finished_at < ? ORDER BY finished_at LIMIT ?"
-        )))
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, tenant, json_extract(spec, '$.task_dir') FROM ops_tasks \
+             WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?",
+        )
         .bind(micros(cutoff))
         .bind(i64::from(batch.clamp(1, 10_000)))
         .fetch_all(&mut *tx)
         .await?;
-        let records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
-        if records.is_empty() {
-            return Ok(records);
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
         for table in [
             "DELETE FROM ops_task_events WHERE task_id IN (",
@@ -570,14 +587,22 @@ impl HistoryStore for SqliteHistory {
         ] {
             let mut qb = QueryBuilder::<Sqlite>::new(table);
             let mut sep = qb.separated(", ");
-            for r in &records {
-                sep.push_bind(r.id.to_string());
+            for (id, _, _) in &rows {
+                sep.push_bind(id.as_str());
             }
             qb.push(")");
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(records)
+        rows.into_iter()
+            .map(|(id, tenant, dir)| {
+                Ok(PrunedTask {
+                    id: TaskId::from_str(&id).map_err(|e| corrupt("task id", e))?,
+                    tenant: Tenant::new(tenant),
+                    task_dir: dir.unwrap_or_default().into(),
+                })
+            })
+            .collect()
     }
 
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
@@ -609,25 +634,243 @@ impl HistoryStore for SqliteHistory {
         Ok(out)
     }
 
-    async fn acquire_lease(&self, _lease: &Lease, _force: bool) -> Result<()> {
-        todo!("leases on SQLite")
+    async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = micros(Utc::now());
+        let expires = now.saturating_add(ttl_micros(lease));
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT incarnation, expires_at FROM ops_coordinators WHERE owner = ?")
+                .bind(lease.owner.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        match current {
+            None => {
+                sqlx::query(
+                    "INSERT INTO ops_coordinators \
+                     (owner, incarnation, expires_at, heartbeat_at, started_at) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(lease.owner.as_str())
+                .bind(lease.incarnation.as_str())
+                .bind(expires)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some((incarnation, _)) if incarnation == lease.incarnation => {
+                sqlx::query(
+                    "UPDATE ops_coordinators SET expires_at = ?, heartbeat_at = ? WHERE owner = ?",
+                )
+                .bind(expires)
+                .bind(now)
+                .bind(lease.owner.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            Some((_, until)) if until > now && !force => {
+                return Err(Error::LeaseHeld {
+                    owner: lease.owner.clone(),
+                    until: from_micros(until),
+                });
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE ops_coordinators SET incarnation = ?, expires_at = ?, \
+                     heartbeat_at = ?, started_at = ? WHERE owner = ?",
+                )
+                .bind(lease.incarnation.as_str())
+                .bind(expires)
+                .bind(now)
+                .bind(now)
+                .bind(lease.owner.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
-    async fn renew_lease(&self, _lease: &Lease) -> Result<Renewal> {
-        todo!("leases on SQLite")
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = micros(Utc::now());
+        let alive = sqlx::query(
+            "UPDATE ops_coordinators SET expires_at = ?, heartbeat_at = ? \
+             WHERE owner = ? AND incarnation = ? AND expires_at > ?",
+        )
+        .bind(now.saturating_add(ttl_micros(lease)))
+        .bind(now)
+        .bind(lease.owner.as_str())
+        .bind(lease.incarnation.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let mut renewal = Renewal {
+            alive,
+            cancel_requested: Vec::new(),
+        };
+        if alive {
+            let ids: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM ops_tasks WHERE owner = ? AND cancel_requested <> 0 \
+                 AND status NOT IN {FINAL_SQL} ORDER BY id"
+            )))
+            .bind(lease.owner.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            renewal.cancel_requested = ids
+                .into_iter()
+                .map(|(id,)| TaskId::from_str(&id).map_err(|e| corrupt("task id", e)))
+                .collect::<Result<_>>()?;
+        }
+        tx.commit().await?;
+        Ok(renewal)
     }
-    async fn release_lease(&self, _lease: &Lease) -> Result<()> {
-        todo!("leases on SQLite")
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = micros(Utc::now());
+        let held = sqlx::query(
+            "UPDATE ops_coordinators SET expires_at = ?, heartbeat_at = ? \
+             WHERE owner = ? AND incarnation = ?",
+        )
+        .bind(now - 1)
+        .bind(now)
+        .bind(lease.owner.as_str())
+        .bind(lease.incarnation.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if held {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE ops_tasks SET owner = NULL, updated_at = ? \
+                 WHERE owner = ? AND status IN {CLAIMABLE_SQL}"
+            )))
+            .bind(now)
+            .bind(lease.owner.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM ops_coordinators WHERE owner = ? AND NOT EXISTS \
+                 (SELECT 1 FROM ops_tasks WHERE owner = ?)",
+            )
+            .bind(lease.owner.as_str())
+            .bind(lease.owner.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
-    async fn claim(&self, _lease: &Lease, _max: u32) -> Result<Vec<TaskRecord>> {
-        todo!("leases on SQLite")
+
+    async fn claim(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = micros(Utc::now());
+        if !lease_alive(&mut tx, lease, now).await? {
+            return Ok(Vec::new());
+        }
+        // SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to skip.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE ops_tasks SET owner = ?, updated_at = ? WHERE id IN ( \
+                 SELECT id FROM ops_tasks WHERE owner IS NULL AND status IN {CLAIMABLE_SQL} \
+                 ORDER BY priority DESC, id LIMIT ?) \
+             RETURNING {TASK_COLUMNS}"
+        )))
+        .bind(lease.owner.as_str())
+        .bind(now)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(records)
     }
-    async fn take_over(&self, _lease: &Lease, _max: u32) -> Result<Vec<TaskRecord>> {
-        todo!("leases on SQLite")
+
+    async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let now = micros(Utc::now());
+        if !lease_alive(&mut tx, lease, now).await? {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::new();
+        if max > 0 {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE ops_tasks SET owner = ?, updated_at = ? WHERE id IN ( \
+                     SELECT t.id FROM ops_tasks t \
+                     WHERE t.owner IS NOT NULL AND t.owner <> ? \
+                       AND t.status NOT IN {FINAL_SQL} \
+                       AND NOT EXISTS (SELECT 1 FROM ops_coordinators c \
+                                       WHERE c.owner = t.owner AND c.expires_at > ?) \
+                     ORDER BY t.priority DESC, t.id LIMIT ?) \
+                 RETURNING {TASK_COLUMNS}"
+            )))
+            .bind(lease.owner.as_str())
+            .bind(now)
+            .bind(lease.owner.as_str())
+            .bind(now)
+            .bind(i64::from(max))
+            .fetch_all(&mut *tx)
+            .await?;
+            records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
+        }
+        sqlx::query(
+            "DELETE FROM ops_coordinators WHERE expires_at <= ? AND NOT EXISTS \
+             (SELECT 1 FROM ops_tasks t WHERE t.owner = ops_coordinators.owner)",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(records)
     }
-    async fn owned(&self, _owner: &str) -> Result<Vec<TaskRecord>> {
-        todo!("leases on SQLite")
+
+    async fn owned(&self, owner: &str) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE owner = ? \
+             AND status NOT IN {FINAL_SQL} ORDER BY id"
+        )))
+        .bind(owner)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(row_to_record).collect()
     }
-    async fn request_cancel(&self, _id: TaskId) -> Result<bool> {
-        todo!("leases on SQLite")
+
+    async fn request_cancel(&self, id: TaskId) -> Result<bool> {
+        let _guard = self.write_lock.lock().await;
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE ops_tasks SET cancel_requested = 1 \
+             WHERE id = ? AND status NOT IN {FINAL_SQL}"
+        )))
+        .bind(id.to_string())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(done == 1)
     }
+}
+
+/// Whether `lease` is held and unexpired at `now`.
+async fn lease_alive(conn: &mut sqlx::SqliteConnection, lease: &Lease, now: i64) -> Result<bool> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM ops_coordinators WHERE owner = ? AND incarnation = ? AND expires_at > ?",
+    )
+    .bind(lease.owner.as_str())
+    .bind(lease.incarnation.as_str())
+    .bind(now)
+    .fetch_optional(conn)
+    .await?
+    .is_some())
 }

@@ -683,12 +683,17 @@ impl Executor for LocalExecutor {
     }
 
     fn log_path(&self, spec_task_dir: &Path, stream: LogStream) -> PathBuf {
-        let file = match stream {
-            LogStream::Stdout => "stdout.log",
-            LogStream::Stderr => "stderr.log",
-        };
-        spec_task_dir.join(OPS_DIR).join(file)
+        log_path(spec_task_dir, stream)
     }
+}
+
+/// Where the local executor writes a stream of the task in `task_dir`.
+pub(crate) fn log_path(task_dir: &Path, stream: LogStream) -> PathBuf {
+    let file = match stream {
+        LogStream::Stdout => "stdout.log",
+        LogStream::Stderr => "stderr.log",
+    };
+    task_dir.join(OPS_DIR).join(file)
 }
 
 fn check_handle(handle: &RunHandle) -> Result<()> {

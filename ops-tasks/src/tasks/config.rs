@@ -20,6 +20,9 @@ pub struct TasksConfig {
     pub batch_size: usize,
     /// Pruning of old finished tasks; off when `None`.
     pub retention: Option<RetentionPolicy>,
+    /// Identity and lease timing of this process's coordinator (matters when several
+    /// coordinators share one history store).
+    pub coordinator: CoordinatorConfig,
 }
 
 impl Default for TasksConfig {
@@ -31,6 +34,78 @@ impl Default for TasksConfig {
             max_running: 0,
             batch_size: 512,
             retention: None,
+            coordinator: CoordinatorConfig::default(),
+        }
+    }
+}
+
+/// How a coordinator shares a history store with others: its id and its lease.
+///
+/// Each coordinator holds a lease in the store and renews it every `heartbeat`; a
+/// coordinator whose lease is older than `lease_ttl` is presumed dead, and the others
+/// take over its tasks (re-attaching to them where their executor can, otherwise
+/// ending the attempt with `coordinator_lost` and retrying per the task's policy).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CoordinatorConfig {
+    /// Unique id among the coordinators of one store. Default: `<hostname>:<root>`,
+    /// which a restarted process on the same machine and root takes over at once (it
+    /// holds the root's lock file, so its predecessor is known to be dead).
+    pub id: Option<String>,
+    /// How long a lease lasts without renewal (default 15 s).
+    #[serde(with = "crate::duration::serde_duration")]
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed and dead coordinators' tasks are looked for
+    /// (default 3 s; must be well below `lease_ttl`).
+    #[serde(with = "crate::duration::serde_duration")]
+    pub heartbeat: Duration,
+    /// How often unowned queued tasks (submitted by other processes) are claimed, and
+    /// how often `watch` polls the store for events committed by other coordinators
+    /// (default 500 ms).
+    #[serde(with = "crate::duration::serde_duration")]
+    pub poll: Duration,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            lease_ttl: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(3),
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Checks the timings; every problem is listed.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 200)
+        {
+            problems.push(format!("coordinator.id {id:?}: use 1-200 characters"));
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            problems.push(format!(
+                "coordinator.lease_ttl {:?}: at least 100ms",
+                self.lease_ttl
+            ));
+        }
+        if self.heartbeat.is_zero() || self.heartbeat * 2 > self.lease_ttl {
+            problems.push(format!(
+                "coordinator.heartbeat {:?}: must be above zero and at most half of lease_ttl ({:?})",
+                self.heartbeat, self.lease_ttl
+            ));
+        }
+        if self.poll.is_zero() {
+            problems.push("coordinator.poll: must be above zero".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
     }
 }

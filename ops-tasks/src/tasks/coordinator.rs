@@ -4,19 +4,26 @@
 //! Each round drains commands and executor updates, admits and launches what fits,
 //! and writes every resulting change in one transaction — so throughput grows with
 //! load instead of paying one commit per event.
+//!
+//! Several coordinators may share one history store. Each holds a [`Lease`] and owns
+//! the tasks it runs; every commit is fenced by that ownership. Between rounds it
+//! renews its lease (learning of cancellations requested elsewhere), takes over the
+//! tasks of coordinators whose lease expired, and claims unowned queued tasks when it
+//! has room.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use ops_core::{Event, Reason, Resources, TaskId, TaskStatus, event_types};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::{TasksConfig, event_with, reason_status, task_data, task_event};
-use crate::history::{ChangeBatch, HistoryStore, OutputRecord, TaskRecord, Transition};
-use crate::{Executor, ExecutorUpdate, Outcome, Reattached, Result, RunHandle};
+use crate::history::{ChangeBatch, HistoryStore, Lease, OutputRecord, TaskRecord, Transition};
+use crate::{Error, Executor, ExecutorUpdate, Outcome, Reattached, Result, RunHandle};
 
 pub(crate) enum Command {
     Enqueue(Vec<TaskRecord>),
@@ -31,6 +38,9 @@ struct Running {
     handle: Option<RunHandle>,
     cancel_requested: bool,
 }
+
+/// Claimed-but-not-started tasks a coordinator holds at most when `max_running` is 0.
+const CLAIM_AHEAD: usize = 32;
 
 /// Queue order: priority high first, then submission order (ids are time-ordered).
 type QueueKey = (Reverse<i32>, TaskId);
@@ -51,6 +61,9 @@ pub(crate) struct Coordinator {
     shutdown: bool,
     pending: Option<ChangeBatch>,
     paused: bool,
+    lease: Lease,
+    next_heartbeat: Instant,
+    next_claim: Instant,
 }
 
 impl Coordinator {
@@ -60,9 +73,11 @@ impl Coordinator {
         config: TasksConfig,
         live: broadcast::Sender<Event>,
         commands: mpsc::UnboundedReceiver<Command>,
+        lease: Lease,
     ) -> Self {
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let capacity = executor.capacity();
+        let now = Instant::now();
         Self {
             history,
             executor,
@@ -79,16 +94,178 @@ impl Coordinator {
             shutdown: false,
             pending: None,
             paused: false,
+            lease,
+            next_heartbeat: now,
+            next_claim: now,
         }
     }
 
-    /// Loads unfinished tasks: queued ones are queued again, retrying ones wait for
-    /// their backoff, running ones are re-attached or ended with a reason.
-    pub(crate) async fn recover(&mut self) -> Result<()> {
-        let unfinished = self.history.unfinished().await?;
+    /// Takes the lease. `force` replaces a predecessor's unexpired lease (the caller
+    /// knows it is dead); otherwise a predecessor that may still be alive is waited for
+    /// once, up to one lease period.
+    pub(crate) async fn acquire(&mut self, force: bool) -> Result<()> {
+        match self.history.acquire_lease(&self.lease, force).await {
+            Err(Error::LeaseHeld { owner, until }) => {
+                let wait = (until - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.lease.ttl)
+                    + Duration::from_millis(100);
+                tracing::warn!(%owner, %until, ?wait, "coordinator id is leased by another incarnation; waiting for that lease to expire");
+                tokio::time::sleep(wait).await;
+                self.history.acquire_lease(&self.lease, false).await
+            }
+            other => other,
+        }?;
+        tracing::info!(owner = %self.lease.owner, incarnation = %self.lease.incarnation, "coordinator lease acquired");
+        let now = Instant::now();
+        self.next_heartbeat = now + self.config.coordinator.heartbeat;
+        self.next_claim = now;
+        Ok(())
+    }
+
+    /// Makes memory agree with the store: drops tasks another coordinator took over
+    /// (stopping their processes) and adopts owned tasks not yet in memory (all of
+    /// them at start-up).
+    pub(crate) async fn resync(&mut self) -> Result<()> {
+        let owned = self.history.owned(&self.lease.owner).await?;
+        let owned_ids: HashSet<TaskId> = owned.iter().map(|r| r.id).collect();
+        self.queue.retain(|(_, id), _| owned_ids.contains(id));
+        self.waiting.retain(|id, _| owned_ids.contains(id));
+        let lost: Vec<TaskId> = self
+            .running
+            .keys()
+            .filter(|id| !owned_ids.contains(id))
+            .copied()
+            .collect();
+        for id in lost {
+            self.drop_running(id, "taken over by another coordinator");
+        }
+        let known: HashSet<TaskId> = self
+            .queue
+            .values()
+            .map(|r| r.id)
+            .chain(self.waiting.keys().copied())
+            .chain(self.running.keys().copied())
+            .collect();
+        let new: Vec<TaskRecord> = owned
+            .into_iter()
+            .filter(|r| !known.contains(&r.id))
+            .collect();
         let mut batch = ChangeBatch::default();
+        self.adopt(new, &mut batch).await;
+        self.commit(batch).await
+    }
+
+    /// Forgets a running task this coordinator no longer owns, stopping its process.
+    fn drop_running(&mut self, id: TaskId, why: &str) {
+        let Some(running) = self.running.remove(&id) else {
+            return;
+        };
+        self.used = self.used.saturating_sub(&running.record.spec.resources);
+        tracing::warn!(task_id = %id, why, "no longer owned here; stopping its process");
+        if let Some(handle) = running.handle {
+            let executor = self.executor.clone();
+            tokio::spawn(async move {
+                if let Err(e) = executor.cancel(&handle).await {
+                    tracing::warn!(task_id = %id, error = %e, "could not stop a task no longer owned");
+                }
+            });
+        }
+    }
+
+    /// Renews the lease (reacting to a lost one), applies cancellations requested
+    /// elsewhere, and takes over dead coordinators' tasks.
+    async fn heartbeat(&mut self, batch: &mut ChangeBatch) {
+        let cfg = self.config.coordinator.clone();
+        let renewal = match self.history.renew_lease(&self.lease).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease renewal failed; retrying");
+                self.next_heartbeat = Instant::now() + cfg.heartbeat.min(Duration::from_secs(1));
+                return;
+            }
+        };
+        if !renewal.alive {
+            tracing::error!(owner = %self.lease.owner, "coordinator lease expired; re-acquiring it and keeping only the tasks still owned");
+            self.lease = Lease::new(self.lease.owner.clone(), cfg.lease_ttl);
+            let result = match self.acquire(false).await {
+                Ok(()) => self.resync().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not re-acquire the lease; retrying");
+                self.next_heartbeat = Instant::now() + cfg.heartbeat.min(Duration::from_secs(1));
+            }
+            return;
+        }
+        for id in renewal.cancel_requested {
+            let already = self.running.get(&id).is_some_and(|r| r.cancel_requested);
+            if !already {
+                tracing::info!(task_id = %id, "cancellation requested through the store");
+                let _ = self.cancel(id, batch);
+            }
+        }
+        match self
+            .history
+            .take_over(&self.lease, self.config.batch_size as u32)
+            .await
+        {
+            Ok(records) if !records.is_empty() => {
+                tracing::warn!(count = records.len(), "took over tasks of a coordinator whose lease expired");
+                self.adopt(records, batch).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "take-over failed; will retry"),
+        }
+        self.next_heartbeat = Instant::now() + cfg.heartbeat;
+    }
+
+    /// Claims unowned queued tasks when there is room to run more.
+    async fn claim(&mut self) {
+        let now = Instant::now();
+        self.next_claim = now + self.config.coordinator.poll;
+        if self.paused || self.shutdown {
+            return;
+        }
+        // Claim only what can start soon, so that other coordinators get the rest:
+        // up to `max_running` when set, otherwise a short run-ahead queue.
+        let limit = if self.config.max_running > 0 {
+            self.config
+                .max_running
+                .saturating_sub(self.running.len())
+        } else {
+            CLAIM_AHEAD
+        }
+        .min(self.config.batch_size);
+        let want = limit.saturating_sub(self.queue.len());
+        let free = self.capacity.saturating_sub(&self.used);
+        if want == 0 || free.cpu_millis == 0 || free.memory_bytes == 0 {
+            return;
+        }
+        match self.history.claim(&self.lease, want as u32).await {
+            Ok(records) => {
+                if records.len() == want {
+                    // There may be more: look again next round.
+                    self.next_claim = now;
+                }
+                if !records.is_empty() {
+                    tracing::debug!(count = records.len(), "claimed queued tasks");
+                }
+                for record in records {
+                    self.enqueue(record);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming queued tasks failed; will retry"),
+        }
+    }
+
+    /// Takes charge of owned tasks not in memory (after a restart or a take-over):
+    /// queued ones are queued again, retrying ones wait for their backoff, running ones
+    /// are re-attached or ended with a reason.
+    async fn adopt(&mut self, records: Vec<TaskRecord>, batch: &mut ChangeBatch) {
         let (mut queued, mut reattached, mut lost) = (0, 0, 0);
-        for record in unfinished {
+        for record in records {
             match record.status {
                 TaskStatus::Submitted | TaskStatus::Queued => {
                     queued += 1;
@@ -133,7 +310,7 @@ impl Coordinator {
                         Some(outcome) => {
                             lost += 1;
                             let attempt = self.running[&id].record.attempt;
-                            self.finish(id, attempt, outcome, &mut batch);
+                            self.finish(id, attempt, outcome, batch);
                         }
                     }
                 }
@@ -141,9 +318,8 @@ impl Coordinator {
             }
         }
         if queued + reattached + lost > 0 {
-            tracing::info!(queued, reattached, lost, "recovered unfinished tasks");
+            tracing::info!(queued, reattached, lost, "adopted unfinished tasks");
         }
-        self.commit(batch).await
     }
 
     fn enqueue(&mut self, record: TaskRecord) {
@@ -164,6 +340,11 @@ impl Coordinator {
                 }
             }
         }
+        // Hand queued tasks back and mark the lease expired, so that a restart (or
+        // another coordinator) takes over at once.
+        if let Err(e) = self.history.release_lease(&self.lease).await {
+            tracing::warn!(error = %e, "could not release the coordinator lease; it will expire");
+        }
         tracing::debug!("coordinator stopped");
     }
 
@@ -183,9 +364,17 @@ impl Coordinator {
             self.update(update, &mut batch);
             n += 1;
         }
-        // 3. Retries whose backoff has elapsed go back to the queue.
+        // 3. Lease, take-over and claims, when due.
+        let now = Instant::now();
+        if now >= self.next_heartbeat {
+            self.heartbeat(&mut batch).await;
+        }
+        if now >= self.next_claim {
+            self.claim().await;
+        }
+        // 4. Retries whose backoff has elapsed go back to the queue.
         self.requeue_due(&mut batch);
-        // 4. Admission and launch.
+        // 5. Admission and launch.
         self.admit_and_launch(&mut batch).await;
 
         let had_work = !batch.is_empty();
@@ -205,7 +394,8 @@ impl Coordinator {
         if had_work || self.shutdown || !self.updates.is_empty() {
             return Ok(());
         }
-        // 5. Nothing to do: sleep until a command, an update or the next retry is due.
+        // 6. Nothing to do: sleep until a command, an update, the next retry or the
+        //    next lease/claim check is due.
         let next_retry = self
             .waiting
             .values()
@@ -213,6 +403,12 @@ impl Coordinator {
             .min()
             .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
             .unwrap_or(Duration::from_secs(3600));
+        let now = Instant::now();
+        let next_maintenance = self
+            .next_heartbeat
+            .min(self.next_claim)
+            .saturating_duration_since(now);
+        let next_retry = next_retry.min(next_maintenance);
         tokio::select! {
             cmd = self.commands.recv() => match cmd {
                 Some(cmd) => {
@@ -274,7 +470,9 @@ impl Coordinator {
             self.transition(from, record, event_types::TASK_CANCELLED, batch);
             return Ok(());
         }
-        if let Some(running) = self.running.get_mut(&id) {
+        if let Some(running) = self.running.get_mut(&id)
+            && !running.cancel_requested
+        {
             running.cancel_requested = true;
             if let Some(handle) = running.handle.clone() {
                 let executor = self.executor.clone();
@@ -453,6 +651,13 @@ impl Coordinator {
             };
             record.attempt += 1;
             record.spec.attempt = record.attempt;
+            // The task runs under this coordinator's root, wherever it was submitted
+            // (a submit-only front end's root means nothing on this machine).
+            record.spec.task_dir = self
+                .config
+                .root
+                .join(record.tenant.as_str())
+                .join(record.id.to_string());
             self.used = self.used.saturating_add(&record.spec.resources);
             launches.push(record);
         }
@@ -534,6 +739,8 @@ impl Coordinator {
         if batch.is_empty() {
             return Ok(());
         }
+        let mut batch = batch;
+        batch.owner = Some(self.lease.owner.clone());
         tracing::trace!(transitions = batch.transitions.len(), "committing");
         let applied = match self.history.commit(&batch).await {
             Ok(applied) => applied,
@@ -542,13 +749,28 @@ impl Coordinator {
                 return Err(e);
             }
         };
-        let skipped: std::collections::HashSet<ops_core::EventId> = batch
-            .transitions
-            .iter()
-            .zip(&applied)
-            .filter(|(_, ok)| !**ok)
-            .map(|(t, _)| t.event.id)
-            .collect();
+        let mut skipped: HashSet<ops_core::EventId> = HashSet::new();
+        for (t, ok) in batch.transitions.iter().zip(&applied) {
+            if *ok {
+                continue;
+            }
+            // Skipped: either an earlier attempt of this very commit went through
+            // (its reply was lost), or the task is no longer ours.
+            match self.history.get(t.task_id).await {
+                Ok(Some(now))
+                    if now.status == t.to
+                        && (now.owner.as_deref() == Some(self.lease.owner.as_str())
+                            || now.status.is_final()) => {}
+                Ok(_) => {
+                    skipped.insert(t.event.id);
+                    self.forget(t.task_id);
+                }
+                Err(e) => {
+                    tracing::warn!(task_id = %t.task_id, error = %e, "could not check a skipped transition");
+                    skipped.insert(t.event.id);
+                }
+            }
+        }
         tracing::trace!("committed");
         for event in batch.events() {
             if !skipped.contains(&event.id) {
@@ -559,11 +781,22 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Drops every trace of a task whose change was refused by the store (another
+    /// coordinator owns it now), stopping its process if it runs here.
+    fn forget(&mut self, id: TaskId) {
+        tracing::warn!(task_id = %id, "change refused by the store: the task is owned elsewhere now");
+        self.queue.retain(|(_, tid), _| *tid != id);
+        self.waiting.remove(&id);
+        self.drop_running(id, "change refused by the store");
+    }
+}
+
 fn lost_outcome(detail: &str) -> Outcome {
     Outcome::new(
         Reason::CoordinatorLost,
         Some(format!(
-            "coordinator restarted and could not re-attach: {detail}"
+            "the coordinator running it was lost and it could not be re-attached: {detail}"
         )),
     )
 }

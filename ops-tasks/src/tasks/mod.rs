@@ -18,9 +18,11 @@ use ops_core::{
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use config::{RetentionPolicy, TasksConfig};
+pub use config::{CoordinatorConfig, RetentionPolicy, TasksConfig};
 
-use crate::history::{ChangeBatch, HistoryStore, OutputRecord, TaskPage, TaskQuery, TaskRecord};
+use crate::history::{
+    ChangeBatch, HistoryStore, Lease, OutputRecord, TaskPage, TaskQuery, TaskRecord, Transition,
+};
 use crate::template::Catalogue;
 use crate::{Error, Executor, LaunchSpec, LogStream, Result};
 use coordinator::{Command, Coordinator};
@@ -87,12 +89,16 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 struct Inner {
     catalogue: Catalogue,
     history: Arc<dyn HistoryStore>,
-    executor: Arc<dyn Executor>,
+    /// `None` for a submit-only service (no coordinator in this process).
+    executor: Option<Arc<dyn Executor>>,
     config: TasksConfig,
-    commands: mpsc::UnboundedSender<Command>,
+    /// This process's coordinator id (owner of the tasks it submits and runs).
+    owner: Option<String>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
     live: broadcast::Sender<Event>,
     coordinator: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    root_lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
 }
 
 /// The task service: one per platform process. Cheap to clone.
@@ -107,7 +113,8 @@ pub struct Tasks {
 impl std::fmt::Debug for Tasks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tasks")
-            .field("executor", &self.inner.executor.name())
+            .field("executor", &self.inner.executor.as_ref().map(|e| e.name()))
+            .field("coordinator", &self.inner.owner)
             .field("templates", &self.inner.catalogue.len())
             .finish()
     }
@@ -120,6 +127,7 @@ pub struct TasksBuilder {
     history: Option<Arc<dyn HistoryStore>>,
     executor: Option<Arc<dyn Executor>>,
     config: TasksConfig,
+    submit_only: bool,
 }
 
 impl TasksBuilder {
@@ -143,56 +151,124 @@ impl TasksBuilder {
         self.config = config;
         self
     }
+    /// No coordinator in this process: the service submits, reads, watches and
+    /// cancels, while coordinators elsewhere (sharing the history store) claim and run
+    /// the work — the shape of an API front end. No executor is needed; requests are
+    /// not checked against a machine's capacity here.
+    pub fn submit_only(mut self) -> Self {
+        self.submit_only = true;
+        self
+    }
 
-    /// Starts the service: recovers unfinished tasks from history (re-attaching to
-    /// running ones or failing them with a reason), then starts scheduling.
+    /// Starts the service: takes this coordinator's lease, recovers the tasks it owns
+    /// (re-attaching to running ones or failing them with a reason), then starts
+    /// scheduling.
     pub async fn start(self) -> Result<Tasks> {
         let missing = |what: &str| Error::Config(format!("Tasks::builder() needs {what}"));
         let catalogue = self.catalogue.ok_or_else(|| missing("a catalogue"))?;
         let history = self.history.ok_or_else(|| missing("a history store"))?;
-        let executor = self.executor.ok_or_else(|| missing("an executor"))?;
         if self.config.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".into()));
         }
-        std::fs::create_dir_all(&self.config.root).map_err(|e| Error::io(&self.config.root, e))?;
-        let (commands, command_rx) = mpsc::unbounded_channel();
+        self.config
+            .coordinator
+            .validate()
+            .map_err(Error::Config)?;
         let (live, _) = broadcast::channel(4096);
+        if self.submit_only {
+            let tasks = Tasks {
+                inner: Arc::new(Inner {
+                    catalogue,
+                    history,
+                    executor: None,
+                    config: self.config,
+                    owner: None,
+                    commands: None,
+                    live,
+                    coordinator: std::sync::Mutex::new(None),
+                    pruner: std::sync::Mutex::new(None),
+                    root_lock: std::sync::Mutex::new(None),
+                }),
+            };
+            tasks.start_pruner();
+            return Ok(tasks);
+        }
+        let executor = self
+            .executor
+            .ok_or_else(|| missing("an executor (or .submit_only())"))?;
+        let root = &self.config.root;
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let root_lock = lock_root(root)?;
+        // The default id belongs to this machine and root, whose lock we hold: any
+        // earlier holder of that id is dead, so its lease may be taken at once.
+        let (owner, force) = match &self.config.coordinator.id {
+            Some(id) => (id.clone(), false),
+            None => (default_coordinator_id(root), true),
+        };
+        let lease = Lease::new(owner.clone(), self.config.coordinator.lease_ttl);
+        let (commands, command_rx) = mpsc::unbounded_channel();
         let mut coordinator = Coordinator::new(
             history.clone(),
             executor.clone(),
             self.config.clone(),
             live.clone(),
             command_rx,
+            lease,
         );
-        coordinator.recover().await?;
+        coordinator.acquire(force).await?;
+        coordinator.resync().await?;
         let handle = tokio::spawn(coordinator.run());
         let tasks = Tasks {
             inner: Arc::new(Inner {
                 catalogue,
                 history,
-                executor,
+                executor: Some(executor),
                 config: self.config,
-                commands,
+                owner: Some(owner),
+                commands: Some(commands),
                 live,
                 coordinator: std::sync::Mutex::new(Some(handle)),
                 pruner: std::sync::Mutex::new(None),
+                root_lock: std::sync::Mutex::new(Some(root_lock)),
             }),
         };
-        if let Some(policy) = tasks.inner.config.retention.clone() {
-            let pruner = tasks.clone();
-            let handle = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(policy.interval);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = pruner.prune(policy.max_age).await {
-                        tracing::warn!(error = %e, "retention pruning failed; will retry");
-                    }
-                }
-            });
-            *tasks.inner.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        }
+        tasks.start_pruner();
         Ok(tasks)
     }
+}
+
+/// Holds `<root>/.coordinator.lock` so that two live processes never coordinate the
+/// same root (and so that a restart knows its predecessor is dead).
+fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.join(".coordinator.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            Error::Config(format!(
+                "task root {} is in use by another live coordinator (lock {} is held: {errno}); \
+                 give each coordinator process its own root",
+                root.display(),
+                path.display()
+            ))
+        },
+    )
+}
+
+/// `<hostname>:<absolute root>`.
+fn default_coordinator_id(root: &std::path::Path) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let root = root
+        .canonicalize()
+        .unwrap_or_else(|_| root.to_path_buf());
+    format!("{host}:{}", root.display())
 }
 
 /// The payload of a task's events, from its record.
@@ -256,6 +332,28 @@ fn valid_tenant(tenant: &Tenant) -> Result<()> {
 }
 
 impl Tasks {
+    fn start_pruner(&self) {
+        let Some(policy) = self.inner.config.retention.clone() else {
+            return;
+        };
+        let pruner = self.clone();
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(policy.interval);
+            loop {
+                tick.tick().await;
+                if let Err(e) = pruner.prune(policy.max_age).await {
+                    tracing::warn!(error = %e, "retention pruning failed; will retry");
+                }
+            }
+        });
+        *self.inner.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+    }
+
+    /// This process's coordinator id (`None` for a submit-only service).
+    pub fn coordinator_id(&self) -> Option<&str> {
+        self.inner.owner.as_deref()
+    }
+
     /// Starts building a service.
     pub fn builder() -> TasksBuilder {
         TasksBuilder::default()
@@ -271,9 +369,14 @@ impl Tasks {
         &self.inner.history
     }
 
-    /// The executor's capacity (what admission will never exceed).
+    /// The executor's capacity (what admission will never exceed); zero for a
+    /// submit-only service.
     pub fn capacity(&self) -> ops_core::Resources {
-        self.inner.executor.capacity()
+        self.inner
+            .executor
+            .as_ref()
+            .map(|e| e.capacity())
+            .unwrap_or_default()
     }
 
     /// Validates, renders and stores one task; returns its id. The task is stored with
@@ -287,11 +390,14 @@ impl Tasks {
     /// Submits many tasks in one transaction (all or none). Fails on the first invalid
     /// request, naming it by index when there are several.
     pub async fn submit_many(&self, requests: Vec<SubmitRequest>) -> Result<Vec<TaskId>> {
-        let capacity = self.inner.executor.capacity();
+        let capacity = self.inner.executor.as_ref().map(|e| e.capacity());
         let mut batch = ChangeBatch::default();
+        // Tasks submitted here are owned (and run) by this process's coordinator; a
+        // submit-only service leaves them for any coordinator to claim.
+        batch.owner = self.inner.owner.clone();
         let many = requests.len() > 1;
         for (index, request) in requests.into_iter().enumerate() {
-            let record = self.prepare(request, &capacity).map_err(|e| {
+            let mut record = self.prepare(request, capacity.as_ref()).map_err(|e| {
                 if many {
                     Error::Config(format!("request #{index}: {e}"))
                 } else {
@@ -309,6 +415,7 @@ impl Tasks {
                 )
             };
             let queued = task_event(&self.inner.config.source, event_types::TASK_QUEUED, &record);
+            record.owner = self.inner.owner.clone();
             batch.inserts.push((record, vec![submitted, queued]));
         }
         self.inner.history.commit(&batch).await?;
@@ -316,22 +423,26 @@ impl Tasks {
         for event in batch.events() {
             let _ = self.inner.live.send(event.clone());
         }
-        let records = batch.inserts.into_iter().map(|(r, _)| r).collect();
-        self.send(Command::Enqueue(records))?;
+        if self.inner.commands.is_some() {
+            let records = batch.inserts.into_iter().map(|(r, _)| r).collect();
+            self.send(Command::Enqueue(records))?;
+        }
         Ok(ids)
     }
 
     fn prepare(
         &self,
         request: SubmitRequest,
-        capacity: &ops_core::Resources,
+        capacity: Option<&ops_core::Resources>,
     ) -> Result<TaskRecord> {
         valid_tenant(&request.tenant)?;
         let template = self.inner.catalogue.get(&request.template)?;
         let rendered = template.render(&request.parameters)?;
-        let shortfalls = template.resources().shortfalls(capacity);
-        if !shortfalls.is_empty() {
-            return Err(Error::ExceedsCapacity { shortfalls });
+        if let Some(capacity) = capacity {
+            let shortfalls = template.resources().shortfalls(capacity);
+            if !shortfalls.is_empty() {
+                return Err(Error::ExceedsCapacity { shortfalls });
+            }
         }
         let id = TaskId::new();
         let task_dir = self
@@ -384,10 +495,19 @@ impl Tasks {
     }
 
     fn send(&self, command: Command) -> Result<()> {
-        self.inner
-            .commands
+        let commands = self.inner.commands.as_ref().ok_or_else(|| {
+            Error::Config("this task service is submit-only: it runs no coordinator".into())
+        })?;
+        commands
             .send(command)
             .map_err(|_| Error::Config("the task service has shut down".into()))
+    }
+
+    fn log_path(&self, record: &TaskRecord, stream: LogStream) -> PathBuf {
+        match &self.inner.executor {
+            Some(executor) => executor.log_path(&record.spec.task_dir, stream),
+            None => crate::local::log_path(&record.spec.task_dir, stream),
+        }
     }
 
     /// A task of `tenant`.
@@ -423,22 +543,52 @@ impl Tasks {
 
     /// Cancels a task: a queued or retrying one at once, a running one by killing it
     /// (its final `cancelled` event follows). Cancelling a finished task is a no-op.
+    ///
+    /// A task owned by another coordinator (sharing the store) is cancelled by that
+    /// coordinator at its next lease renewal; an unowned queued one at once, here.
     pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
         let record = self.get(tenant, id).await?;
         if record.status.is_final() {
             return Ok(record);
         }
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Cancel(id, tx))?;
-        rx.await
-            .map_err(|_| Error::Config("the task service has shut down".into()))??;
+        if record.owner.is_some() && record.owner == self.inner.owner {
+            let (tx, rx) = oneshot::channel();
+            self.send(Command::Cancel(id, tx))?;
+            rx.await
+                .map_err(|_| Error::Config("the task service has shut down".into()))??;
+            return self.get(tenant, id).await;
+        }
+        // Recorded first, so that a coordinator claiming the task meanwhile still sees it.
+        self.inner.history.request_cancel(id).await?;
+        if record.owner.is_none()
+            && matches!(record.status, TaskStatus::Submitted | TaskStatus::Queued)
+        {
+            let from = record.status;
+            let mut next = record.clone();
+            next.status = TaskStatus::Cancelled;
+            next.reason = Some(Reason::Cancelled);
+            next.message = Some("cancelled by user".into());
+            next.finished_at = Some(Utc::now());
+            let event = task_event(
+                &self.inner.config.source,
+                event_types::TASK_CANCELLED,
+                &next,
+            );
+            let mut batch = ChangeBatch::default();
+            batch.transitions.push(Transition::new(from, next, event.clone()));
+            // Applies only if the task is still unowned and queued; otherwise its new
+            // owner sees the request.
+            if self.inner.history.commit(&batch).await?.first() == Some(&true) {
+                let _ = self.inner.live.send(event);
+            }
+        }
         self.get(tenant, id).await
     }
 
     /// Everything a stream of a task has written so far.
     pub async fn logs(&self, tenant: &Tenant, id: TaskId, stream: LogStream) -> Result<Vec<u8>> {
         let record = self.get(tenant, id).await?;
-        let path = self.inner.executor.log_path(&record.spec.task_dir, stream);
+        let path = self.log_path(&record, stream);
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -454,7 +604,7 @@ impl Tasks {
         stream: LogStream,
     ) -> Result<BoxStream<Result<Vec<u8>>>> {
         let record = self.get(tenant, id).await?;
-        let path = self.inner.executor.log_path(&record.spec.task_dir, stream);
+        let path = self.log_path(&record, stream);
         let this = self.clone();
         let tenant = tenant.clone();
         let finished = async move {
@@ -476,9 +626,13 @@ impl Tasks {
         let record = self.get(tenant, id).await?;
         let past = self.inner.history.events(id).await?;
         let history = self.inner.history.clone();
+        let poll = self.inner.config.coordinator.poll;
         let (tx, rx) = mpsc::channel(64);
         let subject = id.to_string();
         tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(poll);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
             let mut seen = HashSet::new();
             // The task may have ended between reading its record and its events.
             let mut ended = record.status.is_final();
@@ -493,17 +647,26 @@ impl Tasks {
                 return;
             }
             loop {
-                let batch = match live.recv().await {
-                    Ok(e) => vec![e],
-                    // Fell behind: catch up from history, which has everything.
-                    Err(broadcast::error::RecvError::Lagged(_)) => match history.events(id).await {
+                // Live events come from this process; events committed by other
+                // coordinators sharing the store are found by polling history.
+                let catch_up = tokio::select! {
+                    received = live.recv() => match received {
+                        Ok(e) => Some(vec![e]),
+                        // Fell behind: catch up from history, which has everything.
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = ticker.tick() => None,
+                };
+                let batch = match catch_up {
+                    Some(batch) => batch,
+                    None => match history.events(id).await {
                         Ok(all) => all,
                         Err(e) => {
-                            tracing::warn!(task_id = %id, error = %e, "watch: history read failed");
-                            return;
+                            tracing::warn!(task_id = %id, error = %e, "watch: history read failed; retrying");
+                            continue;
                         }
                     },
-                    Err(broadcast::error::RecvError::Closed) => return,
                 };
                 for event in batch {
                     if event.subject.as_deref() != Some(subject.as_str()) || !seen.insert(event.id)
@@ -553,7 +716,7 @@ impl Tasks {
             }
             total += pruned.len();
             for record in pruned {
-                let dir = &record.spec.task_dir;
+                let dir = &record.task_dir;
                 if let Err(e) = tokio::fs::remove_dir_all(dir).await
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
@@ -580,9 +743,12 @@ impl Tasks {
     }
 
     /// Stops scheduling. Running tasks are left running; a later start re-attaches.
+    /// Queued tasks are handed back to the store for any coordinator to claim.
     pub async fn shutdown(&self) {
         tracing::trace!("shutdown requested");
-        let _ = self.inner.commands.send(Command::Shutdown);
+        if let Some(commands) = &self.inner.commands {
+            let _ = commands.send(Command::Shutdown);
+        }
         let handle = self
             .inner
             .coordinator
@@ -602,6 +768,11 @@ impl Tasks {
         {
             p.abort();
         }
+        self.inner
+            .root_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 }
 

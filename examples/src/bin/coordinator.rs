@@ -1,0 +1,178 @@
+//! A coordinator process for a platform that outgrew one machine.
+//!
+//! Run one per machine (or several on one machine, each with its own `--root`), all
+//! pointing at the same history store: they claim queued tasks, run them with the local
+//! executor, renew their leases, and take over the tasks of a coordinator that died.
+//! Work submitted by API front ends (`Tasks::builder().submit_only()`) is shared among
+//! them.
+//!
+//! ```text
+//! cargo run --release -p ops-examples --bin coordinator -- \
+//!     --history postgres://ops@db/ops --templates examples/local-platform/templates \
+//!     --root /var/lib/ops/tasks --id worker-1
+//! ```
+//!
+//! `--audit` also runs an audit function: every event, delivered through the outbox
+//! subscription that all coordinators share, is recorded once (by event id) in the
+//! table `ops_event_audit` of the same Postgres database, with a count of deliveries.
+//! Stops gracefully on SIGTERM or Ctrl-C (queued tasks are handed back; running ones
+//! are left to be re-attached).
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ops_events::{Dispatcher, DispatcherConfig, FunctionError, Trigger, function_fn};
+use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
+use ops_tasks::template::Catalogue;
+use ops_tasks::{Tasks, TasksConfig};
+
+/// Runs tasks from a shared history store on this machine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// History store URL: postgres://… or sqlite://….
+    #[arg(long, env = "OPS_HISTORY_URL")]
+    history: String,
+    /// Event bus URL (nats://…); the history store's outbox when left out.
+    #[arg(long, env = "OPS_EVENTS_URL")]
+    events: Option<String>,
+    /// Directory of task templates.
+    #[arg(long)]
+    templates: PathBuf,
+    /// Where task directories live (one root per coordinator process).
+    #[arg(long)]
+    root: PathBuf,
+    /// Coordinator id, unique among the store's coordinators (default: host:root).
+    #[arg(long)]
+    id: Option<String>,
+    /// At most this many tasks at once (0: limited by capacity only).
+    #[arg(long, default_value_t = 0)]
+    max_running: usize,
+    /// Lease lifetime without renewal, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = ops_tasks::duration::parse_duration)]
+    lease_ttl: Duration,
+    /// Lease renewal and take-over interval.
+    #[arg(long, default_value = "3s", value_parser = ops_tasks::duration::parse_duration)]
+    heartbeat: Duration,
+    /// How often unowned queued tasks are claimed.
+    #[arg(long, default_value = "500ms", value_parser = ops_tasks::duration::parse_duration)]
+    poll: Duration,
+    /// Record every event once in `ops_event_audit` (Postgres only).
+    #[arg(long)]
+    audit: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let catalogue = Catalogue::load_dir(&args.templates)?;
+    let backends = ops_tasks::backends::open(&args.history, args.events.as_deref()).await?;
+    let mut config = TasksConfig::default();
+    config.root = args.root.clone();
+    config.max_running = args.max_running;
+    config.coordinator.id = args.id.clone();
+    config.coordinator.lease_ttl = args.lease_ttl;
+    config.coordinator.heartbeat = args.heartbeat;
+    config.coordinator.poll = args.poll;
+    let executor = LocalExecutor::new(LocalExecutorConfig::default())?;
+    let tasks = Tasks::builder()
+        .catalogue(catalogue)
+        .history(backends.history.clone())
+        .executor(executor)
+        .config(config)
+        .start()
+        .await?;
+
+    let dispatcher = if args.audit {
+        Some(audit_dispatcher(&args.history, &backends).await?)
+    } else {
+        None
+    };
+
+    println!(
+        "coordinator {} ready: history {}, events {}",
+        tasks.coordinator_id().unwrap_or("?"),
+        backends.history_url,
+        backends.events_url.as_deref().unwrap_or("outbox")
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    tasks.shutdown().await;
+    if let Some(d) = dispatcher {
+        d.shutdown().await;
+    }
+    backends.shutdown().await;
+    Ok(())
+}
+
+/// The audit function: one row per event id, however often it is delivered.
+async fn audit_dispatcher(
+    url: &str,
+    backends: &ops_tasks::backends::Backends,
+) -> anyhow::Result<ops_events::RunningDispatcher> {
+    if !url.starts_with("postgres") {
+        bail!("--audit needs a postgres:// history store");
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to {} for the audit table",
+                ops_tasks::backends::redact_url(url)
+            )
+        })?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS ops_event_audit (
+             event_id   TEXT PRIMARY KEY,
+             type       TEXT NOT NULL,
+             subject    TEXT,
+             deliveries INTEGER NOT NULL,
+             first_seen TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .execute(&pool)
+    .await
+    // Two coordinators starting at once may race on CREATE TABLE; the table exists.
+    .or_else(|e| match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Ok(Default::default()),
+        _ => Err(e),
+    })?;
+    let audit = function_fn("audit", move |event| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO ops_event_audit (event_id, type, subject, deliveries) \
+                 VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (event_id) DO UPDATE SET deliveries = ops_event_audit.deliveries + 1",
+            )
+            .bind(event.id.to_string())
+            .bind(&event.ty)
+            .bind(event.subject.as_deref())
+            .execute(&pool)
+            .await
+            .map_err(|e| FunctionError::retryable(format!("audit insert: {e}")))?;
+            Ok(())
+        }
+    });
+    let dispatcher = Dispatcher::builder(backends.events.clone())
+        .config(DispatcherConfig::default().ack_wait(Duration::from_secs(5)))
+        .route(Trigger::on("*"), audit)
+        .build()?;
+    Ok(dispatcher.start().await?)
+}
