@@ -2,6 +2,8 @@
 //! midway; the database restarts under load. Real processes (the `coordinator`
 //! binary), a real PostgreSQL, real tasks.
 
+#![allow(clippy::print_stderr)] // test progress notes, shown with --nocapture
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -126,7 +128,12 @@ async fn finished(history: &dyn HistoryStore) -> u64 {
     }
 }
 
-async fn wait_finished(history: &dyn HistoryStore, n: u64, within: Duration, logs: &[&Coordinator]) {
+async fn wait_finished(
+    history: &dyn HistoryStore,
+    n: u64,
+    within: Duration,
+    logs: &[&Coordinator],
+) {
     let deadline = Instant::now() + within;
     loop {
         let done = finished(history).await;
@@ -138,7 +145,11 @@ async fn wait_finished(history: &dyn HistoryStore, n: u64, within: Duration, log
             for c in logs {
                 let log = std::fs::read_to_string(&c.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                text += &format!("--- {} ---\n{}\n", c.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                text += &format!(
+                    "--- {} ---\n{}\n",
+                    c.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             panic!("only {done} of {n} tasks finished in {within:?}\n{text}");
         }
@@ -159,7 +170,14 @@ async fn check_tasks(history: &dyn HistoryStore, ids: &[TaskId]) -> HashSet<Stri
             .unwrap();
         for t in &page.tasks {
             listed += 1;
-            assert_eq!(t.status, TaskStatus::Succeeded, "task {} ended {:?}: {:?}", t.id, t.status, t.message);
+            assert_eq!(
+                t.status,
+                TaskStatus::Succeeded,
+                "task {} ended {:?}: {:?}",
+                t.id,
+                t.status,
+                t.message
+            );
             assert_eq!(t.owner, None, "task {} is still leased", t.id);
         }
         cursor = page.next_cursor;
@@ -192,18 +210,33 @@ async fn check_tasks(history: &dyn HistoryStore, ids: &[TaskId]) -> HashSet<Stri
         if started > 1 {
             // Only a lost coordinator's attempt may be followed by another one.
             restarted += 1;
-            assert_eq!(count(event_types::TASK_RETRYING), started - 1, "task {id}: {events:?}");
+            assert_eq!(
+                count(event_types::TASK_RETRYING),
+                started - 1,
+                "task {id}: {events:?}"
+            );
         }
         let transitions = history.transitions(*id).await.unwrap();
         assert_eq!(transitions[0].from, None);
         for pair in transitions.windows(2) {
-            assert_eq!(pair[1].from, Some(pair[0].to), "task {id}: broken chain {transitions:?}");
+            assert_eq!(
+                pair[1].from,
+                Some(pair[0].to),
+                "task {id}: broken chain {transitions:?}"
+            );
         }
         for e in events {
-            assert!(all_events.insert(e.id.to_string()), "duplicate event {}", e.id);
+            assert!(
+                all_events.insert(e.id.to_string()),
+                "duplicate event {}",
+                e.id
+            );
         }
     }
-    eprintln!("{} tasks checked; {restarted} needed a second attempt", ids.len());
+    eprintln!(
+        "{} tasks checked; {restarted} needed a second attempt",
+        ids.len()
+    );
     all_events
 }
 
@@ -222,17 +255,25 @@ async fn check_audit(db: &str, events: &HashSet<String>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rows: Vec<(String, i32)> = sqlx::query_as("SELECT event_id, deliveries FROM ops_event_audit")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT event_id, deliveries FROM ops_event_audit")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let seen: HashSet<String> = rows.iter().map(|(id, _)| id.clone()).collect();
     let missing = events.difference(&seen).count();
     let invented = seen.difference(events).count();
-    assert_eq!((missing, invented), (0, 0), "audit: {missing} events missing, {invented} unknown");
+    assert_eq!(
+        (missing, invented),
+        (0, 0),
+        "audit: {missing} events missing, {invented} unknown"
+    );
     assert!(rows.iter().all(|(_, d)| *d >= 1));
     let redelivered = rows.iter().filter(|(_, d)| *d > 1).count();
-    eprintln!("audit: {} events recorded once each; {redelivered} were delivered more than once", rows.len());
+    eprintln!(
+        "audit: {} events recorded once each; {redelivered} were delivered more than once",
+        rows.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,8 +305,17 @@ async fn three_coordinators_one_killed_midway() {
     c2.kill();
     eprintln!("killed c2 while it owned {owned_at_kill} tasks");
 
-    wait_finished(history.as_ref(), 2000, Duration::from_secs(240), &[&c1, &c2, &c3]).await;
-    assert!(history.owned("c2").await.unwrap().is_empty(), "c2's tasks were not taken over");
+    wait_finished(
+        history.as_ref(),
+        2000,
+        Duration::from_secs(240),
+        &[&c1, &c2, &c3],
+    )
+    .await;
+    assert!(
+        history.owned("c2").await.unwrap().is_empty(),
+        "c2's tasks were not taken over"
+    );
     let events = check_tasks(history.as_ref(), &ids).await;
     // submitted, queued, started, succeeded — at least — for every task.
     assert!(events.len() >= ids.len() * 4);
@@ -293,7 +343,10 @@ async fn database_restart_under_load() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = finished(history.as_ref()).await;
-    assert!(before < 400, "all tasks finished before the restart ({before})");
+    assert!(
+        before < 400,
+        "all tasks finished before the restart ({before})"
+    );
     server.restart();
     eprintln!("restarted Postgres with {before} of 400 tasks finished");
 

@@ -12,7 +12,15 @@ fn local_platform_runs_on_postgres_and_nats_by_config_alone() {
         return;
     };
     let out = Command::new(env!("CARGO_BIN_EXE_local-platform"))
-        .args(["--fresh", "--renders", "2", "--history", &db, "--events", &nats])
+        .args([
+            "--fresh",
+            "--renders",
+            "2",
+            "--history",
+            &db,
+            "--events",
+            &nats,
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .expect("run local-platform");

@@ -92,6 +92,27 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model})")
 }
 
+/// CPU seconds (user + system) used so far by this process (the client side; the
+/// server's work is not in it).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -250,6 +271,7 @@ async fn bench_submit(server: &Server, a: &Args) {
         })
         .collect();
     let began = Instant::now();
+    let cpu = cpu_secs();
     for chunk in raw.chunks(COMMIT) {
         let mut tx = store.outbox().pool().begin().await.expect("begin");
         // 3 binds per row: well under the 65,535 bind limit.
@@ -261,16 +283,20 @@ async fn bench_submit(server: &Server, a: &Args) {
         tx.commit().await.expect("commit");
     }
     let baseline = began.elapsed();
+    let baseline_cpu = cpu_secs() - cpu;
 
     let one = batches(0, n);
     let began = Instant::now();
+    let cpu = cpu_secs();
     for batch in &one {
         store.commit(batch).await.expect("commit");
     }
     let single = began.elapsed();
+    let single_cpu = cpu_secs() - cpu;
 
     let two: Vec<Vec<ChangeBatch>> = vec![batches(n, n / 2), batches(n + n / 2, n / 2)];
     let began = Instant::now();
+    let cpu = cpu_secs();
     let handles: Vec<_> = two
         .into_iter()
         .map(|batches| {
@@ -286,6 +312,7 @@ async fn bench_submit(server: &Server, a: &Args) {
         h.await.expect("committer");
     }
     let concurrent = began.elapsed();
+    let concurrent_cpu = cpu_secs() - cpu;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_tasks")
         .fetch_one(store.outbox().pool())
         .await
@@ -293,18 +320,27 @@ async fn bench_submit(server: &Server, a: &Args) {
     assert_eq!(stored as usize, n + n / 2 * 2);
 
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    println!("| name | tasks | seconds | tasks/s | vs baseline |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, d) in [
-        ("baseline: raw multi-row INSERT, 1 row/task", baseline),
-        ("HistoryStore::commit, 1 committer", single),
-        ("HistoryStore::commit, 2 committers", concurrent),
+    println!("| name | tasks | seconds | tasks/s | vs baseline | client CPU µs/task |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, d, cpu) in [
+        (
+            "baseline: raw multi-row INSERT, 1 row/task",
+            baseline,
+            baseline_cpu,
+        ),
+        ("HistoryStore::commit, 1 committer", single, single_cpu),
+        (
+            "HistoryStore::commit, 2 committers",
+            concurrent,
+            concurrent_cpu,
+        ),
     ] {
         println!(
-            "| {name} | {n} | {:.2} | {:.0} | {:.2}x |",
+            "| {name} | {n} | {:.2} | {:.0} | {:.2}x | {:.0} |",
             d.as_secs_f64(),
             rate(d),
-            rate(d) / rate(baseline)
+            rate(d) / rate(baseline),
+            cpu * 1e6 / n as f64
         );
     }
     println!();
@@ -349,7 +385,7 @@ async fn generate(pool: &PgPool, from: usize, to: usize, total: usize, finished_
         "INSERT INTO ops_tasks (id, tenant, environment, template, status, reason, message, \
              exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, \
              run_handle, wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, started_at, \
-             finished_at, not_before, updated_at, owner) \
+             finished_at, not_before, updated_at, owner, task_dir) \
          SELECT id, tenant, 'default', tmpl, status, \
              CASE status WHEN 'succeeded' THEN 'Completed' WHEN 'failed' THEN 'NonZeroExit' \
                  WHEN 'cancelled' THEN 'Cancelled' END, \
@@ -361,7 +397,8 @@ async fn generate(pool: &PgPool, from: usize, to: usize, total: usize, finished_
              CASE WHEN status IN ('running', 'queued') THEN NULL \
                   ELSE at + interval '61 seconds' END, \
              NULL, at + interval '61 seconds', \
-             CASE WHEN status = 'running' THEN 'coordinator-1' END \
+             CASE WHEN status = 'running' THEN 'coordinator-1' END, \
+             '/var/lib/ops/tasks/' || tenant || '/' || id \
          FROM ( \
              SELECT i, \
                  (lpad(to_hex($5 + i * $6), 12, '0') || '7' || substr(h, 1, 3) || '8' \

@@ -64,8 +64,26 @@ impl Backends {
     }
 }
 
-/// Replaces the password of a URL with `***` (for errors and logs).
+/// Replaces the password of a URL (`user:password@` or a `password=` query
+/// parameter) with `***`, for errors and logs.
 pub fn redact_url(url: &str) -> String {
+    let url = redact_userinfo(url);
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
@@ -104,22 +122,22 @@ fn scheme(url: &str) -> Option<&str> {
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = redact_url(history_url);
     let (history, outbox, dead_letters): Opened = match scheme(history_url) {
-            None | Some("sqlite") => {
-                let history = crate::SqliteHistory::open(history_url).await?;
-                let outbox = Arc::new(history.outbox().clone());
-                let dead_letters = Arc::new(history.outbox().dead_letters());
-                (Arc::new(history), outbox, dead_letters)
-            }
-            Some("postgres" | "postgresql") => open_postgres(history_url, &redacted).await?,
-            Some(other) => {
-                return Err(Error::Connect {
-                    url: redacted,
-                    message: format!(
-                        "unsupported scheme {other:?}: use sqlite://PATH or postgres://HOST/DB"
-                    ),
-                });
-            }
-        };
+        None | Some("sqlite") => {
+            let history = crate::SqliteHistory::open(history_url).await?;
+            let outbox = Arc::new(history.outbox().clone());
+            let dead_letters = Arc::new(history.outbox().dead_letters());
+            (Arc::new(history), outbox, dead_letters)
+        }
+        Some("postgres" | "postgresql") => open_postgres(history_url, &redacted).await?,
+        Some(other) => {
+            return Err(Error::Connect {
+                url: redacted,
+                message: format!(
+                    "unsupported scheme {other:?}: use sqlite://PATH or postgres://HOST/DB"
+                ),
+            });
+        }
+    };
     let mut backends = Backends {
         history,
         outbox: outbox.clone(),
@@ -209,12 +227,13 @@ mod tests {
             redact_url("postgres://ops:s3cret@db.example:5432/ops"),
             "postgres://ops:***@db.example:5432/ops"
         );
-        assert_eq!(
-            redact_url("postgres://ops@db/ops"),
-            "postgres://ops@db/ops"
-        );
+        assert_eq!(redact_url("postgres://ops@db/ops"), "postgres://ops@db/ops");
         assert_eq!(redact_url("sqlite://a/b.db"), "sqlite://a/b.db");
         assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(
+            redact_url("postgres://db/ops?user=ops&password=s3cret&sslmode=require"),
+            "postgres://db/ops?user=ops&password=***&sslmode=require"
+        );
         // An '@' in the path is not userinfo.
         assert_eq!(redact_url("sqlite:///x/a@b.db"), "sqlite:///x/a@b.db");
     }

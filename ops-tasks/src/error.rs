@@ -89,7 +89,9 @@ pub enum Error {
         to: ops_core::TaskStatus,
     },
     /// Another live coordinator holds the lease on this coordinator id.
-    #[error("coordinator id {owner:?} is in use by a live coordinator (lease held until {until}); give each coordinator its own id")]
+    #[error(
+        "coordinator id {owner:?} is in use by a live coordinator (lease held until {until}); give each coordinator its own id"
+    )]
     LeaseHeld {
         /// The contested coordinator id.
         owner: String,

@@ -209,6 +209,7 @@ where
     check!(take_over_after_expiry);
     check!(cancel_requests);
     check!(prune_deletes_finished_tasks);
+    check!(transitions_store_the_attempt_spec);
     tracing::info!(check = "claims_are_exclusive", "history conformance");
     claims_are_exclusive(make().await).await;
 }
@@ -984,6 +985,30 @@ pub async fn prune_deletes_finished_tasks(store: &dyn HistoryStore) {
     assert_eq!(ids(&labelled.tasks), [recent.id], "prune: labels too");
     assert!(store.get(running.id).await.expect("get").is_some());
     assert_eq!(store.events(recent.id).await.expect("events").len(), 2);
+}
+
+/// A transition stores the attempt's spec: a task claimed by a coordinator runs under
+/// that coordinator's root, and reads (and pruning) find it there.
+pub async fn transitions_store_the_attempt_spec(store: &dyn HistoryStore) {
+    let queued = record("acme", TaskStatus::Queued);
+    insert(store, std::slice::from_ref(&queued), Some("c1")).await;
+    let mut t = transition(&queued, TaskStatus::Running, event_types::TASK_STARTED);
+    t.record.attempt = 1;
+    t.record.spec.attempt = 1;
+    t.record.spec.task_dir = "/srv/c1/acme/task".into();
+    assert_eq!(commit_transitions(store, Some("c1"), vec![t.clone()]).await, [true]);
+    let running = get(store, queued.id).await;
+    assert_eq!(running.spec.task_dir, t.record.spec.task_dir);
+    assert_eq!(running.spec.attempt, 1);
+    let mut done = transition(&running, TaskStatus::Succeeded, event_types::TASK_SUCCEEDED);
+    done.record.finished_at = Some(now() - chrono::Duration::hours(2));
+    assert_eq!(commit_transitions(store, Some("c1"), vec![done]).await, [true]);
+    let pruned = store
+        .prune(now() - chrono::Duration::hours(1), 10)
+        .await
+        .expect("prune");
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].task_dir, t.record.spec.task_dir);
 }
 
 /// The events of applied changes, and only those, reach the store's outbox in order.

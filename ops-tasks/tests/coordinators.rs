@@ -87,7 +87,10 @@ async fn submit_only_front_ends_feed_every_coordinator() {
     let b = coordinator(&history, &dir.path().join("b"), Some("b")).await;
     let front = client(&history, &dir.path().join("front")).await;
     assert_eq!(front.coordinator_id(), None);
-    assert!(front.pause().is_err(), "a front end has no coordinator to pause");
+    assert!(
+        front.pause().is_err(),
+        "a front end has no coordinator to pause"
+    );
 
     let ids = front
         .submit_many((0..16).map(|_| nap(0.1)).collect())
@@ -114,7 +117,10 @@ async fn submit_only_front_ends_feed_every_coordinator() {
             .count();
         assert_eq!(started, 1, "task {id} started {started} times");
     }
-    assert!(on_a > 0 && on_b > 0, "work was not shared: a {on_a}, b {on_b}");
+    assert!(
+        on_a > 0 && on_b > 0,
+        "work was not shared: a {on_a}, b {on_b}"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -153,7 +159,10 @@ async fn a_stopped_coordinators_work_is_taken_over() {
             .iter()
             .filter(|e| e.ty == event_types::TASK_STARTED)
             .count();
-        assert_eq!(started, 1, "task {id} was started again instead of re-attached");
+        assert_eq!(
+            started, 1,
+            "task {id} was started again instead of re-attached"
+        );
     }
     assert!(history.owned("a").await.unwrap().is_empty());
     b.shutdown().await;
@@ -224,8 +233,14 @@ async fn one_identity_one_live_coordinator() {
         .start()
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::LeaseHeld { owner, .. } if owner == "x"), "{err}");
-    assert!(err.to_string().contains("in use by a live coordinator"), "{err}");
+    assert!(
+        matches!(&err, Error::LeaseHeld { owner, .. } if owner == "x"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("in use by a live coordinator"),
+        "{err}"
+    );
 
     // After a graceful stop the root (and its default id) are free again at once.
     a.shutdown().await;

@@ -160,16 +160,23 @@ impl PostgresServer {
             .expect("temp dir");
         if is_root() {
             run(
-                Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()),
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path()),
                 "chown data dir to postgres",
             );
         }
         let data = dir.path().join("data");
         run(
-            pg_command(&bin, "initdb")
-                .arg("-D")
-                .arg(&data)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "-N"]),
+            pg_command(&bin, "initdb").arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-N",
+            ]),
             "initdb",
         );
         let mut server = Self {
@@ -404,8 +411,7 @@ fn healthz(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .is_err()
     {
         return false;

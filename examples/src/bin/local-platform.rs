@@ -102,6 +102,9 @@ fn expected(template: &str) -> (TaskStatus, Reason) {
     }
 }
 
+/// Event id → (subject, type), as the counter function saw them.
+type SeenEvents = BTreeMap<ops_core::EventId, (Option<String>, String)>;
+
 #[derive(Default)]
 struct Meter {
     by_tenant: BTreeMap<String, (u32, Usage)>,
@@ -133,7 +136,9 @@ async fn main() -> anyhow::Result<()> {
                     let _ = std::fs::remove_file(p);
                 }
             }
-            None => println!("--fresh leaves a shared database alone; only the task directories were removed"),
+            None => println!(
+                "--fresh leaves a shared database alone; only the task directories were removed"
+            ),
         }
     }
 
@@ -149,7 +154,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "History store: {}; events: {}",
         backends.history_url,
-        backends.events_url.as_deref().unwrap_or("the history store's outbox")
+        backends
+            .events_url
+            .as_deref()
+            .unwrap_or("the history store's outbox")
     );
     let history = backends.history.clone();
     let executor = LocalExecutor::new(config.executor.clone())?;
@@ -192,8 +200,7 @@ async fn main() -> anyhow::Result<()> {
     // Every event the counter saw, once per event id (delivery is at least once); the
     // summary counts those about this run's tasks (a shared database or NATS stream may
     // carry other runs' events too).
-    let seen: Arc<Mutex<BTreeMap<ops_core::EventId, (Option<String>, String)>>> =
-        Arc::default();
+    let seen: Arc<Mutex<SeenEvents>> = Arc::default();
     let count_fn = {
         let seen = seen.clone();
         function_fn("event-counter", move |event| {

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS ops_tasks (
     labels        JSONB       NOT NULL,
     parameters    JSON        NOT NULL,
     spec          JSON        NOT NULL,      -- rendered LaunchSpec
+    task_dir      TEXT        NOT NULL,      -- spec.task_dir, for pruning without parsing spec
     retry         JSON        NOT NULL,      -- RetryPolicy
     run_handle    JSON,                      -- executor's RunHandle
     wall_secs     DOUBLE PRECISION NOT NULL DEFAULT 0,
@@ -36,8 +37,12 @@ CREATE INDEX IF NOT EXISTS ops_tasks_tenant ON ops_tasks (tenant, id DESC);
 CREATE INDEX IF NOT EXISTS ops_tasks_tenant_status ON ops_tasks (tenant, status, id DESC);
 CREATE INDEX IF NOT EXISTS ops_tasks_tenant_template ON ops_tasks (tenant, template, id DESC);
 CREATE INDEX IF NOT EXISTS ops_tasks_tenant_submitted ON ops_tasks (tenant, submitted_at);
--- labels @> '{"k": "v"}'
-CREATE INDEX IF NOT EXISTS ops_tasks_labels ON ops_tasks USING GIN (labels jsonb_path_ops);
+-- A tenant's tasks by labels: the tenant joins the labels under the key "@tenant" (it
+-- overrides a label of that name), so one GIN lookup intersects tenant and labels
+-- instead of walking either all of the tenant's tasks or all tasks with the label.
+-- Queried as (labels || jsonb_object(ARRAY['@tenant', tenant])) @> '{"@tenant": …, "k": "v"}'.
+CREATE INDEX IF NOT EXISTS ops_tasks_tenant_labels ON ops_tasks
+    USING GIN ((labels || jsonb_object(ARRAY['@tenant', tenant])) jsonb_path_ops);
 CREATE INDEX IF NOT EXISTS ops_tasks_unfinished ON ops_tasks (id) WHERE finished_at IS NULL;
 CREATE INDEX IF NOT EXISTS ops_tasks_finished ON ops_tasks (finished_at) WHERE finished_at IS NOT NULL;
 

@@ -17,3 +17,9 @@ CREATE TABLE IF NOT EXISTS ops_coordinators (
     heartbeat_at INTEGER NOT NULL,
     started_at   INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Databases from before leases: running and retrying tasks had no owner. Give them an
+-- owner without a lease, so that the first coordinator to start takes them over
+-- (re-attaching or retrying them) instead of leaving them unfinished forever.
+UPDATE ops_tasks SET owner = 'pre-lease'
+    WHERE owner IS NULL AND status IN ('running', 'retrying');

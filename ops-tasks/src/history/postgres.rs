@@ -293,6 +293,7 @@ struct TaskColumns {
     labels: Vec<String>,
     parameters: Vec<String>,
     spec: Vec<String>,
+    task_dir: Vec<String>,
     retry: Vec<String>,
     run_handle: Vec<Option<String>>,
     wall: Vec<f64>,
@@ -322,6 +323,8 @@ impl TaskColumns {
         self.labels.push(serde_json::to_string(&r.labels)?);
         self.parameters.push(serde_json::to_string(&r.parameters)?);
         self.spec.push(serde_json::to_string(&r.spec)?);
+        self.task_dir
+            .push(r.spec.task_dir.to_string_lossy().into_owned());
         self.retry.push(serde_json::to_string(&r.retry)?);
         self.run_handle.push(
             r.run_handle
@@ -350,20 +353,21 @@ impl TaskColumns {
             "INSERT INTO ops_tasks (id, tenant, environment, template, status, reason, message, \
                  exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, \
                  run_handle, wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, \
-                 started_at, finished_at, not_before, updated_at, owner) \
+                 started_at, finished_at, not_before, updated_at, owner, task_dir) \
              SELECT id, tenant, environment, template, status, reason, message, exit_code, \
                  priority, attempt, max_attempts, labels::jsonb, parameters::json, spec::json, \
                  retry::json, run_handle::json, wall, cpu, peak, gpu, submitted_at, started_at, \
-                 finished_at, not_before, now(), owner \
+                 finished_at, not_before, now(), owner, task_dir \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::text[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], \
                  $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
                  $17::float8[], $18::float8[], $19::int8[], $20::float8[], \
                  $21::timestamptz[], $22::timestamptz[], $23::timestamptz[], \
-                 $24::timestamptz[], $25::text[]) \
+                 $24::timestamptz[], $25::text[], $26::text[]) \
              AS u(id, tenant, environment, template, status, reason, message, exit_code, \
                  priority, attempt, max_attempts, labels, parameters, spec, retry, run_handle, \
-                 wall, cpu, peak, gpu, submitted_at, started_at, finished_at, not_before, owner)",
+                 wall, cpu, peak, gpu, submitted_at, started_at, finished_at, not_before, owner, \
+                 task_dir)",
         )
         .bind(self.id)
         .bind(self.tenant)
@@ -390,6 +394,7 @@ impl TaskColumns {
         .bind(self.finished_at)
         .bind(self.not_before)
         .bind(self.owner)
+        .bind(self.task_dir)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -479,12 +484,15 @@ async fn apply_round(
              run_handle = u.run_handle::json, wall_secs = u.wall, cpu_secs = u.cpu, \
              peak_memory = u.peak, gpu_secs = u.gpu, started_at = u.started_at, \
              finished_at = u.finished_at, not_before = u.not_before, updated_at = now(), \
+             spec = u.spec::json, task_dir = u.task_dir, \
              owner = CASE WHEN u.status IN {FINAL_SQL} THEN NULL ELSE t.owner END \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
              $7::int4[], $8::int4[], $9::text[], $10::float8[], $11::float8[], $12::int8[], \
-             $13::float8[], $14::timestamptz[], $15::timestamptz[], $16::timestamptz[]) \
+             $13::float8[], $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], \
+             $18::text[], $19::text[]) \
          AS u(id, from_status, status, reason, message, exit_code, priority, attempt, \
-             run_handle, wall, cpu, peak, gpu, started_at, finished_at, not_before) \
+             run_handle, wall, cpu, peak, gpu, started_at, finished_at, not_before, spec, \
+             task_dir) \
          WHERE t.id = u.id AND t.status = u.from_status \
            AND t.owner IS NOT DISTINCT FROM $17 \
          RETURNING t.id"
@@ -506,6 +514,8 @@ async fn apply_round(
     .bind(c.finished_at)
     .bind(c.not_before)
     .bind(batch.owner.as_deref())
+    .bind(c.spec)
+    .bind(c.task_dir)
     .fetch_all(&mut *conn)
     .await?;
     Ok(ids.into_iter().collect())
@@ -717,8 +727,15 @@ impl HistoryStore for PostgresHistory {
             qb.push(" AND t.id < ").push_bind(id.as_uuid());
         }
         if !query.labels.is_empty() {
-            qb.push(" AND t.labels @> ")
-                .push_bind(serde_json::to_string(&query.labels)?)
+            // Matches the expression of the `ops_tasks_tenant_labels` index.
+            let mut wanted: serde_json::Map<String, serde_json::Value> = query
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            wanted.insert("@tenant".into(), query.tenant.as_str().into());
+            qb.push(" AND (t.labels || jsonb_object(ARRAY['@tenant', t.tenant])) @> ")
+                .push_bind(serde_json::Value::Object(wanted).to_string())
                 .push("::jsonb");
         }
         qb.push(" ORDER BY t.id DESC LIMIT ")
@@ -797,19 +814,23 @@ impl HistoryStore for PostgresHistory {
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
-        // One short statement per batch: rows another transaction holds are skipped
-        // (pruned next time), so pruning never waits for, nor blocks, a writer.
-        let mut rows: Vec<(Uuid, String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "WITH victims AS ( \
-                 SELECT id FROM ops_tasks \
+        // One short statement per batch. Rows another transaction holds are skipped
+        // (pruned next time), so pruning never waits for, nor blocks, a writer. The
+        // locked rows are deleted by their ctid (stable while locked): no second
+        // index lookup.
+        let mut rows: Vec<(Uuid, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "WITH victims AS MATERIALIZED ( \
+                 SELECT ctid AS tid, id FROM ops_tasks \
                  WHERE finished_at IS NOT NULL AND finished_at < $1 \
                  ORDER BY finished_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED), \
              ids AS (SELECT array_agg(id) AS ids FROM victims), \
-             events AS (DELETE FROM ops_task_events WHERE task_id = ANY((SELECT ids FROM ids)::uuid[])), \
-             outputs AS (DELETE FROM ops_task_outputs WHERE task_id = ANY((SELECT ids FROM ids)::uuid[])) \
-             DELETE FROM ops_tasks t WHERE t.id = ANY((SELECT ids FROM ids)::uuid[]) \
-             RETURNING t.id, t.tenant, t.spec ->> 'task_dir', t.finished_at",
+             events AS (DELETE FROM ops_task_events \
+                 WHERE task_id = ANY((SELECT ids FROM ids)::uuid[])), \
+             outputs AS (DELETE FROM ops_task_outputs \
+                 WHERE task_id = ANY((SELECT ids FROM ids)::uuid[])) \
+             DELETE FROM ops_tasks t WHERE t.ctid = ANY(ARRAY(SELECT tid FROM victims)) \
+             RETURNING t.id, t.tenant, t.task_dir, t.finished_at",
         )
         .bind(cutoff)
         .bind(i64::from(batch.clamp(1, 10_000)))
@@ -821,7 +842,7 @@ impl HistoryStore for PostgresHistory {
             .map(|(id, tenant, dir, _)| PrunedTask {
                 id: TaskId::from_uuid(id),
                 tenant: Tenant::new(tenant),
-                task_dir: dir.unwrap_or_default().into(),
+                task_dir: dir.into(),
             })
             .collect())
     }

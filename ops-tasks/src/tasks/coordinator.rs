@@ -212,7 +212,10 @@ impl Coordinator {
             .await
         {
             Ok(records) if !records.is_empty() => {
-                tracing::warn!(count = records.len(), "took over tasks of a coordinator whose lease expired");
+                tracing::warn!(
+                    count = records.len(),
+                    "took over tasks of a coordinator whose lease expired"
+                );
                 self.adopt(records, batch).await;
             }
             Ok(_) => {}
@@ -231,9 +234,7 @@ impl Coordinator {
         // Claim only what can start soon, so that other coordinators get the rest:
         // up to `max_running` when set, otherwise a short run-ahead queue.
         let limit = if self.config.max_running > 0 {
-            self.config
-                .max_running
-                .saturating_sub(self.running.len())
+            self.config.max_running.saturating_sub(self.running.len())
         } else {
             CLAIM_AHEAD
         }

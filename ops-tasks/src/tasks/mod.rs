@@ -170,10 +170,7 @@ impl TasksBuilder {
         if self.config.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".into()));
         }
-        self.config
-            .coordinator
-            .validate()
-            .map_err(Error::Config)?;
+        self.config.coordinator.validate().map_err(Error::Config)?;
         let (live, _) = broadcast::channel(4096);
         if self.submit_only {
             let tasks = Tasks {
@@ -265,9 +262,7 @@ fn default_coordinator_id(root: &std::path::Path) -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned());
-    let root = root
-        .canonicalize()
-        .unwrap_or_else(|_| root.to_path_buf());
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     format!("{host}:{}", root.display())
 }
 
@@ -391,10 +386,12 @@ impl Tasks {
     /// request, naming it by index when there are several.
     pub async fn submit_many(&self, requests: Vec<SubmitRequest>) -> Result<Vec<TaskId>> {
         let capacity = self.inner.executor.as_ref().map(|e| e.capacity());
-        let mut batch = ChangeBatch::default();
         // Tasks submitted here are owned (and run) by this process's coordinator; a
         // submit-only service leaves them for any coordinator to claim.
-        batch.owner = self.inner.owner.clone();
+        let mut batch = ChangeBatch {
+            owner: self.inner.owner.clone(),
+            ..ChangeBatch::default()
+        };
         let many = requests.len() > 1;
         for (index, request) in requests.into_iter().enumerate() {
             let mut record = self.prepare(request, capacity.as_ref()).map_err(|e| {
@@ -575,7 +572,9 @@ impl Tasks {
                 &next,
             );
             let mut batch = ChangeBatch::default();
-            batch.transitions.push(Transition::new(from, next, event.clone()));
+            batch
+                .transitions
+                .push(Transition::new(from, next, event.clone()));
             // Applies only if the task is still unowned and queued; otherwise its new
             // owner sees the request.
             if self.inner.history.commit(&batch).await?.first() == Some(&true) {
