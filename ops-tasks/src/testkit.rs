@@ -996,13 +996,19 @@ pub async fn transitions_store_the_attempt_spec(store: &dyn HistoryStore) {
     t.record.attempt = 1;
     t.record.spec.attempt = 1;
     t.record.spec.task_dir = "/srv/c1/acme/task".into();
-    assert_eq!(commit_transitions(store, Some("c1"), vec![t.clone()]).await, [true]);
+    assert_eq!(
+        commit_transitions(store, Some("c1"), vec![t.clone()]).await,
+        [true]
+    );
     let running = get(store, queued.id).await;
     assert_eq!(running.spec.task_dir, t.record.spec.task_dir);
     assert_eq!(running.spec.attempt, 1);
     let mut done = transition(&running, TaskStatus::Succeeded, event_types::TASK_SUCCEEDED);
     done.record.finished_at = Some(now() - chrono::Duration::hours(2));
-    assert_eq!(commit_transitions(store, Some("c1"), vec![done]).await, [true]);
+    assert_eq!(
+        commit_transitions(store, Some("c1"), vec![done]).await,
+        [true]
+    );
     let pruned = store
         .prune(now() - chrono::Duration::hours(1), 10)
         .await
