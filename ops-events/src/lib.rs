@@ -93,6 +93,7 @@ mod dedupe;
 mod dispatcher;
 mod error;
 mod function;
+mod redact;
 mod serde_millis;
 mod trigger;
 
@@ -117,6 +118,7 @@ pub use dispatcher::{
 };
 pub use error::{Error, Result};
 pub use function::{FailureKind, FnFunction, Function, FunctionError, function_fn};
+pub use redact::redact_url;
 pub use trigger::Trigger;
 
 pub use ops_core::{Event, EventId};

@@ -66,46 +66,7 @@ impl Backends {
 
 /// Replaces the password of a URL (`user:password@` or a `password=` query
 /// parameter) with `***`, for errors and logs.
-pub fn redact_url(url: &str) -> String {
-    let url = redact_userinfo(url);
-    match url.split_once('?') {
-        Some((base, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{base}?{}", query.join("&"))
-        }
-        None => url,
-    }
-}
-
-fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end],
-                    &userinfo[..colon],
-                    &rest[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
-    }
-}
+pub use ops_events::redact_url;
 
 fn scheme(url: &str) -> Option<&str> {
     url.find(':').map(|i| &url[..i]).filter(|s| {
@@ -220,23 +181,6 @@ async fn attach_bus(backends: &mut Backends, url: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://ops:s3cret@db.example:5432/ops"),
-            "postgres://ops:***@db.example:5432/ops"
-        );
-        assert_eq!(redact_url("postgres://ops@db/ops"), "postgres://ops@db/ops");
-        assert_eq!(redact_url("sqlite://a/b.db"), "sqlite://a/b.db");
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
-        assert_eq!(
-            redact_url("postgres://db/ops?user=ops&password=s3cret&sslmode=require"),
-            "postgres://db/ops?user=ops&password=***&sslmode=require"
-        );
-        // An '@' in the path is not userinfo.
-        assert_eq!(redact_url("sqlite:///x/a@b.db"), "sqlite:///x/a@b.db");
-    }
 
     #[tokio::test]
     async fn unknown_schemes_are_refused_with_the_url() {

@@ -249,3 +249,63 @@ async fn one_identity_one_live_coordinator() {
     again.shutdown().await;
     x.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_coordinator_that_lost_its_lease_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = open(dir.path()).await;
+    let a = coordinator(&history, &dir.path().join("a"), Some("a")).await;
+    let acme = Tenant::new("acme");
+    let id = a.submit(nap(30.0)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get(&acme, id).await.unwrap().status != TaskStatus::Running {
+        assert!(Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `a` stalls, as far as the store can tell: another incarnation of "a" takes its
+    // lease with a short life and lets it expire, so `b` takes the task over while
+    // `a` is still alive.
+    let mut fast = config(&dir.path().join("b"), Some("b"));
+    fast.coordinator.heartbeat = Duration::from_millis(50);
+    let b = Tasks::builder()
+        .catalogue(catalogue())
+        .history(history.clone())
+        .executor(LocalExecutor::new(LocalExecutorConfig::default()).unwrap())
+        .config(fast)
+        .start()
+        .await
+        .unwrap();
+    let impostor = ops_tasks::Lease::new("a", Duration::from_millis(150));
+    history.acquire_lease(&impostor, true).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while history.get(id).await.unwrap().unwrap().owner.as_deref() != Some("b") {
+        assert!(Instant::now() < deadline, "b did not take the task over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `a` learns it lost the lease, re-acquires it, and stops the process it no
+    // longer owns; `b` (which re-attached to it) records how the attempt ended.
+    let done = tokio::time::timeout(Duration::from_secs(15), b.wait(&acme, id))
+        .await
+        .expect("the taken-over task never ended")
+        .unwrap();
+    assert!(done.status.is_final(), "{done:?}");
+    let events = b.events(&acme, id).await.unwrap();
+    let started = events
+        .iter()
+        .filter(|e| e.ty == event_types::TASK_STARTED)
+        .count();
+    assert_eq!(
+        started, 1,
+        "no coordinator started the task again: {events:?}"
+    );
+
+    // `a` carries on with new work under its renewed lease.
+    let next = a.submit(nap(0.05)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), a.wait(&acme, next))
+        .await
+        .expect("a did not recover")
+        .unwrap();
+    assert_eq!(next.status, TaskStatus::Succeeded);
+    a.shutdown().await;
+    b.shutdown().await;
+}

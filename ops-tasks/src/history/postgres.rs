@@ -699,7 +699,15 @@ impl HistoryStore for PostgresHistory {
 
     async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
         let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-        let mut qb = QueryBuilder::<Postgres>::new("SELECT * FROM ops_tasks t WHERE t.tenant = ");
+        // With labels, the ids are found first from the `ops_tasks_tenant` index alone
+        // (it carries status and labels, so the tenant's newest tasks are filtered
+        // without reading the table), then only the page's rows are read.
+        let by_labels = !query.labels.is_empty();
+        let mut qb = QueryBuilder::<Postgres>::new(if by_labels {
+            "SELECT t.* FROM ops_tasks t JOIN (SELECT id FROM ops_tasks t WHERE t.tenant = "
+        } else {
+            "SELECT * FROM ops_tasks t WHERE t.tenant = "
+        });
         qb.push_bind(query.tenant.as_str());
         match query.statuses.as_slice() {
             [] => {}
@@ -726,20 +734,16 @@ impl HistoryStore for PostgresHistory {
                 .map_err(|_| Error::Config(format!("invalid page cursor {cursor:?}")))?;
             qb.push(" AND t.id < ").push_bind(id.as_uuid());
         }
-        if !query.labels.is_empty() {
-            // Matches the expression of the `ops_tasks_tenant_labels` index.
-            let mut wanted: serde_json::Map<String, serde_json::Value> = query
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            wanted.insert("@tenant".into(), query.tenant.as_str().into());
-            qb.push(" AND (t.labels || jsonb_object(ARRAY['@tenant', t.tenant])) @> ")
-                .push_bind(serde_json::Value::Object(wanted).to_string())
+        if by_labels {
+            qb.push(" AND t.labels @> ")
+                .push_bind(serde_json::to_string(&query.labels)?)
                 .push("::jsonb");
         }
         qb.push(" ORDER BY t.id DESC LIMIT ")
             .push_bind(i64::from(limit) + 1);
+        if by_labels {
+            qb.push(") page ON t.id = page.id ORDER BY t.id DESC");
+        }
         let rows = qb.build().fetch_all(self.pool()).await?;
         let mut tasks = rows_to_records(&rows)?;
         let next_cursor = if tasks.len() > limit as usize {

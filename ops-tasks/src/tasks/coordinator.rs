@@ -106,10 +106,13 @@ impl Coordinator {
     pub(crate) async fn acquire(&mut self, force: bool) -> Result<()> {
         match self.history.acquire_lease(&self.lease, force).await {
             Err(Error::LeaseHeld { owner, until }) => {
+                // Until it expires, plus a heartbeat: the others take over what the
+                // lapsed lease held before this coordinator registers again.
                 let wait = (until - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(self.lease.ttl)
+                    + self.config.coordinator.heartbeat
                     + Duration::from_millis(100);
                 tracing::warn!(%owner, %until, ?wait, "coordinator id is leased by another incarnation; waiting for that lease to expire");
                 tokio::time::sleep(wait).await;
