@@ -95,6 +95,7 @@ mod error;
 mod function;
 mod redact;
 mod serde_millis;
+mod stored;
 mod trigger;
 
 pub mod memory;

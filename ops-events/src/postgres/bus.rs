@@ -7,7 +7,6 @@
 //! deliveries and moved the cursor, so concurrent fetchers (in any process) take
 //! turns; and every list goes to the server as one array parameter.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use tokio::time::Instant;
 
 use super::{FALLBACK_POLL, PostgresOutbox, duration_ms};
 use crate::bus::{Delivery, DeliveryTag, EventBus, StartFrom, SubscribeOptions, validate_name};
+use crate::stored::{RawDelivery, parse};
 use crate::{Error, Result};
 
 /// What a cheap read says about a subscription before taking its row lock.
@@ -27,13 +27,6 @@ struct Probe {
     held_back: bool,
     /// Milliseconds until the next delivery is due again (negative: overdue).
     next_due_ms: Option<i64>,
-}
-
-/// A delivery read inside the transaction, parsed after commit.
-struct RawDelivery {
-    seq: i64,
-    attempts: i32,
-    payload: String,
 }
 
 /// The delivery horizon: no transaction below it can still commit rows into this
@@ -172,7 +165,7 @@ impl PostgresOutbox {
 fn raw(row: &sqlx::postgres::PgRow) -> Result<RawDelivery> {
     Ok(RawDelivery {
         seq: row.try_get(0).map_err(Error::postgres)?,
-        attempts: row.try_get(1).map_err(Error::postgres)?,
+        attempts: i64::from(row.try_get::<i32, _>(1).map_err(Error::postgres)?),
         payload: row.try_get(2).map_err(Error::postgres)?,
     })
 }
@@ -187,28 +180,6 @@ fn seqs(tags: &[DeliveryTag]) -> Vec<i64> {
     tags.iter()
         .map(|t| i64::try_from(t.0).unwrap_or(i64::MAX))
         .collect()
-}
-
-fn parse(subscription: &str, raw: Vec<RawDelivery>) -> Vec<Delivery> {
-    let mut out = Vec::with_capacity(raw.len());
-    for r in raw {
-        match serde_json::from_str::<Event>(&r.payload) {
-            Ok(event) => out.push(Delivery::new(
-                Arc::new(event),
-                u32::try_from(r.attempts).unwrap_or(0),
-                DeliveryTag(u64::try_from(r.seq).unwrap_or(0)),
-            )),
-            // Never drop it: it stays pending (and is logged again on each redelivery)
-            // until someone repairs the row.
-            Err(e) => tracing::error!(
-                subscription,
-                seq = r.seq,
-                error = %e,
-                "stored event is not a valid CloudEvent; left pending"
-            ),
-        }
-    }
-    out
 }
 
 #[async_trait]

@@ -243,7 +243,8 @@ impl PostgresOutbox {
         match config.migrations {
             Migrations::Run => MIGRATOR.run(&pool).await?,
             Migrations::Require => {
-                let missing = missing_migrations(&pool).await?;
+                let mut conn = pool.acquire().await.map_err(Error::postgres)?;
+                let missing = missing_migrations(&MIGRATOR, &mut conn).await?;
                 if !missing.is_empty() {
                     return Err(Error::SchemaOutdated {
                         url: url.to_owned(),
@@ -375,30 +376,35 @@ impl PostgresOutbox {
 /// Events per `INSERT` statement of [`PostgresOutbox::append`].
 const APPEND_CHUNK: usize = 10_000;
 
-/// The outbox migrations not applied to the database behind `pool`, as
-/// `<version>_<name>`.
-async fn missing_migrations(pool: &PgPool) -> Result<Vec<String>> {
+/// The migrations of `migrator` not yet applied to the database behind `conn`, as
+/// `<version>_<name>`: what [`Migrations::Require`] reports. For crates that keep
+/// their own migrations in the outbox's database (they share `_sqlx_migrations`).
+pub async fn missing_migrations(
+    migrator: &Migrator,
+    conn: &mut PgConnection,
+) -> Result<Vec<String>> {
     let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(Error::postgres)?;
     let applied: Vec<i64> = if table {
         sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(Error::postgres)?
     } else {
         Vec::new()
     };
-    Ok(MIGRATOR
+    Ok(migrator
         .iter()
         .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
         .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
         .collect())
 }
 
-/// A URL for messages about a pool the caller built (no password in it).
-fn pool_url(pool: &PgPool) -> String {
+/// `postgres://user@host:port/database` of a pool (it holds no password), for
+/// messages about a pool the caller built.
+pub fn pool_url(pool: &PgPool) -> String {
     let o = pool.connect_options();
     format!(
         "postgres://{}@{}:{}/{}",

@@ -1,6 +1,5 @@
 //! [`EventBus`] on the SQLite outbox tables.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,6 +9,7 @@ use tokio::time::Instant;
 
 use super::{SqliteOutbox, duration_ms, now_ms};
 use crate::bus::{Delivery, DeliveryTag, EventBus, StartFrom, SubscribeOptions, validate_name};
+use crate::stored::{RawDelivery, parse};
 use crate::{Error, Result};
 
 /// What a cheap read says about a subscription before taking the write lock.
@@ -17,13 +17,6 @@ struct Probe {
     cursor: i64,
     head: i64,
     next_due: Option<i64>,
-}
-
-/// A delivery read inside the transaction, parsed after commit.
-struct RawDelivery {
-    seq: i64,
-    attempts: i64,
-    payload: String,
 }
 
 impl SqliteOutbox {
@@ -171,28 +164,6 @@ fn json_list(seqs: impl Iterator<Item = i64>) -> String {
     }
     s.push(']');
     s
-}
-
-fn parse(subscription: &str, raw: Vec<RawDelivery>) -> Vec<Delivery> {
-    let mut out = Vec::with_capacity(raw.len());
-    for r in raw {
-        match serde_json::from_str::<Event>(&r.payload) {
-            Ok(event) => out.push(Delivery::new(
-                Arc::new(event),
-                u32::try_from(r.attempts).unwrap_or(u32::MAX),
-                DeliveryTag(u64::try_from(r.seq).unwrap_or(0)),
-            )),
-            // Never drop it: it stays pending (and is logged again on each redelivery)
-            // until someone repairs the row.
-            Err(e) => tracing::error!(
-                subscription,
-                seq = r.seq,
-                error = %e,
-                "stored event is not a valid CloudEvent; left pending"
-            ),
-        }
-    }
-    out
 }
 
 #[async_trait]

@@ -275,6 +275,12 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
+/// Queue order, as claims and take-overs return tasks: highest priority first, then
+/// oldest (ids are time-ordered).
+pub(crate) fn sort_queue_order(records: &mut [TaskRecord]) {
+    records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+}
+
 /// A coordinator's lease: its claim on the tasks it owns in a store shared by several
 /// coordinators. See the lease methods of [`HistoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,9 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ops_core::{Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
-use ops_events::postgres::{Migrations, PostgresOutbox, PostgresOutboxConfig};
+use ops_events::postgres::{
+    Migrations, PostgresOutbox, PostgresOutboxConfig, missing_migrations, pool_url,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
@@ -134,7 +136,7 @@ impl PostgresHistory {
                         url: shown.clone(),
                         message: e.to_string(),
                     })?;
-                missing.extend(missing_migrations(&mut conn).await?);
+                missing.extend(missing_migrations(&MIGRATOR, &mut conn).await?);
                 let _ = conn.close().await;
                 Err(Error::SchemaOutdated {
                     url: shown,
@@ -155,7 +157,7 @@ impl PostgresHistory {
         match migrations {
             Migrations::Require => {
                 let mut conn = outbox.pool().acquire().await?;
-                let missing = missing_migrations(&mut conn).await?;
+                let missing = missing_migrations(&MIGRATOR, &mut conn).await?;
                 if !missing.is_empty() {
                     return Err(Error::SchemaOutdated {
                         url: url.to_owned(),
@@ -177,38 +179,6 @@ impl PostgresHistory {
     fn pool(&self) -> &PgPool {
         self.outbox.pool()
     }
-}
-
-/// The history migrations not applied to the database behind `conn`, as
-/// `<version>_<name>`.
-async fn missing_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
-    let table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await?;
-    let applied: Vec<i64> = if table {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(&mut *conn)
-            .await?
-    } else {
-        Vec::new()
-    };
-    Ok(MIGRATOR
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
-        .map(|m| format!("{}_{}", m.version, m.description.replace(' ', "_")))
-        .collect())
-}
-
-/// A URL for messages about a pool (no password in it).
-fn pool_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("")
-    )
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
@@ -990,7 +960,7 @@ impl HistoryStore for PostgresHistory {
         .fetch_all(self.pool())
         .await?;
         let mut records = rows_to_records(&rows)?;
-        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        super::sort_queue_order(&mut records);
         Ok(records)
     }
 
@@ -1036,7 +1006,7 @@ impl HistoryStore for PostgresHistory {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        super::sort_queue_order(&mut records);
         Ok(records)
     }
 

@@ -793,7 +793,7 @@ impl HistoryStore for SqliteHistory {
         .await?;
         let mut records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        super::sort_queue_order(&mut records);
         Ok(records)
     }
 
@@ -833,7 +833,7 @@ impl HistoryStore for SqliteHistory {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        super::sort_queue_order(&mut records);
         Ok(records)
     }
 

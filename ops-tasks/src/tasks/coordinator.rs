@@ -177,6 +177,15 @@ impl Coordinator {
         }
     }
 
+    /// Drops every trace of a task whose change was refused by the store (another
+    /// coordinator owns it now), stopping its process if it runs here.
+    fn forget(&mut self, id: TaskId) {
+        tracing::warn!(task_id = %id, "change refused by the store: the task is owned elsewhere now");
+        self.queue.retain(|(_, tid), _| *tid != id);
+        self.waiting.remove(&id);
+        self.drop_running(id, "change refused by the store");
+    }
+
     /// Renews the lease (reacting to a lost one), applies cancellations requested
     /// elsewhere, and takes over dead coordinators' tasks.
     async fn heartbeat(&mut self, batch: &mut ChangeBatch) {
@@ -782,17 +791,6 @@ impl Coordinator {
             }
         }
         Ok(())
-    }
-}
-
-impl Coordinator {
-    /// Drops every trace of a task whose change was refused by the store (another
-    /// coordinator owns it now), stopping its process if it runs here.
-    fn forget(&mut self, id: TaskId) {
-        tracing::warn!(task_id = %id, "change refused by the store: the task is owned elsewhere now");
-        self.queue.retain(|(_, tid), _| *tid != id);
-        self.waiting.remove(&id);
-        self.drop_running(id, "change refused by the store");
     }
 }
 
