@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ops_core::{Reason, Resources, TaskId, Tenant, Usage};
+use ops_core::{Environment, Reason, Resources, TaskId, Tenant, Usage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -44,6 +44,41 @@ pub struct LaunchSpec {
     pub timeout: Option<Duration>,
     /// Glob patterns, relative to `task_dir`, of files reported as outputs.
     pub output_globs: Vec<String>,
+    /// The segment of capacity the task runs in (Kubernetes: namespace and node pool).
+    #[serde(default)]
+    pub environment: Environment,
+    /// Container image, for executors that run containers; the local executor ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Scavenger (backfill) work: runs only on idle capacity and is preempted by real work.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scavenger: bool,
+    /// Run as root where the executor would otherwise use an unprivileged user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_root: bool,
+}
+
+impl LaunchSpec {
+    /// A spec for attempt 1 of a new task of `tenant` running `argv` in `task_dir`, with
+    /// no resources, limits or outputs; set the other fields as needed.
+    pub fn new(tenant: Tenant, argv: Vec<String>, task_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            task_id: TaskId::new(),
+            attempt: 1,
+            tenant,
+            argv,
+            env: BTreeMap::new(),
+            task_dir: task_dir.into(),
+            workdir: None,
+            resources: Resources::default(),
+            timeout: None,
+            output_globs: Vec::new(),
+            environment: Environment::default(),
+            image: None,
+            scavenger: false,
+            run_as_root: false,
+        }
+    }
 }
 
 /// What an executor remembers about a running attempt so that a restarted coordinator

@@ -461,10 +461,18 @@ impl Tasks {
             resources: template.resources().clone(),
             timeout: template.timeout(),
             output_globs: rendered.output_globs,
+            environment: Environment::default(),
+            image: template.image().map(str::to_owned),
+            scavenger: template.scavenger(),
+            run_as_root: template.run_as_root(),
         };
         let environment = request
             .environment
             .unwrap_or_else(|| Environment::new(self.inner.config.default_environment.clone()));
+        let spec = LaunchSpec {
+            environment: environment.clone(),
+            ..spec
+        };
         Ok(TaskRecord {
             id,
             tenant: request.tenant,

@@ -29,6 +29,9 @@ const FIELDS: &[&str] = &[
     "retries",
     "priority",
     "labels",
+    "image",
+    "scavenger",
+    "run_as_root",
 ];
 
 /// Longest template name.
@@ -332,6 +335,15 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
     let priority: i32 = p.field(&obj, "priority").unwrap_or_default();
     let labels: BTreeMap<String, String> = p.field(&obj, "labels").unwrap_or_default();
 
+    let image: Option<String> = p.field(&obj, "image");
+    if let Some(image) = &image {
+        if let Err(message) = check_image(image) {
+            p.push("image", message);
+        }
+    }
+    let scavenger: bool = p.field(&obj, "scavenger").unwrap_or_default();
+    let run_as_root: bool = p.field(&obj, "run_as_root").unwrap_or_default();
+
     // Placeholders may only name declared parameters.
     if let Some(schema) = &schema {
         let declared = schema.declared();
@@ -378,6 +390,9 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
         retries,
         priority,
         labels,
+        image,
+        scavenger,
+        run_as_root,
         compiled: Compiled {
             schema,
             command: command_patterns.into_iter().map(strip).collect(),
@@ -389,6 +404,35 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
             outputs: output_patterns.into_iter().map(strip).collect(),
         },
     })
+}
+
+/// A container image reference: no whitespace, no upper case in the repository part,
+/// and not empty (what container runtimes reject as `InvalidImageName`).
+fn check_image(image: &str) -> std::result::Result<(), String> {
+    if image.trim().is_empty() {
+        return Err("must not be empty; leave it out for executors without images".into());
+    }
+    if image.chars().any(char::is_whitespace) {
+        return Err(format!("{image:?} contains whitespace"));
+    }
+    let repository = image.split(['@']).next().unwrap_or(image);
+    let repository = match repository.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => repository,
+    };
+    let path = repository
+        .split_once('/')
+        .map_or(repository, |(host, rest)| {
+            if host.contains('.') || host.contains(':') || host == "localhost" {
+                rest
+            } else {
+                repository
+            }
+        });
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("{image:?}: repository names must be lower case"));
+    }
+    Ok(())
 }
 
 /// `timeout` as a duration string or whole seconds.

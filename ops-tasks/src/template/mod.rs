@@ -164,6 +164,12 @@ pub struct TaskTemplate {
     priority: i32,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    scavenger: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    run_as_root: bool,
     #[serde(skip)]
     compiled: Compiled,
 }
@@ -269,6 +275,24 @@ impl TaskTemplate {
     /// Free-form labels copied to tasks.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
+    }
+
+    /// The container image tasks run in, for executors that run containers
+    /// (Kubernetes); the local executor ignores it.
+    pub fn image(&self) -> Option<&str> {
+        self.image.as_deref()
+    }
+
+    /// Whether tasks of this template are scavenger (backfill) work: they run only on
+    /// otherwise idle capacity and give way to real work.
+    pub fn scavenger(&self) -> bool {
+        self.scavenger
+    }
+
+    /// Whether the template asks to run as root where the executor would otherwise run
+    /// it as an unprivileged user (Kubernetes' default security context).
+    pub fn run_as_root(&self) -> bool {
+        self.run_as_root
     }
 }
 

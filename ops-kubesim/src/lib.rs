@@ -1,0 +1,1 @@
+//! A Kubernetes API-server simulator for tests (skeleton; being written).
