@@ -126,6 +126,22 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// The Kubernetes API server could not be reached, or answered in a way that makes
+    /// no sense (`server` is its URL).
+    #[error("Kubernetes API server {server}: {message}")]
+    Cluster {
+        /// The API server's URL.
+        server: String,
+        /// What failed.
+        message: String,
+    },
+    /// The Kubernetes API server refused an operation (RBAC). Lists every missing
+    /// permission when found by the start-up check.
+    #[error("forbidden by the Kubernetes API server: {}", denied.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))]
+    Forbidden {
+        /// The operations refused.
+        denied: Vec<Denied>,
+    },
     /// The history database failed.
     #[error("history store: {0}")]
     Store(#[from] sqlx::Error),
@@ -158,7 +174,7 @@ impl Error {
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Database(_)
             ),
             Error::Events(e) => e.is_retryable(),
-            Error::Io { .. } | Error::Executor { .. } => true,
+            Error::Io { .. } | Error::Executor { .. } | Error::Cluster { .. } => true,
             _ => false,
         }
     }
@@ -168,6 +184,42 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// One operation the Kubernetes API server refused: `verb` on `resource` (with its API
+/// group) in `namespace` (none: cluster-wide).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Denied {
+    /// `create`, `list`, `watch`…
+    pub verb: String,
+    /// `pods`, `namespaces`, `pods/log`…
+    pub resource: String,
+    /// API group (`""` for the core group).
+    pub group: String,
+    /// The namespace, when the operation is namespaced.
+    pub namespace: Option<String>,
+    /// The server's message, when it sent one.
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resource = if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
+        write!(f, "cannot {} {}", self.verb, resource)?;
+        match &self.namespace {
+            Some(ns) => write!(f, " in namespace {ns}")?,
+            None => write!(f, " cluster-wide")?,
+        }
+        if let Some(m) = &self.message {
+            write!(f, " ({m})")?;
+        }
+        Ok(())
     }
 }
 

@@ -83,6 +83,8 @@ pub mod duration;
 mod error;
 pub mod executor;
 pub mod history;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod local;
 pub mod paths;
 mod tasks;
@@ -90,7 +92,7 @@ pub mod template;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::{Error, ParameterViolation, Result};
+pub use error::{Denied, Error, ParameterViolation, Result};
 pub use executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };

@@ -12,6 +12,10 @@
 //!     --root /var/lib/ops/tasks --id worker-1
 //! ```
 //!
+//! `--kube kube.toml` runs the tasks as pods on a Kubernetes cluster instead (the file is
+//! a `KubeExecutorConfig`; see docs/kubernetes.md); `--root` must then be the task
+//! volume's path on this machine.
+//!
 //! `--audit` also runs an audit function: every event, delivered through the outbox
 //! subscription that all coordinators share, is recorded once (by event id) in the
 //! table `ops_event_audit` of the same Postgres database, with a count of deliveries.
@@ -20,11 +24,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use ops_events::{Dispatcher, DispatcherConfig, FunctionError, Trigger, function_fn};
+use ops_tasks::Executor;
+use ops_tasks::kube::{KubeExecutor, KubeExecutorConfig};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
 use ops_tasks::template::Catalogue;
 use ops_tasks::{Tasks, TasksConfig};
@@ -63,6 +70,9 @@ struct Args {
     /// Record every event once in `ops_event_audit` (Postgres only).
     #[arg(long)]
     audit: bool,
+    /// Run tasks on Kubernetes, configured by this TOML file (a `KubeExecutorConfig`).
+    #[arg(long)]
+    kube: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -84,7 +94,18 @@ async fn main() -> anyhow::Result<()> {
     config.coordinator.lease_ttl = args.lease_ttl;
     config.coordinator.heartbeat = args.heartbeat;
     config.coordinator.poll = args.poll;
-    let executor = LocalExecutor::new(LocalExecutorConfig::default())?;
+    let executor: Arc<dyn Executor> = match &args.kube {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let kube: KubeExecutorConfig =
+                toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+            let executor = KubeExecutor::connect(kube).await?;
+            println!("running tasks on Kubernetes at {}", executor.server());
+            Arc::new(executor)
+        }
+        None => Arc::new(LocalExecutor::new(LocalExecutorConfig::default())?),
+    };
     let tasks = Tasks::builder()
         .catalogue(catalogue)
         .history(backends.history.clone())

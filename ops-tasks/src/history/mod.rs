@@ -275,6 +275,40 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
+/// The order of a batch's events: each task's output events just before the first of
+/// its transitions that ends an attempt (leaves `running`), so that consumers see a
+/// task's outputs before it succeeds or fails; outputs of tasks without such a
+/// transition last. Transitions keep their order.
+pub(crate) fn with_outputs_first<T>(
+    transitions: Vec<(TaskId, TaskStatus, T)>,
+    outputs: Vec<(TaskId, T)>,
+) -> Vec<T> {
+    let mut pending: std::collections::HashMap<TaskId, Vec<T>> = std::collections::HashMap::new();
+    let mut order: Vec<TaskId> = Vec::new();
+    for (id, item) in outputs {
+        let list = pending.entry(id).or_default();
+        if list.is_empty() {
+            order.push(id);
+        }
+        list.push(item);
+    }
+    let mut out = Vec::new();
+    for (id, from, item) in transitions {
+        if from == TaskStatus::Running {
+            if let Some(list) = pending.remove(&id) {
+                out.extend(list);
+            }
+        }
+        out.push(item);
+    }
+    for id in order {
+        if let Some(list) = pending.remove(&id) {
+            out.extend(list);
+        }
+    }
+    out
+}
+
 /// Queue order, as claims and take-overs return tasks: highest priority first, then
 /// oldest (ids are time-ordered).
 pub(crate) fn sort_queue_order(records: &mut [TaskRecord]) {
@@ -501,6 +535,32 @@ fn ttl_micros(lease: &Lease) -> i64 {
 
 #[cfg(test)]
 mod tests {
+
+    use super::*;
+
+    #[test]
+    fn outputs_come_before_the_transition_that_ends_their_attempt() {
+        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let transitions = vec![
+            (c, TaskStatus::Queued, "c started"),
+            (a, TaskStatus::Running, "a succeeded"),
+            (b, TaskStatus::Running, "b retrying"),
+        ];
+        let outputs = vec![(b, "b out1"), (a, "a out1"), (c, "c out1"), (a, "a out2")];
+        assert_eq!(
+            with_outputs_first(transitions, outputs),
+            [
+                "c started",
+                "a out1",
+                "a out2",
+                "a succeeded",
+                "b out1",
+                "b retrying",
+                "c out1"
+            ]
+        );
+    }
+
     #[test]
     fn sqlite_and_postgres_migrations_are_in_step() {
         let list = |m: &sqlx::migrate::Migrator| {

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::{
     CLAIMABLE_SQL, ChangeBatch, FINAL_SQL, HistoryStore, Lease, OutputRecord, PrunedTask, Renewal,
     TaskPage, TaskQuery, TaskRecord, TransitionRecord, check_transitions, insert_owner,
-    submit_statuses, ttl_micros,
+    submit_statuses, ttl_micros, with_outputs_first,
 };
 use crate::backends::redact_url;
 use crate::{Error, Result};
@@ -491,6 +491,12 @@ async fn apply_round(
     Ok(ids.into_iter().collect())
 }
 
+/// A batch's event, before ordering ([`with_outputs_first`]).
+enum Ordered<'a> {
+    Transition(&'a crate::history::Transition),
+    Output(&'a OutputRecord, &'a Event),
+}
+
 /// Splits transitions into rounds in which each task appears at most once, keeping
 /// the order of a task's transitions (the k-th change of a task is in round k).
 fn rounds(batch: &ChangeBatch) -> Vec<Vec<usize>> {
@@ -551,16 +557,11 @@ impl HistoryStore for PostgresHistory {
                 }
             }
         }
+        let mut transition_events = Vec::new();
+        let mut output_events = Vec::new();
         for (t, done) in batch.transitions.iter().zip(&applied) {
             if *done {
-                events.push(
-                    t.task_id,
-                    &t.event,
-                    Some(t.from),
-                    Some(t.to),
-                    t.record.reason,
-                )?;
-                outbox_events.push(t.event.clone());
+                transition_events.push((t.task_id, t.from, Ordered::Transition(t)));
             } else {
                 tracing::debug!(task_id = %t.task_id, from = %t.from, to = %t.to, owner, "transition skipped: status or owner changed");
             }
@@ -645,9 +646,26 @@ impl HistoryStore for PostgresHistory {
                 // The first of duplicates in the batch is the one inserted.
                 for (o, event) in allowed {
                     if inserted.remove(&(o.task_id.as_uuid(), o.path.clone())) {
-                        events.push(o.task_id, event, None, None, None)?;
-                        outbox_events.push(event.clone());
+                        output_events.push((o.task_id, Ordered::Output(o, event)));
                     }
+                }
+            }
+        }
+        for item in with_outputs_first(transition_events, output_events) {
+            match item {
+                Ordered::Transition(t) => {
+                    events.push(
+                        t.task_id,
+                        &t.event,
+                        Some(t.from),
+                        Some(t.to),
+                        t.record.reason,
+                    )?;
+                    outbox_events.push(t.event.clone());
+                }
+                Ordered::Output(o, event) => {
+                    events.push(o.task_id, event, None, None, None)?;
+                    outbox_events.push(event.clone());
                 }
             }
         }

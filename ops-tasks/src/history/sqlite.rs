@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use super::{
     CLAIMABLE_SQL, ChangeBatch, FINAL_SQL, HistoryStore, Lease, OutputRecord, PrunedTask, Renewal,
     TaskPage, TaskQuery, TaskRecord, TransitionRecord, check_transitions, insert_owner,
-    submit_statuses, ttl_micros,
+    submit_statuses, ttl_micros, with_outputs_first,
 };
 use crate::{Error, Result};
 
@@ -328,6 +328,8 @@ impl HistoryStore for SqliteHistory {
         }
 
         let mut applied = Vec::with_capacity(batch.transitions.len());
+        let mut transition_events = Vec::new();
+        let mut output_events = Vec::new();
         // Tasks this batch made final: their outputs still apply (see ChangeBatch::owner).
         let mut finalized = HashSet::new();
         for (t, r) in batch.transitions.iter().zip(&transition_rows) {
@@ -371,14 +373,20 @@ impl HistoryStore for SqliteHistory {
                 .rows_affected()
                 == 1;
             if done {
-                event_rows.push(EventRow::new(
+                transition_events.push((
                     t.task_id,
-                    &t.event,
-                    Some(t.from),
-                    Some(t.to),
-                    t.record.reason,
-                )?);
-                outbox_events.push(t.event.clone());
+                    t.from,
+                    (
+                        EventRow::new(
+                            t.task_id,
+                            &t.event,
+                            Some(t.from),
+                            Some(t.to),
+                            t.record.reason,
+                        )?,
+                        t.event.clone(),
+                    ),
+                ));
                 if t.to.is_final() {
                     finalized.insert(t.task_id);
                 }
@@ -421,9 +429,18 @@ impl HistoryStore for SqliteHistory {
             .await?
             .rows_affected();
             if inserted == 1 {
-                event_rows.push(EventRow::new(output.task_id, event, None, None, None)?);
-                outbox_events.push(event.clone());
+                output_events.push((
+                    output.task_id,
+                    (
+                        EventRow::new(output.task_id, event, None, None, None)?,
+                        event.clone(),
+                    ),
+                ));
             }
+        }
+        for (row, event) in with_outputs_first(transition_events, output_events) {
+            event_rows.push(row);
+            outbox_events.push(event);
         }
 
         insert_event_rows(&mut tx, &event_rows).await?;

@@ -65,9 +65,10 @@
 //!
 //! # Restarts
 //!
-//! The [`RunHandle`] detail holds the wrapper's pid and start time (field 22 of
-//! `/proc/<pid>/stat`, which detects pid reuse), the cgroup, the GPUs, the start time and
-//! the log offsets. Dropping a [`LocalExecutor`] (or calling [`LocalExecutor::detach`])
+//! The [`RunHandle`] detail holds the attempt it belongs to (a handle naming another
+//! attempt finds nothing: `Gone` with `CoordinatorLost`), the wrapper's pid and start
+//! time (field 22 of `/proc/<pid>/stat`, which detects pid reuse), the cgroup, the GPUs,
+//! the start time and the log offsets. Dropping a [`LocalExecutor`] (or calling [`LocalExecutor::detach`])
 //! leaves attempts running, as a crash would. [`Executor::reattach`] on a new executor
 //! finds a live wrapper (then it polls `/proc`, enforces what remains of the timeout,
 //! scans outputs and sends `Finished` with the status the wrapper records), or returns
@@ -98,7 +99,7 @@ mod cgroup;
 mod config;
 mod gpu;
 mod logs;
-mod outputs;
+pub(crate) mod outputs;
 mod process;
 mod usage;
 
@@ -172,6 +173,12 @@ enum Control {
 /// What the run handle remembers (the `detail` of [`RunHandle`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct HandleDetail {
+    /// The attempt these details belong to (absent in handles written before it was
+    /// recorded): a handle naming another attempt finds nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task_id: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
     /// The wrapper's pid (also the process group); absent when nothing was started.
     #[serde(default)]
     pid: Option<i32>,
@@ -391,6 +398,8 @@ impl Executor for LocalExecutor {
         };
         let started_at = Utc::now();
         let mut detail = HandleDetail {
+            task_id: Some(key.0),
+            attempt: Some(key.1),
             pid: None,
             start_ticks: 0,
             task_dir: task_dir.clone(),
@@ -607,7 +616,9 @@ impl Executor for LocalExecutor {
         }
         // Not watched by this executor (e.g. after a restart, before reattach): stop it
         // anyway if it still runs.
-        let detail: HandleDetail = serde_json::from_value(handle.detail.clone())?;
+        let Some(detail) = handle_detail(handle)? else {
+            return Ok(());
+        };
         if let Some(pid) = detail.pid
             && process::is_alive(pid, detail.start_ticks)
         {
@@ -641,7 +652,15 @@ impl Executor for LocalExecutor {
         if lock(&self.inner.running).contains_key(&key) {
             return Ok(Reattached::Running);
         }
-        let detail: HandleDetail = serde_json::from_value(handle.detail.clone())?;
+        let Some(detail) = handle_detail(handle)? else {
+            return Ok(Reattached::Gone(Outcome::new(
+                Reason::CoordinatorLost,
+                Some(format!(
+                    "task {} attempt {} never ran here: the handle's details belong to another attempt",
+                    key.0, key.1
+                )),
+            )));
+        };
         let Some(pid) = detail.pid else {
             return Ok(Reattached::Gone(Outcome::new(
                 Reason::CoordinatorLost,
@@ -704,6 +723,15 @@ fn check_handle(handle: &RunHandle) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The handle's details, or `None` when they belong to another attempt than the one the
+/// handle names (so there is nothing of that attempt to find).
+fn handle_detail(handle: &RunHandle) -> Result<Option<HandleDetail>> {
+    let detail: HandleDetail = serde_json::from_value(handle.detail.clone())?;
+    let other_task = detail.task_id.is_some_and(|t| t != handle.task_id);
+    let other_attempt = detail.attempt.is_some_and(|a| a != handle.attempt);
+    Ok((!other_task && !other_attempt).then_some(detail))
 }
 
 /// A kill the executor started, and why.

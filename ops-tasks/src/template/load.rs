@@ -336,10 +336,10 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
     let labels: BTreeMap<String, String> = p.field(&obj, "labels").unwrap_or_default();
 
     let image: Option<String> = p.field(&obj, "image");
-    if let Some(image) = &image {
-        if let Err(message) = check_image(image) {
-            p.push("image", message);
-        }
+    if let Some(image) = &image
+        && let Err(message) = check_image(image)
+    {
+        p.push("image", message);
     }
     let scavenger: bool = p.field(&obj, "scavenger").unwrap_or_default();
     let run_as_root: bool = p.field(&obj, "run_as_root").unwrap_or_default();

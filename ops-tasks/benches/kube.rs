@@ -1,0 +1,399 @@
+//! The Kubernetes executor against the API-server simulator (ops-kubesim), which runs in
+//! a child process so that the memory figures are the coordinator's alone.
+//!
+//! ```text
+//! cargo bench -p ops-tasks --features kube --bench kube
+//! cargo bench -p ops-tasks --features kube --bench kube -- --quick
+//! cargo bench -p ops-tasks --features kube --bench kube -- --tasks 10000 --nodes 100
+//! ```
+//!
+//! - **Lifecycles**: N tasks launched through `Executor::launch` (256 at a time, as the
+//!   coordinator launches a round), each a pod that runs for 10 ms and exits 0, until
+//!   every `Finished` arrived. Baseline in the same run: the bare kube client creating
+//!   the same number of equivalent pods with the same concurrency and one watch
+//!   counting them to `Succeeded`.
+//! - **Memory**: resident memory of this process while the executor watches N running
+//!   pods, against a kube-runtime reflector (the usual informer cache) holding the same
+//!   pods in the same process.
+//!
+//! Prints markdown tables. The API server here is a simulator on the same 2 cores: the
+//! figures measure the client side and are bounded by the simulator's own cost.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector};
+use ops_core::{Resources, Tenant};
+use ops_kubesim::{KubeSim, Runtime, SimConfig, SimNode};
+use ops_tasks::kube::{KubeExecutor, KubeExecutorConfig};
+use ops_tasks::{Executor, ExecutorUpdate, LaunchSpec};
+use tokio::sync::mpsc;
+
+/// Launches in flight at once (one coordinator round).
+const ROUND: usize = 256;
+
+struct Options {
+    tasks: usize,
+    nodes: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let mut o = Options {
+        tasks: 10_000,
+        nodes: 100,
+    };
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--quick" => o.tasks = 1000,
+            "--tasks" => {
+                i += 1;
+                o.tasks = args[i].parse().expect("--tasks N");
+            }
+            "--nodes" => {
+                i += 1;
+                o.nodes = args[i].parse().expect("--nodes N");
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    o
+}
+
+/// Child mode: serve a simulator, print its URL, exit when stdin closes.
+fn serve_sim(nodes: usize, run_for_ms: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let nodes = (0..nodes)
+            .map(|i| SimNode::new(&format!("node-{i}"), 64_000, 256 << 30).max_pods(200))
+            .collect();
+        let sim = KubeSim::start(
+            SimConfig::default()
+                .with_nodes(nodes)
+                .with_runtime(Runtime::Instant {
+                    run_for: Duration::from_millis(run_for_ms),
+                    exit_code: 0,
+                })
+                .with_watch_window(1_000_000),
+        )
+        .await
+        .unwrap();
+        println!("{}", sim.url());
+        tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await
+        .unwrap();
+        sim.stop().await;
+    });
+}
+
+/// A simulator in a child process.
+struct Child {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Child {
+    fn start(nodes: usize, run_for_ms: u64) -> Child {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("OPS_KUBE_BENCH_SIM", format!("{nodes},{run_for_ms}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Child {
+            child,
+            url: line.trim().to_owned(),
+        }
+    }
+
+    fn client(&self) -> kube::Client {
+        kube::Client::try_from(kube::Config::new(self.url.parse().unwrap())).unwrap()
+    }
+
+    fn rss(&self) -> u64 {
+        rss_of(&format!("/proc/{}/statm", self.child.id()))
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_of(statm: &str) -> u64 {
+    let text = std::fs::read_to_string(statm).unwrap_or_default();
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn rss() -> u64 {
+    rss_of("/proc/self/statm")
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn spec(root: &std::path::Path, i: usize) -> LaunchSpec {
+    let mut s = LaunchSpec::new(
+        Tenant::new("bench"),
+        vec!["render".into(), format!("--frame={i}")],
+        root.join("bench").join(format!("t{i}")),
+    );
+    s.image = Some("ghcr.io/acme/render:1".into());
+    s.resources = Resources::new(100, 64 << 20);
+    s.timeout = Some(Duration::from_secs(3600));
+    s
+}
+
+fn executor_config(root: &std::path::Path) -> KubeExecutorConfig {
+    let mut c = KubeExecutorConfig::default();
+    c.volume = ops_tasks::kube::TaskVolume::HostPath {
+        path: root.to_owned(),
+    };
+    c.follow_logs = false;
+    c.finished_ttl = Duration::from_secs(3600);
+    c
+}
+
+/// Baseline: the bare client creates `n` pods and one watch sees them succeed.
+async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
+    let client = child.client();
+    let ns = "raw";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let done = Arc::new(tokio::sync::Notify::new());
+    let watch_api = api.clone();
+    let notify = done.clone();
+    let counter = tokio::spawn(async move {
+        let mut finished = HashSet::new();
+        let mut stream = watcher::watcher(watch_api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            if let Event::Apply(p) | Event::InitApply(p) = event {
+                if p.status.and_then(|s| s.phase).as_deref() == Some("Succeeded") {
+                    finished.insert(p.metadata.name.unwrap_or_default());
+                    if finished.len() == n {
+                        notify.notify_one();
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + ROUND).min(n);
+        let creates = (i..end).map(|j| {
+            let api = api.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("raw-{j}"), "labels": {"app": "raw"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{
+                        "name": "task", "image": "ghcr.io/acme/render:1",
+                        "command": ["render", format!("--frame={j}")],
+                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                                      "limits": {"cpu": "100m", "memory": "64Mi"}}}]}
+                }))
+                .unwrap();
+                api.create(&PostParams::default(), &pod).await.unwrap();
+            }
+        });
+        futures::future::join_all(creates).await;
+        i = end;
+    }
+    let created = start.elapsed();
+    tokio::time::timeout(Duration::from_secs(600), done.notified())
+        .await
+        .expect("raw pods finish");
+    let all = start.elapsed();
+    counter.abort();
+    (
+        n as f64 / created.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+    )
+}
+
+/// The executor: `n` launches in rounds, until every `Finished`.
+async fn executor_lifecycles(child: &Child, n: usize) -> (f64, f64) {
+    let root = tempfile::tempdir().unwrap();
+    let exec = KubeExecutor::with_client(
+        executor_config(root.path()),
+        child.client(),
+        child.url.clone(),
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + ROUND).min(n);
+        let launches = (i..end).map(|j| exec.launch(spec(root.path(), j), tx.clone()));
+        for r in futures::future::join_all(launches).await {
+            r.unwrap();
+        }
+        i = end;
+    }
+    let launched = start.elapsed();
+    let mut finished = 0;
+    while finished < n {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Some(ExecutorUpdate::Finished { outcome, .. })) => {
+                assert!(outcome.succeeded(), "{outcome:?}");
+                finished += 1;
+            }
+            Ok(Some(_)) => {}
+            _ => panic!("only {finished} of {n} finished"),
+        }
+    }
+    let all = start.elapsed();
+    (
+        n as f64 / launched.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+    )
+}
+
+/// Memory of watching `n` running pods: the executor, then a reflector, each measured
+/// as the growth of this process's resident memory.
+async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
+    let root = tempfile::tempdir().unwrap();
+    let before = rss();
+    let exec = KubeExecutor::with_client(
+        executor_config(root.path()),
+        child.client(),
+        child.url.clone(),
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut i = 0;
+    while i < n {
+        let end = (i + ROUND).min(n);
+        let launches = (i..end).map(|j| exec.launch(spec(root.path(), j), tx.clone()));
+        for r in futures::future::join_all(launches).await {
+            r.unwrap();
+        }
+        i = end;
+    }
+    let mut started = 0;
+    while started < n {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Some(ExecutorUpdate::Started { .. })) => started += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("only {started} of {n} started"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let watching = rss().saturating_sub(before);
+    assert_eq!(exec.active(), n);
+    let sim_rss = child.rss();
+
+    // A reflector (informer cache) of the same pods, in the same process.
+    let before = rss();
+    let (reader, writer) = reflector::store::<Pod>();
+    let api: Api<Pod> = Api::all(child.client());
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            api,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=ops"),
+        ),
+    )
+    .applied_objects()
+    .boxed();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    reader.wait_until_ready().await.unwrap();
+    while reader.len() < n {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cached = rss().saturating_sub(before);
+    task.abort();
+    drop(exec);
+    (watching, cached, mib(sim_rss))
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("OPS_KUBE_BENCH_SIM") {
+        let (nodes, run_for) = spec.split_once(',').unwrap();
+        serve_sim(nodes.parse().unwrap(), run_for.parse().unwrap());
+        return;
+    }
+    let o = options();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        println!("### Kubernetes executor on the simulator ({} tasks, {} nodes, launch rounds of {ROUND})", o.tasks, o.nodes);
+        println!();
+        let child = Child::start(o.nodes, 10);
+        let (raw_create, raw_all) = raw_lifecycles(&child, o.tasks).await;
+        drop(child);
+        let child = Child::start(o.nodes, 10);
+        let (exec_create, exec_all) = executor_lifecycles(&child, o.tasks).await;
+        drop(child);
+        println!("| measure | executor | bare kube client (baseline) | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| pods created per second | {exec_create:.0} | {raw_create:.0} | {:.2}x |",
+            exec_create / raw_create
+        );
+        println!(
+            "| lifecycles observed per second (create to Finished) | {exec_all:.0} | {raw_all:.0} | {:.2}x |",
+            exec_all / raw_all
+        );
+        let child = Child::start(o.nodes, 3_600_000);
+        let (watching, cached, sim) = memory(&child, o.tasks).await;
+        drop(child);
+        println!();
+        println!("| memory while watching {} running pods | resident growth | per pod |", o.tasks);
+        println!("|---|---|---|");
+        println!(
+            "| executor (per-attempt state, no pod cache) | {:.1} MiB | {:.0} bytes |",
+            mib(watching),
+            watching as f64 / o.tasks as f64
+        );
+        println!(
+            "| kube-runtime reflector of the same pods (baseline) | {:.1} MiB | {:.0} bytes |",
+            mib(cached),
+            cached as f64 / o.tasks as f64
+        );
+        println!("| (the simulator process, for scale) | {sim:.1} MiB | |");
+    });
+}
