@@ -188,13 +188,24 @@ pub struct SimTaint {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Runtime {
-    /// Each container's command+args runs as a local process in its own process group
-    /// (found on `PATH`; volumes are mapped to host directories, see the crate docs).
-    /// `restartPolicy` `OnFailure`/`Always` are treated like `Never`: containers are
-    /// never restarted.
+    /// Each container's command+args runs as a local process in its own process group,
+    /// found on `PATH` (missing: terminated `StartError`, exit code 128). There are no
+    /// mount namespaces: a hostPath volume mount maps to the host path joined with the
+    /// mount's `subPath` (created if missing), emptyDir and other volume types to a
+    /// scratch directory per pod; the container's `workingDir` and the command, args and
+    /// env values that start with a `mountPath` are translated to those directories (no
+    /// `workingDir`: the first mount's directory, else a scratch directory). The
+    /// environment is `PATH` and `HOME` of the simulator process, `HOSTNAME`, and the
+    /// container's `env` (`value` with `$(VAR)` expansion, `fieldRef`,
+    /// `resourceFieldRef`). A container without command or args exits 0 at once.
+    /// `limits.memory` is enforced by polling the group's RSS every 50 ms (OOMKilled,
+    /// exit 137). `restartPolicy` `OnFailure`/`Always` are treated like `Never`:
+    /// containers are never restarted.
     Processes,
     /// No processes: every container runs for `run_for` then exits with `exit_code`;
-    /// its log gets one line `ran <name>`.
+    /// its log gets one line `ran <name>`. Statuses, deletion, deadlines and fault
+    /// injection behave as with processes; the kubelet's routine `Pulled`, `Created` and
+    /// `Started` events are skipped to keep thousands of pods cheap.
     Instant {
         /// How long each container "runs".
         run_for: Duration,

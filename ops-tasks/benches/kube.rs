@@ -4,17 +4,18 @@
 //! ```text
 //! cargo bench -p ops-tasks --features kube --bench kube
 //! cargo bench -p ops-tasks --features kube --bench kube -- --quick
-//! cargo bench -p ops-tasks --features kube --bench kube -- --tasks 10000 --nodes 100
+//! cargo bench -p ops-tasks --features kube --bench kube -- --tasks 10000 --nodes 100 --max-requests 64
 //! ```
 //!
 //! - **Lifecycles**: N tasks launched through `Executor::launch` (256 at a time, as the
 //!   coordinator launches a round), each a pod that runs for 10 ms and exits 0, until
-//!   every `Finished` arrived. Baseline in the same run: the bare kube client creating
-//!   the same number of equivalent pods with the same concurrency and one watch
-//!   counting them to `Succeeded`.
-//! - **Memory**: resident memory of this process while the executor watches N running
-//!   pods, against a kube-runtime reflector (the usual informer cache) holding the same
-//!   pods in the same process.
+//!   every `Finished` arrived; once without and once with each pod's log streamed into
+//!   its task directory. Baseline in the same run: the bare kube client creating the
+//!   same pod objects (`KubeExecutor::pod_for`, without the finalizer) with the same
+//!   concurrency, and one watch counting them to `Succeeded`.
+//! - **Memory**: growth of this process's resident memory per running pod the executor
+//!   watches (from its first launch round to all N running), against a kube-runtime
+//!   reflector (the usual informer cache) holding the same pods in the same process.
 //!
 //! Prints markdown tables. The API server here is a simulator on the same 2 cores: the
 //! figures measure the client side and are bounded by the simulator's own cost.
@@ -43,6 +44,8 @@ const ROUND: usize = 256;
 struct Options {
     tasks: usize,
     nodes: usize,
+    /// The executor's `max_concurrent_requests` (its client-side limit).
+    max_requests: usize,
 }
 
 fn options() -> Options {
@@ -50,6 +53,7 @@ fn options() -> Options {
     let mut o = Options {
         tasks: 10_000,
         nodes: 100,
+        max_requests: KubeExecutorConfig::default().max_concurrent_requests,
     };
     let mut i = 1;
     while i < args.len() {
@@ -62,6 +66,10 @@ fn options() -> Options {
             "--nodes" => {
                 i += 1;
                 o.nodes = args[i].parse().expect("--nodes N");
+            }
+            "--max-requests" => {
+                i += 1;
+                o.max_requests = args[i].parse().expect("--max-requests N");
             }
             _ => {}
         }
@@ -173,8 +181,11 @@ fn spec(root: &std::path::Path, i: usize) -> LaunchSpec {
     s
 }
 
+static MAX_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+
 fn executor_config(root: &std::path::Path) -> KubeExecutorConfig {
     let mut c = KubeExecutorConfig::default();
+    c.max_concurrent_requests = MAX_REQUESTS.load(std::sync::atomic::Ordering::Relaxed);
     c.volume = ops_tasks::kube::TaskVolume::HostPath {
         path: root.to_owned(),
     };
@@ -183,9 +194,23 @@ fn executor_config(root: &std::path::Path) -> KubeExecutorConfig {
     c
 }
 
-/// Baseline: the bare client creates `n` pods and one watch sees them succeed.
+/// Baseline: the bare client creates the same `n` pods the executor would (its own pod
+/// objects, without finalizers) and one watch sees them succeed.
 async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
     let client = child.client();
+    let root = tempfile::tempdir().unwrap();
+    let preview = KubeExecutor::with_client(executor_config(root.path()), client.clone(), child.url.clone())
+        .await
+        .unwrap();
+    let pods: Vec<Pod> = (0..n)
+        .map(|i| {
+            let mut pod = preview.pod_for(&spec(root.path(), i)).unwrap();
+            pod.metadata.namespace = Some("raw".into());
+            pod.metadata.finalizers = None;
+            pod
+        })
+        .collect();
+    drop(preview);
     let ns = "raw";
     Api::<Namespace>::all(client.clone())
         .create(
@@ -219,19 +244,10 @@ async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
     let mut i = 0;
     while i < n {
         let end = (i + ROUND).min(n);
-        let creates = (i..end).map(|j| {
+        let creates = pods[i..end].iter().map(|pod| {
             let api = api.clone();
             async move {
-                let pod: Pod = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": format!("raw-{j}"), "labels": {"app": "raw"}},
-                    "spec": {"restartPolicy": "Never", "containers": [{
-                        "name": "task", "image": "ghcr.io/acme/render:1",
-                        "command": ["render", format!("--frame={j}")],
-                        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                      "limits": {"cpu": "100m", "memory": "64Mi"}}}]}
-                }))
-                .unwrap();
-                api.create(&PostParams::default(), &pod).await.unwrap();
+                api.create(&PostParams::default(), pod).await.unwrap();
             }
         });
         futures::future::join_all(creates).await;
@@ -250,15 +266,13 @@ async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
 }
 
 /// The executor: `n` launches in rounds, until every `Finished`.
-async fn executor_lifecycles(child: &Child, n: usize) -> (f64, f64) {
+async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> (f64, f64) {
     let root = tempfile::tempdir().unwrap();
-    let exec = KubeExecutor::with_client(
-        executor_config(root.path()),
-        child.client(),
-        child.url.clone(),
-    )
-    .await
-    .unwrap();
+    let mut config = executor_config(root.path());
+    config.follow_logs = logs;
+    let exec = KubeExecutor::with_client(config, child.client(), child.url.clone())
+        .await
+        .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let start = Instant::now();
     let mut i = 0;
@@ -289,11 +303,11 @@ async fn executor_lifecycles(child: &Child, n: usize) -> (f64, f64) {
     )
 }
 
-/// Memory of watching `n` running pods: the executor, then a reflector, each measured
-/// as the growth of this process's resident memory.
-async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
+/// Memory of watching `n` running pods: the executor's resident growth from its first
+/// launch round (connections, buffers and runtime warmed up) to all `n` running, per
+/// pod added; then a reflector of the same pods, per pod, in the same process.
+async fn memory(child: &Child, n: usize) -> (f64, f64, f64) {
     let root = tempfile::tempdir().unwrap();
-    let before = rss();
     let exec = KubeExecutor::with_client(
         executor_config(root.path()),
         child.client(),
@@ -302,6 +316,8 @@ async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
     .await
     .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut started = 0;
+    let mut before = 0;
     let mut i = 0;
     while i < n {
         let end = (i + ROUND).min(n);
@@ -310,8 +326,18 @@ async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
             r.unwrap();
         }
         i = end;
+        if before == 0 {
+            while started < end {
+                if let Ok(Some(ExecutorUpdate::Started { .. })) =
+                    tokio::time::timeout(Duration::from_secs(120), rx.recv()).await
+                {
+                    started += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            before = rss();
+        }
     }
-    let mut started = 0;
     while started < n {
         match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
             Ok(Some(ExecutorUpdate::Started { .. })) => started += 1,
@@ -320,7 +346,8 @@ async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let watching = rss().saturating_sub(before);
+    let added = n.saturating_sub(ROUND).max(1);
+    let watching = rss().saturating_sub(before) as f64 / added as f64;
     assert_eq!(exec.active(), n);
     let sim_rss = child.rss();
 
@@ -342,7 +369,7 @@ async fn memory(child: &Child, n: usize) -> (u64, u64, f64) {
     while reader.len() < n {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let cached = rss().saturating_sub(before);
+    let cached = rss().saturating_sub(before) as f64 / n as f64;
     task.abort();
     drop(exec);
     (watching, cached, mib(sim_rss))
@@ -355,18 +382,29 @@ fn main() {
         return;
     }
     let o = options();
+    MAX_REQUESTS.store(o.max_requests, std::sync::atomic::Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        println!("### Kubernetes executor on the simulator ({} tasks, {} nodes, launch rounds of {ROUND})", o.tasks, o.nodes);
+        println!(
+            "### Kubernetes executor on the simulator ({} tasks, {} nodes, launch rounds of {ROUND}, max_concurrent_requests {})",
+            o.tasks, o.nodes, o.max_requests
+        );
         println!();
+        // Memory first, while this process's heap is fresh.
+        let child = Child::start(o.nodes, 3_600_000);
+        let (watching, cached, sim) = memory(&child, o.tasks).await;
+        drop(child);
         let child = Child::start(o.nodes, 10);
         let (raw_create, raw_all) = raw_lifecycles(&child, o.tasks).await;
         drop(child);
         let child = Child::start(o.nodes, 10);
-        let (exec_create, exec_all) = executor_lifecycles(&child, o.tasks).await;
+        let (exec_create, exec_all) = executor_lifecycles(&child, o.tasks, false).await;
+        drop(child);
+        let child = Child::start(o.nodes, 10);
+        let (logs_create, logs_all) = executor_lifecycles(&child, o.tasks, true).await;
         drop(child);
         println!("| measure | executor | bare kube client (baseline) | ratio |");
         println!("|---|---|---|---|");
@@ -378,22 +416,28 @@ fn main() {
             "| lifecycles observed per second (create to Finished) | {exec_all:.0} | {raw_all:.0} | {:.2}x |",
             exec_all / raw_all
         );
-        let child = Child::start(o.nodes, 3_600_000);
-        let (watching, cached, sim) = memory(&child, o.tasks).await;
-        drop(child);
+        println!(
+            "| pods created per second, streaming each pod's log | {logs_create:.0} | {raw_create:.0} | {:.2}x |",
+            logs_create / raw_create
+        );
+        println!(
+            "| lifecycles per second, streaming each pod's log | {logs_all:.0} | {raw_all:.0} | {:.2}x |",
+            logs_all / raw_all
+        );
         println!();
-        println!("| memory while watching {} running pods | resident growth | per pod |", o.tasks);
+        println!(
+            "| memory while watching {} running pods | per pod | for {} pods |",
+            o.tasks, o.tasks
+        );
         println!("|---|---|---|");
         println!(
-            "| executor (per-attempt state, no pod cache) | {:.1} MiB | {:.0} bytes |",
-            mib(watching),
-            watching as f64 / o.tasks as f64
+            "| executor (per-attempt state, no pod cache) | {watching:.0} bytes | {:.1} MiB |",
+            watching * o.tasks as f64 / (1 << 20) as f64
         );
         println!(
-            "| kube-runtime reflector of the same pods (baseline) | {:.1} MiB | {:.0} bytes |",
-            mib(cached),
-            cached as f64 / o.tasks as f64
+            "| kube-runtime reflector of the same pods (baseline) | {cached:.0} bytes | {:.1} MiB |",
+            cached * o.tasks as f64 / (1 << 20) as f64
         );
-        println!("| (the simulator process, for scale) | {sim:.1} MiB | |");
+        println!("| (the simulator process, resident, for scale) | | {sim:.1} MiB |");
     });
 }

@@ -389,6 +389,17 @@ async fn engine_failures_map_to_the_local_executors_reasons() {
         );
         let ns = exec.namespace_for("acme", "default");
         let name = format!("ops-{}-1", s.task_id);
+        if fault == "evict" {
+            // Someone else's finalizer first: Ops must remove its own where it is.
+            let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+                {"op": "add", "path": "/metadata/finalizers/0", "value": "example.com/keep"}
+            ]))
+            .unwrap();
+            Api::<Pod>::namespaced(sim.client(), &ns)
+                .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Json::<()>(patch))
+                .await
+                .unwrap();
+        }
         match fault {
             "evict" => sim.evict(&ns, &name).unwrap(),
             "preempt" => sim.preempt(&ns, &name).unwrap(),
@@ -397,7 +408,7 @@ async fn engine_failures_map_to_the_local_executors_reasons() {
         }
         let (_, outcome) = until_finished(&mut rx, s.task_id).await;
         assert_eq!(outcome.reason, want, "{fault}: {outcome:?}");
-        // Ops' finalizer is gone once the end is reported.
+        // Ops' finalizer is gone once the end is reported; others' stay.
         wait_for("finalizer removed", || {
             pod_of(&sim, &exec, &s).is_none_or(|p| {
                 !p.metadata
@@ -407,6 +418,10 @@ async fn engine_failures_map_to_the_local_executors_reasons() {
             })
         })
         .await;
+        if fault == "evict" {
+            let finalizers = pod_of(&sim, &exec, &s).unwrap().metadata.finalizers.unwrap();
+            assert_eq!(finalizers, ["example.com/keep"]);
+        }
     }
 }
 

@@ -208,6 +208,9 @@ pub(crate) async fn spawn(inner: &Arc<Inner>, launch: Launch) -> Result<Proc, St
     let Some(resolved) = resolve(&program, &path_var) else {
         return Err(not_found_message(&program));
     };
+    // A new file (not a truncated one): a previous pod of the same name may still hold
+    // the old one open.
+    let _ = tokio::fs::remove_file(&launch.log).await;
     let file = tokio::fs::File::create(&launch.log).await.map_err(|e| {
         format!(
             "failed to create container log {}: {e}",

@@ -618,11 +618,8 @@ impl Scheduler {
             self.forget(uid);
             return;
         }
-        if let Some(sn) = s(pod, &["spec", "schedulerName"])
-            && sn != SCHEDULER
-        {
-            return;
-        }
+        // Pods for another scheduler are left alone until bound (then they count).
+        let ours = s(pod, &["spec", "schedulerName"]).is_none_or(|sn| sn == SCHEDULER);
         let node = s(pod, &["spec", "nodeName"]).filter(|n| !n.is_empty());
         let deleting = is_deleting(pod);
         if node.is_none() && deleting {
@@ -664,6 +661,7 @@ impl Scheduler {
             self.pods.insert(uid.to_string(), info);
             match node {
                 Some(n) => self.account(uid, n),
+                None if !ours => {}
                 None => {
                     if arr(pod, &["spec", "schedulingGates"]).is_empty() {
                         self.join_group(uid);
@@ -686,7 +684,7 @@ impl Scheduler {
             }
             (PState::Gated, Some(n)) => self.account(uid, n),
             (PState::Gated, None) => {
-                if arr(pod, &["spec", "schedulingGates"]).is_empty() {
+                if ours && arr(pod, &["spec", "schedulingGates"]).is_empty() {
                     self.join_group(uid);
                 }
             }
@@ -802,22 +800,31 @@ impl Scheduler {
                     .or_default() += 1;
                 continue;
             }
-            let mut avail = node.alloc.clone();
-            avail.sub(&node.used);
-            let mut free_pods = node.max_pods - node.pods;
-            if nominations {
-                let (r, n) = self.reserved(&node.name, p.prio, &p.uid);
-                avail.sub(&r);
-                free_pods -= n;
-            }
+            // No allocation on the hot path: free = allocatable - used - reserved.
+            let (reserved, reserved_pods) = if nominations {
+                self.reserved(&node.name, p.prio, &p.uid)
+            } else {
+                (Res::default(), 0)
+            };
+            let free = |name: &str| node.alloc.get(name) - node.used.get(name) - reserved.get(name);
             let mut failed = false;
-            if free_pods < 1 {
+            if node.max_pods - node.pods - reserved_pods < 1 {
                 *diag.reasons.entry("Too many pods".into()).or_default() += 1;
                 failed = true;
             }
-            for r in p.req.insufficient(&avail) {
-                *diag.reasons.entry(format!("Insufficient {r}")).or_default() += 1;
-                failed = true;
+            let mut lacking = |name: &str, want: i64| {
+                if want > 0 && want > free(name) {
+                    *diag
+                        .reasons
+                        .entry(format!("Insufficient {name}"))
+                        .or_default() += 1;
+                    failed = true;
+                }
+            };
+            lacking("cpu", p.req.cpu);
+            lacking("memory", p.req.mem);
+            for (k, v) in &p.req.other {
+                lacking(k, *v);
             }
             if failed {
                 diag.resource_only.push(node.name.clone());
@@ -834,8 +841,8 @@ impl Scheduler {
                     (free.max(0) as i128 * 1000 / total as i128) as i64
                 }
             };
-            let score = share(avail.cpu - p.req.cpu, node.alloc.cpu)
-                + share(avail.mem - p.req.mem, node.alloc.mem);
+            let score = share(free("cpu") - p.req.cpu, node.alloc.cpu)
+                + share(free("memory") - p.req.mem, node.alloc.mem);
             if best.is_none_or(|(b, _)| score > b) {
                 best = Some((score, node.name.as_str()));
             }

@@ -319,3 +319,81 @@ async fn instant_runtime_many_pods() {
     assert!(log.ends_with(" ran main\n"), "{log}");
     sim.agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn init_containers_run_first() {
+    let sim = sim(SimConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().to_str().unwrap();
+    let mut ok = pod("init-ok", &["sh", "-c", "cat /work/ready"]);
+    ok["spec"]["volumes"] = json!([{"name": "w", "hostPath": {"path": host}}]);
+    ok["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "w", "mountPath": "/work"}]);
+    ok["spec"]["initContainers"] = json!([{
+        "name": "prepare", "image": "busybox",
+        "command": ["sh", "-c", "echo yes > /work/ready"],
+        "volumeMounts": [{"name": "w", "mountPath": "/work"}],
+    }]);
+    sim.create(ok);
+    let p = sim.wait_phase("init-ok", "Succeeded").await;
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    let log = std::fs::read_to_string(sim.agent.log_file("default", "init-ok", "main")).unwrap();
+    assert!(log.ends_with(" yes\n"), "{log}");
+
+    let mut bad = pod("init-bad", &["true"]);
+    bad["spec"]["initContainers"] =
+        json!([{"name": "prepare", "image": "busybox", "command": ["sh", "-c", "exit 2"]}]);
+    sim.create(bad);
+    let p = sim.wait_phase("init-bad", "Failed").await;
+    assert_eq!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        2
+    );
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    let init = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Initialized")
+        .unwrap()
+        .clone();
+    assert_eq!(init["status"], "False");
+    assert_eq!(init["reason"], "ContainersNotInitialized");
+    sim.agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn foreign_scheduler_and_gates_are_respected() {
+    let sim = sim(SimConfig::default().with_runtime(Runtime::Instant {
+        run_for: Duration::from_secs(600),
+        exit_code: 0,
+    }));
+    let mut other = pod("other", &["true"]);
+    other["spec"]["schedulerName"] = "my-scheduler".into();
+    sim.create(other);
+    let mut gated = pod("gated", &["true"]);
+    gated["spec"]["schedulingGates"] = json!([{"name": "example.com/wait"}]);
+    sim.create(gated);
+    sim.create(pod("plain", &["true"]));
+    sim.wait_phase("plain", "Running").await;
+    let p = sim
+        .wait("gated", "SchedulingGated", |p| {
+            p["status"]["conditions"][0]["reason"] == "SchedulingGated"
+        })
+        .await;
+    assert!(p["spec"]["nodeName"].is_null());
+    assert!(sim.get("other").unwrap()["spec"]["nodeName"].is_null());
+    sim.store
+        .update(Kind::Pod, Some("default"), "gated", |o| {
+            o["spec"]["schedulingGates"] = json!([]);
+            Ok(())
+        })
+        .unwrap();
+    sim.wait_phase("gated", "Running").await;
+    sim.agent.shutdown().await;
+}

@@ -10,9 +10,20 @@ use serde_json::{Value, json};
 
 use crate::store::{ApiError, Kind, Store};
 
-/// RFC 3339 with second precision (`metav1.Time`).
+/// RFC 3339 with second precision (`metav1.Time`), formatted once per second.
 pub(crate) fn now_time() -> String {
-    time_of(Timestamp::now())
+    thread_local! {
+        static CACHE: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = Timestamp::now();
+    let sec = now.as_second();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != sec {
+            *c = (sec, time_of(now));
+        }
+        c.1.clone()
+    })
 }
 
 /// A timestamp as `metav1.Time`.
@@ -340,7 +351,6 @@ pub(crate) fn set_condition(
     if !status.is_object() {
         *status = json!({});
     }
-    let now = now_time();
     let conds = status
         .as_object_mut()
         .expect("object")
@@ -359,20 +369,16 @@ pub(crate) fn set_condition(
     }
     if let Some(existing) = list.iter_mut().find(|c| c["type"] == ty) {
         let same = existing["status"] == cond_status;
-        cond["lastTransitionTime"] = if same {
-            existing
-                .get("lastTransitionTime")
-                .cloned()
-                .unwrap_or_else(|| now.clone().into())
-        } else {
-            now.into()
+        cond["lastTransitionTime"] = match existing.get("lastTransitionTime") {
+            Some(t) if same && !t.is_null() => t.clone(),
+            _ => now_time().into(),
         };
         *existing = cond;
     } else {
-        cond["lastTransitionTime"] = now.into();
+        cond["lastTransitionTime"] = now_time().into();
         list.push(cond);
+        sort_conditions(list);
     }
-    sort_conditions(list);
 }
 
 fn condition_rank(ty: &str) -> usize {

@@ -437,6 +437,35 @@ impl KubeExecutor {
         Ok(Self { inner })
     }
 
+    /// The pod this executor would create for `spec` (for previews and dry runs): the
+    /// same object [`Executor::launch`] sends. A spec that cannot become a pod (no image,
+    /// an environment without a pool, an unknown GPU model…) is `Error::Executor`.
+    pub fn pod_for(&self, spec: &LaunchSpec) -> Result<Pod> {
+        let ns = names::namespace(
+            &self.inner.config.namespace_prefix,
+            spec.tenant.as_str(),
+            spec.environment.as_str(),
+        );
+        let products = match &spec.resources.gpus.model {
+            Some(model) if spec.resources.gpus.count > 0 => {
+                let nodes = self
+                    .inner
+                    .nodes
+                    .read()
+                    .map(|n| n.gpu_products.clone())
+                    .unwrap_or_default();
+                pod::matching_products(model, &nodes)
+            }
+            _ => Vec::new(),
+        };
+        pod::task_pod(&self.inner.config, spec, &ns, &products).map_err(|pod::Unlaunchable(m)| {
+            Error::Executor {
+                executor: NAME.into(),
+                message: m,
+            }
+        })
+    }
+
     /// The cluster's API server URL.
     pub fn server(&self) -> &str {
         &self.inner.server
@@ -911,21 +940,38 @@ impl Inner {
     /// pod after the finished-pod TTL.
     async fn release(self: &Arc<Self>, key: &PodKey) {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-        let pod = {
-            let _permit = self.requests.acquire().await;
-            api.get_opt(&key.1).await
-        };
-        if let Ok(Some(pod)) = pod {
-            let finalizers = pod.metadata.finalizers.clone().unwrap_or_default();
-            if let Some(i) = finalizers.iter().position(|f| f == names::FINALIZER) {
-                let patch: json_patch_ops::Ops = json_patch_ops::remove_at(i);
+        // Ops' pods are created with its finalizer alone, at index 0: try that first
+        // (one request); when the test fails, read the pod and remove it where it is.
+        let mut index = Some(0);
+        for _ in 0..2 {
+            let Some(i) = index else { break };
+            let patch = Patch::Json::<()>(json_patch_ops::remove_at(i));
+            let result = {
                 let _permit = self.requests.acquire().await;
-                if let Err(e) = api
-                    .patch(&key.1, &PatchParams::default(), &Patch::Json::<()>(patch))
-                    .await
-                    && !is_not_found(&e)
-                {
+                api.patch(&key.1, &PatchParams::default(), &patch).await
+            };
+            match result {
+                Ok(_) => break,
+                Err(e) if is_not_found(&e) => break,
+                Err(e) if api_error(&e).is_some_and(|s| s.code == 422 || s.code == 409) => {
+                    let pod = {
+                        let _permit = self.requests.acquire().await;
+                        api.get_opt(&key.1).await
+                    };
+                    index = match pod {
+                        Ok(Some(pod)) => pod
+                            .metadata
+                            .finalizers
+                            .unwrap_or_default()
+                            .iter()
+                            .position(|f| f == names::FINALIZER)
+                            .filter(|&p| p != i),
+                        _ => None,
+                    };
+                }
+                Err(e) => {
                     tracing::warn!(pod = %key.1, error = %e, "cannot remove the finalizer");
+                    break;
                 }
             }
         }
@@ -1299,20 +1345,13 @@ impl Executor for KubeExecutor {
             &spec.task_dir,
             !matches!(inner.config.volume, TaskVolume::None),
         )?;
-        let products = match &spec.resources.gpus.model {
-            Some(model) if spec.resources.gpus.count > 0 => {
-                let nodes = inner
-                    .nodes
-                    .read()
-                    .map(|n| n.gpu_products.clone())
-                    .unwrap_or_default();
-                pod::matching_products(model, &nodes)
-            }
-            _ => Vec::new(),
-        };
-        let pod = match pod::task_pod(&inner.config, &spec, &ns, &products) {
+        let pod = match self.pod_for(&spec) {
             Ok(p) => p,
-            Err(pod::Unlaunchable(message)) => {
+            Err(e) => {
+                let message = match e {
+                    Error::Executor { message, .. } => message,
+                    e => e.to_string(),
+                };
                 tracing::warn!(task_id = %spec.task_id, %message, "cannot launch");
                 let _ = updates.send(ExecutorUpdate::Finished {
                     task_id: spec.task_id,
