@@ -1341,10 +1341,15 @@ impl Executor for KubeExecutor {
                 task_dir: spec.task_dir.clone(),
             })?,
         };
-        prepare_task_dir(
-            &spec.task_dir,
-            !matches!(inner.config.volume, TaskVolume::None),
-        )?;
+        // Directory creation can take milliseconds on a busy disk: off the runtime.
+        let dir = spec.task_dir.clone();
+        let shared = !matches!(inner.config.volume, TaskVolume::None);
+        tokio::task::spawn_blocking(move || prepare_task_dir(&dir, shared))
+            .await
+            .map_err(|e| Error::Executor {
+                executor: NAME.into(),
+                message: format!("preparing the task directory: {e}"),
+            })??;
         let pod = match self.pod_for(&spec) {
             Ok(p) => p,
             Err(e) => {
