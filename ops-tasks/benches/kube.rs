@@ -38,6 +38,14 @@ use ops_tasks::kube::{KubeExecutor, KubeExecutorConfig};
 use ops_tasks::{Executor, ExecutorUpdate, LaunchSpec};
 use tokio::sync::mpsc;
 
+/// Throughput of one run and the CPU it took, per pod.
+struct Rates {
+    created: f64,
+    lifecycles: f64,
+    client_ms: f64,
+    server_ms: f64,
+}
+
 /// Launches in flight at once (one coordinator round).
 const ROUND: usize = 256;
 
@@ -161,6 +169,30 @@ fn rss_of(statm: &str) -> u64 {
     pages * 4096
 }
 
+/// CPU seconds (user + system) of a process, from `/proc/<pid>/stat`.
+fn cpu_of(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds of this process and of the simulator.
+fn cpu(child: &Child) -> (f64, f64) {
+    (
+        cpu_of("/proc/self/stat"),
+        cpu_of(&format!("/proc/{}/stat", child.child.id())),
+    )
+}
+
 fn rss() -> u64 {
     rss_of("/proc/self/statm")
 }
@@ -196,12 +228,16 @@ fn executor_config(root: &std::path::Path) -> KubeExecutorConfig {
 
 /// Baseline: the bare client creates the same `n` pods the executor would (its own pod
 /// objects, without finalizers) and one watch sees them succeed.
-async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
+async fn raw_lifecycles(child: &Child, n: usize) -> Rates {
     let client = child.client();
     let root = tempfile::tempdir().unwrap();
-    let preview = KubeExecutor::with_client(executor_config(root.path()), client.clone(), child.url.clone())
-        .await
-        .unwrap();
+    let preview = KubeExecutor::with_client(
+        executor_config(root.path()),
+        client.clone(),
+        child.url.clone(),
+    )
+    .await
+    .unwrap();
     let pods: Vec<Pod> = (0..n)
         .map(|i| {
             let mut pod = preview.pod_for(&spec(root.path(), i)).unwrap();
@@ -240,6 +276,7 @@ async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
             }
         }
     });
+    let cpu_start = cpu(child);
     let start = Instant::now();
     let mut i = 0;
     while i < n {
@@ -259,14 +296,27 @@ async fn raw_lifecycles(child: &Child, n: usize) -> (f64, f64) {
         .expect("raw pods finish");
     let all = start.elapsed();
     counter.abort();
-    (
-        n as f64 / created.as_secs_f64(),
-        n as f64 / all.as_secs_f64(),
-    )
+    rates(child, cpu_start, n, created, all)
+}
+
+fn rates(
+    child: &Child,
+    cpu_start: (f64, f64),
+    n: usize,
+    created: Duration,
+    all: Duration,
+) -> Rates {
+    let (client, server) = cpu(child);
+    Rates {
+        created: n as f64 / created.as_secs_f64(),
+        lifecycles: n as f64 / all.as_secs_f64(),
+        client_ms: (client - cpu_start.0) * 1000.0 / n as f64,
+        server_ms: (server - cpu_start.1) * 1000.0 / n as f64,
+    }
 }
 
 /// The executor: `n` launches in rounds, until every `Finished`.
-async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> (f64, f64) {
+async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> Rates {
     let root = tempfile::tempdir().unwrap();
     let mut config = executor_config(root.path());
     config.follow_logs = logs;
@@ -274,6 +324,7 @@ async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> (f64, f64) 
         .await
         .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let cpu_start = cpu(child);
     let start = Instant::now();
     let mut i = 0;
     while i < n {
@@ -297,10 +348,7 @@ async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> (f64, f64) 
         }
     }
     let all = start.elapsed();
-    (
-        n as f64 / launched.as_secs_f64(),
-        n as f64 / all.as_secs_f64(),
-    )
+    rates(child, cpu_start, n, launched, all)
 }
 
 /// Memory of watching `n` running pods: the executor's resident growth from its first
@@ -398,31 +446,35 @@ fn main() {
         let (watching, cached, sim) = memory(&child, o.tasks).await;
         drop(child);
         let child = Child::start(o.nodes, 10);
-        let (raw_create, raw_all) = raw_lifecycles(&child, o.tasks).await;
+        let raw = raw_lifecycles(&child, o.tasks).await;
         drop(child);
         let child = Child::start(o.nodes, 10);
-        let (exec_create, exec_all) = executor_lifecycles(&child, o.tasks, false).await;
+        let plain = executor_lifecycles(&child, o.tasks, false).await;
         drop(child);
         let child = Child::start(o.nodes, 10);
-        let (logs_create, logs_all) = executor_lifecycles(&child, o.tasks, true).await;
+        let logs = executor_lifecycles(&child, o.tasks, true).await;
         drop(child);
-        println!("| measure | executor | bare kube client (baseline) | ratio |");
-        println!("|---|---|---|---|");
+        println!("| measure | executor | executor, streaming logs | bare kube client (baseline) | ratios |");
+        println!("|---|---|---|---|---|");
         println!(
-            "| pods created per second | {exec_create:.0} | {raw_create:.0} | {:.2}x |",
-            exec_create / raw_create
+            "| pods created per second | {:.0} | {:.0} | {:.0} | {:.2}x, {:.2}x |",
+            plain.created, logs.created, raw.created,
+            plain.created / raw.created, logs.created / raw.created
         );
         println!(
-            "| lifecycles observed per second (create to Finished) | {exec_all:.0} | {raw_all:.0} | {:.2}x |",
-            exec_all / raw_all
+            "| lifecycles observed per second (create to Finished) | {:.0} | {:.0} | {:.0} | {:.2}x, {:.2}x |",
+            plain.lifecycles, logs.lifecycles, raw.lifecycles,
+            plain.lifecycles / raw.lifecycles, logs.lifecycles / raw.lifecycles
         );
         println!(
-            "| pods created per second, streaming each pod's log | {logs_create:.0} | {raw_create:.0} | {:.2}x |",
-            logs_create / raw_create
+            "| client CPU per pod (this process) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}x, {:.2}x |",
+            plain.client_ms, logs.client_ms, raw.client_ms,
+            plain.client_ms / raw.client_ms, logs.client_ms / raw.client_ms
         );
         println!(
-            "| lifecycles per second, streaming each pod's log | {logs_all:.0} | {raw_all:.0} | {:.2}x |",
-            logs_all / raw_all
+            "| API server CPU per pod (the simulator) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}x, {:.2}x |",
+            plain.server_ms, logs.server_ms, raw.server_ms,
+            plain.server_ms / raw.server_ms, logs.server_ms / raw.server_ms
         );
         println!();
         println!(

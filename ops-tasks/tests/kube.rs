@@ -396,7 +396,11 @@ async fn engine_failures_map_to_the_local_executors_reasons() {
             ]))
             .unwrap();
             Api::<Pod>::namespaced(sim.client(), &ns)
-                .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Json::<()>(patch))
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Json::<()>(patch),
+                )
                 .await
                 .unwrap();
         }
@@ -419,7 +423,11 @@ async fn engine_failures_map_to_the_local_executors_reasons() {
         })
         .await;
         if fault == "evict" {
-            let finalizers = pod_of(&sim, &exec, &s).unwrap().metadata.finalizers.unwrap();
+            let finalizers = pod_of(&sim, &exec, &s)
+                .unwrap()
+                .metadata
+                .finalizers
+                .unwrap();
             assert_eq!(finalizers, ["example.com/keep"]);
         }
     }

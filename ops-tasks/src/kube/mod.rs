@@ -812,6 +812,8 @@ impl Inner {
             gpus: Vec::new(),
         });
         if !a.globs.is_empty() && !matches!(self.config.volume, TaskVolume::None) {
+            // The scanner records what it reported under `.ops/`.
+            let _ = std::fs::create_dir_all(a.task_dir.join(OPS_DIR));
             match build_globs(&a.globs)
                 .and_then(|g| OutputScanner::new(&a.task_dir, a.attempt, g, a.log_since.is_some()))
             {
@@ -1289,10 +1291,17 @@ fn detail(handle: &RunHandle) -> Result<HandleDetail> {
     })
 }
 
-/// Makes the task directory (and `.ops/` in it) writable by the pod's user.
-fn prepare_task_dir(task_dir: &Path, shared: bool) -> Result<()> {
-    let ops = task_dir.join(OPS_DIR);
-    std::fs::create_dir_all(&ops).map_err(|e| Error::io(&ops, e))?;
+/// Makes the task directory (`shared`: for the pod, writable by its user) and `.ops/`
+/// in it when the log is streamed there. Nothing when neither is needed.
+fn prepare_task_dir(task_dir: &Path, shared: bool, logs: bool) -> Result<()> {
+    let dir = if logs {
+        task_dir.join(OPS_DIR)
+    } else if shared {
+        task_dir.to_owned()
+    } else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     if shared {
         use std::os::unix::fs::PermissionsExt;
         // The pod runs as another user (65532 by default); the directory is the task's
@@ -1344,7 +1353,8 @@ impl Executor for KubeExecutor {
         // Directory creation can take milliseconds on a busy disk: off the runtime.
         let dir = spec.task_dir.clone();
         let shared = !matches!(inner.config.volume, TaskVolume::None);
-        tokio::task::spawn_blocking(move || prepare_task_dir(&dir, shared))
+        let logs = inner.config.follow_logs;
+        tokio::task::spawn_blocking(move || prepare_task_dir(&dir, shared, logs))
             .await
             .map_err(|e| Error::Executor {
                 executor: NAME.into(),
