@@ -265,13 +265,13 @@ async fn raw_lifecycles(child: &Child, n: usize) -> Rates {
             .default_backoff()
             .boxed();
         while let Some(Ok(event)) = stream.next().await {
-            if let Event::Apply(p) | Event::InitApply(p) = event {
-                if p.status.and_then(|s| s.phase).as_deref() == Some("Succeeded") {
-                    finished.insert(p.metadata.name.unwrap_or_default());
-                    if finished.len() == n {
-                        notify.notify_one();
-                        return;
-                    }
+            if let Event::Apply(p) | Event::InitApply(p) = event
+                && p.status.and_then(|s| s.phase).as_deref() == Some("Succeeded")
+            {
+                finished.insert(p.metadata.name.unwrap_or_default());
+                if finished.len() == n {
+                    notify.notify_one();
+                    return;
                 }
             }
         }

@@ -588,7 +588,7 @@ async fn dropped_and_expired_watches_miss_nothing_and_duplicate_nothing() {
             } => {
                 assert_eq!(outcome.reason, Reason::Completed);
                 *finished.entry(task_id).or_default() += 1;
-                if finished.len() % 30 == 0 {
+                if finished.len().is_multiple_of(30) {
                     sim.compact();
                     sim.drop_watches();
                 }

@@ -294,10 +294,10 @@ pub(crate) fn with_outputs_first<T>(
     }
     let mut out = Vec::new();
     for (id, from, item) in transitions {
-        if from == TaskStatus::Running {
-            if let Some(list) = pending.remove(&id) {
-                out.extend(list);
-            }
+        if from == TaskStatus::Running
+            && let Some(list) = pending.remove(&id)
+        {
+            out.extend(list);
         }
         out.push(item);
     }
