@@ -456,26 +456,18 @@ fn main() {
         drop(child);
         println!("| measure | executor | executor, streaming logs | bare kube client (baseline) | ratios |");
         println!("|---|---|---|---|---|");
-        println!(
-            "| pods created per second | {:.0} | {:.0} | {:.0} | {:.2}x, {:.2}x |",
-            plain.created, logs.created, raw.created,
-            plain.created / raw.created, logs.created / raw.created
-        );
-        println!(
-            "| lifecycles observed per second (create to Finished) | {:.0} | {:.0} | {:.0} | {:.2}x, {:.2}x |",
-            plain.lifecycles, logs.lifecycles, raw.lifecycles,
-            plain.lifecycles / raw.lifecycles, logs.lifecycles / raw.lifecycles
-        );
-        println!(
-            "| client CPU per pod (this process) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}x, {:.2}x |",
-            plain.client_ms, logs.client_ms, raw.client_ms,
-            plain.client_ms / raw.client_ms, logs.client_ms / raw.client_ms
-        );
-        println!(
-            "| API server CPU per pod (the simulator) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2}x, {:.2}x |",
-            plain.server_ms, logs.server_ms, raw.server_ms,
-            plain.server_ms / raw.server_ms, logs.server_ms / raw.server_ms
-        );
+        let row = |name: &str, f: fn(&Rates) -> f64, unit: &str, digits: usize| {
+            let (p, l, r) = (f(&plain), f(&logs), f(&raw));
+            println!(
+                "| {name} | {p:.digits$}{unit} | {l:.digits$}{unit} | {r:.digits$}{unit} | {:.2}x, {:.2}x |",
+                p / r,
+                l / r
+            );
+        };
+        row("pods created per second", |r| r.created, "", 0);
+        row("lifecycles observed per second (create to Finished)", |r| r.lifecycles, "", 0);
+        row("client CPU per pod (this process)", |r| r.client_ms, " ms", 2);
+        row("API server CPU per pod (the simulator)", |r| r.server_ms, " ms", 2);
         println!();
         println!(
             "| memory while watching {} running pods | per pod | for {} pods |",

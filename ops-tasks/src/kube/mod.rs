@@ -244,6 +244,35 @@ struct Attempt {
     log_since: Option<DateTime<Utc>>,
 }
 
+impl Attempt {
+    /// A new attempt whose pod is not known to exist yet.
+    fn new(
+        task_id: ops_core::TaskId,
+        attempt: u32,
+        task_dir: PathBuf,
+        globs: Vec<String>,
+        updates: mpsc::UnboundedSender<ExecutorUpdate>,
+        epoch: u64,
+    ) -> Self {
+        Self {
+            task_id,
+            attempt,
+            task_dir,
+            updates,
+            globs,
+            created: false,
+            epoch,
+            started: false,
+            finishing: false,
+            cancelled: false,
+            problem: None,
+            outputs: None,
+            log: None,
+            log_since: None,
+        }
+    }
+}
+
 /// An attempt's output scanner with where to report: scans and their reports happen
 /// under one lock, so the last scan (before `Finished`) never races a periodic one.
 struct Scan {
@@ -1380,22 +1409,14 @@ impl Executor for KubeExecutor {
         if spec.scavenger {
             inner.ensure_priority_class().await?;
         }
-        let attempt = Attempt {
-            task_id: spec.task_id,
-            attempt: spec.attempt,
-            task_dir: spec.task_dir.clone(),
+        let attempt = Attempt::new(
+            spec.task_id,
+            spec.attempt,
+            spec.task_dir.clone(),
+            spec.output_globs.clone(),
             updates,
-            globs: spec.output_globs.clone(),
-            created: false,
-            epoch: inner.epoch.load(Ordering::SeqCst),
-            started: false,
-            finishing: false,
-            cancelled: false,
-            problem: None,
-            outputs: None,
-            log: None,
-            log_since: None,
-        };
+            inner.epoch.load(Ordering::SeqCst),
+        );
         if let Ok(mut attempts) = inner.attempts.lock() {
             attempts.insert(key.clone(), attempt);
         }
@@ -1488,22 +1509,16 @@ impl Executor for KubeExecutor {
             .ok()
             .map(DateTime::<Utc>::from);
         let _ = std::fs::create_dir_all(d.task_dir.join(OPS_DIR));
-        let attempt = Attempt {
-            task_id: handle.task_id,
-            attempt: handle.attempt,
-            task_dir: d.task_dir.clone(),
+        let mut attempt = Attempt::new(
+            handle.task_id,
+            handle.attempt,
+            d.task_dir.clone(),
+            spec.output_globs.clone(),
             updates,
-            globs: spec.output_globs.clone(),
-            created: true,
-            epoch: self.inner.epoch.load(Ordering::SeqCst),
-            started: false,
-            finishing: false,
-            cancelled: false,
-            problem: None,
-            outputs: None,
-            log: None,
-            log_since: Some(log_since.unwrap_or_else(Utc::now)),
-        };
+            self.inner.epoch.load(Ordering::SeqCst),
+        );
+        attempt.created = true;
+        attempt.log_since = Some(log_since.unwrap_or_else(Utc::now));
         if let Ok(mut attempts) = self.inner.attempts.lock() {
             attempts.insert(key, attempt);
         }

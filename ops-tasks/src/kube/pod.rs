@@ -594,7 +594,7 @@ mod tests {
         let c = &ps.containers[0];
         assert_eq!(
             c.command.as_deref().unwrap(),
-            ["render", "--fast", "kill $$ $(HOME) $$$1"]
+            ["render", "--fast", "kill $$ $$(HOME) $$$$1"]
         );
         assert_eq!(c.working_dir.as_deref(), Some("/ops/task/scenes"));
         let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
