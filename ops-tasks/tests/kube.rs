@@ -705,6 +705,56 @@ async fn finished_pods_are_cleaned_up_after_the_ttl() {
         pod_of(&sim, &exec, &s).is_none()
     })
     .await;
+    drop(exec);
+
+    // A coordinator that stops before its timers fire leaves finished pods behind; the
+    // next executor deletes those past their TTL, never one whose end nobody read.
+    let mut cfg = config(root.path());
+    cfg.finished_ttl = Duration::from_secs(2);
+    let exec = executor(&sim, cfg.clone()).await;
+    let done = spec(root.path(), "acme", &["true"]);
+    let (_, outcome) = run_one(&exec, done.clone()).await;
+    assert_eq!(outcome.reason, Reason::Completed);
+    let ns = exec.namespace_for("acme", "default");
+    let done_name = format!("ops-{}-1", done.task_id);
+    wait_for("Ops' finalizer removed from the read pod", || {
+        sim.pod(&ns, &done_name)
+            .is_some_and(|p| p.metadata.finalizers.unwrap_or_default().is_empty())
+    })
+    .await;
+    drop(exec);
+    // A pod whose end no executor read (made here as an executor would, with the
+    // finalizer, while none runs).
+    let unread = spec(root.path(), "acme", &["true"]);
+    let mut pod = {
+        let preview = executor(&sim, cfg.clone()).await;
+        preview.pod_for(&unread).unwrap()
+    };
+    pod.metadata.namespace = Some(ns.clone());
+    let unread_name = pod.metadata.name.clone().unwrap();
+    Api::<Pod>::namespaced(sim.client(), &ns)
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    assert!(
+        sim.pod(&ns, &done_name).is_some(),
+        "no timer of a dropped executor fired"
+    );
+    let _later = executor(&sim, cfg).await;
+    wait_for("the read pod deleted by the next executor", || {
+        sim.pod(&ns, &done_name).is_none()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = sim.pod(&ns, &unread_name).expect("the unread pod stays");
+    assert!(
+        kept.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&ops_tasks::kube::FINALIZER.to_owned()),
+        "a pod whose end nobody read keeps Ops' finalizer"
+    );
+    assert!(kept.metadata.deletion_timestamp.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

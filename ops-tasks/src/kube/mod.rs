@@ -45,7 +45,8 @@
 //! - A finalizer (`ops.dev/outcome`) keeps a pod that something else deletes
 //!   (preemption, eviction, node loss, `kubectl delete`) until Ops has read how it
 //!   ended; Ops removes it once the attempt's end is reported, and deletes finished pods
-//!   after [`KubeExecutorConfig::finished_ttl`].
+//!   after [`KubeExecutorConfig::finished_ttl`] (also those a stopped coordinator left
+//!   behind, once its end was read).
 //!
 //! # Outputs and logs: a shared volume
 //!
@@ -157,6 +158,8 @@ const NAME: &str = "kube";
 const OPS_DIR: &str = ".ops";
 /// How long the end of an attempt waits for its log stream to drain.
 const LOG_DRAIN: Duration = Duration::from_secs(10);
+/// The longest time between two looks for finished pods past their TTL.
+const JANITOR_MAX: Duration = Duration::from_secs(300);
 /// How often node capacity is refreshed.
 const CAPACITY_REFRESH: Duration = Duration::from_secs(30);
 
@@ -1037,6 +1040,64 @@ impl Inner {
         }
     }
 
+    /// Deletes finished Ops pods older than the TTL that nobody follows any more (their
+    /// coordinator stopped before its own timer fired). A pod that still carries Ops'
+    /// finalizer is left alone: no coordinator has read how it ended yet.
+    async fn delete_expired(self: &Arc<Self>) {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let listed = {
+            let _permit = self.requests.acquire().await;
+            api.list(&ListParams::default().labels(&names::managed_selector()))
+                .await
+        };
+        let pods = match listed {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list pods for clean-up");
+                return;
+            }
+        };
+        let ttl = chrono::Duration::from_std(self.config.finished_ttl).unwrap_or_default();
+        let now = Utc::now();
+        for pod in pods {
+            let (Some(ns), Some(name)) =
+                (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+            else {
+                continue;
+            };
+            let key = (ns, name);
+            let tracked = self
+                .attempts
+                .lock()
+                .map(|a| a.contains_key(&key))
+                .unwrap_or(true);
+            let ours_pending = pod
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == names::FINALIZER));
+            if tracked || ours_pending || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Observed::Finished { .. } = status::observe(&pod, false, false) else {
+                continue;
+            };
+            let finished_at = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                .filter_map(|t| DateTime::from_timestamp_micros(t.0.as_microsecond()))
+                .max();
+            if finished_at.is_some_and(|t| now - t >= ttl) {
+                tracing::debug!(pod = %key.1, namespace = %key.0, "deleting a finished pod past its TTL");
+                self.delete_pod(&key, None).await;
+            }
+        }
+    }
+
     /// Looks up attempts the last relist did not return: their pods went while the watch
     /// was down.
     async fn look_up_missing(self: Arc<Self>, seen: HashSet<PodKey>, epoch: u64) {
@@ -1295,6 +1356,9 @@ async fn sweep_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_nodes = Instant::now();
+    // The first clean-up soon after start: pods a coordinator that died left behind.
+    let janitor_every = (inner.config.finished_ttl / 2).clamp(Duration::from_secs(1), JANITOR_MAX);
+    let mut last_janitor = Instant::now() - janitor_every + Duration::from_secs(1);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -1306,6 +1370,10 @@ async fn sweep_loop(inner: Arc<Inner>) {
             if let Err(e) = inner.refresh_nodes().await {
                 tracing::warn!(error = %e, "cannot refresh node capacity");
             }
+        }
+        if last_janitor.elapsed() >= janitor_every {
+            last_janitor = Instant::now();
+            inner.delete_expired().await;
         }
     }
 }
