@@ -326,15 +326,7 @@ async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> Rates {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cpu_start = cpu(child);
     let start = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let end = (i + ROUND).min(n);
-        let launches = (i..end).map(|j| exec.launch(spec(root.path(), j), tx.clone()));
-        for r in futures::future::join_all(launches).await {
-            r.unwrap();
-        }
-        i = end;
-    }
+    launch_rounds(&exec, root.path(), 0..n, &tx).await;
     let launched = start.elapsed();
     let mut finished = 0;
     while finished < n {
@@ -351,6 +343,36 @@ async fn executor_lifecycles(child: &Child, n: usize, logs: bool) -> Rates {
     rates(child, cpu_start, n, launched, all)
 }
 
+/// Launches the tasks `range` through `exec`, `ROUND` at a time.
+async fn launch_rounds(
+    exec: &KubeExecutor,
+    root: &std::path::Path,
+    range: std::ops::Range<usize>,
+    tx: &mpsc::UnboundedSender<ExecutorUpdate>,
+) {
+    let mut i = range.start;
+    while i < range.end {
+        let end = (i + ROUND).min(range.end);
+        let launches = (i..end).map(|j| exec.launch(spec(root, j), tx.clone()));
+        for r in futures::future::join_all(launches).await {
+            r.unwrap();
+        }
+        i = end;
+    }
+}
+
+/// Waits for `n` `Started` updates.
+async fn await_started(rx: &mut mpsc::UnboundedReceiver<ExecutorUpdate>, n: usize) {
+    let mut started = 0;
+    while started < n {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Some(ExecutorUpdate::Started { .. })) => started += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("only {started} of {n} started"),
+        }
+    }
+}
+
 /// Memory of watching `n` running pods: the executor's resident growth from its first
 /// launch round (connections, buffers and runtime warmed up) to all `n` running, per
 /// pod added; then a reflector of the same pods, per pod, in the same process.
@@ -364,35 +386,14 @@ async fn memory(child: &Child, n: usize) -> (f64, f64, f64) {
     .await
     .unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut started = 0;
-    let mut before = 0;
-    let mut i = 0;
-    while i < n {
-        let end = (i + ROUND).min(n);
-        let launches = (i..end).map(|j| exec.launch(spec(root.path(), j), tx.clone()));
-        for r in futures::future::join_all(launches).await {
-            r.unwrap();
-        }
-        i = end;
-        if before == 0 {
-            while started < end {
-                if let Ok(Some(ExecutorUpdate::Started { .. })) =
-                    tokio::time::timeout(Duration::from_secs(120), rx.recv()).await
-                {
-                    started += 1;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            before = rss();
-        }
-    }
-    while started < n {
-        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
-            Ok(Some(ExecutorUpdate::Started { .. })) => started += 1,
-            Ok(Some(_)) => {}
-            _ => panic!("only {started} of {n} started"),
-        }
-    }
+    // The first round warms connections, buffers and the runtime up.
+    let first = ROUND.min(n);
+    launch_rounds(&exec, root.path(), 0..first, &tx).await;
+    await_started(&mut rx, first).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    launch_rounds(&exec, root.path(), first..n, &tx).await;
+    await_started(&mut rx, n - first).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let added = n.saturating_sub(ROUND).max(1);
     let watching = rss().saturating_sub(before) as f64 / added as f64;

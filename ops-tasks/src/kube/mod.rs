@@ -149,13 +149,12 @@ use crate::executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };
 use crate::local::outputs::{OutputScanner, build_globs};
+use crate::local::{OPS_DIR, log_path};
 use crate::{Denied, Error, Result};
 use status::Observed;
 
 /// [`Executor::name`] of this executor.
 const NAME: &str = "kube";
-/// The executor's directory inside each task directory.
-const OPS_DIR: &str = ".ops";
 /// How long the end of an attempt waits for its log stream to drain.
 const LOG_DRAIN: Duration = Duration::from_secs(10);
 /// The longest time between two looks for finished pods past their TTL.
@@ -347,45 +346,62 @@ fn is_over_limit(e: &kube::Error) -> bool {
     })
 }
 
-impl Inner {
-    /// An engine error naming the operation.
-    fn error(&self, what: &str, e: kube::Error) -> Error {
-        match &e {
-            kube::Error::Api(s) if s.code == 403 => Error::Forbidden {
-                denied: vec![denied_from(what, s)],
-            },
-            kube::Error::Api(s) => Error::Executor {
-                executor: NAME.into(),
-                message: format!("{what}: {} ({} {})", s.message, s.code, s.reason),
-            },
-            _ => Error::Cluster {
-                server: self.server.clone(),
-                message: format!("{what}: {e}"),
-            },
+/// An API operation, as errors name it: `verb` on `resource` of API `group` (`""`:
+/// core) in `namespace` (none: cluster-wide).
+#[derive(Clone, Copy)]
+struct Op<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+}
+
+impl<'a> Op<'a> {
+    fn new(verb: &'a str, group: &'a str, resource: &'a str, namespace: Option<&'a str>) -> Self {
+        Self {
+            verb,
+            group,
+            resource,
+            namespace,
         }
     }
 }
 
-/// Turns a 403 into the verb and resource it refused. `what` is `"<verb> <resource>
-/// [in <namespace>]"`, as the executor names its operations.
-fn denied_from(what: &str, s: &kube::core::Status) -> Denied {
-    let mut words = what.split_whitespace();
-    let verb = words.next().unwrap_or_default().to_owned();
-    let resource = words.next().unwrap_or_default().to_owned();
-    let namespace = match (words.next(), words.next()) {
-        (Some("in"), Some(ns)) => Some(ns.to_owned()),
-        _ => None,
-    };
-    let (resource, group) = match resource.split_once('.') {
-        Some((r, g)) => (r.to_owned(), g.to_owned()),
-        None => (resource, String::new()),
-    };
-    Denied {
-        verb,
-        resource,
-        group,
-        namespace,
-        message: Some(s.message.clone()),
+impl std::fmt::Display for Op<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if !self.group.is_empty() {
+            write!(f, ".{}", self.group)?;
+        }
+        if let Some(ns) = self.namespace {
+            write!(f, " in {ns}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// An engine error naming the operation; a 403 names its verb and resource.
+    fn error(&self, op: Op<'_>, e: kube::Error) -> Error {
+        match &e {
+            kube::Error::Api(s) if s.code == 403 => Error::Forbidden {
+                denied: vec![Denied {
+                    verb: op.verb.into(),
+                    resource: op.resource.into(),
+                    group: op.group.into(),
+                    namespace: op.namespace.map(str::to_owned),
+                    message: Some(s.message.clone()),
+                }],
+            },
+            kube::Error::Api(s) => Error::Executor {
+                executor: NAME.into(),
+                message: format!("{op}: {} ({} {})", s.message, s.code, s.reason),
+            },
+            _ => Error::Cluster {
+                server: self.server.clone(),
+                message: format!("{op}: {e}"),
+            },
+        }
     }
 }
 
@@ -473,29 +489,13 @@ impl KubeExecutor {
     /// same object [`Executor::launch`] sends. A spec that cannot become a pod (no image,
     /// an environment without a pool, an unknown GPU model…) is `Error::Executor`.
     pub fn pod_for(&self, spec: &LaunchSpec) -> Result<Pod> {
-        let ns = names::namespace(
-            &self.inner.config.namespace_prefix,
-            spec.tenant.as_str(),
-            spec.environment.as_str(),
-        );
-        let products = match &spec.resources.gpus.model {
-            Some(model) if spec.resources.gpus.count > 0 => {
-                let nodes = self
-                    .inner
-                    .nodes
-                    .read()
-                    .map(|n| n.gpu_products.clone())
-                    .unwrap_or_default();
-                pod::matching_products(model, &nodes)
-            }
-            _ => Vec::new(),
-        };
-        pod::task_pod(&self.inner.config, spec, &ns, &products).map_err(|pod::Unlaunchable(m)| {
-            Error::Executor {
+        let ns = self.namespace_for(spec.tenant.as_str(), spec.environment.as_str());
+        self.inner
+            .task_pod(spec, &ns)
+            .map_err(|pod::Unlaunchable(message)| Error::Executor {
                 executor: NAME.into(),
-                message: m,
-            }
-        })
+                message,
+            })
     }
 
     /// The cluster's API server URL.
@@ -623,6 +623,19 @@ async fn check_permissions(
 }
 
 impl Inner {
+    /// The attempt's pod in `ns`, its GPU model matched against the nodes' products.
+    fn task_pod(&self, spec: &LaunchSpec, ns: &str) -> Result<Pod, pod::Unlaunchable> {
+        let products = match &spec.resources.gpus.model {
+            Some(model) if spec.resources.gpus.count > 0 => self
+                .nodes
+                .read()
+                .map(|n| pod::matching_products(model, &n.gpu_products))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        pod::task_pod(&self.config, spec, ns, &products)
+    }
+
     async fn ensure_priority_class(&self) -> Result<()> {
         self.priority_class
             .get_or_try_init(|| async {
@@ -631,7 +644,10 @@ impl Inner {
                 match api.create(&PostParams::default(), &class).await {
                     Ok(_) => Ok(()),
                     Err(e) if is_conflict(&e) => Ok(()),
-                    Err(e) => Err(self.error("create priorityclasses.scheduling.k8s.io", e)),
+                    Err(e) => Err(self.error(
+                        Op::new("create", "scheduling.k8s.io", "priorityclasses", None),
+                        e,
+                    )),
                 }
             })
             .await
@@ -645,7 +661,7 @@ impl Inner {
         let nodes = api
             .list(&ListParams::default())
             .await
-            .map_err(|e| self.error("list nodes", e))?;
+            .map_err(|e| self.error(Op::new("list", "", "nodes", None), e))?;
         let mut view = NodeView::default();
         for node in nodes.items {
             let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -721,7 +737,7 @@ impl Inner {
                 let existing = namespaces
                     .get(ns)
                     .await
-                    .map_err(|e| self.error("get namespaces", e))?;
+                    .map_err(|e| self.error(Op::new("get", "", "namespaces", None), e))?;
                 let ours = existing
                     .metadata
                     .labels
@@ -740,7 +756,7 @@ impl Inner {
                     });
                 }
             }
-            Err(e) => return Err(self.error("create namespaces", e)),
+            Err(e) => return Err(self.error(Op::new("create", "", "namespaces", None), e)),
         }
         let quota = self.config.quota_for(tenant).cloned();
         let patch = PatchParams::default();
@@ -749,13 +765,13 @@ impl Inner {
             let object = pod::resource_quota(ns, quota);
             upsert(&api, pod::COMPARTMENT_OBJECT, &object, &patch)
                 .await
-                .map_err(|e| self.error(&format!("patch resourcequotas in {ns}"), e))?;
+                .map_err(|e| self.error(Op::new("patch", "", "resourcequotas", Some(ns)), e))?;
         }
         let api: Api<LimitRange> = Api::namespaced(self.client.clone(), ns);
         let object = pod::limit_range(ns, &self.config.default_resources, quota.as_ref());
         upsert(&api, pod::COMPARTMENT_OBJECT, &object, &patch)
             .await
-            .map_err(|e| self.error(&format!("patch limitranges in {ns}"), e))?;
+            .map_err(|e| self.error(Op::new("patch", "", "limitranges", Some(ns)), e))?;
         let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), ns);
         match api
             .create(
@@ -768,7 +784,7 @@ impl Inner {
             Err(e) if is_conflict(&e) => {}
             Err(e) => {
                 return Err(self.error(
-                    &format!("create networkpolicies.networking.k8s.io in {ns}"),
+                    Op::new("create", "networking.k8s.io", "networkpolicies", Some(ns)),
                     e,
                 ));
             }
@@ -862,7 +878,7 @@ impl Inner {
         }
         if self.config.follow_logs {
             let since = a.log_since;
-            let path = a.task_dir.join(OPS_DIR).join("stdout.log");
+            let path = log_path(&a.task_dir, LogStream::Stdout);
             a.log = Some(tokio::spawn(self.clone().follow_log(
                 key.clone(),
                 path,
@@ -966,20 +982,36 @@ impl Inner {
         tokio::spawn(async move {
             inner.delete_pod(&key, Some(0)).await;
             inner.report_end(&key, outcome);
-            inner.release(&key).await;
+            // Already deleted: only the finalizer holds it.
+            inner.remove_finalizer(&key).await;
         });
     }
 
     /// Lets go of a pod whose end is reported: removes Ops' finalizer, then deletes the
     /// pod after the finished-pod TTL.
     async fn release(self: &Arc<Self>, key: &PodKey) {
+        self.remove_finalizer(key).await;
+        let ttl = self.config.finished_ttl;
+        let inner = self.clone();
+        let key = key.clone();
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(ttl) => { inner.delete_pod(&key, None).await; }
+                _ = shutdown.changed() => {}
+            }
+        });
+    }
+
+    /// Removes Ops' finalizer from a pod.
+    async fn remove_finalizer(&self, key: &PodKey) {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
         // Ops' pods are created with its finalizer alone, at index 0: try that first
         // (one request); when the test fails, read the pod and remove it where it is.
         let mut index = Some(0);
         for _ in 0..2 {
             let Some(i) = index else { break };
-            let patch = Patch::Json::<()>(json_patch_ops::remove_at(i));
+            let patch = Patch::Json::<()>(remove_finalizer_at(i));
             let result = {
                 let _permit = self.requests.acquire().await;
                 api.patch(&key.1, &PatchParams::default(), &patch).await
@@ -1009,16 +1041,6 @@ impl Inner {
                 }
             }
         }
-        let ttl = self.config.finished_ttl;
-        let inner = self.clone();
-        let key = key.clone();
-        let mut shutdown = self.shutdown.subscribe();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(ttl) => { inner.delete_pod(&key, None).await; }
-                _ = shutdown.changed() => {}
-            }
-        });
     }
 
     /// Deletes a pod (404 is fine). `grace`: seconds, `None` for the pod's own.
@@ -1040,10 +1062,48 @@ impl Inner {
         }
     }
 
-    /// Deletes finished Ops pods older than the TTL that nobody follows any more (their
-    /// coordinator stopped before its own timer fired). A pod that still carries Ops'
-    /// finalizer is left alone: no coordinator has read how it ended yet.
-    async fn delete_expired(self: &Arc<Self>) {
+    /// Whether a pod is a finished Ops pod past the TTL that nobody follows any more
+    /// (its coordinator stopped before its own timer fired). A pod that still carries
+    /// Ops' finalizer is not: no coordinator has read how it ended yet.
+    fn expired(&self, pod: &Pod, now: DateTime<Utc>) -> Option<PodKey> {
+        let key = (pod.metadata.namespace.clone()?, pod.metadata.name.clone()?);
+        let tracked = self
+            .attempts
+            .lock()
+            .map(|a| a.contains_key(&key))
+            .unwrap_or(true);
+        let ours_pending = pod
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| f.iter().any(|f| f == names::FINALIZER));
+        if tracked || ours_pending || pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let Observed::Finished { .. } = status::observe(pod, false, false) else {
+            return None;
+        };
+        let finished_at = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+            .filter_map(status::time)
+            .max()?;
+        let ttl = chrono::Duration::from_std(self.config.finished_ttl).unwrap_or_default();
+        (now - finished_at >= ttl).then_some(key)
+    }
+
+    /// Deletes a pod [`Inner::expired`] found.
+    async fn delete_expired(&self, key: PodKey) {
+        tracing::debug!(pod = %key.1, namespace = %key.0, "deleting a finished pod past its TTL");
+        self.delete_pod(&key, None).await;
+    }
+
+    /// Lists Ops' pods and deletes those past their TTL that nobody follows.
+    async fn clean_up(self: &Arc<Self>) {
         let api: Api<Pod> = Api::all(self.client.clone());
         let listed = {
             let _permit = self.requests.acquire().await;
@@ -1057,44 +1117,9 @@ impl Inner {
                 return;
             }
         };
-        let ttl = chrono::Duration::from_std(self.config.finished_ttl).unwrap_or_default();
         let now = Utc::now();
-        for pod in pods {
-            let (Some(ns), Some(name)) =
-                (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-            else {
-                continue;
-            };
-            let key = (ns, name);
-            let tracked = self
-                .attempts
-                .lock()
-                .map(|a| a.contains_key(&key))
-                .unwrap_or(true);
-            let ours_pending = pod
-                .metadata
-                .finalizers
-                .as_ref()
-                .is_some_and(|f| f.iter().any(|f| f == names::FINALIZER));
-            if tracked || ours_pending || pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let Observed::Finished { .. } = status::observe(&pod, false, false) else {
-                continue;
-            };
-            let finished_at = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
-                .filter_map(|t| DateTime::from_timestamp_micros(t.0.as_microsecond()))
-                .max();
-            if finished_at.is_some_and(|t| now - t >= ttl) {
-                tracing::debug!(pod = %key.1, namespace = %key.0, "deleting a finished pod past its TTL");
-                self.delete_pod(&key, None).await;
-            }
+        for key in pods.iter().filter_map(|p| self.expired(p, now)) {
+            self.delete_expired(key).await;
         }
     }
 
@@ -1246,7 +1271,7 @@ impl Inner {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err(self.error(&format!("create pods in {}", key.0), e)),
+                Err(e) => return Err(self.error(Op::new("create", "", "pods", Some(&key.0)), e)),
             }
         }
     }
@@ -1257,7 +1282,7 @@ impl Inner {
         let existing = api
             .get(&key.1)
             .await
-            .map_err(|e| self.error(&format!("get pods in {}", key.0), e))?;
+            .map_err(|e| self.error(Op::new("get", "", "pods", Some(&key.0)), e))?;
         let label = |p: &Pod, k: &str| p.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
         let same = [names::TASK_ID, names::ATTEMPT, names::MANAGED_BY.0]
             .iter()
@@ -1293,19 +1318,13 @@ where
     }
 }
 
-/// JSON patches for finalizer removal.
-mod json_patch_ops {
-    /// A JSON patch document.
-    pub type Ops = json_patch::Patch;
-
-    /// Removes `/metadata/finalizers/<i>` after testing it is Ops' finalizer.
-    pub fn remove_at(i: usize) -> Ops {
-        serde_json::from_value(serde_json::json!([
-            {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": super::names::FINALIZER},
-            {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
-        ]))
-        .unwrap_or_default()
-    }
+/// A JSON patch removing `/metadata/finalizers/<i>` after testing it is Ops' finalizer.
+fn remove_finalizer_at(i: usize) -> json_patch::Patch {
+    serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": names::FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")},
+    ]))
+    .unwrap_or_default()
 }
 
 async fn watch_loop(inner: Arc<Inner>, ready: tokio::sync::oneshot::Sender<()>) {
@@ -1334,6 +1353,10 @@ async fn watch_loop(inner: Arc<Inner>, ready: tokio::sync::oneshot::Sender<()>) 
                     seen.insert((ns.clone(), name.clone()));
                 }
                 inner.observe(&pod, false);
+                if let Some(key) = inner.expired(&pod, Utc::now()) {
+                    let inner = inner.clone();
+                    tokio::spawn(async move { inner.delete_expired(key).await });
+                }
             }
             Some(Ok(Event::InitDone)) => {
                 if let Some(tx) = ready.take() {
@@ -1356,9 +1379,9 @@ async fn sweep_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_nodes = Instant::now();
-    // The first clean-up soon after start: pods a coordinator that died left behind.
+    // Pods a stopped coordinator left behind are also caught by the watch's lists.
     let janitor_every = (inner.config.finished_ttl / 2).clamp(Duration::from_secs(1), JANITOR_MAX);
-    let mut last_janitor = Instant::now() - janitor_every + Duration::from_secs(1);
+    let mut last_janitor = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -1373,7 +1396,7 @@ async fn sweep_loop(inner: Arc<Inner>) {
         }
         if last_janitor.elapsed() >= janitor_every {
             last_janitor = Instant::now();
-            inner.delete_expired().await;
+            inner.clean_up().await;
         }
     }
 }
@@ -1457,13 +1480,9 @@ impl Executor for KubeExecutor {
                 executor: NAME.into(),
                 message: format!("preparing the task directory: {e}"),
             })??;
-        let pod = match self.pod_for(&spec) {
+        let pod = match inner.task_pod(&spec, &ns) {
             Ok(p) => p,
-            Err(e) => {
-                let message = match e {
-                    Error::Executor { message, .. } => message,
-                    e => e.to_string(),
-                };
+            Err(pod::Unlaunchable(message)) => {
                 tracing::warn!(task_id = %spec.task_id, %message, "cannot launch");
                 let _ = updates.send(ExecutorUpdate::Finished {
                     task_id: spec.task_id,
@@ -1545,10 +1564,10 @@ impl Executor for KubeExecutor {
         let d = detail(handle)?;
         let key = (d.namespace.clone(), d.pod.clone());
         let api: Api<Pod> = Api::namespaced(self.inner.client.clone(), &d.namespace);
-        let found = api
-            .get_opt(&d.pod)
-            .await
-            .map_err(|e| self.inner.error(&format!("get pods in {}", d.namespace), e))?;
+        let found = api.get_opt(&d.pod).await.map_err(|e| {
+            self.inner
+                .error(Op::new("get", "", "pods", Some(&d.namespace)), e)
+        })?;
         let Some(pod) = found else {
             return Ok(Reattached::Gone(Outcome::new(
                 Reason::CoordinatorLost,
@@ -1571,7 +1590,7 @@ impl Executor for KubeExecutor {
             )));
         }
         // Logs resume from the last write; a line printed in that second may repeat.
-        let log_path = d.task_dir.join(OPS_DIR).join("stdout.log");
+        let log_path = log_path(&d.task_dir, LogStream::Stdout);
         let log_since = std::fs::metadata(&log_path)
             .and_then(|m| m.modified())
             .ok()
@@ -1597,6 +1616,6 @@ impl Executor for KubeExecutor {
 
     fn log_path(&self, task_dir: &Path, _stream: LogStream) -> PathBuf {
         // Kubernetes merges stdout and stderr into one log.
-        task_dir.join(OPS_DIR).join("stdout.log")
+        log_path(task_dir, LogStream::Stdout)
     }
 }

@@ -9,6 +9,7 @@ use ops_core::{Reason, Usage};
 
 use super::names;
 use crate::executor::Outcome;
+use crate::local::shell_status_signal;
 
 /// What one observation of the pod means.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,7 +47,8 @@ pub struct Problem {
     pub fatal: bool,
 }
 
-fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<DateTime<Utc>> {
+/// A Kubernetes timestamp as a chrono one.
+pub fn time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(t.0.as_microsecond())
 }
 
@@ -153,9 +155,9 @@ pub fn observe(pod: &Pod, cancelled: bool, deleted: bool) -> Observed {
     let outcome = |reason: Reason, message: Option<String>| {
         let mut o = Outcome::new(reason, message);
         // As the local executor (and a shell) report it: 128 + N is signal N.
-        match exit_code {
-            Some(c) if (129..=192).contains(&c) => o.signal = Some(c - 128),
-            c => o.exit_code = c,
+        o.signal = exit_code.and_then(shell_status_signal);
+        if o.signal.is_none() {
+            o.exit_code = exit_code;
         }
         o.usage = usage;
         o
@@ -212,7 +214,7 @@ pub fn observe(pod: &Pod, cancelled: bool, deleted: bool) -> Observed {
                 start_error_reason(message.as_deref().unwrap_or_default())
             }
             _ if t.exit_code == 0 => Reason::Completed,
-            _ if (129..=192).contains(&t.exit_code) => Reason::Signaled,
+            _ if shell_status_signal(t.exit_code).is_some() => Reason::Signaled,
             _ => Reason::NonZeroExit,
         };
         if matches!(

@@ -121,6 +121,7 @@ use tokio::time::Instant;
 
 pub use config::{CgroupMode, GpuDevice, LocalExecutorConfig};
 pub use logs::follow_log;
+pub(crate) use process::shell_status_signal;
 
 use cgroup::{CgroupRoots, Limits, TaskCgroup};
 use gpu::GpuPool;
