@@ -70,6 +70,13 @@ pub enum Error {
         /// Each dimension that does not fit.
         shortfalls: Vec<String>,
     },
+    /// Admission could never run the request: unknown tenant or environment, a GPU
+    /// model no node has, larger than every node or than the tenant's quota.
+    #[error("the task can never be admitted: {}", reasons.join("; "))]
+    Inadmissible {
+        /// Every reason.
+        reasons: Vec<String>,
+    },
     /// A path (output glob, working directory, log) would leave the task's directory.
     #[error("path {path:?} escapes the task directory: {reason}")]
     PathEscape {

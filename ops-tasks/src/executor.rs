@@ -56,6 +56,10 @@ pub struct LaunchSpec {
     /// Run as root where the executor would otherwise use an unprivileged user.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_as_root: bool,
+    /// The node pool to run in when admission placed the attempt on capacity its
+    /// environment borrows from another environment; `None`: the environment's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_pool: Option<Environment>,
 }
 
 impl LaunchSpec {
@@ -77,6 +81,7 @@ impl LaunchSpec {
             image: None,
             scavenger: false,
             run_as_root: false,
+            node_pool: None,
         }
     }
 }
@@ -197,6 +202,37 @@ pub enum Reattached {
     Gone(Outcome),
 }
 
+/// A group of identical nodes an executor runs tasks on: how admission learns the shape
+/// of the capacity (a request larger than every node can never run) and its segments.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NodeGroup {
+    /// The node pool (environment) these nodes are reserved for; `None` = shared.
+    #[serde(default)]
+    pub pool: Option<Environment>,
+    /// How many nodes.
+    pub count: u32,
+    /// What each node offers.
+    pub resources: Resources,
+}
+
+impl NodeGroup {
+    /// `count` shared nodes of `resources` each.
+    pub fn new(count: u32, resources: Resources) -> Self {
+        Self {
+            pool: None,
+            count,
+            resources,
+        }
+    }
+
+    /// Reserves the nodes for one environment's pool.
+    pub fn pool(mut self, pool: impl Into<Environment>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+}
+
 /// Runs task attempts on some engine.
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
@@ -205,6 +241,12 @@ pub trait Executor: Send + Sync + 'static {
 
     /// The total capacity this executor offers (admission never over-commits it).
     fn capacity(&self) -> Resources;
+
+    /// The nodes behind [`capacity`](Executor::capacity), grouped by shape and pool.
+    /// The default is one shared node holding all of it.
+    fn nodes(&self) -> Vec<NodeGroup> {
+        vec![NodeGroup::new(1, self.capacity())]
+    }
 
     /// Starts an attempt. Returns once the attempt is launched (or failed to launch: a
     /// program that does not exist is reported as a `Finished` update with reason
@@ -218,6 +260,15 @@ pub trait Executor: Send + Sync + 'static {
     /// Stops an attempt: kills everything it started. Its `Finished` update carries
     /// reason `Cancelled`. Cancelling an attempt that already ended is not an error.
     async fn cancel(&self, handle: &RunHandle) -> Result<()>;
+
+    /// Stops an attempt to make room for other work: the preemption signal (SIGTERM,
+    /// or the engine's graceful stop), `grace` for the task to checkpoint, then a kill.
+    /// The coordinator records the attempt as preempted whatever reason its `Finished`
+    /// update carries. The default is [`cancel`](Executor::cancel).
+    async fn preempt(&self, handle: &RunHandle, grace: Duration) -> Result<()> {
+        let _ = grace;
+        self.cancel(handle).await
+    }
 
     /// After a coordinator restart: finds an attempt from its handle and either resumes
     /// reporting on it or says how it ended.
@@ -247,8 +298,14 @@ impl<T: Executor + ?Sized> Executor for std::sync::Arc<T> {
     ) -> Result<RunHandle> {
         (**self).launch(spec, updates).await
     }
+    fn nodes(&self) -> Vec<NodeGroup> {
+        (**self).nodes()
+    }
     async fn cancel(&self, handle: &RunHandle) -> Result<()> {
         (**self).cancel(handle).await
+    }
+    async fn preempt(&self, handle: &RunHandle, grace: Duration) -> Result<()> {
+        (**self).preempt(handle, grace).await
     }
     async fn reattach(
         &self,

@@ -78,6 +78,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod backends;
 pub mod duration;
 mod error;
@@ -87,6 +88,7 @@ pub mod history;
 pub mod kube;
 pub mod local;
 pub mod paths;
+pub mod sim;
 mod tasks;
 pub mod template;
 #[cfg(feature = "testkit")]
@@ -94,11 +96,15 @@ pub mod testkit;
 
 pub use error::{Denied, Error, ParameterViolation, Result};
 pub use executor::{
-    Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
+    Executor, ExecutorUpdate, LaunchSpec, LogStream, NodeGroup, Outcome, Reattached, RunHandle,
 };
-pub use history::{HistoryStore, Lease, SqliteHistory, TaskPage, TaskQuery, TaskRecord};
+pub use history::{
+    HistoryStore, Lease, SqliteHistory, StatsQuery, TaskPage, TaskQuery, TaskRecord, TemplateStats,
+};
 pub use local::{LocalExecutor, LocalExecutorConfig};
+pub use sim::{SimExecutor, SimExecutorConfig};
 pub use tasks::{
     BoxStream, CoordinatorConfig, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder, TasksConfig,
+    Waiting,
 };
 pub use template::{Catalogue, RenderedCommand, RetryPolicy, TaskTemplate};

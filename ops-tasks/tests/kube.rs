@@ -498,6 +498,45 @@ async fn real_work_preempts_scavengers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preempt_deletes_the_pod_with_the_grace_given() {
+    let sim = KubeSim::start(SimConfig::default()).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = config(root.path());
+    let exec = executor(&sim, cfg.clone()).await;
+    // The task ignores SIGTERM: it ends only when the grace is over.
+    let s = spec(
+        root.path(),
+        "acme",
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = exec.launch(s.clone(), tx).await.unwrap();
+    let first = tokio::time::timeout(PATIENCE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, ExecutorUpdate::Started { .. }), "{first:?}");
+
+    // Rounded up to whole seconds, and longer than kill_grace.
+    let grace = Duration::from_millis(2500);
+    assert!(grace > cfg.kill_grace);
+    let asked = tokio::time::Instant::now();
+    exec.preempt(&handle, grace).await.unwrap();
+    let pod = pod_of(&sim, &exec, &s).expect("pod still terminating");
+    assert!(pod.metadata.deletion_timestamp.is_some());
+    assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(3));
+    let (_, outcome) = until_finished(&mut rx, s.task_id).await;
+    assert_eq!(outcome.reason, Reason::Preempted, "{outcome:?}");
+    assert!(
+        asked.elapsed() >= grace,
+        "ended {:?} after the preemption",
+        asked.elapsed()
+    );
+    // Preempting it again is fine.
+    exec.preempt(&handle, grace).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_refusals_wait_then_fail_with_quota_exceeded() {
     let sim = KubeSim::start(SimConfig::default()).await.unwrap();
     let root = tempfile::tempdir().unwrap();

@@ -335,6 +335,89 @@ async fn cancel_kills_and_reports_cancelled() {
     assert_eq!(o.reason, Reason::Cancelled, "{o:?}");
 }
 
+/// Waits until `path` exists (the task got going), at most 10 s.
+async fn wait_for_file(path: &Path) {
+    for _ in 0..500 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{} did not appear", path.display());
+}
+
+#[tokio::test]
+async fn preempt_signals_then_kills_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = executor();
+
+    // A task that checkpoints on SIGTERM and exits: the signal reaches it at once.
+    let checkpointing = dir.path().join("checkpointing");
+    let script = "trap 'echo saved > checkpoint; exit 143' TERM; touch ready; \
+                  while :; do sleep 0.1; done";
+    let s = spec(&checkpointing, &["sh", "-c", script], json!({}));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = ex.launch(s, tx).await.unwrap();
+    wait_for_file(&checkpointing.join("ready")).await;
+    let asked = Instant::now();
+    ex.preempt(&handle, Duration::from_secs(20)).await.unwrap();
+    let (_, o) = until_finished(&mut rx).await;
+    assert_eq!(o.reason, Reason::Preempted, "{o:?}");
+    assert_eq!(read(checkpointing.join("checkpoint")).trim(), "saved");
+    // It exited on its own, long before the grace ran out.
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        asked.elapsed()
+    );
+    // Preempting an attempt that ended is fine.
+    ex.preempt(&handle, Duration::from_secs(1)).await.unwrap();
+
+    // A task that ignores SIGTERM is killed once the grace (not kill_grace) is over.
+    let stubborn = dir.path().join("stubborn");
+    let script = "trap '' TERM; sleep 1000 & echo $! > bg.pid; touch ready; \
+                  while :; do sleep 0.1; done";
+    let s = spec(&stubborn, &["sh", "-c", script], json!({}));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = ex.launch(s, tx).await.unwrap();
+    wait_for_file(&stubborn.join("ready")).await;
+    let grace = Duration::from_millis(2500);
+    assert!(grace > ex.config().kill_grace);
+    let asked = Instant::now();
+    ex.preempt(&handle, grace).await.unwrap();
+    let (_, o) = until_finished(&mut rx).await;
+    let elapsed = asked.elapsed();
+    assert_eq!(o.reason, Reason::Preempted, "{o:?}");
+    assert!(o.message.as_deref().unwrap().contains("preempted"), "{o:?}");
+    assert!(
+        elapsed >= grace,
+        "killed after {elapsed:?}, grace {grace:?}"
+    );
+    assert!(
+        elapsed < grace + Duration::from_secs(15),
+        "took {elapsed:?}"
+    );
+    assert!(is_dead(&read(stubborn.join("bg.pid"))));
+
+    // A cancel during a long preemption grace brings the kill forward.
+    let s = spec(&stubborn, &["sh", "-c", script], json!({ "attempt": 2 }));
+    let _ = std::fs::remove_file(stubborn.join("ready"));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handle = ex.launch(s, tx).await.unwrap();
+    wait_for_file(&stubborn.join("ready")).await;
+    let asked = Instant::now();
+    ex.preempt(&handle, Duration::from_secs(600)).await.unwrap();
+    ex.cancel(&handle).await.unwrap();
+    let (_, o) = until_finished(&mut rx).await;
+    assert_eq!(o.reason, Reason::Preempted, "the first reason stays: {o:?}");
+    assert!(asked.elapsed() >= ex.config().kill_grace);
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        asked.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn memory_limit_kills_with_out_of_memory() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,6 +91,18 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
     (!url.contains("://")).then(|| PathBuf::from(url))
 }
 
+/// Waits until a task runs.
+async fn wait_started(tasks: &Tasks, tenant: &Tenant, id: TaskId) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tasks.get(tenant, id).await?.status != TaskStatus::Running {
+        if Instant::now() > deadline {
+            bail!("task {id} did not start within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// What the demo expects of each template's tasks.
 fn expected(template: &str) -> (TaskStatus, Reason) {
     match template {
@@ -267,11 +279,24 @@ async fn main() -> anyhow::Result<()> {
             "larger than the machine",
             SubmitRequest::new("acme", "gpu-train"),
         ),
+        (
+            "over the tenant's quota (scavenger work only)",
+            SubmitRequest::new("folding", "render").parameters(serde_json::json!({ "scene": "s" })),
+        ),
     ];
 
     let mut live = tasks.subscribe_all();
     let started = Instant::now();
     let mut ids: Vec<(TaskId, Tenant)> = Vec::new();
+    // Scavenger work first: it starts on the idle machine, and is preempted (SIGTERM,
+    // grace, kill), requeued and resumed from its checkpoint around the real work.
+    let folding = tasks
+        .submit(SubmitRequest::new("folding", "folding"))
+        .await?;
+    ids.push((folding, Tenant::new("folding")));
+    wait_started(&tasks, &Tenant::new("folding"), folding).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!("\nScavenger task {folding} (folding) started on idle capacity.");
     for req in requests {
         let tenant = req.tenant.clone();
         ids.push((tasks.submit(req).await?, tenant));
@@ -282,6 +307,31 @@ async fn main() -> anyhow::Result<()> {
             Ok(id) => bail!("expected the {what} request to be refused, but it became task {id}"),
             Err(e) => println!("  - {what}: {e}"),
         }
+    }
+    // Why is a task waiting? (One held back by capacity if there is one.)
+    let mut shown = None;
+    for (id, tenant) in ids.iter().rev() {
+        if let Some(w) = tasks.explain(tenant, *id).await? {
+            let blocked = w.info.reason != ops_tasks::admission::WaitReason::Priority;
+            if shown.is_none() || blocked {
+                shown = Some((*id, w));
+            }
+            if blocked {
+                break;
+            }
+        }
+    }
+    if let Some((id, w)) = shown {
+        println!(
+            "\nWhy task {id} waits: {} — {} (position {} in segment {:?}{})",
+            w.info.reason,
+            w.info.message,
+            w.info.position,
+            w.info.segment,
+            w.estimated_start
+                .map(|t| format!(", estimated start {}", t.format("%H:%M:%S")))
+                .unwrap_or_default()
+        );
     }
     println!();
 
@@ -321,6 +371,10 @@ async fn main() -> anyhow::Result<()> {
         };
         match event.ty.as_str() {
             event_types::TASK_STARTED => bar.set_message(format!("{} started", data.template)),
+            event_types::TASK_PREEMPTED => say(format!(
+                "  ⏸ {} ({}) attempt {} preempted to make room; queued again",
+                data.template, data.tenant, data.attempt
+            )),
             event_types::TASK_RETRYING => say(format!(
                 "  ↻ {} ({}) attempt {} failed ({}), retrying",
                 data.template,
@@ -502,6 +556,30 @@ async fn print_summary(
         }
         if outputs.len() > 4 {
             println!("  … and {} more", outputs.len() - 4);
+        }
+    }
+    println!("\nWait and run times from history (this run's tenants, last hour):");
+    println!(
+        "  {:<8} {:<13} {:>5} {:>9} {:>9} {:>9} {:>9}",
+        "tenant", "template", "tasks", "wait p50", "wait p95", "wait max", "run mean"
+    );
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut tenants: Vec<&Tenant> = records.iter().map(|r| &r.tenant).collect();
+    tenants.sort();
+    tenants.dedup();
+    for tenant in tenants {
+        let query = ops_tasks::history::StatsQuery::tenant(tenant.clone()).since(since);
+        for s in tasks.stats(&query).await? {
+            println!(
+                "  {:<8} {:<13} {:>5} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s",
+                s.tenant.as_str(),
+                s.template,
+                s.tasks,
+                s.wait_p50.as_secs_f64(),
+                s.wait_p95.as_secs_f64(),
+                s.wait_max.as_secs_f64(),
+                s.run_mean.as_secs_f64()
+            );
         }
     }
     let counts = tasks.history().count_by_status(None).await?;

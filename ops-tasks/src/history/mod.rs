@@ -12,6 +12,7 @@
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+mod stats;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,6 +25,7 @@ use crate::{LaunchSpec, Result, RunHandle};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresHistory, PostgresHistoryConfig};
 pub use sqlite::SqliteHistory;
+pub use stats::{StatsQuery, TemplateStats, aggregate};
 
 /// Everything known about one task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -432,7 +434,36 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// [`renew_lease`](Self::renew_lease); an unowned task's claimer cancels it at
     /// once). Returns `false` when the task is unknown or already final.
     async fn request_cancel(&self, id: TaskId) -> Result<bool>;
+
+    /// Statistics per template of the tasks `query` selects (see [`TemplateStats`]),
+    /// sorted by tenant then template. The provided implementation pages through
+    /// [`list`](Self::list) and needs [`StatsQuery::tenant`]; a store may override it
+    /// with a query of its own.
+    async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        let Some(tenant) = &query.tenant else {
+            return Err(crate::Error::Config(
+                "history statistics need a tenant: this store answers per tenant only".into(),
+            ));
+        };
+        let base = TaskQuery::tenant(tenant.clone())
+            .submitted_between(query.since, query.until)
+            .limit(STATS_PAGE);
+        let mut groups = stats::Groups::default();
+        let mut cursor = None;
+        loop {
+            let page = self.list(&base.clone().after(cursor)).await?;
+            page.tasks.iter().for_each(|r| groups.add(r));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(groups.finish())
+    }
 }
+
+/// Page size of the provided [`HistoryStore::stats`].
+const STATS_PAGE: u32 = 1000;
 
 #[async_trait]
 impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
@@ -483,6 +514,9 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     }
     async fn request_cancel(&self, id: TaskId) -> Result<bool> {
         (**self).request_cancel(id).await
+    }
+    async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        (**self).stats(query).await
     }
 }
 

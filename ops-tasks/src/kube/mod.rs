@@ -35,7 +35,9 @@
 //!   service links. Namespaces enforce the `baseline` Pod Security level and warn on
 //!   `restricted`.
 //! - The timeout is `activeDeadlineSeconds` (rounded up to whole seconds); cancel deletes
-//!   the pod with [`KubeExecutorConfig::kill_grace`] as the grace period.
+//!   the pod with [`KubeExecutorConfig::kill_grace`] as the grace period;
+//!   [`Executor::preempt`] deletes it with the grace it is given (rounded up to whole
+//!   seconds, at least 1) and the attempt ends `Preempted`.
 //! - Scavenger tasks use the PriorityClass [`KubeExecutorConfig::scavenger_priority_class`]
 //!   (value -100, `preemptionPolicy: Never`): they never preempt anything, and any normal
 //!   pod preempts them; the attempt then ends `Preempted`.
@@ -82,7 +84,7 @@
 //! | condition `DisruptionTarget` `PreemptionByScheduler` | `Preempted` |
 //! | pod reason `Evicted`, other `DisruptionTarget`s, deleted by someone else | `Evicted` |
 //! | ResourceQuota refusal lasting [`KubeExecutorConfig::quota_wait`] | `QuotaExceeded` |
-//! | Ops' own delete (cancel) | `Cancelled` |
+//! | Ops' own delete (cancel / preempt) | `Cancelled` / `Preempted` |
 //!
 //! Usage reports wall time only (CPU time and peak memory need the metrics API).
 //!
@@ -237,7 +239,8 @@ struct Attempt {
     started: bool,
     /// Finished is being (or was) reported.
     finishing: bool,
-    cancelled: bool,
+    /// Ops deleted the pod, and why (`Cancelled` or `Preempted`).
+    stopped: Option<Reason>,
     /// An image pull problem and when it was first seen.
     problem: Option<(status::Problem, Instant)>,
     outputs: Option<Arc<Mutex<Scan>>>,
@@ -266,7 +269,7 @@ impl Attempt {
             epoch,
             started: false,
             finishing: false,
-            cancelled: false,
+            stopped: None,
             problem: None,
             outputs: None,
             log: None,
@@ -322,6 +325,15 @@ fn api_error(e: &kube::Error) -> Option<&kube::core::Status> {
         kube::Error::Api(s) => Some(s),
         _ => None,
     }
+}
+
+/// A deletion grace period in whole seconds: rounded up, at least 1 (0 would be a
+/// forced delete that skips SIGTERM, leaving the task no chance to checkpoint).
+fn grace_seconds(grace: Duration) -> u32 {
+    let secs = grace
+        .as_secs()
+        .saturating_add(u64::from(grace.subsec_nanos() > 0));
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
 }
 
 fn is_not_found(e: &kube::Error) -> bool {
@@ -810,7 +822,7 @@ impl Inner {
             return;
         }
         a.created = true;
-        match status::observe(pod, a.cancelled, deleted) {
+        match status::observe(pod, a.stopped, deleted) {
             Observed::Pending { problem } => match problem {
                 Some(p) if p.fatal => {
                     let outcome =
@@ -1043,6 +1055,39 @@ impl Inner {
         }
     }
 
+    /// Stops an attempt for `reason` (`Cancelled` or `Preempted`): deletes its pod with
+    /// `grace` (rounded up to whole seconds, at least 1) as the grace period.
+    async fn stop(
+        self: &Arc<Self>,
+        handle: &RunHandle,
+        reason: Reason,
+        grace: Duration,
+    ) -> Result<()> {
+        let d = detail(handle)?;
+        let key = (d.namespace.clone(), d.pod.clone());
+        let tracked = match self.attempts.lock() {
+            Ok(mut a) => match a.get_mut(&key) {
+                Some(a) => {
+                    // The first reason wins, as with the local executor.
+                    a.stopped.get_or_insert(reason);
+                    Some(a.created)
+                }
+                None => None,
+            },
+            Err(_) => None,
+        };
+        if tracked == Some(false) {
+            // Still waiting for quota: the creation loop reports the stop.
+            return Ok(());
+        }
+        tracing::info!(pod = %d.pod, namespace = %d.namespace, ?reason, ?grace, "deleting pod");
+        let existed = self.delete_pod(&key, Some(grace_seconds(grace))).await;
+        if !existed && tracked.is_some() {
+            self.vanished(&key);
+        }
+        Ok(())
+    }
+
     /// Deletes a pod (404 is fine). `grace`: seconds, `None` for the pod's own.
     async fn delete_pod(&self, key: &PodKey, grace: Option<u32>) -> bool {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
@@ -1080,7 +1125,7 @@ impl Inner {
         if tracked || ours_pending || pod.metadata.deletion_timestamp.is_some() {
             return None;
         }
-        let Observed::Finished { .. } = status::observe(pod, false, false) else {
+        let Observed::Finished { .. } = status::observe(pod, None, false) else {
             return None;
         };
         let finished_at = pod
@@ -1150,7 +1195,7 @@ impl Inner {
 
     /// The pod is gone without Ops seeing how it ended.
     fn vanished(self: &Arc<Self>, key: &PodKey) {
-        let cancelled = {
+        let stopped = {
             let Ok(mut attempts) = self.attempts.lock() else {
                 return;
             };
@@ -1161,10 +1206,10 @@ impl Inner {
                 return;
             }
             a.finishing = true;
-            a.cancelled
+            a.stopped
         };
-        let outcome = if cancelled {
-            Outcome::new(Reason::Cancelled, Some("cancelled".into()))
+        let outcome = if let Some(reason) = stopped {
+            Outcome::new(reason, Some(status::stop_message(reason).into()))
         } else {
             Outcome::new(
                 Reason::Evicted,
@@ -1245,21 +1290,17 @@ impl Inner {
                     return Ok(());
                 }
                 Err(e) if is_quota(&e) => {
-                    let cancelled = self
+                    let stopped = self
                         .attempts
                         .lock()
                         .ok()
-                        .and_then(|a| a.get(&key).map(|a| a.cancelled))
-                        .unwrap_or(true);
+                        .map(|a| a.get(&key).map_or(Some(Reason::Cancelled), |a| a.stopped))
+                        .unwrap_or(Some(Reason::Cancelled));
                     let message = api_error(&e).map(|s| s.message.clone()).unwrap_or_default();
-                    if cancelled {
-                        self.report_end(
-                            &key,
-                            Outcome::new(
-                                Reason::Cancelled,
-                                Some("cancelled while waiting for quota".into()),
-                            ),
-                        );
+                    if let Some(reason) = stopped {
+                        let why =
+                            format!("{} while waiting for quota", status::stop_message(reason));
+                        self.report_end(&key, Outcome::new(reason, Some(why)));
                         return Ok(());
                     }
                     if Instant::now() >= deadline {
@@ -1531,28 +1572,13 @@ impl Executor for KubeExecutor {
     }
 
     async fn cancel(&self, handle: &RunHandle) -> Result<()> {
-        let d = detail(handle)?;
-        let key = (d.namespace.clone(), d.pod.clone());
-        let tracked = match self.inner.attempts.lock() {
-            Ok(mut a) => match a.get_mut(&key) {
-                Some(a) => {
-                    a.cancelled = true;
-                    Some(a.created)
-                }
-                None => None,
-            },
-            Err(_) => None,
-        };
-        if tracked == Some(false) {
-            // Still waiting for quota: the creation loop reports the cancel.
-            return Ok(());
-        }
-        let grace = self.inner.config.kill_grace.as_secs() as u32;
-        let existed = self.inner.delete_pod(&key, Some(grace)).await;
-        if !existed && tracked.is_some() {
-            self.inner.vanished(&key);
-        }
-        Ok(())
+        self.inner
+            .stop(handle, Reason::Cancelled, self.inner.config.kill_grace)
+            .await
+    }
+
+    async fn preempt(&self, handle: &RunHandle, grace: Duration) -> Result<()> {
+        self.inner.stop(handle, Reason::Preempted, grace).await
     }
 
     async fn reattach(
@@ -1617,5 +1643,19 @@ impl Executor for KubeExecutor {
     fn log_path(&self, task_dir: &Path, _stream: LogStream) -> PathBuf {
         // Kubernetes merges stdout and stderr into one log.
         log_path(task_dir, LogStream::Stdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grace_is_whole_seconds_rounded_up() {
+        assert_eq!(grace_seconds(Duration::ZERO), 1);
+        assert_eq!(grace_seconds(Duration::from_millis(300)), 1);
+        assert_eq!(grace_seconds(Duration::from_secs(30)), 30);
+        assert_eq!(grace_seconds(Duration::from_millis(30_001)), 31);
+        assert_eq!(grace_seconds(Duration::MAX), u32::MAX);
     }
 }

@@ -167,7 +167,11 @@ pub fn task_pod(
                     .into(),
             )
         })?;
-    let environment = spec.environment.as_str();
+    let environment = spec
+        .node_pool
+        .as_ref()
+        .unwrap_or(&spec.environment)
+        .as_str();
     let pool = if config.pools.is_empty() {
         None
     } else {

@@ -107,9 +107,17 @@ fn start_error_reason(message: &str) -> Reason {
     }
 }
 
-/// Reads the pod. `cancelled`: Ops deleted it. `deleted`: the object is gone (a DELETE
-/// watch event, or not found).
-pub fn observe(pod: &Pod, cancelled: bool, deleted: bool) -> Observed {
+/// The message of an attempt Ops stopped for `reason`.
+pub fn stop_message(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Preempted => "preempted",
+        _ => "cancelled",
+    }
+}
+
+/// Reads the pod. `stopped`: Ops deleted it, and why (`Cancelled` or `Preempted`).
+/// `deleted`: the object is gone (a DELETE watch event, or not found).
+pub fn observe(pod: &Pod, stopped: Option<Reason>, deleted: bool) -> Observed {
     let container = task_container(pod);
     let state = container.and_then(|c| c.state.as_ref());
     let started_at = state.and_then(|s| {
@@ -167,8 +175,8 @@ pub fn observe(pod: &Pod, cancelled: bool, deleted: bool) -> Observed {
         outcome: o,
     };
 
-    if cancelled {
-        return finished(outcome(Reason::Cancelled, Some("cancelled".into())));
+    if let Some(reason) = stopped {
+        return finished(outcome(reason, Some(stop_message(reason).into())));
     }
     let disruption = status.and_then(|s| s.conditions.as_ref()).and_then(|cs| {
         cs.iter()
@@ -280,7 +288,7 @@ mod tests {
     }
 
     fn finished(p: &Pod) -> Outcome {
-        match observe(p, false, false) {
+        match observe(p, None, false) {
             Observed::Finished { outcome, .. } => outcome,
             other => panic!("not finished: {other:?}"),
         }
@@ -327,8 +335,15 @@ mod tests {
         assert_eq!(finished(&pod(s)).reason, Reason::Evicted);
         // Ops' own delete wins over everything.
         let p = pod(terminated(143, "Error"));
-        match observe(&p, true, false) {
+        match observe(&p, Some(Reason::Cancelled), false) {
             Observed::Finished { outcome, .. } => assert_eq!(outcome.reason, Reason::Cancelled),
+            o => panic!("{o:?}"),
+        }
+        match observe(&p, Some(Reason::Preempted), false) {
+            Observed::Finished { outcome, .. } => {
+                assert_eq!(outcome.reason, Reason::Preempted);
+                assert_eq!(outcome.signal, Some(15));
+            }
             o => panic!("{o:?}"),
         }
     }
@@ -336,7 +351,7 @@ mod tests {
     #[test]
     fn pending_running_and_pull_problems() {
         assert_eq!(
-            observe(&pod(json!({"phase": "Pending"})), false, false),
+            observe(&pod(json!({"phase": "Pending"})), None, false),
             Observed::Pending { problem: None }
         );
         let waiting = |reason: &str| {
@@ -344,14 +359,14 @@ mod tests {
             "name": "task", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
             "state": {"waiting": {"reason": reason, "message": "pull access denied"}}}]})
         };
-        match observe(&pod(waiting("ErrImagePull")), false, false) {
+        match observe(&pod(waiting("ErrImagePull")), None, false) {
             Observed::Pending { problem: Some(p) } => {
                 assert_eq!(p.reason, Reason::ImageUnavailable);
                 assert!(!p.fatal);
             }
             o => panic!("{o:?}"),
         }
-        match observe(&pod(waiting("InvalidImageName")), false, false) {
+        match observe(&pod(waiting("InvalidImageName")), None, false) {
             Observed::Pending { problem: Some(p) } => assert!(p.fatal),
             o => panic!("{o:?}"),
         }
@@ -359,11 +374,11 @@ mod tests {
             "name": "task", "image": "x", "imageID": "", "ready": true, "restartCount": 0,
             "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}}}]});
         assert!(matches!(
-            observe(&pod(running.clone()), false, false),
+            observe(&pod(running.clone()), None, false),
             Observed::Running { .. }
         ));
         // Deleted while running, without a final status: evicted by someone else.
-        match observe(&pod(running), false, true) {
+        match observe(&pod(running), None, true) {
             Observed::Finished {
                 outcome,
                 started_at,

@@ -24,12 +24,13 @@
 //!   by signal `N` reaches the wrapper as status `128 + N` and is reported as `Signaled`
 //!   with `signal = N` (as Docker and Kubernetes do: a program that itself exits with
 //!   129–192 is reported the same way). An OOM kill counted by the cgroup is
-//!   `OutOfMemory`; a kill by the executor is `TimedOut`, `Cancelled` or `OutOfMemory`
-//!   (watchdog) whatever the status. When the main program ends, processes it left
+//!   `OutOfMemory`; a kill by the executor is `TimedOut`, `Cancelled`, `Preempted` or
+//!   `OutOfMemory` (watchdog) whatever the status. When the main program ends, processes it left
 //!   behind are killed (as when a container's init exits).
 //! - **Stopping.** Timeout and cancel send SIGTERM to the process group and to every
 //!   process of the cgroup, wait [`LocalExecutorConfig::kill_grace`], then SIGKILL
-//!   (`cgroup.kill` on v2). Children that left the process group (`setsid`, double fork)
+//!   (`cgroup.kill` on v2). [`Executor::preempt`] does the same with the grace it is
+//!   given (the time a scavenger task has to checkpoint) and reports `Preempted`. Children that left the process group (`setsid`, double fork)
 //!   are still in the cgroup, so they die too; without cgroups only the process group is
 //!   reached.
 //! - **Outputs.** The task directory (minus `.ops/`) is scanned every
@@ -167,8 +168,14 @@ impl Drop for Inner {
     }
 }
 
+/// A request to the watcher of one attempt.
 enum Control {
-    Cancel(oneshot::Sender<()>),
+    /// Stop the attempt: SIGTERM, then SIGKILL after `grace`; `ack` once begun.
+    Stop {
+        reason: Reason,
+        grace: Duration,
+        ack: oneshot::Sender<()>,
+    },
 }
 
 /// What the run handle remembers (the `detail` of [`RunHandle`]).
@@ -283,9 +290,15 @@ impl LocalExecutor {
     /// executor instead.
     pub async fn shutdown(&self) {
         let controls: Vec<_> = lock(&self.inner.running).values().cloned().collect();
+        let grace = self.inner.config.kill_grace;
         for control in controls {
             let (ack, acked) = oneshot::channel();
-            if control.send(Control::Cancel(ack)).is_ok() {
+            let stop = Control::Stop {
+                reason: Reason::Cancelled,
+                grace,
+                ack,
+            };
+            if control.send(stop).is_ok() {
                 let _ = acked.await;
             }
         }
@@ -296,6 +309,47 @@ impl LocalExecutor {
     pub fn log_offsets(handle: &RunHandle) -> Option<(u64, u64)> {
         let d: HandleDetail = serde_json::from_value(handle.detail.clone()).ok()?;
         Some((d.stdout_offset, d.stderr_offset))
+    }
+
+    /// Stops an attempt with `reason` (`Cancelled` or `Preempted`): SIGTERM, then SIGKILL
+    /// after `grace`. Returns once the stop has begun; an attempt that already ended is
+    /// not an error.
+    async fn stop(&self, handle: &RunHandle, reason: Reason, grace: Duration) -> Result<()> {
+        check_handle(handle)?;
+        let key = (handle.task_id, handle.attempt);
+        let control = lock(&self.inner.running).get(&key).cloned();
+        if let Some(control) = control {
+            let (ack, acked) = oneshot::channel();
+            let stop = Control::Stop { reason, grace, ack };
+            if control.send(stop).is_ok() {
+                let _ = acked.await;
+            }
+            return Ok(());
+        }
+        // Not watched by this executor (e.g. after a restart, before reattach): stop it
+        // anyway if it still runs.
+        let Some(detail) = handle_detail(handle)? else {
+            return Ok(());
+        };
+        if let Some(pid) = detail.pid
+            && process::is_alive(pid, detail.start_ticks)
+        {
+            tracing::info!(task_id = %key.0, attempt = key.1, pid, ?reason, "stopping an unwatched attempt");
+            let kill_all = move |signal: Signal| {
+                if process::is_alive(pid, detail.start_ticks) {
+                    process::signal_group(pid, signal);
+                }
+                if let Some(cg) = &detail.cgroup {
+                    cg.signal_all(signal);
+                }
+            };
+            kill_all(Signal::SIGTERM);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                kill_all(Signal::SIGKILL);
+            });
+        }
+        Ok(())
     }
 }
 
@@ -605,41 +659,12 @@ impl Executor for LocalExecutor {
     }
 
     async fn cancel(&self, handle: &RunHandle) -> Result<()> {
-        check_handle(handle)?;
-        let key = (handle.task_id, handle.attempt);
-        let control = lock(&self.inner.running).get(&key).cloned();
-        if let Some(control) = control {
-            let (ack, acked) = oneshot::channel();
-            if control.send(Control::Cancel(ack)).is_ok() {
-                let _ = acked.await;
-            }
-            return Ok(());
-        }
-        // Not watched by this executor (e.g. after a restart, before reattach): stop it
-        // anyway if it still runs.
-        let Some(detail) = handle_detail(handle)? else {
-            return Ok(());
-        };
-        if let Some(pid) = detail.pid
-            && process::is_alive(pid, detail.start_ticks)
-        {
-            tracing::info!(task_id = %key.0, attempt = key.1, pid, "cancelling an unwatched attempt");
-            let kill_all = move |signal: Signal| {
-                if process::is_alive(pid, detail.start_ticks) {
-                    process::signal_group(pid, signal);
-                }
-                if let Some(cg) = &detail.cgroup {
-                    cg.signal_all(signal);
-                }
-            };
-            kill_all(Signal::SIGTERM);
-            let grace = self.inner.config.kill_grace;
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                kill_all(Signal::SIGKILL);
-            });
-        }
-        Ok(())
+        self.stop(handle, Reason::Cancelled, self.inner.config.kill_grace)
+            .await
+    }
+
+    async fn preempt(&self, handle: &RunHandle, grace: Duration) -> Result<()> {
+        self.stop(handle, Reason::Preempted, grace).await
     }
 
     async fn reattach(
@@ -696,7 +721,7 @@ impl Executor for LocalExecutor {
             attempt.spawn(None);
             Ok(Reattached::Running)
         } else {
-            let outcome = attempt.finish(None, None).await;
+            let outcome = attempt.finish(None, None, None).await;
             tracing::info!(task_id = %key.0, attempt = key.1, pid, reason = ?outcome.reason, "attempt ended while detached");
             Ok(Reattached::Gone(outcome))
         }
@@ -896,8 +921,12 @@ impl Attempt {
                     }
                 }
                 status = wait_child(&mut child) => break Some(status),
-                Some(Control::Cancel(ack)) = control.recv() => {
-                    self.begin_kill(&mut kill, Reason::Cancelled, "cancelled".to_owned(), false, child.is_some());
+                Some(Control::Stop { reason, grace, ack }) = control.recv() => {
+                    let message = match reason {
+                        Reason::Preempted => "preempted",
+                        _ => "cancelled",
+                    };
+                    self.begin_kill(&mut kill, reason, message.to_owned(), Some(grace), child.is_some());
                     let _ = ack.send(());
                 }
                 () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
@@ -906,7 +935,7 @@ impl Attempt {
                         break None;
                     }
                     let secs = self.timeout.unwrap_or_default().as_secs_f64();
-                    self.begin_kill(&mut kill, Reason::TimedOut, format!("timed out after {secs}s"), false, child.is_some());
+                    self.begin_kill(&mut kill, Reason::TimedOut, format!("timed out after {secs}s"), Some(self.inner.config.kill_grace), child.is_some());
                 }
                 () = tokio::time::sleep_until(force_at.unwrap_or(far)), if force_at.is_some() => {
                     self.signal(Signal::SIGKILL, child.is_some());
@@ -925,12 +954,12 @@ impl Attempt {
                             "out of memory: {} bytes resident, limit {} bytes",
                             sample.rss, self.memory_limit
                         );
-                        self.begin_kill(&mut kill, Reason::OutOfMemory, message, true, child.is_some());
+                        self.begin_kill(&mut kill, Reason::OutOfMemory, message, None, child.is_some());
                     }
                 }
             }
         };
-        let outcome = self.finish(status, kill).await;
+        let outcome = self.finish(status, kill, Some(&mut control)).await;
         tracing::info!(
             task_id = %self.key.0,
             attempt = self.key.1,
@@ -943,20 +972,24 @@ impl Attempt {
     }
 
     /// Starts stopping the attempt (the first reason wins): SIGTERM now and SIGKILL after
-    /// the grace period, or SIGKILL at once when `now`.
+    /// `grace`, or SIGKILL at once without a grace. A later stop may bring the SIGKILL
+    /// forward (a cancel during a long preemption grace), never put it off.
     fn begin_kill(
         &self,
         kill: &mut Option<Kill>,
         reason: Reason,
         message: String,
-        now: bool,
+        grace: Option<Duration>,
         leader_ours: bool,
     ) {
-        if kill.is_some() {
+        if let Some(k) = kill.as_mut() {
+            if let Some(g) = grace {
+                k.force_at = k.force_at.min(Instant::now() + g);
+            }
             return;
         }
         tracing::info!(task_id = %self.key.0, attempt = self.key.1, ?reason, %message, "stopping attempt");
-        let signal = if now {
+        let signal = if grace.is_none() {
             Signal::SIGKILL
         } else {
             Signal::SIGTERM
@@ -965,8 +998,8 @@ impl Attempt {
         *kill = Some(Kill {
             reason,
             message,
-            force_at: Instant::now() + self.inner.config.kill_grace,
-            forced: now,
+            force_at: Instant::now() + grace.unwrap_or_default(),
+            forced: grace.is_none(),
         });
     }
 
@@ -1020,12 +1053,13 @@ impl Attempt {
         &self,
         status: Option<std::io::Result<std::process::ExitStatus>>,
         kill: Option<Kill>,
+        mut control: Option<&mut mpsc::UnboundedReceiver<Control>>,
     ) -> Outcome {
         let ended = Instant::now();
         let exit_path = exit_file(&self.task_dir, self.key.1);
         // Leftovers get the rest of the grace period when a kill is under way, none
         // otherwise (as when a container's init exits).
-        let grace_end = match &kill {
+        let mut grace_end = match &kill {
             Some(k) if !k.forced => k.force_at,
             _ => Instant::now(),
         };
@@ -1044,7 +1078,19 @@ impl Attempt {
                 tracing::warn!(task_id = %self.key.0, attempt = self.key.1, pids = ?members, "processes survive SIGKILL");
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let pause = tokio::time::sleep(Duration::from_millis(20));
+            match control.as_deref_mut() {
+                Some(rx) => tokio::select! {
+                    () = pause => {}
+                    // A stop while leftovers use up the grace (the main process already
+                    // ended): it may bring the kill forward, as during the run.
+                    Some(Control::Stop { grace, ack, .. }) = rx.recv() => {
+                        grace_end = grace_end.min(Instant::now() + grace);
+                        let _ = ack.send(());
+                    }
+                },
+                None => pause.await,
+            }
         }
 
         let sample = self.sample(true).await;

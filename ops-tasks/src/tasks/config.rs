@@ -23,6 +23,8 @@ pub struct TasksConfig {
     /// Identity and lease timing of this process's coordinator (matters when several
     /// coordinators share one history store).
     pub coordinator: CoordinatorConfig,
+    /// Quotas, environments, fair share and the scavenger tier.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for TasksConfig {
@@ -35,6 +37,7 @@ impl Default for TasksConfig {
             batch_size: 512,
             retention: None,
             coordinator: CoordinatorConfig::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }

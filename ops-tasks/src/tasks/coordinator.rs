@@ -11,17 +11,20 @@
 //! tasks of coordinators whose lease expired, and claims unowned queued tasks when it
 //! has room.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ops_core::{Event, Reason, Resources, TaskId, TaskStatus, event_types};
+use ops_core::{Event, Reason, TaskId, TaskStatus, event_types};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{TasksConfig, event_with, reason_status, task_data, task_event};
+use super::{TasksConfig, event_with, reason_status, request_of, task_data, task_event};
+use crate::admission::{
+    Admission, AdmissionPolicy, BudgetDecision, BudgetGate, BudgetRequest, Preemption, QueueInfo,
+    TenantUsage,
+};
 use crate::history::{ChangeBatch, HistoryStore, Lease, OutputRecord, TaskRecord, Transition};
 use crate::{Error, Executor, ExecutorUpdate, Outcome, Reattached, Result, RunHandle};
 
@@ -30,6 +33,10 @@ pub(crate) enum Command {
     Cancel(TaskId, oneshot::Sender<Result<()>>),
     /// Stop (true) or resume (false) admitting queued tasks.
     Pause(bool),
+    /// Why a queued task waits.
+    Explain(TaskId, oneshot::Sender<Option<QueueInfo>>),
+    /// Tenants' standing per environment.
+    Usage(oneshot::Sender<Vec<TenantUsage>>),
     Shutdown,
 }
 
@@ -37,13 +44,18 @@ struct Running {
     record: TaskRecord,
     handle: Option<RunHandle>,
     cancel_requested: bool,
+    /// Admission asked for it to be stopped to make room: its end requeues it.
+    preempting: bool,
 }
 
 /// Claimed-but-not-started tasks a coordinator holds at most when `max_running` is 0.
 const CLAIM_AHEAD: usize = 32;
 
-/// Queue order: priority high first, then submission order (ids are time-ordered).
-type QueueKey = (Reverse<i32>, TaskId);
+/// What admission runs on: the policy, and the budget hook if there is one.
+pub(crate) struct AdmissionGate {
+    pub(crate) policy: Arc<AdmissionPolicy>,
+    pub(crate) budget: Option<Arc<dyn BudgetGate>>,
+}
 
 pub(crate) struct Coordinator {
     history: Arc<dyn HistoryStore>,
@@ -53,11 +65,14 @@ pub(crate) struct Coordinator {
     commands: mpsc::UnboundedReceiver<Command>,
     updates_tx: mpsc::UnboundedSender<ExecutorUpdate>,
     updates: mpsc::UnboundedReceiver<ExecutorUpdate>,
-    queue: BTreeMap<QueueKey, TaskRecord>,
+    /// Queued tasks; their order and admission live in `admission`.
+    queue: HashMap<TaskId, TaskRecord>,
+    admission: Admission,
+    budget: Option<Arc<dyn BudgetGate>>,
+    /// Tasks admission can never run (found when queued): failed in the next round.
+    rejected: Vec<(TaskRecord, String)>,
     waiting: HashMap<TaskId, TaskRecord>,
     running: HashMap<TaskId, Running>,
-    used: Resources,
-    capacity: Resources,
     shutdown: bool,
     pending: Option<ChangeBatch>,
     paused: bool,
@@ -74,9 +89,10 @@ impl Coordinator {
         live: broadcast::Sender<Event>,
         commands: mpsc::UnboundedReceiver<Command>,
         lease: Lease,
+        gate: AdmissionGate,
     ) -> Self {
+        let AdmissionGate { policy, budget } = gate;
         let (updates_tx, updates) = mpsc::unbounded_channel();
-        let capacity = executor.capacity();
         let now = Instant::now();
         Self {
             history,
@@ -86,11 +102,12 @@ impl Coordinator {
             commands,
             updates_tx,
             updates,
-            queue: BTreeMap::new(),
+            queue: HashMap::new(),
+            admission: Admission::new(policy),
+            budget,
+            rejected: Vec::new(),
             waiting: HashMap::new(),
             running: HashMap::new(),
-            used: Resources::default(),
-            capacity,
             shutdown: false,
             pending: None,
             paused: false,
@@ -133,7 +150,16 @@ impl Coordinator {
     pub(crate) async fn resync(&mut self) -> Result<()> {
         let owned = self.history.owned(&self.lease.owner).await?;
         let owned_ids: HashSet<TaskId> = owned.iter().map(|r| r.id).collect();
-        self.queue.retain(|(_, id), _| owned_ids.contains(id));
+        let gone: Vec<TaskId> = self
+            .queue
+            .keys()
+            .filter(|id| !owned_ids.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.queue.remove(&id);
+            self.admission.remove(id);
+        }
         self.waiting.retain(|id, _| owned_ids.contains(id));
         let lost: Vec<TaskId> = self
             .running
@@ -146,8 +172,8 @@ impl Coordinator {
         }
         let known: HashSet<TaskId> = self
             .queue
-            .values()
-            .map(|r| r.id)
+            .keys()
+            .copied()
             .chain(self.waiting.keys().copied())
             .chain(self.running.keys().copied())
             .collect();
@@ -165,7 +191,7 @@ impl Coordinator {
         let Some(running) = self.running.remove(&id) else {
             return;
         };
-        self.used = self.used.saturating_sub(&running.record.spec.resources);
+        self.admission.release(id);
         tracing::warn!(task_id = %id, why, "no longer owned here; stopping its process");
         if let Some(handle) = running.handle {
             let executor = self.executor.clone();
@@ -181,7 +207,8 @@ impl Coordinator {
     /// coordinator owns it now), stopping its process if it runs here.
     fn forget(&mut self, id: TaskId) {
         tracing::warn!(task_id = %id, "change refused by the store: the task is owned elsewhere now");
-        self.queue.retain(|(_, tid), _| *tid != id);
+        self.queue.remove(&id);
+        self.admission.remove(id);
         self.waiting.remove(&id);
         self.drop_running(id, "change refused by the store");
     }
@@ -252,8 +279,7 @@ impl Coordinator {
         }
         .min(self.config.batch_size);
         let want = limit.saturating_sub(self.queue.len());
-        let free = self.capacity.saturating_sub(&self.used);
-        if want == 0 || free.cpu_millis == 0 || free.memory_bytes == 0 {
+        if want == 0 || !self.admission.has_room() {
             return;
         }
         match self.history.claim(&self.lease, want as u32).await {
@@ -308,7 +334,7 @@ impl Coordinator {
                         None => Some(lost_outcome("no run handle was recorded")),
                     };
                     let id = record.id;
-                    self.used = self.used.saturating_add(&record.spec.resources);
+                    self.admission.occupy(id, &request_of(&record));
                     let handle = record.run_handle.clone();
                     self.running.insert(
                         id,
@@ -316,6 +342,7 @@ impl Coordinator {
                             record,
                             handle,
                             cancel_requested: false,
+                            preempting: false,
                         },
                     );
                     match outcome {
@@ -336,8 +363,12 @@ impl Coordinator {
     }
 
     fn enqueue(&mut self, record: TaskRecord) {
-        self.queue
-            .insert((Reverse(record.priority), record.id), record);
+        match self.admission.enqueue(record.id, &request_of(&record)) {
+            Ok(()) => {
+                self.queue.insert(record.id, record);
+            }
+            Err(e) => self.rejected.push((record, e.to_string())),
+        }
     }
 
     pub(crate) async fn run(mut self) {
@@ -462,16 +493,23 @@ impl Coordinator {
                 replies.push((reply, result));
             }
             Command::Pause(paused) => self.paused = paused,
+            Command::Explain(id, reply) => {
+                let _ = reply.send(self.admission.explain(id, Utc::now()));
+            }
+            Command::Usage(reply) => {
+                let _ = reply.send(self.admission.usage());
+            }
             Command::Shutdown => self.shutdown = true,
         }
     }
 
     fn cancel(&mut self, id: TaskId, batch: &mut ChangeBatch) -> Result<()> {
-        let queued_key = self.queue.keys().find(|(_, tid)| *tid == id).copied();
-        let record = if let Some(key) = queued_key {
-            self.queue.remove(&key)
-        } else {
-            self.waiting.remove(&id)
+        let record = match self.queue.remove(&id) {
+            Some(record) => {
+                self.admission.remove(id);
+                Some(record)
+            }
+            None => self.waiting.remove(&id),
         };
         if let Some(mut record) = record {
             let from = record.status;
@@ -558,7 +596,14 @@ impl Coordinator {
         let Some(running) = self.running.remove(&id) else {
             return;
         };
-        self.used = self.used.saturating_sub(&running.record.spec.resources);
+        let preempted = !running.cancel_requested
+            && (outcome.reason == Reason::Preempted
+                || (running.preempting && outcome.reason != Reason::Completed));
+        if preempted {
+            self.requeue_preempted(running.record, outcome, batch);
+            return;
+        }
+        self.admission.release(id);
         let mut record = running.record;
         let mut reason = outcome.reason;
         if running.cancel_requested && reason != Reason::Completed {
@@ -602,6 +647,119 @@ impl Coordinator {
         self.transition(TaskStatus::Running, record, ty, batch);
     }
 
+    /// A preempted attempt: `ops.task.preempted`, and the task goes back to the queue
+    /// in its old place (preemption uses up none of its retries).
+    fn requeue_preempted(
+        &mut self,
+        mut record: TaskRecord,
+        outcome: Outcome,
+        batch: &mut ChangeBatch,
+    ) {
+        let id = record.id;
+        record.usage.accumulate(&outcome.usage);
+        record.status = TaskStatus::Queued;
+        record.reason = Some(Reason::Preempted);
+        record.message = Some("preempted to make room for other work; queued again".to_owned());
+        record.exit_code = outcome.exit_code;
+        record.max_attempts = record.max_attempts.saturating_add(1);
+        tracing::info!(task_id = %id, attempt = record.attempt, "preempted; requeued");
+        self.transition(
+            TaskStatus::Running,
+            record.clone(),
+            event_types::TASK_PREEMPTED,
+            batch,
+        );
+        if self.admission.requeue(id) {
+            self.queue.insert(id, record);
+        } else {
+            self.enqueue(record);
+        }
+    }
+
+    /// Asks the executor to stop the victims admission chose, with the grace period.
+    fn preempt(&mut self, victims: Vec<Preemption>) {
+        let grace = self.admission.policy().grace();
+        for p in victims {
+            let Some(running) = self.running.get_mut(&p.victim) else {
+                // Not running here any more: nothing holds its room.
+                self.admission.release(p.victim);
+                continue;
+            };
+            if running.preempting || running.cancel_requested {
+                continue;
+            }
+            running.preempting = true;
+            tracing::info!(task_id = %p.victim, for_task = %p.for_task, cause = ?p.cause, ?grace, "preempting");
+            if let Some(handle) = running.handle.clone() {
+                let executor = self.executor.clone();
+                let id = p.victim;
+                tokio::spawn(async move {
+                    if let Err(e) = executor.preempt(&handle, grace).await {
+                        tracing::warn!(task_id = %id, error = %e, "preemption failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Fails tasks admission can never run (e.g. after a configuration change).
+    fn fail_rejected(&mut self, batch: &mut ChangeBatch) {
+        for (mut record, why) in std::mem::take(&mut self.rejected) {
+            let from = record.status;
+            tracing::warn!(task_id = %record.id, %why, "task can never be admitted; failing it");
+            record.status = TaskStatus::Failed;
+            record.reason = Some(Reason::LaunchFailed);
+            record.message = Some(why);
+            record.finished_at = Some(Utc::now());
+            record.not_before = None;
+            self.transition(from, record, event_types::TASK_FAILED, batch);
+        }
+    }
+
+    /// Asks the budget gate about admitted tasks; refused ones go back to the queue,
+    /// held with the gate's reason.
+    async fn budget_check(&mut self, launches: Vec<TaskRecord>) -> Vec<TaskRecord> {
+        let Some(gate) = self.budget.clone() else {
+            return launches;
+        };
+        let requests: Vec<BudgetRequest> = launches
+            .iter()
+            .map(|r| BudgetRequest {
+                task_id: r.id,
+                tenant: r.tenant.clone(),
+                environment: r.environment.clone(),
+                template: r.template.clone(),
+                labels: r.labels.clone(),
+                resources: r.spec.resources.clone(),
+                timeout: r.spec.timeout,
+                scavenger: r.spec.scavenger,
+                attempt: r.attempt + 1,
+            })
+            .collect();
+        let decisions = futures::future::join_all(requests.iter().map(|req| gate.check(req))).await;
+        let recheck = self.admission.policy().config().budget_recheck;
+        let now = Utc::now();
+        let mut allowed = Vec::with_capacity(launches.len());
+        for (record, decision) in launches.into_iter().zip(decisions) {
+            let (reason, after) = match decision {
+                Ok(BudgetDecision::Allow) => {
+                    allowed.push(record);
+                    continue;
+                }
+                Ok(BudgetDecision::Refuse {
+                    reason,
+                    retry_after,
+                }) => (reason, retry_after.unwrap_or(recheck)),
+                Err(e) => (format!("the budget gate failed: {e}"), recheck),
+            };
+            tracing::info!(task_id = %record.id, %reason, "budget gate refused; task stays queued");
+            let until = now + chrono::Duration::from_std(after).unwrap_or_default();
+            self.admission.refuse(record.id, reason, until);
+            self.queue.insert(record.id, record);
+        }
+        allowed
+    }
+
     fn transition(&self, from: TaskStatus, record: TaskRecord, ty: &str, batch: &mut ChangeBatch) {
         let event = task_event(&self.config.source, ty, &record);
         batch.transitions.push(Transition::new(from, record, event));
@@ -631,48 +789,63 @@ impl Coordinator {
         }
     }
 
-    /// Admits queued tasks in order (priority, then FIFO) while they fit; a task that
-    /// does not fit is skipped for this round so smaller ones can use what is free.
+    /// Runs an admission pass (quotas, priorities, fair share, scavengers), stops the
+    /// work it preempts, asks the budget gate, and launches what is left.
     async fn admit_and_launch(&mut self, batch: &mut ChangeBatch) {
+        self.fail_rejected(batch);
         if self.paused {
             return;
         }
-        let mut admitted = Vec::new();
-        let mut free = self.capacity.saturating_sub(&self.used);
-        let max_running = self.config.max_running;
-        for (key, record) in &self.queue {
-            if admitted.len() >= self.config.batch_size
-                || (max_running > 0 && self.running.len() + admitted.len() >= max_running)
-            {
-                break;
-            }
-            if record.spec.resources.fits_in(&free) {
-                free = free.saturating_sub(&record.spec.resources);
-                admitted.push(*key);
-            }
-            if free.cpu_millis == 0 && free.memory_bytes == 0 {
-                break;
-            }
+        let mut limit = self.config.batch_size;
+        if self.config.max_running > 0 {
+            limit = limit.min(self.config.max_running.saturating_sub(self.running.len()));
         }
-        if admitted.is_empty() {
+        let pass = self.admission.pass(Utc::now(), limit);
+        self.preempt(pass.preempt);
+        if pass.admitted.is_empty() {
             return;
         }
-        let mut launches = Vec::with_capacity(admitted.len());
-        for key in admitted {
-            let Some(mut record) = self.queue.remove(&key) else {
-                continue;
-            };
-            record.attempt += 1;
-            record.spec.attempt = record.attempt;
-            // The task runs under this coordinator's root, wherever it was submitted
-            // (a submit-only front end's root means nothing on this machine).
-            record.spec.task_dir = self
-                .config
-                .root
-                .join(record.tenant.as_str())
-                .join(record.id.to_string());
-            self.used = self.used.saturating_add(&record.spec.resources);
-            launches.push(record);
+        let mut launches = Vec::with_capacity(pass.admitted.len());
+        for admitted in pass.admitted {
+            match self.queue.remove(&admitted.id) {
+                Some(mut record) => {
+                    // Borrowed capacity of another environment: run in its pool.
+                    record.spec.node_pool = (admitted.segment != crate::admission::SHARED_SEGMENT
+                        && admitted.segment != record.environment.as_str())
+                    .then(|| ops_core::Environment::new(admitted.segment.clone()));
+                    launches.push(record);
+                }
+                None => {
+                    self.admission.release(admitted.id);
+                }
+            }
+        }
+        let launches = self.budget_check(launches).await;
+        let grace = self.admission.policy().grace();
+        let launches: Vec<TaskRecord> = launches
+            .into_iter()
+            .map(|mut record| {
+                record.attempt += 1;
+                record.spec.attempt = record.attempt;
+                // The task runs under this coordinator's root, wherever it was submitted
+                // (a submit-only front end's root means nothing on this machine).
+                record.spec.task_dir = self
+                    .config
+                    .root
+                    .join(record.tenant.as_str())
+                    .join(record.id.to_string());
+                if record.spec.scavenger {
+                    record.spec.env.insert("OPS_SCAVENGER".into(), "1".into());
+                    record.spec.env.insert(
+                        "OPS_PREEMPT_GRACE_SECONDS".into(),
+                        grace.as_secs().to_string(),
+                    );
+                }
+                record
+            })
+            .collect();
+        if launches.is_empty() {
+            return;
         }
         let executor = &self.executor;
         let updates = &self.updates_tx;
@@ -705,6 +878,7 @@ impl Coordinator {
                             record,
                             handle: Some(handle),
                             cancel_requested: false,
+                            preempting: false,
                         },
                     );
                 }
@@ -723,6 +897,7 @@ impl Coordinator {
                             record,
                             handle: None,
                             cancel_requested: false,
+                            preempting: false,
                         },
                     );
                     self.finish(

@@ -4,7 +4,7 @@
 mod config;
 mod coordinator;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,9 +20,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use config::{CoordinatorConfig, RetentionPolicy, TasksConfig};
 
+use crate::admission::{AdmissionPolicy, BudgetGate, QueueInfo, Request, TenantUsage, WaitReason};
 use crate::history::{
     ChangeBatch, HistoryStore, Lease, OutputRecord, TaskPage, TaskQuery, TaskRecord, Transition,
 };
+use crate::history::{StatsQuery, TemplateStats};
 use crate::template::Catalogue;
 use crate::{Error, Executor, LaunchSpec, LogStream, Result};
 use coordinator::{Command, Coordinator};
@@ -86,12 +88,17 @@ impl SubmitRequest {
 /// A boxed stream, as returned by [`Tasks::watch`] and [`Tasks::follow_logs`].
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
+/// Mean run time by template, per tenant, with when it was read.
+type RunMeans = HashMap<Tenant, (std::time::Instant, HashMap<String, Duration>)>;
+
 struct Inner {
     catalogue: Catalogue,
     history: Arc<dyn HistoryStore>,
     /// `None` for a submit-only service (no coordinator in this process).
     executor: Option<Arc<dyn Executor>>,
     config: TasksConfig,
+    /// Admission settings over the executor's nodes (without nodes when submit-only).
+    policy: Arc<AdmissionPolicy>,
     /// This process's coordinator id (owner of the tasks it submits and runs).
     owner: Option<String>,
     commands: Option<mpsc::UnboundedSender<Command>>,
@@ -99,6 +106,8 @@ struct Inner {
     coordinator: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     root_lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
+    /// Mean run time per template, by tenant, from history (refreshed each minute).
+    run_means: std::sync::Mutex<RunMeans>,
 }
 
 /// The task service: one per platform process. Cheap to clone.
@@ -128,6 +137,7 @@ pub struct TasksBuilder {
     executor: Option<Arc<dyn Executor>>,
     config: TasksConfig,
     submit_only: bool,
+    budget: Option<Arc<dyn BudgetGate>>,
 }
 
 impl TasksBuilder {
@@ -144,6 +154,12 @@ impl TasksBuilder {
     /// What runs the tasks (required).
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
+        self
+    }
+    /// The budget hook: asked before each admitted task starts; a refusal keeps the
+    /// task queued with the gate's reason (see [`Tasks::explain`]).
+    pub fn budget_gate(mut self, gate: impl BudgetGate) -> Self {
+        self.budget = Some(Arc::new(gate));
         self
     }
     /// Settings.
@@ -173,18 +189,22 @@ impl TasksBuilder {
         self.config.coordinator.validate().map_err(Error::Config)?;
         let (live, _) = broadcast::channel(4096);
         if self.submit_only {
+            let policy = Arc::new(AdmissionPolicy::new(self.config.admission.clone(), &[])?);
+            check_default_environment(&policy, &self.config)?;
             let tasks = Tasks {
                 inner: Arc::new(Inner {
                     catalogue,
                     history,
                     executor: None,
                     config: self.config,
+                    policy,
                     owner: None,
                     commands: None,
                     live,
                     coordinator: std::sync::Mutex::new(None),
                     pruner: std::sync::Mutex::new(None),
                     root_lock: std::sync::Mutex::new(None),
+                    run_means: Default::default(),
                 }),
             };
             tasks.start_pruner();
@@ -193,6 +213,11 @@ impl TasksBuilder {
         let executor = self
             .executor
             .ok_or_else(|| missing("an executor (or .submit_only())"))?;
+        let policy = Arc::new(AdmissionPolicy::new(
+            self.config.admission.clone(),
+            &executor.nodes(),
+        )?);
+        check_default_environment(&policy, &self.config)?;
         let root = &self.config.root;
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         let root_lock = lock_root(root)?;
@@ -211,6 +236,10 @@ impl TasksBuilder {
             live.clone(),
             command_rx,
             lease,
+            coordinator::AdmissionGate {
+                policy: policy.clone(),
+                budget: self.budget,
+            },
         );
         coordinator.acquire(force).await?;
         coordinator.resync().await?;
@@ -221,17 +250,43 @@ impl TasksBuilder {
                 history,
                 executor: Some(executor),
                 config: self.config,
+                policy,
                 owner: Some(owner),
                 commands: Some(commands),
                 live,
                 coordinator: std::sync::Mutex::new(Some(handle)),
                 pruner: std::sync::Mutex::new(None),
                 root_lock: std::sync::Mutex::new(Some(root_lock)),
+                run_means: Default::default(),
             }),
         };
         tasks.start_pruner();
         Ok(tasks)
     }
+}
+
+/// The default environment must exist when environments are configured.
+fn check_default_environment(policy: &AdmissionPolicy, config: &TasksConfig) -> Result<()> {
+    let envs = &policy.config().environments;
+    if !envs.is_empty() && !envs.contains_key(&config.default_environment) {
+        return Err(Error::Config(format!(
+            "default_environment {:?} is not among admission.environments ({})",
+            config.default_environment,
+            envs.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// What admission needs to know about a task.
+pub(crate) fn request_of(record: &TaskRecord) -> Request {
+    Request::new(
+        record.tenant.clone(),
+        record.environment.clone(),
+        record.spec.resources.clone(),
+    )
+    .priority(record.priority)
+    .scavenger(record.spec.scavenger)
 }
 
 /// Holds `<root>/.coordinator.lock` so that two live processes never coordinate the
@@ -465,6 +520,7 @@ impl Tasks {
             image: template.image().map(str::to_owned),
             scavenger: template.scavenger(),
             run_as_root: template.run_as_root(),
+            node_pool: None,
         };
         let environment = request
             .environment
@@ -473,6 +529,16 @@ impl Tasks {
             environment: environment.clone(),
             ..spec
         };
+        let priority = request.priority.unwrap_or(template.priority());
+        self.inner.policy.check(
+            &Request::new(
+                request.tenant.clone(),
+                environment.clone(),
+                spec.resources.clone(),
+            )
+            .priority(priority)
+            .scavenger(spec.scavenger),
+        )?;
         Ok(TaskRecord {
             id,
             tenant: request.tenant,
@@ -482,7 +548,7 @@ impl Tasks {
             reason: None,
             message: None,
             exit_code: None,
-            priority: request.priority.unwrap_or(template.priority()),
+            priority,
             attempt: 0,
             max_attempts: template.retries().max_attempts.max(1),
             labels,
@@ -744,6 +810,112 @@ impl Tasks {
         self.send(Command::Pause(true))
     }
 
+    /// Why a queued task of `tenant` waits: quota, capacity, priority, budget or (for
+    /// scavenger work) idle capacity; its place in the queue; and an estimated start
+    /// from the run times history records for its template. `None` when the task is
+    /// not waiting in this process's queue (running, finished, retrying, or queued at
+    /// another coordinator).
+    pub async fn explain(&self, tenant: &Tenant, id: TaskId) -> Result<Option<Waiting>> {
+        let record = self.get(tenant, id).await?;
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Explain(id, reply))?;
+        let Some(info) = rx
+            .await
+            .map_err(|_| Error::Config("the task service has shut down".into()))?
+        else {
+            return Ok(None);
+        };
+        let estimated_start = self.estimate_start(&record, &info).await;
+        Ok(Some(Waiting {
+            info,
+            estimated_start,
+        }))
+    }
+
+    /// Wait-time, run-time, outcome and usage statistics per template of `tenant`
+    /// from history (tasks submitted in the query's time range).
+    pub async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        self.inner.history.stats(query).await
+    }
+
+    async fn estimate_start(
+        &self,
+        record: &TaskRecord,
+        info: &QueueInfo,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let now = Utc::now();
+        let waves = match info.reason {
+            WaitReason::Quota | WaitReason::Budget => return None,
+            WaitReason::Preempting => {
+                let grace = self.inner.policy.grace() + Duration::from_secs(1);
+                return Some(now + chrono::Duration::from_std(grace).ok()?);
+            }
+            WaitReason::Priority => 0,
+            WaitReason::Capacity | WaitReason::IdleCapacity => 1,
+        } + info.ahead / info.running_in_segment.max(1);
+        let mean = self.mean_run_time(&record.tenant, &record.template).await?;
+        let wait = mean.checked_mul(u32::try_from(waves).unwrap_or(u32::MAX))?;
+        Some(now + chrono::Duration::from_std(wait).ok()?)
+    }
+
+    /// The mean run time of `template`'s tasks of `tenant` over the last week.
+    async fn mean_run_time(&self, tenant: &Tenant, template: &str) -> Option<Duration> {
+        const FRESH: Duration = Duration::from_secs(60);
+        let cached = {
+            let means = self
+                .inner
+                .run_means
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            means
+                .get(tenant)
+                .filter(|(at, _)| at.elapsed() < FRESH)
+                .map(|(_, m)| m.get(template).copied())
+        };
+        if let Some(mean) = cached {
+            return mean;
+        }
+        let since = Utc::now() - chrono::Duration::days(7);
+        let stats = match self
+            .inner
+            .history
+            .stats(&StatsQuery::tenant(tenant.clone()).since(since))
+            .await
+        {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "no run-time statistics for the start estimate");
+                return None;
+            }
+        };
+        let means: HashMap<String, Duration> = stats
+            .into_iter()
+            .filter(|s| s.tasks > 0 && !s.run_mean.is_zero())
+            .map(|s| (s.template, s.run_mean))
+            .collect();
+        let mean = means.get(template).copied();
+        self.inner
+            .run_means
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.clone(), (std::time::Instant::now(), means));
+        mean
+    }
+
+    /// Every tenant's standing per environment: resources in use, running, borrowed
+    /// and queued tasks, dominant share. For operators, not tenants.
+    pub async fn usage(&self) -> Result<Vec<TenantUsage>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Usage(reply))?;
+        rx.await
+            .map_err(|_| Error::Config("the task service has shut down".into()))
+    }
+
+    /// The admission policy in force.
+    pub fn admission_policy(&self) -> &Arc<AdmissionPolicy> {
+        &self.inner.policy
+    }
+
     /// Resumes admission after [`Tasks::pause`].
     pub fn resume(&self) -> Result<()> {
         self.send(Command::Pause(false))
@@ -781,6 +953,19 @@ impl Tasks {
             .unwrap_or_else(|e| e.into_inner())
             .take();
     }
+}
+
+/// A queued task's standing, from [`Tasks::explain`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Waiting {
+    /// Why it waits and where it stands.
+    #[serde(flatten)]
+    pub info: QueueInfo,
+    /// When it may start, from the mean run time of its template's finished tasks and
+    /// the tasks ahead of it; `None` without history to go on or while it waits for
+    /// quota or budget (which no queue position predicts).
+    pub estimated_start: Option<chrono::DateTime<Utc>>,
 }
 
 fn is_final_event(ty: &str) -> bool {

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use ops_core::{Event, Labels, Reason, TaskId, TaskStatus, Tenant, Usage, event_types};
 use ops_events::{EventBus, SubscribeOptions};
 
-use crate::history::{ChangeBatch, OutputRecord, Transition};
+use crate::history::{ChangeBatch, OutputRecord, StatsQuery, Transition};
 use crate::{
     Error, HistoryStore, LaunchSpec, Lease, RetryPolicy, RunHandle, TaskQuery, TaskRecord,
 };
@@ -55,6 +55,7 @@ pub fn record_with_id(id: TaskId, tenant: &str, status: TaskStatus) -> TaskRecor
         image: Some("ghcr.io/acme/render:1.0".into()),
         scavenger: false,
         run_as_root: false,
+        node_pool: None,
     };
     TaskRecord {
         id,
@@ -190,6 +191,7 @@ where
     check!(cancel_requests);
     check!(prune_deletes_finished_tasks);
     check!(transitions_store_the_attempt_spec);
+    check!(stats_per_template);
     tracing::info!(check = "claims_are_exclusive", "history conformance");
     claims_are_exclusive(make().await).await;
 }
@@ -1047,4 +1049,122 @@ pub async fn events_reach_the_outbox(store: &dyn HistoryStore, bus: &dyn EventBu
         got, want,
         "outbox: exactly the applied changes' events, in order"
     );
+}
+
+/// Statistics per template: counts by outcome, waits and run times, summed usage, within
+/// one tenant and the submission window, over more than one page of `list`.
+pub async fn stats_per_template(store: &dyn HistoryStore) {
+    let base = now() - chrono::Duration::hours(1);
+    let at = |secs: i64| base + chrono::Duration::seconds(secs);
+    // (template, status, submitted, wait, run) in seconds.
+    let specs = [
+        ("render", TaskStatus::Succeeded, 0, Some(2), Some(10)),
+        ("render", TaskStatus::Failed, 1, Some(4), Some(20)),
+        ("render", TaskStatus::TimedOut, 2, Some(6), Some(30)),
+        ("render", TaskStatus::Cancelled, 3, None, None),
+        ("render", TaskStatus::Running, 4, Some(8), None),
+        ("train", TaskStatus::Succeeded, 5, Some(1), Some(1)),
+        // Outside the window: before `since`, at `until`.
+        ("render", TaskStatus::Succeeded, -60, Some(100), Some(100)),
+        ("render", TaskStatus::Succeeded, 600, Some(100), Some(100)),
+        ("render", TaskStatus::Queued, 601, None, None),
+    ];
+    let mut records = Vec::new();
+    for (template, status, submitted, wait, run) in specs {
+        let mut r = record("acme", status);
+        r.template = template.into();
+        r.submitted_at = at(submitted);
+        r.started_at = wait.map(|w| at(submitted + w));
+        r.finished_at = match (wait, run) {
+            (Some(w), Some(run)) => Some(at(submitted + w + run)),
+            _ if status.is_final() => Some(at(submitted + 1)),
+            _ => None,
+        };
+        let wall = run.unwrap_or(0) as u64;
+        r.usage = Usage::new(
+            Duration::from_secs(wall),
+            Duration::from_secs(wall / 2),
+            1 << 20,
+            1,
+        );
+        records.push(r);
+    }
+    // Enough quick tasks of a third template to need more than one page.
+    let bulk = 1001;
+    for i in 0..bulk {
+        let mut r = record("acme", TaskStatus::Succeeded);
+        r.template = "bulk".into();
+        r.submitted_at = at(10 + i % 100);
+        r.started_at = Some(r.submitted_at + chrono::Duration::milliseconds(250));
+        r.finished_at = Some(r.submitted_at + chrono::Duration::seconds(1));
+        records.push(r);
+    }
+    let mut other = record("globex", TaskStatus::Succeeded);
+    other.template = "render".into();
+    other.submitted_at = at(0);
+    records.push(other);
+    insert(store, &records, None).await;
+
+    let query = StatsQuery::tenant("acme").since(at(0)).until(at(600));
+    let stats = store.stats(&query).await.expect("stats");
+    let names: Vec<(&str, &str)> = stats
+        .iter()
+        .map(|s| (s.tenant.as_str(), s.template.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("acme", "bulk"), ("acme", "render"), ("acme", "train")],
+        "stats: one row per template of the tenant, sorted"
+    );
+    let secs = Duration::from_secs;
+
+    let bulk_stats = &stats[0];
+    assert_eq!(bulk_stats.tasks, bulk as u64, "stats: every page counted");
+    assert_eq!(bulk_stats.succeeded, bulk as u64);
+    assert_eq!(bulk_stats.wait_max, Duration::from_millis(250));
+    assert_eq!(bulk_stats.run_p95, Duration::from_millis(750));
+
+    let render = &stats[1];
+    assert_eq!(
+        (
+            render.tasks,
+            render.succeeded,
+            render.failed,
+            render.cancelled,
+            render.started
+        ),
+        (4, 1, 2, 1, 4),
+        "stats: counts (failed includes timed out; waits include running tasks)"
+    );
+    assert_eq!(
+        (
+            render.wait_mean,
+            render.wait_p50,
+            render.wait_p95,
+            render.wait_max
+        ),
+        (secs(5), secs(4), secs(8), secs(8)),
+        "stats: waits"
+    );
+    assert_eq!(
+        (render.run_mean, render.run_p95),
+        (secs(20), secs(30)),
+        "stats: run times"
+    );
+    assert_eq!(render.usage.wall_time, secs(60), "stats: usage summed");
+    assert_eq!(render.usage.cpu_time, secs(30));
+    assert_eq!(render.usage.gpu_seconds, 60.0);
+
+    let train = &stats[2];
+    assert_eq!((train.tasks, train.succeeded), (1, 1));
+    assert_eq!((train.wait_max, train.run_mean), (secs(1), secs(1)));
+
+    let all = store
+        .stats(&StatsQuery::tenant("acme"))
+        .await
+        .expect("stats");
+    let render_all = all.iter().find(|s| s.template == "render").expect("render");
+    assert_eq!(render_all.tasks, 6, "stats: no window, every task");
+    let nobody = store.stats(&StatsQuery::tenant("nobody")).await;
+    assert_eq!(nobody.expect("stats"), [], "stats: unknown tenant");
 }

@@ -1,0 +1,352 @@
+//! The task core at scale on simulated nodes: `Tasks` with SQLite history over a
+//! `SimExecutor` of 1,000 nodes, thousands of tasks, and every task's events checked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ops_core::{Reason, Resources, TaskStatus, Tenant, event_types};
+use ops_tasks::sim::{SimExecutor, SimExecutorConfig};
+use ops_tasks::template::{Catalogue, Format, TaskTemplate};
+use ops_tasks::{Executor, NodeGroup, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
+use serde_json::json;
+
+const TEMPLATES: &[&str] = &[
+    r#"
+name = "sim"
+command = ["simulate"]
+env = { OPS_SIM_DURATION = "{{ d }}", OPS_SIM_EXIT_CODE = "{{ code }}" }
+timeout = "1h"
+[resources]
+cpu = 2
+memory = "4Gi"
+[parameters.properties.d]
+type = "string"
+default = "60s"
+[parameters.properties.code]
+type = "integer"
+default = 0
+"#,
+    r#"
+name = "scav"
+command = ["backfill"]
+env = { OPS_SIM_DURATION = "24h" }
+scavenger = true
+[resources]
+cpu = 2
+memory = "4Gi"
+"#,
+    r#"
+name = "gpu"
+command = ["train"]
+env = { OPS_SIM_DURATION = "{{ d }}" }
+[resources]
+cpu = 4
+memory = "16Gi"
+gpus = 1
+[parameters.properties.d]
+type = "string"
+default = "10m"
+"#,
+];
+
+fn catalogue() -> Catalogue {
+    let mut c = Catalogue::new();
+    for (i, text) in TEMPLATES.iter().enumerate() {
+        c.insert(
+            TaskTemplate::from_str(text, Format::Toml, format!("sim-{i}.toml"))
+                .unwrap_or_else(|e| panic!("template {i}: {e}")),
+        );
+    }
+    c
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// 1,000 simulated nodes: 900 CPU nodes and 100 with 4 GPUs.
+fn nodes() -> Vec<NodeGroup> {
+    vec![
+        NodeGroup::new(900, Resources::new(8_000, 32 << 30)),
+        NodeGroup::new(
+            100,
+            Resources::new(32_000, 256 << 30).with_gpus(4, Some("NVIDIA H100".into())),
+        ),
+    ]
+}
+
+async fn start(dir: &std::path::Path, executor: Arc<SimExecutor>) -> Tasks {
+    start_with(dir, executor, TasksConfig::default()).await
+}
+
+async fn start_with(
+    dir: &std::path::Path,
+    executor: Arc<SimExecutor>,
+    mut config: TasksConfig,
+) -> Tasks {
+    init_tracing();
+    let history = SqliteHistory::open(dir.join("ops.db").to_str().unwrap())
+        .await
+        .unwrap();
+    config.root = dir.join("tasks");
+    Tasks::builder()
+        .catalogue(catalogue())
+        .history(history)
+        .executor(executor)
+        .config(config)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// What each task should end as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_tasks_on_a_thousand_simulated_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    // An hour of virtual time per real second.
+    let executor =
+        Arc::new(SimExecutor::new(SimExecutorConfig::new(nodes()).speedup(3600.0)).unwrap());
+    assert_eq!(executor.nodes(), nodes());
+    assert_eq!(executor.capacity().gpus.count, 400);
+    let tasks = start(dir.path(), executor.clone()).await;
+
+    // 3,000 tasks of 10 tenants: 5,400 CPU slots of 2 cores and 400 GPUs, so the GPU
+    // tasks queue; some fail, some run past their timeout.
+    let n = 3_000usize;
+    let mut expected = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let tenant = format!("tenant-{}", i % 10);
+        let (request, expect) = match i % 10 {
+            0..=5 => (
+                SubmitRequest::new(tenant, "sim")
+                    .parameters(json!({ "d": format!("{}s", 30 + (i * 37) % 900) })),
+                Expect::Succeeded,
+            ),
+            6 => (
+                SubmitRequest::new(tenant, "sim").parameters(json!({ "d": "2m", "code": 3 })),
+                Expect::Failed,
+            ),
+            7 => (
+                SubmitRequest::new(tenant, "sim").parameters(json!({ "d": "3h" })),
+                Expect::TimedOut,
+            ),
+            _ => (
+                SubmitRequest::new(tenant, "gpu")
+                    .parameters(json!({ "d": format!("{}m", 5 + i % 20) })),
+                Expect::Succeeded,
+            ),
+        };
+        batch.push(request);
+        expected.push(expect);
+        if batch.len() == 500 {
+            ids.extend(tasks.submit_many(std::mem::take(&mut batch)).await.unwrap());
+        }
+    }
+    assert_eq!(ids.len(), n);
+
+    let mut ends: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let tenant = Tenant::new(format!("tenant-{}", i % 10));
+        let record = tokio::time::timeout(Duration::from_secs(120), tasks.wait(&tenant, *id))
+            .await
+            .unwrap_or_else(|_| panic!("task {i} did not end in time"))
+            .unwrap();
+        let events = tasks.events(&tenant, *id).await.unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
+        let count = |ty: &str| types.iter().filter(|t| **t == ty).count();
+        let (status, final_type) = match expected[i] {
+            Expect::Succeeded => (TaskStatus::Succeeded, event_types::TASK_SUCCEEDED),
+            Expect::Failed => (TaskStatus::Failed, event_types::TASK_FAILED),
+            Expect::TimedOut => (TaskStatus::TimedOut, event_types::TASK_TIMED_OUT),
+        };
+        assert_eq!(record.status, status, "task {i}: {record:?}");
+        assert_eq!(
+            types.first(),
+            Some(&event_types::TASK_SUBMITTED),
+            "task {i}: {types:?}"
+        );
+        assert_eq!(count(event_types::TASK_SUBMITTED), 1, "task {i}: {types:?}");
+        assert_eq!(count(event_types::TASK_STARTED), 1, "task {i}: {types:?}");
+        assert_eq!(types.last(), Some(&final_type), "task {i}: {types:?}");
+        let finals = [
+            event_types::TASK_SUCCEEDED,
+            event_types::TASK_FAILED,
+            event_types::TASK_CANCELLED,
+            event_types::TASK_TIMED_OUT,
+        ];
+        assert_eq!(
+            types.iter().filter(|t| finals.contains(t)).count(),
+            1,
+            "task {i} ended more than once: {types:?}"
+        );
+        let started = types.iter().position(|t| *t == event_types::TASK_STARTED);
+        let queued = types.iter().position(|t| *t == event_types::TASK_QUEUED);
+        assert!(queued < started, "task {i}: {types:?}");
+        match expected[i] {
+            Expect::Succeeded => assert_eq!(record.reason, Some(Reason::Completed)),
+            Expect::Failed => {
+                assert_eq!(record.reason, Some(Reason::NonZeroExit));
+                assert_eq!(record.exit_code, Some(3));
+            }
+            Expect::TimedOut => {
+                assert_eq!(record.reason, Some(Reason::TimedOut));
+                // Usage is virtual time: the timeout, not the real milliseconds.
+                assert_eq!(record.usage.wall_time, Duration::from_secs(3600));
+            }
+        }
+        *ends.entry(final_type).or_default() += 1;
+    }
+    assert_eq!(ends[event_types::TASK_SUCCEEDED], n * 8 / 10);
+    assert_eq!(ends[event_types::TASK_FAILED], n / 10);
+    assert_eq!(ends[event_types::TASK_TIMED_OUT], n / 10);
+    assert_eq!(executor.attempts(), (0, 0));
+    tasks.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_simulated_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = Arc::new(
+        SimExecutor::new(
+            SimExecutorConfig::new(vec![NodeGroup::new(1, Resources::new(2_000, 8 << 30))])
+                .speedup(60.0),
+        )
+        .unwrap(),
+    );
+    let tasks = start(dir.path(), executor.clone()).await;
+    let acme = Tenant::new("acme");
+    // One node of 2 cores: the first runs for a (virtual) day, the second waits.
+    let long = tasks
+        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "24h" })))
+        .await
+        .unwrap();
+    let waiting = tasks
+        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "1m" })))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tasks.get(&acme, long).await.unwrap().status != TaskStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        tasks.get(&acme, waiting).await.unwrap().status,
+        TaskStatus::Queued
+    );
+    tasks.cancel(&acme, long).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, long))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    // The freed node runs the second (a virtual minute is a real second).
+    let second = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, waiting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.status, TaskStatus::Succeeded);
+    assert_eq!(second.usage.wall_time, Duration::from_secs(60));
+    tasks.shutdown().await;
+}
+
+async fn wait_status(tasks: &Tasks, tenant: &Tenant, id: ops_core::TaskId, status: TaskStatus) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = tasks.get(tenant, id).await.unwrap().status;
+        if now == status {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} never became {status:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scavengers_make_room_and_are_requeued() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two nodes of 2 cores, a virtual minute per real second, 30 s of grace.
+    let executor = Arc::new(
+        SimExecutor::new(
+            SimExecutorConfig::new(vec![NodeGroup::new(2, Resources::new(2_000, 8 << 30))])
+                .speedup(60.0),
+        )
+        .unwrap(),
+    );
+    let mut config = TasksConfig::default();
+    config.admission.scavenger.grace = Duration::from_secs(30);
+    let tasks = start_with(dir.path(), executor.clone(), config).await;
+    let batch = Tenant::new("batch");
+    let acme = Tenant::new("acme");
+    let mut scavs = Vec::new();
+    for _ in 0..2 {
+        scavs.push(
+            tasks
+                .submit(SubmitRequest::new("batch", "scav"))
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &scavs {
+        wait_status(&tasks, &batch, *id, TaskStatus::Running).await;
+    }
+    let real = tasks
+        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "1m" })))
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, real))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    // Exactly one scavenger made room; it went back to the queue and runs again.
+    let mut preempted = Vec::new();
+    for id in &scavs {
+        let events = tasks.events(&batch, *id).await.unwrap();
+        let n = events
+            .iter()
+            .filter(|e| e.ty == event_types::TASK_PREEMPTED)
+            .count();
+        if n > 0 {
+            preempted.push(*id);
+        }
+    }
+    assert_eq!(preempted.len(), 1, "one scavenger preempted");
+    wait_status(&tasks, &batch, preempted[0], TaskStatus::Running).await;
+    for id in &scavs {
+        tasks.cancel(&batch, *id).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&batch, *id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end.status, TaskStatus::Cancelled);
+        let events = tasks.events(&batch, *id).await.unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
+        let starts = types
+            .iter()
+            .filter(|t| **t == event_types::TASK_STARTED)
+            .count();
+        assert_eq!(starts, if *id == preempted[0] { 2 } else { 1 }, "{types:?}");
+        assert_eq!(
+            types.last(),
+            Some(&event_types::TASK_CANCELLED),
+            "{types:?}"
+        );
+    }
+    tasks.shutdown().await;
+}
