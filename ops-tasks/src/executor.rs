@@ -100,6 +100,22 @@ pub struct RunHandle {
     pub detail: serde_json::Value,
 }
 
+impl RunHandle {
+    /// Refuses a handle another executor made (`Error::Executor` naming both).
+    pub(crate) fn check_executor(&self, executor: &str) -> Result<()> {
+        if self.executor != executor {
+            return Err(crate::Error::Executor {
+                executor: executor.to_owned(),
+                message: format!(
+                    "run handle of task {} belongs to executor {:?}",
+                    self.task_id, self.executor
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

@@ -417,21 +417,24 @@ impl Admission {
         if self.queued.contains_key(&id) || self.running.contains_key(&id) {
             return Ok(());
         }
+        let task = self.new_task(req);
+        self.insert_queued(id, task);
+        Ok(())
+    }
+
+    fn new_task(&mut self, req: &Request) -> QTask {
         let tenant = self.intern_tenant(&req.tenant);
         let env = self.intern_env(&req.environment);
         self.acct(tenant, env);
-        let models = model_mask(&self.policy.gpu_candidates(&req.resources));
-        let task = QTask {
+        QTask {
             tenant,
             env,
             priority: req.priority,
             base: base_vec(&req.resources),
-            models,
+            models: model_mask(&self.policy.gpu_candidates(&req.resources)),
             scavenger: req.scavenger,
             hold: None,
-        };
-        self.insert_queued(id, task);
-        Ok(())
+        }
     }
 
     /// Records a task that already runs (adopted after a restart): it holds its
@@ -442,19 +445,8 @@ impl Admission {
             return;
         }
         self.remove(id);
-        let tenant = self.intern_tenant(&req.tenant);
-        let env = self.intern_env(&req.environment);
-        self.acct(tenant, env);
-        let models = model_mask(&self.policy.gpu_candidates(&req.resources));
-        let task = QTask {
-            tenant,
-            env,
-            priority: req.priority,
-            base: base_vec(&req.resources),
-            models,
-            scavenger: req.scavenger,
-            hold: None,
-        };
+        let task = self.new_task(req);
+        let (tenant, env) = (task.tenant, task.env);
         let segment = self.envs[env as usize].segment;
         let charge = self.charges(&task).next().unwrap_or(task.base);
         let borrowed = !task.scavenger

@@ -742,13 +742,7 @@ pub(crate) fn log_path(task_dir: &Path, stream: LogStream) -> PathBuf {
 }
 
 fn check_handle(handle: &RunHandle) -> Result<()> {
-    if handle.executor != NAME {
-        return Err(executor_error(format!(
-            "run handle of task {} belongs to executor {:?}",
-            handle.task_id, handle.executor
-        )));
-    }
-    Ok(())
+    handle.check_executor(NAME)
 }
 
 /// The handle's details, or `None` when they belong to another attempt than the one the

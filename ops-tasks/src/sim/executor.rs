@@ -473,13 +473,7 @@ fn executor_error(message: impl Into<String>) -> Error {
 }
 
 fn check_handle(handle: &RunHandle) -> Result<()> {
-    if handle.executor != NAME {
-        return Err(executor_error(format!(
-            "run handle of task {} belongs to executor {:?}",
-            handle.task_id, handle.executor
-        )));
-    }
-    Ok(())
+    handle.check_executor(NAME)
 }
 
 /// Reads the run time and exit code from the spec's environment.
