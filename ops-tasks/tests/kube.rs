@@ -310,9 +310,23 @@ async fn environments_stay_on_their_pools_and_gpus_on_their_models() {
             .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable")),
         "{condition:?}"
     );
+    // They end in any order: collect every Finished rather than wait for each in turn
+    // (waiting for one would drop the others' updates).
+    let mut ended = HashMap::new();
+    while ended.len() < staged.len() {
+        let update = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("staged pods did not all finish; ended {ended:?}"))
+            .expect("channel open");
+        if let ExecutorUpdate::Finished {
+            task_id, outcome, ..
+        } = update
+        {
+            ended.insert(task_id, outcome.reason);
+        }
+    }
     for s in &staged {
-        let (_, outcome) = until_finished(&mut rx, s.task_id).await;
-        assert_eq!(outcome.reason, Reason::Completed);
+        assert_eq!(ended.get(&s.task_id), Some(&Reason::Completed));
     }
 
     // GPU model selection.
