@@ -235,25 +235,26 @@ impl Scoped {
 
     /// The whole object at `path`.
     pub async fn get(&self, path: &str) -> Result<Bytes> {
+        let (_, got) = self.open_object(path).await?;
+        got.bytes().await.map_err(|e| self.backend(path, e))
+    }
+
+    /// Checks `path` and starts reading the object there.
+    async fn open_object(&self, path: &str) -> Result<(ObjectPath, object_store::GetResult)> {
         let checked = ObjectPath::parse(path)?;
         let got = self
             .store
             .get(&self.location(&checked))
             .await
             .map_err(|e| self.backend(path, e))?;
-        got.bytes().await.map_err(|e| self.backend(path, e))
+        Ok((checked, got))
     }
 
     /// Streams the object at `path` into a local file (made, or replaced), returning
     /// its size and SHA-256.
     pub async fn get_file(&self, path: &str, dest: &FsPath) -> Result<StoredObject> {
         use tokio::io::AsyncWriteExt;
-        let checked = ObjectPath::parse(path)?;
-        let got = self
-            .store
-            .get(&self.location(&checked))
-            .await
-            .map_err(|e| self.backend(path, e))?;
+        let (checked, got) = self.open_object(path).await?;
         let e_tag = got.meta.e_tag.clone();
         let io = |source| Error::Io {
             path: dest.to_path_buf(),
