@@ -404,8 +404,8 @@ impl Admission {
     /// Whether any segment has room left for at least something (used to decide
     /// whether to claim more work).
     pub fn has_room(&self) -> bool {
-        self.policy.segments.iter().zip(&self.segs).any(|(p, s)| {
-            let free = p.capacity.minus(&s.used);
+        (0..self.segs.len()).any(|seg| {
+            let free = self.free(seg);
             free.0[CPU] > 0 && free.0[MEM] > 0
         })
     }
@@ -1166,8 +1166,7 @@ impl Admission {
                 TenantUsage {
                     tenant: self.tenants[*t as usize].name.clone(),
                     environment: self.envs[*e as usize].name.clone(),
-                    used: Resources::new(a.used.0[CPU], a.used.0[MEM])
-                        .with_gpus(a.used.0[GPU].min(u64::from(u32::MAX)) as u32, None),
+                    used: a.used.to_resources(),
                     running: a.running,
                     scavenger_running: scav.get(&(*t, *e)).copied().unwrap_or(0),
                     queued: queued.get(&(*t, *e)).copied().unwrap_or(0),
@@ -1181,22 +1180,6 @@ impl Admission {
                 .cmp(&(b.tenant.as_str(), b.environment.as_str()))
         });
         out
-    }
-
-    /// Resources held in each segment now (running and draining), by segment name.
-    pub fn segment_usage(&self) -> Vec<(String, Resources, Resources)> {
-        self.policy
-            .segments
-            .iter()
-            .zip(&self.segs)
-            .map(|(p, s)| {
-                let to = |v: &ResVec| {
-                    Resources::new(v.0[CPU], v.0[MEM])
-                        .with_gpus(v.0[GPU].min(u64::from(u32::MAX)) as u32, None)
-                };
-                (p.name.clone(), to(&s.used), to(&p.capacity))
-            })
-            .collect()
     }
 }
 

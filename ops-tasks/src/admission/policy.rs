@@ -233,13 +233,11 @@ impl AdmissionPolicy {
             }
             routes.insert(name.clone(), EnvRoute { segment, lenders });
         }
-        if envs.values().any(|e| e.reclaim == Reclaim::Preempt) {
-            for (name, env) in envs {
-                if env.reclaim == Reclaim::Preempt
-                    && let Some(r) = routes.get(name)
-                {
-                    segments[r.segment].reclaim = Reclaim::Preempt;
-                }
+        for (name, env) in envs {
+            if env.reclaim == Reclaim::Preempt
+                && let Some(r) = routes.get(name)
+            {
+                segments[r.segment].reclaim = Reclaim::Preempt;
             }
         }
 
@@ -374,13 +372,7 @@ impl AdmissionPolicy {
     pub fn segments(&self) -> Vec<(String, Resources)> {
         self.segments
             .iter()
-            .map(|s| {
-                let gpus = s.capacity.0[GPU].min(u64::from(u32::MAX)) as u32;
-                (
-                    s.name.clone(),
-                    Resources::new(s.capacity.0[CPU], s.capacity.0[MEM]).with_gpus(gpus, None),
-                )
-            })
+            .map(|s| (s.name.clone(), s.capacity.to_resources()))
             .collect()
     }
 
@@ -410,6 +402,7 @@ impl AdmissionPolicy {
             ));
         }
         let candidates = self.gpu_candidates(&req.resources);
+        // A policy without nodes (a submit-only service) cannot judge models or sizes.
         let has_nodes = self.segments.iter().any(|s| !s.shapes.is_empty());
         if has_nodes && req.resources.gpus.count > 0 && candidates.is_empty() {
             reasons.push(match &req.resources.gpus.model {
@@ -424,12 +417,15 @@ impl AdmissionPolicy {
                 None => "no node has GPUs".to_owned(),
             });
         }
-        // A policy without nodes (a submit-only service) cannot judge sizes.
-        let sized = self.segments.iter().any(|s| !s.shapes.is_empty());
         if let Some(route) = route
-            && sized
+            && has_nodes
             && (req.resources.gpus.count == 0 || !candidates.is_empty())
         {
+            // The charge named in messages: the first model the request may use.
+            let first = self
+                .charges(&req.resources, &candidates)
+                .next()
+                .unwrap_or(ResVec::ZERO);
             let segs: Vec<usize> = std::iter::once(route.segment)
                 .chain(route.lenders.iter().copied())
                 .collect();
@@ -444,21 +440,11 @@ impl AdmissionPolicy {
                 let largest = segs
                     .iter()
                     .flat_map(|s| self.segments[*s].shapes.iter())
-                    .fold(ResVec::ZERO, |acc, s| {
-                        let mut m = acc;
-                        for d in 0..m.0.len() {
-                            m.0[d] = m.0[d].max(s.0[d]);
-                        }
-                        m
-                    });
-                let c = self
-                    .charges(&req.resources, &candidates)
-                    .next()
-                    .unwrap_or(ResVec::ZERO);
+                    .fold(ResVec::ZERO, |acc, s| acc.max(s));
                 reasons.push(format!(
                     "larger than any node environment {env:?} may use: {}",
                     ResVec::ZERO
-                        .excess(&c, &largest, &self.models)
+                        .excess(&first, &largest, &self.models)
                         .replace(" of ", " on the largest node of ")
                         .replace(", 0 on the largest", " on the largest")
                 ));
@@ -470,10 +456,6 @@ impl AdmissionPolicy {
                     .charges(&req.resources, &candidates)
                     .any(|c| ResVec::ZERO.fits_with(&c, ceiling))
             {
-                let c = self
-                    .charges(&req.resources, &candidates)
-                    .next()
-                    .unwrap_or(ResVec::ZERO);
                 reasons.push(format!(
                     "exceeds tenant {:?}'s quota in {env:?}{}: {}",
                     req.tenant.as_str(),
@@ -482,7 +464,7 @@ impl AdmissionPolicy {
                     } else {
                         " (borrowing off)"
                     },
-                    ResVec::ZERO.excess(&c, ceiling, &self.models)
+                    ResVec::ZERO.excess(&first, ceiling, &self.models)
                 ));
             }
         }

@@ -62,6 +62,20 @@ impl ResVec {
         self
     }
 
+    /// CPU, memory and the GPU count (no model) as [`Resources`](ops_core::Resources).
+    pub(crate) fn to_resources(self) -> ops_core::Resources {
+        let gpus = self.0[GPU].min(u64::from(u32::MAX)) as u32;
+        ops_core::Resources::new(self.0[CPU], self.0[MEM]).with_gpus(gpus, None)
+    }
+
+    /// The larger amount in every dimension.
+    pub(crate) fn max(mut self, other: &ResVec) -> ResVec {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a = (*a).max(*b);
+        }
+        self
+    }
+
     pub(crate) fn is_zero(&self) -> bool {
         self.0.iter().all(|v| *v == 0)
     }

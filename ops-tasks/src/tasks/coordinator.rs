@@ -48,6 +48,17 @@ struct Running {
     preempting: bool,
 }
 
+impl Running {
+    fn new(record: TaskRecord, handle: Option<RunHandle>) -> Self {
+        Self {
+            record,
+            handle,
+            cancel_requested: false,
+            preempting: false,
+        }
+    }
+}
+
 /// Claimed-but-not-started tasks a coordinator holds at most when `max_running` is 0.
 const CLAIM_AHEAD: usize = 32;
 
@@ -336,15 +347,7 @@ impl Coordinator {
                     let id = record.id;
                     self.admission.occupy(id, &request_of(&record));
                     let handle = record.run_handle.clone();
-                    self.running.insert(
-                        id,
-                        Running {
-                            record,
-                            handle,
-                            cancel_requested: false,
-                            preempting: false,
-                        },
-                    );
+                    self.running.insert(id, Running::new(record, handle));
                     match outcome {
                         None => reattached += 1,
                         Some(outcome) => {
@@ -872,15 +875,7 @@ impl Coordinator {
                         event_types::TASK_STARTED,
                         batch,
                     );
-                    self.running.insert(
-                        id,
-                        Running {
-                            record,
-                            handle: Some(handle),
-                            cancel_requested: false,
-                            preempting: false,
-                        },
-                    );
+                    self.running.insert(id, Running::new(record, Some(handle)));
                 }
                 Err(e) => {
                     tracing::warn!(task_id = %id, error = %e, "launch failed");
@@ -891,15 +886,7 @@ impl Coordinator {
                         batch,
                     );
                     let attempt = record.attempt;
-                    self.running.insert(
-                        id,
-                        Running {
-                            record,
-                            handle: None,
-                            cancel_requested: false,
-                            preempting: false,
-                        },
-                    );
+                    self.running.insert(id, Running::new(record, None));
                     self.finish(
                         id,
                         attempt,

@@ -530,16 +530,7 @@ impl Tasks {
             ..spec
         };
         let priority = request.priority.unwrap_or(template.priority());
-        self.inner.policy.check(
-            &Request::new(
-                request.tenant.clone(),
-                environment.clone(),
-                spec.resources.clone(),
-            )
-            .priority(priority)
-            .scavenger(spec.scavenger),
-        )?;
-        Ok(TaskRecord {
+        let record = TaskRecord {
             id,
             tenant: request.tenant,
             environment,
@@ -562,7 +553,9 @@ impl Tasks {
             finished_at: None,
             not_before: None,
             owner: None,
-        })
+        };
+        self.inner.policy.check(&request_of(&record))?;
+        Ok(record)
     }
 
     fn send(&self, command: Command) -> Result<()> {
@@ -571,6 +564,14 @@ impl Tasks {
         })?;
         commands
             .send(command)
+            .map_err(|_| Error::Config("the task service has shut down".into()))
+    }
+
+    /// Sends a command that carries a reply channel, and waits for the reply.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(command(reply))?;
+        rx.await
             .map_err(|_| Error::Config("the task service has shut down".into()))
     }
 
@@ -623,10 +624,7 @@ impl Tasks {
             return Ok(record);
         }
         if record.owner.is_some() && record.owner == self.inner.owner {
-            let (tx, rx) = oneshot::channel();
-            self.send(Command::Cancel(id, tx))?;
-            rx.await
-                .map_err(|_| Error::Config("the task service has shut down".into()))??;
+            self.ask(|reply| Command::Cancel(id, reply)).await??;
             return self.get(tenant, id).await;
         }
         // Recorded first, so that a coordinator claiming the task meanwhile still sees it.
@@ -817,12 +815,7 @@ impl Tasks {
     /// another coordinator).
     pub async fn explain(&self, tenant: &Tenant, id: TaskId) -> Result<Option<Waiting>> {
         let record = self.get(tenant, id).await?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Explain(id, reply))?;
-        let Some(info) = rx
-            .await
-            .map_err(|_| Error::Config("the task service has shut down".into()))?
-        else {
+        let Some(info) = self.ask(|reply| Command::Explain(id, reply)).await? else {
             return Ok(None);
         };
         let estimated_start = self.estimate_start(&record, &info).await;
@@ -905,10 +898,7 @@ impl Tasks {
     /// Every tenant's standing per environment: resources in use, running, borrowed
     /// and queued tasks, dominant share. For operators, not tenants.
     pub async fn usage(&self) -> Result<Vec<TenantUsage>> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Usage(reply))?;
-        rx.await
-            .map_err(|_| Error::Config("the task service has shut down".into()))
+        self.ask(Command::Usage).await
     }
 
     /// The admission policy in force.
