@@ -32,6 +32,12 @@ pub mod event_types {
     /// An attempt failed and the task will run again after a backoff.
     pub const TASK_RETRYING: &str = "ops.task.retrying";
 
+    /// An object was stored (a task output, an upload): its size and SHA-256 are in
+    /// `data`, for billing.
+    pub const STORAGE_OBJECT_CREATED: &str = "ops.storage.object.created";
+    /// An object was deleted (by a user or a retention rule; `data.reason` says which).
+    pub const STORAGE_OBJECT_DELETED: &str = "ops.storage.object.deleted";
+
     /// Every `ops.task.*` type, in lifecycle order.
     pub const TASK_TYPES: &[&str] = &[
         TASK_SUBMITTED,

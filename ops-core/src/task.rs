@@ -147,6 +147,9 @@ pub enum Reason {
     ImageUnavailable,
     /// Evicted by the node.
     Evicted,
+    /// Its inputs could not be placed in its directory, or its outputs could not be
+    /// stored (a missing input object, a storage quota, an unreachable store).
+    StagingFailed,
 }
 
 impl Reason {
@@ -166,6 +169,7 @@ impl Reason {
             Reason::QuotaExceeded => "QuotaExceeded",
             Reason::ImageUnavailable => "ImageUnavailable",
             Reason::Evicted => "Evicted",
+            Reason::StagingFailed => "StagingFailed",
         }
     }
 
@@ -179,6 +183,7 @@ impl Reason {
                 | Reason::CoordinatorLost
                 | Reason::Evicted
                 | Reason::LaunchFailed
+                | Reason::StagingFailed
         )
     }
 }

@@ -26,10 +26,24 @@
 //! # Ok(()) }
 //! ```
 
+pub mod catalog;
+mod config;
 mod error;
 mod path;
+mod retention;
+mod s3;
+mod signed;
 mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
+pub use catalog::{Catalog, MemoryCatalog, ObjectEntry, Quota, StorageUsage};
+pub use config::{QuotaConfig, Quotas, RetentionRule, StorageConfig, TenantStorageConfig};
 pub use error::{Error, Result};
 pub use path::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES, ObjectPath};
-pub use store::{ObjectInfo, PART_SIZE, Scoped, Storage, StoredObject};
+pub use retention::RetentionReport;
+pub use s3::S3Options;
+pub use signed::SignedMethod;
+pub use store::{
+    ObjectEventData, ObjectInfo, PART_SIZE, Scoped, Storage, StorageBuilder, StoredObject,
+};

@@ -14,53 +14,221 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use ops_core::{Event, TaskId, event_types};
+
+use crate::catalog::{Catalog, MemoryCatalog, ObjectEntry, Quota, StorageUsage, without};
+use crate::config::{Quotas, RetentionRule, StorageConfig};
+use crate::error::classify;
 use crate::path::{ObjectPath, check_segment};
+use crate::s3::S3Options;
 use crate::{Error, Result};
 
 /// Size of the parts streamed uploads are sent in (8 MiB).
 pub const PART_SIZE: usize = 8 << 20;
 
-/// An object store chosen by URL. Cheap to clone.
+/// An object store chosen by URL, with the catalog that records its objects, the
+/// tenants' quotas and the retention rules. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Storage {
-    store: Arc<dyn ObjectStore>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What a [`Storage`] and its [`Scoped`] handles share.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    /// The URL, as shown in messages.
+    pub(crate) url: String,
+    /// Signs URLs, on backends that can.
+    #[cfg(feature = "s3")]
+    pub(crate) signer: Option<Arc<dyn object_store::signer::Signer>>,
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) quotas: Quotas,
+    pub(crate) retention: Vec<RetentionRule>,
+    /// The `source` of the events.
+    pub(crate) source: String,
+}
+
+/// An opened backend: the store and, where it can sign URLs, its signer.
+pub(crate) struct Backend {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    #[cfg(feature = "s3")]
+    pub(crate) signer: Option<Arc<dyn object_store::signer::Signer>>,
+}
+
+/// Builds a [`Storage`]; see [`Storage::builder`].
+#[derive(Debug)]
+pub struct StorageBuilder {
     url: String,
+    s3: S3Options,
+    catalog: Option<Arc<dyn Catalog>>,
+    quotas: Quotas,
+    retention: Vec<RetentionRule>,
+    source: String,
+}
+
+impl StorageBuilder {
+    /// Settings for `s3://` URLs.
+    pub fn s3(mut self, options: S3Options) -> Self {
+        self.s3 = options;
+        self
+    }
+
+    /// Where objects are recorded ([`MemoryCatalog`] when not set).
+    pub fn catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// The tenants' quotas (none when not set).
+    pub fn quotas(mut self, quotas: Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The rules [`Storage::apply_retention`] applies.
+    pub fn retention(mut self, rules: Vec<RetentionRule>) -> Self {
+        self.retention = rules;
+        self
+    }
+
+    /// The `source` of the events (`ops://storage` when not set).
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// Opens the backend and checks the retention rules (every problem listed at once).
+    pub fn build(self) -> Result<Storage> {
+        let violations: Vec<String> = self
+            .retention
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.violations(&format!("retention[{i}]")))
+            .collect();
+        if !violations.is_empty() {
+            return Err(Error::Config(violations.join("; ")));
+        }
+        let backend = open_backend(&self.url, &self.s3)?;
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                store: backend.store,
+                url: redact(&self.url),
+                #[cfg(feature = "s3")]
+                signer: backend.signer,
+                catalog: self
+                    .catalog
+                    .unwrap_or_else(|| Arc::new(MemoryCatalog::new())),
+                quotas: self.quotas,
+                retention: self.retention,
+                source: self.source,
+            }),
+        })
+    }
+}
+
+/// The URL without a password or query secrets, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_owned(),
+    }
+}
+
+fn open_backend(url: &str, s3: &S3Options) -> Result<Backend> {
+    let local = |store: Arc<dyn ObjectStore>| Backend {
+        store,
+        #[cfg(feature = "s3")]
+        signer: None,
+    };
+    if url == "memory://" || url == "memory:" {
+        Ok(local(Arc::new(InMemory::new())))
+    } else if let Some(dir) = url.strip_prefix("file://") {
+        if !dir.starts_with('/') {
+            return Err(Error::Config(format!(
+                "{url:?}: a file URL needs an absolute path (file:///srv/ops/storage)"
+            )));
+        }
+        Ok(local(Arc::new(self::local(FsPath::new(dir))?)))
+    } else if url.starts_with("s3://") {
+        #[cfg(feature = "s3")]
+        {
+            crate::s3::open(url, s3)
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = s3;
+            Err(Error::Config(format!(
+                "{url:?}: s3:// URLs need the `s3` feature of ops-storage"
+            )))
+        }
+    } else if url.contains("://") {
+        Err(Error::Config(format!(
+            "{url:?}: unsupported scheme; use file:///DIR, a plain directory path, s3://BUCKET or memory://"
+        )))
+    } else if url.is_empty() {
+        Err(Error::Config("the storage URL is empty".into()))
+    } else {
+        Ok(local(Arc::new(self::local(FsPath::new(url))?)))
+    }
 }
 
 impl Storage {
-    /// Opens the store a URL names:
+    /// Opens the store a URL names, with an in-memory catalog, no quotas and no
+    /// retention (see [`builder`](Self::builder) for those):
     /// - `file:///abs/dir`, or a plain path (made if missing): a local directory;
+    /// - `s3://bucket[/prefix]` (feature `s3`): an S3-compatible store, configured by
+    ///   the URL's query (`?endpoint=http://127.0.0.1:9000&region=us-east-1`) and the
+    ///   `AWS_*` environment variables;
     /// - `memory://`: in memory, for tests.
     ///
-    /// Other schemes (such as `s3://`) are refused with the list of the supported ones.
+    /// Other schemes are refused with the list of the supported ones.
     pub fn open(url: &str) -> Result<Self> {
-        let store: Arc<dyn ObjectStore> = if url == "memory://" || url == "memory:" {
-            Arc::new(InMemory::new())
-        } else if let Some(dir) = url.strip_prefix("file://") {
-            if !dir.starts_with('/') {
-                return Err(Error::Config(format!(
-                    "{url:?}: a file URL needs an absolute path (file:///srv/ops/storage)"
-                )));
-            }
-            Arc::new(local(FsPath::new(dir))?)
-        } else if url.contains("://") {
-            return Err(Error::Config(format!(
-                "{url:?}: unsupported scheme; use file:///DIR, a plain directory path, or memory://"
-            )));
-        } else if url.is_empty() {
-            return Err(Error::Config("the storage URL is empty".into()));
-        } else {
-            Arc::new(local(FsPath::new(url))?)
-        };
-        Ok(Self {
-            store,
-            url: url.to_owned(),
-        })
+        Self::builder(url).build()
     }
 
-    /// The URL it was opened from.
+    /// A builder for the store at `url` (see [`open`](Self::open) for the URLs).
+    pub fn builder(url: &str) -> StorageBuilder {
+        StorageBuilder {
+            url: url.to_owned(),
+            s3: S3Options::default(),
+            catalog: None,
+            quotas: Quotas::unlimited(),
+            retention: Vec::new(),
+            source: "ops://storage".to_owned(),
+        }
+    }
+
+    /// The store a [`StorageConfig`] describes, recording objects in `catalog`.
+    /// The configuration is checked first, listing every problem at once.
+    pub fn from_config(config: &StorageConfig, catalog: Arc<dyn Catalog>) -> Result<Self> {
+        config.validate()?;
+        Self::builder(&config.url)
+            .s3(config.s3.clone())
+            .catalog(catalog)
+            .quotas(config.quotas())
+            .retention(config.retention.clone())
+            .build()
+    }
+
+    /// The URL it was opened from (without its query).
     pub fn url(&self) -> &str {
-        &self.url
+        &self.inner.url
+    }
+
+    /// The catalog that records its objects.
+    pub fn catalog(&self) -> &Arc<dyn Catalog> {
+        &self.inner.catalog
+    }
+
+    /// What `tenant` holds, over all its environments.
+    pub async fn usage(&self, tenant: &str) -> Result<StorageUsage> {
+        self.inner.catalog.usage(tenant).await
+    }
+
+    /// The quota that applies to `tenant`.
+    pub fn quota(&self, tenant: &str) -> Quota {
+        self.inner.quotas.of(tenant)
     }
 
     /// The storage of one tenant's environment: everything under
@@ -69,9 +237,11 @@ impl Storage {
         check_segment("tenant", tenant)?;
         check_segment("environment", environment)?;
         Ok(Scoped {
-            store: self.store.clone(),
-            url: self.url.clone(),
+            inner: self.inner.clone(),
+            tenant: tenant.to_owned(),
+            environment: environment.to_owned(),
             prefix: Path::from_iter(["tenants", tenant, environment]),
+            task: None,
         })
     }
 }
@@ -121,13 +291,91 @@ pub struct ObjectInfo {
 /// its prefix.
 #[derive(Clone, Debug)]
 pub struct Scoped {
-    store: Arc<dyn ObjectStore>,
-    url: String,
+    pub(crate) inner: Arc<Inner>,
+    tenant: String,
+    environment: String,
     prefix: Path,
+    /// The task (id, attempt) whose outputs this handle writes.
+    task: Option<(String, u32)>,
+}
+
+/// The `data` of `ops.storage.object.*` events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ObjectEventData {
+    /// The tenant.
+    pub tenant: String,
+    /// The environment.
+    pub environment: String,
+    /// Path relative to the tenant's environment storage.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+    /// The task that wrote it, for task outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The task attempt that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Why it was deleted (`deleted`, `retention`, `not_recorded`); only on
+    /// `ops.storage.object.deleted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Builds the `ops.storage.object.*` event for `entry`.
+pub(crate) fn object_event(
+    source: &str,
+    ty: &str,
+    entry: &ObjectEntry,
+    reason: Option<&str>,
+) -> Event {
+    let data = ObjectEventData {
+        tenant: entry.tenant.clone(),
+        environment: entry.environment.clone(),
+        path: entry.path.clone(),
+        size: entry.size,
+        sha256: entry.sha256.clone(),
+        task_id: entry.task_id.clone(),
+        attempt: entry.attempt,
+        reason: reason.map(str::to_owned),
+    };
+    let builder = Event::builder(ty, source)
+        .subject(format!("{}/{}", entry.environment, entry.path))
+        .tenant(entry.tenant.clone())
+        .extension("environment", entry.environment.clone());
+    let builder = match &entry.task_id {
+        Some(task) => builder.extension("taskid", task.clone()),
+        None => builder,
+    };
+    builder
+        .json(serde_json::to_value(&data).unwrap_or_default())
+        .build()
 }
 
 impl Scoped {
-    fn location(&self, path: &ObjectPath) -> Path {
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The environment.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// The same storage, writing as attempt `attempt` of task `task_id`: the records
+    /// and events of what it stores name the task.
+    pub fn for_task(&self, task_id: TaskId, attempt: u32) -> Scoped {
+        Scoped {
+            task: Some((task_id.to_string(), attempt)),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn location(&self, path: &ObjectPath) -> Path {
         let mut parts: Vec<object_store::path::PathPart<'_>> = self.prefix.parts().collect();
         parts.extend(path.segments().map(object_store::path::PathPart::from));
         Path::from_iter(parts)
@@ -142,45 +390,144 @@ impl Scoped {
         })
     }
 
-    fn backend(&self, path: &str, source: object_store::Error) -> Error {
-        match source {
-            object_store::Error::NotFound { .. } => Error::NotFound {
-                path: path.to_owned(),
+    pub(crate) fn backend(&self, path: &str, source: object_store::Error) -> Error {
+        classify(&self.inner.url, path, source)
+    }
+
+    /// Refuses, before anything is written, a write of `size` bytes (unknown for a
+    /// stream: `None`) to `path` that would pass the tenant's quota. Gives how many
+    /// bytes the write may take at most (`None`: unlimited).
+    async fn precheck(&self, path: &ObjectPath, size: Option<u64>) -> Result<Option<u64>> {
+        let quota = self.inner.quotas.of(&self.tenant);
+        if quota.is_unlimited() {
+            return Ok(None);
+        }
+        let catalog = &self.inner.catalog;
+        let usage = catalog.usage(&self.tenant).await?;
+        let old = catalog
+            .get(&self.tenant, &self.environment, path.as_str())
+            .await?;
+        // What the tenant holds without the object being replaced.
+        let base = without(usage, old.as_ref());
+        quota.check(
+            &self.tenant,
+            base,
+            StorageUsage {
+                bytes: size.unwrap_or(0),
+                objects: 1,
             },
-            source => Error::Backend {
-                url: self.url.clone(),
-                source,
-            },
+        )?;
+        Ok(quota.bytes.map(|limit| limit.saturating_sub(base.bytes)))
+    }
+
+    /// Records what was just stored at `path`, with its `ops.storage.object.created`
+    /// event. When the catalog refuses (a quota passed by a concurrent write) or
+    /// fails, the object is deleted again so that nothing unrecorded stays visible.
+    async fn commit(
+        &self,
+        path: ObjectPath,
+        size: u64,
+        sha256: String,
+        e_tag: Option<String>,
+    ) -> Result<StoredObject> {
+        let entry = ObjectEntry {
+            tenant: self.tenant.clone(),
+            environment: self.environment.clone(),
+            path: path.to_string(),
+            size,
+            sha256,
+            e_tag: e_tag.clone(),
+            task_id: self.task.as_ref().map(|(id, _)| id.clone()),
+            attempt: self.task.as_ref().map(|(_, a)| *a),
+            created_at: Utc::now(),
+        };
+        let event = object_event(
+            &self.inner.source,
+            event_types::STORAGE_OBJECT_CREATED,
+            &entry,
+            None,
+        );
+        let quota = self.inner.quotas.of(&self.tenant);
+        if let Err(e) = self.inner.catalog.record(&entry, &quota, event).await {
+            self.unstore(&path).await;
+            return Err(e);
+        }
+        tracing::debug!(tenant = %self.tenant, path = %entry.path, size, "stored object");
+        Ok(StoredObject {
+            path: entry.path,
+            size,
+            sha256: entry.sha256,
+            e_tag,
+        })
+    }
+
+    /// Takes away an object whose record could not be written, and the record of
+    /// what it replaced (those bytes are gone).
+    async fn unstore(&self, path: &ObjectPath) {
+        if let Err(e) = self.inner.store.delete(&self.location(path)).await {
+            tracing::warn!(path = %path, error = %e, "could not delete an unrecorded object");
+        }
+        let old = self
+            .inner
+            .catalog
+            .get(&self.tenant, &self.environment, path.as_str())
+            .await;
+        if let Ok(Some(old)) = old {
+            let event = object_event(
+                &self.inner.source,
+                event_types::STORAGE_OBJECT_DELETED,
+                &old,
+                Some("not_recorded"),
+            );
+            if let Err(e) = self
+                .inner
+                .catalog
+                .remove(&self.tenant, &self.environment, path.as_str(), event)
+                .await
+            {
+                tracing::warn!(path = %path, error = %e, "could not remove a stale record");
+            }
         }
     }
 
     /// Stores `data` at `path` (replacing what was there) in one request.
     pub async fn put(&self, path: &str, data: Bytes) -> Result<StoredObject> {
         let checked = ObjectPath::parse(path)?;
-        let sha256 = hex::encode(Sha256::digest(&data));
         let size = data.len() as u64;
+        self.precheck(&checked, Some(size)).await?;
+        let sha256 = hex::encode(Sha256::digest(&data));
         let result = self
+            .inner
             .store
             .put(&self.location(&checked), PutPayload::from_bytes(data))
             .await
             .map_err(|e| self.backend(path, e))?;
-        tracing::debug!(path, size, "stored object");
-        Ok(StoredObject {
-            path: checked.to_string(),
-            size,
-            sha256,
-            e_tag: result.e_tag,
-        })
+        self.commit(checked, size, sha256, result.e_tag).await
     }
 
-    /// Streams `data` to `path` in parts of [`PART_SIZE`]. If the stream fails, the
-    /// upload is aborted and nothing appears at `path`.
+    /// Streams `data` to `path` in parts of [`PART_SIZE`]. If the stream fails, or
+    /// passes the tenant's quota, the upload is aborted: nothing appears at `path` and
+    /// nothing is recorded.
     pub async fn put_stream<S>(&self, path: &str, data: S) -> Result<StoredObject>
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
+        self.put_stream_sized(path, data, None).await
+    }
+
+    async fn put_stream_sized<S>(
+        &self,
+        path: &str,
+        data: S,
+        size_hint: Option<u64>,
+    ) -> Result<StoredObject>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send,
+    {
         let checked = ObjectPath::parse(path)?;
+        let room = self.precheck(&checked, size_hint).await?;
         let upload = self
+            .inner
             .store
             .put_multipart(&self.location(&checked))
             .await
@@ -190,32 +537,42 @@ impl Scoped {
         let mut size = 0u64;
         let mut data = std::pin::pin!(data);
         while let Some(chunk) = data.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(source) => {
-                    if let Err(e) = writer.abort().await {
-                        tracing::warn!(path, error = %e, "aborting an upload failed");
+            let failed = match chunk {
+                Ok(chunk) => {
+                    size += chunk.len() as u64;
+                    match room {
+                        Some(room) if size > room => Some(Error::QuotaExceeded {
+                            tenant: self.tenant.clone(),
+                            resource: "bytes",
+                            used: self.inner.quotas.of(&self.tenant).bytes.unwrap_or(0) - room,
+                            limit: self.inner.quotas.of(&self.tenant).bytes.unwrap_or(0),
+                            need: size,
+                        }),
+                        _ => match writer.wait_for_capacity(4).await {
+                            Ok(()) => {
+                                hasher.update(&chunk);
+                                writer.put(chunk);
+                                None
+                            }
+                            Err(e) => Some(self.backend(path, e)),
+                        },
                     }
-                    return Err(Error::Io {
-                        path: PathBuf::from(path),
-                        source,
-                    });
                 }
+                Err(source) => Some(Error::Io {
+                    path: PathBuf::from(path),
+                    source,
+                }),
             };
-            if let Err(e) = writer.wait_for_capacity(4).await {
-                return Err(self.backend(path, e));
+            if let Some(error) = failed {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(path, error = %e, "aborting an upload failed");
+                }
+                return Err(error);
             }
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            writer.put(chunk);
         }
         let result = writer.finish().await.map_err(|e| self.backend(path, e))?;
-        Ok(StoredObject {
-            path: checked.to_string(),
-            size,
-            sha256: hex::encode(hasher.finalize()),
-            e_tag: result.e_tag,
-        })
+        self.commit(checked, size, hex::encode(hasher.finalize()), result.e_tag)
+            .await
     }
 
     /// Uploads a local file to `path`, streaming it in parts.
@@ -225,12 +582,13 @@ impl Scoped {
             source,
         };
         let f = tokio::fs::File::open(file).await.map_err(io)?;
+        let len = f.metadata().await.map_err(io)?.len();
         let chunks = futures::stream::try_unfold(f, |mut f| async move {
             let mut buf = Vec::with_capacity(1 << 20);
             let n = (&mut f).take(1 << 20).read_to_end(&mut buf).await?;
             Ok::<_, std::io::Error>((n > 0).then(|| (Bytes::from(buf), f)))
         });
-        self.put_stream(path, chunks).await
+        self.put_stream_sized(path, chunks, Some(len)).await
     }
 
     /// The whole object at `path`.
@@ -243,6 +601,7 @@ impl Scoped {
     async fn open_object(&self, path: &str) -> Result<(ObjectPath, object_store::GetResult)> {
         let checked = ObjectPath::parse(path)?;
         let got = self
+            .inner
             .store
             .get(&self.location(&checked))
             .await
@@ -282,6 +641,7 @@ impl Scoped {
     pub async fn head(&self, path: &str) -> Result<ObjectInfo> {
         let checked = ObjectPath::parse(path)?;
         let meta = self
+            .inner
             .store
             .head(&self.location(&checked))
             .await
@@ -304,6 +664,7 @@ impl Scoped {
             None => self.prefix.clone(),
         };
         let metas: Vec<object_store::ObjectMeta> = self
+            .inner
             .store
             .list(Some(&location))
             .try_collect()
@@ -324,18 +685,55 @@ impl Scoped {
         Ok(out)
     }
 
-    /// Deletes the object at `path`; [`Error::NotFound`] when there is none.
+    /// Deletes the object at `path` and its record, with an
+    /// `ops.storage.object.deleted` event; [`Error::NotFound`] when there is neither.
     pub async fn delete(&self, path: &str) -> Result<()> {
         let checked = ObjectPath::parse(path)?;
         let location = self.location(&checked);
+        let catalog = &self.inner.catalog;
+        let record = catalog
+            .get(&self.tenant, &self.environment, checked.as_str())
+            .await?;
         // Not every backend reports a missing object on delete.
-        self.store
-            .head(&location)
-            .await
-            .map_err(|e| self.backend(path, e))?;
-        self.store
-            .delete(&location)
-            .await
-            .map_err(|e| self.backend(path, e))
+        let stored = match self.inner.store.head(&location).await {
+            Ok(meta) => Some(meta),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(self.backend(path, e)),
+        };
+        if stored.is_none() && record.is_none() {
+            return Err(Error::NotFound {
+                path: path.to_owned(),
+            });
+        }
+        if stored.is_some() {
+            self.inner
+                .store
+                .delete(&location)
+                .await
+                .map_err(|e| self.backend(path, e))?;
+        }
+        // The bytes are gone: the record goes too (with its event), or, for an object
+        // stored without a record, an event says what went.
+        let entry = record.unwrap_or_else(|| ObjectEntry {
+            tenant: self.tenant.clone(),
+            environment: self.environment.clone(),
+            path: checked.to_string(),
+            size: stored.as_ref().map_or(0, |m| m.size),
+            sha256: String::new(),
+            e_tag: stored.and_then(|m| m.e_tag),
+            task_id: None,
+            attempt: None,
+            created_at: Utc::now(),
+        });
+        let event = object_event(
+            &self.inner.source,
+            event_types::STORAGE_OBJECT_DELETED,
+            &entry,
+            Some("deleted"),
+        );
+        catalog
+            .remove(&self.tenant, &self.environment, checked.as_str(), event)
+            .await?;
+        Ok(())
     }
 }

@@ -37,6 +37,9 @@ pub struct Backends {
     pub events: Arc<dyn EventBus>,
     /// Dead letters of functions, kept in the history database.
     pub dead_letters: Arc<dyn DeadLetters>,
+    /// The object catalog of `ops-storage`, in the history database: its
+    /// `ops.storage.object.*` events go into the same outbox as the task events.
+    pub storage_catalog: Arc<dyn ops_storage::Catalog>,
     /// The history URL, password redacted (for logs).
     pub history_url: String,
     /// The event bus URL, password redacted (`None`: the outbox).
@@ -82,12 +85,16 @@ fn scheme(url: &str) -> Option<&str> {
 /// server.
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = redact_url(history_url);
-    let (history, outbox, dead_letters): Opened = match scheme(history_url) {
+    let (history, outbox, dead_letters, storage_catalog): Opened = match scheme(history_url) {
         None | Some("sqlite") => {
             let history = crate::SqliteHistory::open(history_url).await?;
             let outbox = Arc::new(history.outbox().clone());
             let dead_letters = Arc::new(history.outbox().dead_letters());
-            (Arc::new(history), outbox, dead_letters)
+            let catalog =
+                ops_storage::catalog::SqliteCatalog::from_outbox(history.outbox().clone())
+                    .await
+                    .map_err(|e| catalog_error(&redacted, e))?;
+            (Arc::new(history), outbox, dead_letters, Arc::new(catalog))
         }
         Some("postgres" | "postgresql") => open_postgres(history_url, &redacted).await?,
         Some(other) => {
@@ -104,6 +111,7 @@ pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backend
         outbox: outbox.clone(),
         events: outbox,
         dead_letters,
+        storage_catalog,
         history_url: redacted,
         events_url: None,
         #[cfg(feature = "nats")]
@@ -119,14 +127,25 @@ type Opened = (
     Arc<dyn HistoryStore>,
     Arc<dyn EventBus>,
     Arc<dyn DeadLetters>,
+    Arc<dyn ops_storage::Catalog>,
 );
 
+fn catalog_error(url: &str, e: ops_storage::Error) -> Error {
+    Error::Connect {
+        url: url.to_owned(),
+        message: format!("the storage catalog: {e}"),
+    }
+}
+
 #[cfg(feature = "postgres")]
-async fn open_postgres(url: &str, _redacted: &str) -> Result<Opened> {
+async fn open_postgres(url: &str, redacted: &str) -> Result<Opened> {
     let history = crate::history::PostgresHistory::connect(url).await?;
     let outbox = Arc::new(history.outbox().clone());
     let dead_letters = Arc::new(history.outbox().dead_letters());
-    Ok((Arc::new(history), outbox, dead_letters))
+    let catalog = ops_storage::catalog::PostgresCatalog::from_outbox(history.outbox().clone())
+        .await
+        .map_err(|e| catalog_error(redacted, e))?;
+    Ok((Arc::new(history), outbox, dead_letters, Arc::new(catalog)))
 }
 
 #[cfg(not(feature = "postgres"))]

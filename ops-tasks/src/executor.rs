@@ -44,6 +44,11 @@ pub struct LaunchSpec {
     pub timeout: Option<Duration>,
     /// Glob patterns, relative to `task_dir`, of files reported as outputs.
     pub output_globs: Vec<String>,
+    /// Objects of the tenant's storage to place in `task_dir` before the attempt starts
+    /// (done by [`StagingExecutor`](crate::staging::StagingExecutor); other executors
+    /// ignore them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<StagedInput>,
     /// The segment of capacity the task runs in (Kubernetes: namespace and node pool).
     #[serde(default)]
     pub environment: Environment,
@@ -77,11 +82,34 @@ impl LaunchSpec {
             resources: Resources::default(),
             timeout: None,
             output_globs: Vec::new(),
+            inputs: Vec::new(),
             environment: Environment::default(),
             image: None,
             scavenger: false,
             run_as_root: false,
             node_pool: None,
+        }
+    }
+}
+
+/// One input of an attempt: an object of the tenant's storage copied into the task
+/// directory before the attempt starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StagedInput {
+    /// The object's path in the tenant's environment storage (checked with
+    /// [`ops_storage::ObjectPath::parse`]), e.g. `datasets/scene.blend`.
+    pub from: String,
+    /// Where it goes, relative to the task directory (checked not to escape it).
+    pub to: PathBuf,
+}
+
+impl StagedInput {
+    /// The object at `from` placed at `to` in the task directory.
+    pub fn new(from: impl Into<String>, to: impl Into<PathBuf>) -> Self {
+        Self {
+            from: from.into(),
+            to: to.into(),
         }
     }
 }
@@ -333,5 +361,24 @@ impl<T: Executor + ?Sized> Executor for std::sync::Arc<T> {
     }
     fn log_path(&self, task_dir: &std::path::Path, stream: LogStream) -> PathBuf {
         (**self).log_path(task_dir, stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_stored_before_inputs_existed_still_load() {
+        let mut spec = LaunchSpec::new(Tenant::new("acme"), vec!["true".into()], "/t");
+        let mut old = serde_json::to_value(&spec).unwrap();
+        assert!(old.get("inputs").is_none(), "empty inputs are not written");
+        old.as_object_mut().unwrap().remove("inputs");
+        let loaded: LaunchSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, spec);
+        spec.inputs = vec![StagedInput::new("datasets/a.csv", "in/a.csv")];
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["inputs"][0]["from"], "datasets/a.csv");
+        assert_eq!(serde_json::from_value::<LaunchSpec>(json).unwrap(), spec);
     }
 }

@@ -15,6 +15,9 @@
 //!   tenant, status, labels, template and time range, cursor pagination and retention.
 //!   [`SqliteHistory`] shares its database and transactions with the `ops-events`
 //!   outbox, so functions see exactly the committed changes.
+//! - [`staging::StagingExecutor`]: wraps any executor to copy a template's `inputs`
+//!   from the tenant's storage (ops-storage) into the task directory before an attempt,
+//!   and store its outputs there (`tasks/<task id>/…`) when it succeeds.
 //! - [`Tasks`]: the facade an API layer calls — submit, get, list, cancel, logs, watch —
 //!   scoped by tenant, so one tenant never sees another's tasks.
 //!
@@ -89,6 +92,7 @@ pub mod kube;
 pub mod local;
 pub mod paths;
 pub mod sim;
+pub mod staging;
 mod tasks;
 pub mod template;
 #[cfg(feature = "testkit")]
@@ -97,6 +101,7 @@ pub mod testkit;
 pub use error::{Denied, Error, ParameterViolation, Result};
 pub use executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, NodeGroup, Outcome, Reattached, RunHandle,
+    StagedInput,
 };
 pub use history::{
     HistoryStore, Lease, SqliteHistory, StatsQuery, TaskPage, TaskQuery, TaskRecord, TemplateStats,

@@ -1,9 +1,10 @@
 //! The main job: a small compute platform on this machine, with embedded defaults.
 //!
 //! Loads `examples/local-platform/config.toml` and its template catalogue, starts the
-//! task service (SQLite history and event outbox, local executor with cgroup limits),
-//! wires two functions to the event stream, submits a demo workload for two tenants,
-//! shows progress, and prints a summary. Exits non-zero if any task ended differently
+//! task service (SQLite history and event outbox, local executor with cgroup limits,
+//! task inputs and outputs staged through ops-storage with its catalog in the same
+//! database), wires two functions to the event stream, submits a demo workload for two
+//! tenants, shows progress and where outputs are stored, and prints a summary. Exits non-zero if any task ended differently
 //! from what the demo expects, so CI can run it as a smoke test.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -17,7 +18,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ops_core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
 use ops_events::{Dispatcher, Trigger, function_fn};
+use ops_storage::{Storage, StorageConfig};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
+use ops_tasks::staging::StagingExecutor;
 use ops_tasks::template::Catalogue;
 use ops_tasks::{HistoryStore, SubmitRequest, TaskRecord, Tasks, TasksConfig};
 use serde::Deserialize;
@@ -62,6 +65,11 @@ struct PlatformConfig {
     tasks: TasksConfig,
     #[serde(default)]
     executor: LocalExecutorConfig,
+    /// Where task inputs and outputs are stored, quotas and retention. The URL is a
+    /// directory relative to the config file, `file:///abs`, or `s3://…`; the default
+    /// is `storage/` beside the task directories.
+    #[serde(default)]
+    storage: StorageConfig,
 }
 
 impl PlatformConfig {
@@ -76,6 +84,12 @@ impl PlatformConfig {
         }
         config.templates = base.join(&config.templates);
         config.tasks.root = base.join(&config.tasks.root);
+        if config.storage.url.is_empty() {
+            let data = config.tasks.root.parent().unwrap_or(base);
+            config.storage.url = format!("file://{}", data.join("storage").display());
+        } else if !config.storage.url.contains("://") {
+            config.storage.url = format!("file://{}", base.join(&config.storage.url).display());
+        }
         Ok(config)
     }
 }
@@ -89,6 +103,11 @@ fn sqlite_path(url: &str) -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     (!url.contains("://")).then(|| PathBuf::from(url))
+}
+
+/// The directory of a `file://` storage URL.
+fn storage_dir(url: &str) -> Option<PathBuf> {
+    url.strip_prefix("file://").map(PathBuf::from)
 }
 
 /// Waits until a task runs.
@@ -147,6 +166,10 @@ async fn main() -> anyhow::Result<()> {
                     p.push(suffix);
                     let _ = std::fs::remove_file(p);
                 }
+                // The storage catalog is in that database: its objects go with it.
+                if let Some(dir) = storage_dir(&config.storage.url) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
             None => println!(
                 "--fresh leaves a shared database alone; only the task directories were removed"
@@ -172,6 +195,26 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or("the history store's outbox")
     );
     let history = backends.history.clone();
+    // The catalog sits in the history's database: storage events share its outbox.
+    let storage = Storage::from_config(&config.storage, backends.storage_catalog.clone())?;
+    let quota = storage.quota("acme");
+    println!(
+        "Storage: {} (quota per tenant: {}, {} objects; {})",
+        storage.url(),
+        quota
+            .bytes
+            .map_or("unlimited".to_owned(), |b| format!("{} MiB", b >> 20)),
+        quota
+            .objects
+            .map_or("unlimited".to_owned(), |n| n.to_string()),
+        config
+            .storage
+            .retention
+            .iter()
+            .map(|r| format!("{}* kept {} days", r.prefix, r.days))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let executor = LocalExecutor::new(config.executor.clone())?;
     let capacity = ops_core::Resources::clone(&ops_tasks::Executor::capacity(&executor));
     println!(
@@ -181,6 +224,8 @@ async fn main() -> anyhow::Result<()> {
         capacity.gpus.count,
         executor.cgroup_mode().as_str()
     );
+    // Inputs are copied from storage before each attempt; outputs stored after it.
+    let executor = StagingExecutor::new(executor, storage.clone());
     let tasks = Tasks::builder()
         .catalogue(catalogue)
         .history(history.clone())
@@ -239,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
     let dispatcher = Dispatcher::builder(backends.events.clone())
         .dead_letters(backends.dead_letters.clone())
         .route(usage_trigger, usage_fn)
-        .route(Trigger::on("ops.task.*"), count_fn)
+        .route(Trigger::on("ops.task.*").or_on("ops.storage.*"), count_fn)
         .build()?;
     let running_dispatcher = dispatcher.start().await?;
 
@@ -284,6 +329,24 @@ async fn main() -> anyhow::Result<()> {
             SubmitRequest::new("folding", "render").parameters(serde_json::json!({ "scene": "s" })),
         ),
     ];
+
+    // Each render reads its scene description from the tenant's storage (its
+    // `inputs`); the platform's API would have taken these as uploads.
+    for req in &requests {
+        if req.template == "render"
+            && let Some(scene) = req.parameters.get("scene").and_then(|s| s.as_str())
+        {
+            let env = config.tasks.default_environment.as_str();
+            storage
+                .scope(req.tenant.as_str(), env)?
+                .put(
+                    &format!("scenes/{scene}.txt"),
+                    format!("scene {scene:?}: a teapot on a checkered floor, lit from the left")
+                        .into(),
+                )
+                .await?;
+        }
+    }
 
     let mut live = tasks.subscribe_all();
     let started = Instant::now();
@@ -385,6 +448,11 @@ async fn main() -> anyhow::Result<()> {
             t if final_types.contains(&t) => {
                 done += 1;
                 bar.inc(1);
+                if data.status == TaskStatus::Succeeded
+                    && let Some(line) = stored_outputs(&storage, &data).await?
+                {
+                    say(line);
+                }
                 say(format!(
                     "  {} {:<13} {:<7} {}{}",
                     if data.status == TaskStatus::Succeeded {
@@ -423,8 +491,33 @@ async fn main() -> anyhow::Result<()> {
         }
         by_type
     };
+    // Outputs stored by this run's tasks, and the `ops.storage.object.created` events
+    // the function saw about them (their subject is `<environment>/tasks/<task id>/…`).
+    let mut stored_outputs = 0u64;
+    for (id, tenant) in &ids {
+        let env = tasks.get(tenant, *id).await?.environment;
+        stored_outputs += storage
+            .scope(tenant.as_str(), env.as_str())?
+            .list(Some(&format!("tasks/{id}/")))
+            .await?
+            .len() as u64;
+    }
+    let storage_events = || {
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|(subject, ty)| {
+                ty == event_types::STORAGE_OBJECT_CREATED
+                    && subject
+                        .as_deref()
+                        .is_some_and(|s| s.split('/').nth(2).is_some_and(|id| ours.contains(id)))
+            })
+            .count() as u64
+    };
     let caught_up = Instant::now() + Duration::from_secs(30);
-    while counts().values().sum::<u64>() < total_events && Instant::now() < caught_up {
+    while (counts().values().sum::<u64>() < total_events || storage_events() < stored_outputs)
+        && Instant::now() < caught_up
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -434,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
         records.push(tasks.get(tenant, *id).await?);
     }
     print_summary(&tasks, &records, elapsed).await?;
+    print_storage(&storage, &records).await?;
     println!(
         "\nEvents delivered to the `event-counter` function (from {}):",
         backends.events_url.as_deref().unwrap_or("the outbox")
@@ -441,6 +535,11 @@ async fn main() -> anyhow::Result<()> {
     for (ty, n) in counts().iter() {
         println!("  {ty:<26} {n:>4}");
     }
+    println!(
+        "  {:<26} {:>4}",
+        event_types::STORAGE_OBJECT_CREATED,
+        storage_events()
+    );
     println!("\nUsage metered by the `usage-meter` function (from final events):");
     println!(
         "  {:<8} {:>5} {:>10} {:>10} {:>12} {:>8}",
@@ -477,6 +576,12 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
+    if storage_events() != stored_outputs {
+        wrong.push(format!(
+            "the function saw {} ops.storage.object.created events, storage holds {stored_outputs} outputs of this run",
+            storage_events()
+        ));
+    }
     let counted: u64 = counts().values().sum();
     if counted != total_events {
         wrong.push(format!(
@@ -487,6 +592,62 @@ async fn main() -> anyhow::Result<()> {
         bail!("unexpected results:\n  {}", wrong.join("\n  "));
     }
     println!("\nAll {} tasks ended as expected.", records.len());
+    Ok(())
+}
+
+/// `📦 stored …` for a task whose outputs are in storage.
+async fn stored_outputs(storage: &Storage, data: &TaskEventData) -> anyhow::Result<Option<String>> {
+    let environment = data.environment.as_str();
+    let prefix = format!("tasks/{}/", data.task_id);
+    let objects = storage
+        .scope(&data.tenant, environment)?
+        .list(Some(&prefix))
+        .await?;
+    if objects.is_empty() {
+        return Ok(None);
+    }
+    let bytes: u64 = objects.iter().map(|o| o.size).sum();
+    Ok(Some(format!(
+        "  📦 stored {} outputs ({}) of task {} in {}/tenants/{}/{}/{}",
+        objects.len(),
+        human_bytes(bytes),
+        data.task_id,
+        storage.url().trim_end_matches("?…"),
+        data.tenant,
+        environment,
+        prefix
+    )))
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / (1 << 10) as f64),
+        b => format!("{b} B"),
+    }
+}
+
+/// Storage used per tenant, against its quota.
+async fn print_storage(storage: &Storage, records: &[TaskRecord]) -> anyhow::Result<()> {
+    println!("\nStorage per tenant ({}):", storage.url());
+    println!(
+        "  {:<8} {:>8} {:>10} {:>12}",
+        "tenant", "objects", "bytes", "quota"
+    );
+    let mut tenants: Vec<&Tenant> = records.iter().map(|r| &r.tenant).collect();
+    tenants.sort();
+    tenants.dedup();
+    for tenant in tenants {
+        let usage = storage.usage(tenant.as_str()).await?;
+        let quota = storage.quota(tenant.as_str());
+        println!(
+            "  {:<8} {:>8} {:>10} {:>12}",
+            tenant.as_str(),
+            usage.objects,
+            human_bytes(usage.bytes),
+            quota.bytes.map_or("unlimited".to_owned(), human_bytes)
+        );
+    }
     Ok(())
 }
 

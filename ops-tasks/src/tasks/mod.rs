@@ -516,6 +516,7 @@ impl Tasks {
             resources: template.resources().clone(),
             timeout: template.timeout(),
             output_globs: rendered.output_globs,
+            inputs: rendered.inputs,
             environment: Environment::default(),
             image: template.image().map(str::to_owned),
             scavenger: template.scavenger(),

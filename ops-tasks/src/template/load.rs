@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::placeholder::Pattern;
 use super::schema::ParameterSchema;
-use super::{Compiled, Format, RetryPolicy, TaskTemplate};
+use super::{Compiled, Format, Input, RetryPolicy, TaskTemplate};
 use crate::paths::{check_glob, check_relative};
 use crate::{Error, Result};
 
@@ -23,6 +23,7 @@ const FIELDS: &[&str] = &[
     "shell",
     "env",
     "workdir",
+    "inputs",
     "outputs",
     "resources",
     "timeout",
@@ -304,6 +305,8 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
         }
     }
 
+    let (inputs, input_patterns) = check_inputs(&mut p, &obj);
+
     let outputs: Vec<String> = p.field(&obj, "outputs").unwrap_or_default();
     let mut output_patterns = Vec::new();
     for (i, glob) in outputs.iter().enumerate() {
@@ -351,6 +354,7 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
             .iter()
             .chain(env_patterns.values())
             .chain(workdir_pattern.iter())
+            .chain(input_patterns.iter().flat_map(|(from, to)| [from, to]))
             .chain(output_patterns.iter());
         for (field, pattern) in all {
             let mut seen = Vec::new();
@@ -384,6 +388,7 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
         shell,
         env,
         workdir,
+        inputs,
         outputs,
         resources,
         timeout,
@@ -401,9 +406,122 @@ pub(super) fn build(value: Value, file: &Path) -> Result<TaskTemplate> {
                 .map(|(k, v)| (k, strip(v)))
                 .collect(),
             workdir: workdir_pattern.map(strip),
+            inputs: input_patterns
+                .into_iter()
+                .map(|(from, to)| (strip(from), strip(to)))
+                .collect(),
             outputs: output_patterns.into_iter().map(strip).collect(),
         },
     })
+}
+
+/// A field's `(name, pattern)`.
+type Named = (String, Pattern);
+
+/// Reads `inputs`: each entry a storage path, or a table `{ from, to }` (`to` defaults
+/// to `from`). `from` must be a storage path and `to` a path in the task directory,
+/// once placeholders are filled in with any plain value.
+fn check_inputs(
+    p: &mut Problems<'_>,
+    obj: &Map<String, Value>,
+) -> (Vec<Input>, Vec<(Named, Named)>) {
+    let mut inputs = Vec::new();
+    let mut patterns = Vec::new();
+    let Some(entries) = p.field::<Vec<Value>>(obj, "inputs") else {
+        return (inputs, patterns);
+    };
+    for (i, entry) in entries.iter().enumerate() {
+        let field = format!("inputs[{i}]");
+        let (from, to) = match entry {
+            Value::String(from) => (Some(from.clone()), None),
+            Value::Object(table) => {
+                for key in table
+                    .keys()
+                    .filter(|k| !["from", "to"].contains(&k.as_str()))
+                {
+                    p.push(
+                        format!("{field}.{key}"),
+                        format!("unknown field `{key}`; expected `from` and `to`"),
+                    );
+                }
+                let mut text = |key: &str| match table.get(key) {
+                    None => None,
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(other) => {
+                        p.push(
+                            format!("{field}.{key}"),
+                            format!("expected a string, found {}", kind(other)),
+                        );
+                        None
+                    }
+                };
+                let (from, to) = (text("from"), text("to"));
+                if !table.contains_key("from") {
+                    p.push(
+                        format!("{field}.from"),
+                        "missing; give the object's path in the tenant's storage",
+                    );
+                }
+                (from, to)
+            }
+            other => {
+                p.push(
+                    field,
+                    format!(
+                        "expected a storage path or a table {{ from, to }}, found {}",
+                        kind(other)
+                    ),
+                );
+                continue;
+            }
+        };
+        let Some(from) = from else { continue };
+        let to = to.unwrap_or_else(|| from.clone());
+        let from_field = format!("{field}.from");
+        let to_field = format!("{field}.to");
+        let from_pattern = match Pattern::parse(&from) {
+            Ok(pattern) => {
+                if let Err(e) = ops_storage::ObjectPath::parse(&sample(&pattern)) {
+                    p.push(&from_field, e.to_string());
+                }
+                Some(pattern)
+            }
+            Err(message) => {
+                p.push(&from_field, message);
+                None
+            }
+        };
+        let to_pattern = match Pattern::parse(&to) {
+            Ok(pattern) => {
+                if let Err(e) = check_relative(&sample(&pattern)) {
+                    p.push(&to_field, e.to_string());
+                }
+                Some(pattern)
+            }
+            Err(message) => {
+                p.push(&to_field, message);
+                None
+            }
+        };
+        if let (Some(from_pattern), Some(to_pattern)) = (from_pattern, to_pattern) {
+            patterns.push(((from_field, from_pattern), (to_field, to_pattern)));
+        }
+        inputs.push(Input { from, to });
+    }
+    (inputs, patterns)
+}
+
+/// The text of `pattern` with every placeholder replaced by a plain word, to check
+/// the shape of a path before parameters are known.
+fn sample(pattern: &Pattern) -> String {
+    pattern
+        .segments()
+        .iter()
+        .map(|s| match s {
+            super::placeholder::Segment::Literal(text) => text.as_str(),
+            super::placeholder::Segment::Param(_) => "x",
+        })
+        .collect()
 }
 
 /// A container image reference: no whitespace, no upper case in the repository part,
@@ -539,6 +657,60 @@ mod tests {
         assert!(found[7].contains("a GPU count"), "{}", found[7]);
         assert!(found[8].contains("\"12XB\""), "{}", found[8]);
         assert!(found[12].contains("{{ missing }}"), "{}", found[12]);
+    }
+
+    #[test]
+    fn inputs_are_checked_entry_by_entry() {
+        let t = build(
+            json!({
+                "name": "x",
+                "command": ["true"],
+                "parameters": {"properties": {"scene": {"type": "string"}}},
+                "inputs": ["datasets/a.txt", {"from": "scenes/{{ scene }}", "to": "in/scene.blend"}],
+            }),
+            Path::new("t"),
+        )
+        .unwrap();
+        assert_eq!(t.inputs()[0].to, "datasets/a.txt");
+        assert_eq!(t.inputs()[1].from, "scenes/{{ scene }}");
+        let found = problems(json!({
+            "name": "x",
+            "command": ["true"],
+            "inputs": [
+                "ok/path",
+                "../secret",
+                {"from": "a", "to": "/etc/passwd"},
+                {"to": "b", "form": "a"},
+                {"from": 3},
+                7,
+                {"from": "{{ nope }}/a"},
+            ],
+        }));
+        let fields: Vec<&str> = found.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(
+            fields,
+            [
+                "inputs[1].from",
+                "inputs[1].to",
+                "inputs[2].to",
+                "inputs[3].form",
+                "inputs[3].from",
+                "inputs[4].from",
+                "inputs[5]",
+                "inputs[6].from",
+                "inputs[6].to",
+            ],
+            "{found:#?}"
+        );
+        assert!(found[0].contains("\"..\" segment"), "{}", found[0]);
+        assert!(found[2].contains("absolute"), "{}", found[2]);
+        assert!(found[4].contains("missing"), "{}", found[4]);
+        assert!(
+            found[5].contains("expected a string, found a number"),
+            "{}",
+            found[5]
+        );
+        assert!(found[7].contains("{{ nope }}"), "{}", found[7]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! name = "render"
 //! description = "Render frames of a Blender scene"
 //! command = ["blender", "-b", "{{ scene }}", "-f", "{{ frames }}"]
+//! inputs = [{ from = "scenes/{{ scene }}", to = "scene.blend" }]
 //! outputs = ["frames/*.png"]
 //! timeout = "1h30m"
 //! priority = 10
@@ -34,7 +35,7 @@
 //!
 //! # Placeholders
 //!
-//! `{{name}}` or `{{ name }}` in `command`, `env` values, `workdir` and `outputs` is
+//! `{{name}}` or `{{ name }}` in `command`, `env` values, `workdir`, `inputs` and `outputs` is
 //! replaced by the parameter `name`, which must be declared under
 //! `parameters.properties`. Strings are inserted as they are, numbers and booleans as
 //! their JSON text, `null` as nothing, arrays and objects as compact JSON. A `command`
@@ -48,6 +49,16 @@
 //! taken literally (not inside quotes, backticks, comments, arithmetic or a
 //! here-document; checked at load time). Quoting cannot help a script that re-parses its
 //! arguments itself (`eval`, `sh -c "$1"`, `ssh host …`): avoid those.
+//!
+//! # Inputs
+//!
+//! `inputs` lists objects of the tenant's storage (ops-storage) to place in the task
+//! directory before the task starts: `{ from = "datasets/scene.blend", to =
+//! "scene.blend" }`, or just `"datasets/scene.blend"` for the same path on both sides.
+//! `from` is a storage path (checked by [`ops_storage::ObjectPath`]), `to` a path in the
+//! task directory that may not leave it. They reach the executor as
+//! [`LaunchSpec::inputs`](crate::LaunchSpec::inputs) and are copied by
+//! [`StagingExecutor`](crate::staging::StagingExecutor).
 //!
 //! # Example
 //!
@@ -153,6 +164,8 @@ pub struct TaskTemplate {
     #[serde(skip_serializing_if = "Option::is_none")]
     workdir: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    inputs: Vec<Input>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     outputs: Vec<String>,
     resources: Resources,
     #[serde(
@@ -181,7 +194,20 @@ struct Compiled {
     command: Vec<Pattern>,
     env: BTreeMap<String, Pattern>,
     workdir: Option<Pattern>,
+    /// `(from, to)` of each input.
+    inputs: Vec<(Pattern, Pattern)>,
     outputs: Vec<Pattern>,
+}
+
+/// One entry of a template's `inputs`, as written (placeholders included): the object
+/// `from` of the tenant's storage is copied to `to` in the task directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Input {
+    /// Path in the tenant's environment storage.
+    pub from: String,
+    /// Path relative to the task directory.
+    pub to: String,
 }
 
 impl TaskTemplate {
@@ -245,6 +271,11 @@ impl TaskTemplate {
     /// Working directory as written, relative to the task directory.
     pub fn workdir(&self) -> Option<&str> {
         self.workdir.as_deref()
+    }
+
+    /// Inputs as written: storage objects copied into the task directory.
+    pub fn inputs(&self) -> &[Input] {
+        &self.inputs
     }
 
     /// Output glob patterns as written, relative to the task directory.

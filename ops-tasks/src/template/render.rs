@@ -9,7 +9,7 @@ use super::TaskTemplate;
 use super::load::kind;
 use super::placeholder::{Pattern, Segment};
 use crate::paths::{check_glob, check_relative};
-use crate::{Error, ParameterViolation, Result};
+use crate::{Error, ParameterViolation, Result, StagedInput};
 
 /// A template with parameters filled in: what an executor needs to start the task.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +24,8 @@ pub struct RenderedCommand {
     pub workdir: Option<PathBuf>,
     /// Output glob patterns relative to the task directory, checked not to escape it.
     pub output_globs: Vec<String>,
+    /// Storage objects to copy into the task directory, both paths checked.
+    pub inputs: Vec<StagedInput>,
     /// The parameters as checked: the submitted ones plus schema defaults.
     pub parameters: Value,
 }
@@ -97,6 +99,13 @@ impl TaskTemplate {
             .map(|p| sub.render(p, false))
             .collect();
 
+        let inputs: Vec<(String, String)> = self
+            .compiled
+            .inputs
+            .iter()
+            .map(|(from, to)| (sub.render(from, false), sub.render(to, false)))
+            .collect();
+
         let mut violations = sub.violations;
         if argv.is_empty() && violations.is_empty() {
             violations.push(ParameterViolation {
@@ -111,13 +120,51 @@ impl TaskTemplate {
         for glob in &output_globs {
             check_glob(glob)?;
         }
+        let inputs = self.check_inputs(inputs)?;
         Ok(RenderedCommand {
             argv,
             env,
             workdir,
             output_globs,
+            inputs,
             parameters,
         })
+    }
+
+    /// Checks rendered inputs: `from` a storage path, `to` inside the task directory.
+    /// Every bad one is listed, under the first parameter its field uses.
+    fn check_inputs(&self, rendered: Vec<(String, String)>) -> Result<Vec<StagedInput>> {
+        let mut violations = Vec::new();
+        let mut inputs = Vec::with_capacity(rendered.len());
+        for (i, ((from, to), (from_pattern, to_pattern))) in
+            rendered.into_iter().zip(&self.compiled.inputs).enumerate()
+        {
+            let at = |pattern: &Pattern| {
+                pattern
+                    .params()
+                    .next()
+                    .map(|p| format!("/{p}"))
+                    .unwrap_or_default()
+            };
+            if let Err(e) = ops_storage::ObjectPath::parse(&from) {
+                violations.push(ParameterViolation {
+                    path: at(from_pattern),
+                    message: format!("inputs[{i}].from: {e}"),
+                });
+            }
+            match check_relative(&to) {
+                Ok(to) => inputs.push(StagedInput::new(from, to)),
+                Err(e) => violations.push(ParameterViolation {
+                    path: at(to_pattern),
+                    message: format!("inputs[{i}].to: {e}"),
+                }),
+            }
+        }
+        if violations.is_empty() {
+            Ok(inputs)
+        } else {
+            Err(self.invalid(violations))
+        }
     }
 
     fn invalid(&self, violations: Vec<ParameterViolation>) -> Error {
@@ -356,5 +403,37 @@ mod tests {
         let t = template(json!({"outputs": ["{{dir}}/*.png"]}));
         let err = t.render(&json!({"dir": "/etc"})).unwrap_err();
         assert!(matches!(err, Error::PathEscape { .. }), "{err}");
+    }
+
+    #[test]
+    fn inputs_are_rendered_and_checked() {
+        let t = template(json!({"inputs": [
+            "datasets/{{s}}",
+            {"from": "scenes/{{s}}.blend", "to": "in/{{dir}}/scene.blend"},
+        ]}));
+        let r = t.render(&json!({"s": "a b", "dir": "./x"})).unwrap();
+        assert_eq!(
+            r.inputs,
+            [
+                StagedInput::new("datasets/a b", "datasets/a b"),
+                StagedInput::new("scenes/a b.blend", "in/x/scene.blend"),
+            ]
+        );
+        let Err(Error::InvalidParameters { violations, .. }) =
+            t.render(&json!({"s": "../other", "dir": "../.."}))
+        else {
+            panic!("expected InvalidParameters");
+        };
+        let shown: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("/s: inputs[0].from: invalid object path"),
+            "{shown:?}"
+        );
+        assert!(shown[1].starts_with("/s: inputs[0].to: path"), "{shown:?}");
+        assert!(
+            shown[3].starts_with("/dir: inputs[1].to: path"),
+            "{shown:?}"
+        );
     }
 }

@@ -51,6 +51,7 @@ pub fn record_with_id(id: TaskId, tenant: &str, status: TaskStatus) -> TaskRecor
         resources: Default::default(),
         timeout: Some(Duration::from_secs(3600)),
         output_globs: vec!["frames/*.png".into()],
+        inputs: Vec::new(),
         environment: Default::default(),
         image: Some("ghcr.io/acme/render:1.0".into()),
         scavenger: false,
