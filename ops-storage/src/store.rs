@@ -4,12 +4,12 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetResultPayload, ObjectStore, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -246,6 +246,50 @@ impl Storage {
     }
 }
 
+/// Copies `range` of `file` to a new file `to` in 1 MiB blocks, giving its size and
+/// SHA-256. Reading and hashing overlap with writing (a second thread writes).
+fn copy_hashing(
+    file: std::fs::File,
+    range: std::ops::Range<u64>,
+    to: &FsPath,
+) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, Write};
+    let mut out = std::fs::File::create(to)?;
+    let (blocks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for block in received {
+            out.write_all(&block)?;
+        }
+        out.flush()
+    });
+    let read = (|| {
+        let mut file = file;
+        file.seek(std::io::SeekFrom::Start(range.start))?;
+        let mut from = file.take(range.end - range.start);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let mut block = Vec::with_capacity(1 << 20);
+            let n = (&mut from).take(1 << 20).read_to_end(&mut block)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&block);
+            size += n as u64;
+            if blocks.send(block).is_err() {
+                break; // the writer failed: its error is returned below
+            }
+        }
+        drop(blocks);
+        Ok::<_, std::io::Error>((size, hex::encode(hasher.finalize())))
+    })();
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
+    written?;
+    read
+}
+
 fn local(dir: &FsPath) -> Result<LocalFileSystem> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
@@ -299,26 +343,15 @@ pub struct Scoped {
     task: Option<(String, u32)>,
 }
 
-/// The `data` of `ops.storage.object.*` events.
+/// The `data` of `ops.storage.object.*` events: the object's record (tenant,
+/// environment, path, size, SHA-256, entity tag, task and attempt, when stored) and,
+/// for deletions, why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ObjectEventData {
-    /// The tenant.
-    pub tenant: String,
-    /// The environment.
-    pub environment: String,
-    /// Path relative to the tenant's environment storage.
-    pub path: String,
-    /// Bytes.
-    pub size: u64,
-    /// SHA-256 of the bytes, lowercase hex.
-    pub sha256: String,
-    /// The task that wrote it, for task outputs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<String>,
-    /// The task attempt that wrote it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u32>,
+    /// The object.
+    #[serde(flatten)]
+    pub object: ObjectEntry,
     /// Why it was deleted (`deleted`, `retention`, `not_recorded`); only on
     /// `ops.storage.object.deleted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,13 +366,7 @@ pub(crate) fn object_event(
     reason: Option<&str>,
 ) -> Event {
     let data = ObjectEventData {
-        tenant: entry.tenant.clone(),
-        environment: entry.environment.clone(),
-        path: entry.path.clone(),
-        size: entry.size,
-        sha256: entry.sha256.clone(),
-        task_id: entry.task_id.clone(),
-        attempt: entry.attempt,
+        object: entry.clone(),
         reason: reason.map(str::to_owned),
     };
     let builder = Event::builder(ty, source)
@@ -439,7 +466,8 @@ impl Scoped {
             e_tag: e_tag.clone(),
             task_id: self.task.as_ref().map(|(id, _)| id.clone()),
             attempt: self.task.as_ref().map(|(_, a)| *a),
-            created_at: Utc::now(),
+            // Milliseconds: what the catalogs keep, so events and records agree.
+            created_at: Utc::now().trunc_subsecs(3),
         };
         let event = object_event(
             &self.inner.source,
@@ -619,20 +647,35 @@ impl Scoped {
             path: dest.to_path_buf(),
             source,
         };
-        let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
-        let mut stream = got.into_stream();
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream.try_next().await.map_err(|e| self.backend(path, e))? {
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk).await.map_err(io)?;
-        }
-        out.flush().await.map_err(io)?;
+        let (size, sha256) = match got.payload {
+            // A local object: copied in large blocks on a blocking thread (its stream
+            // would read it in small chunks).
+            GetResultPayload::File(file, _) => {
+                let (range, to) = (got.range, dest.to_path_buf());
+                tokio::task::spawn_blocking(move || copy_hashing(file, range, &to))
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e)))?
+                    .map_err(io)?
+            }
+            GetResultPayload::Stream(mut stream) => {
+                let mut out = tokio::fs::File::create(dest).await.map_err(io)?;
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                while let Some(chunk) =
+                    stream.try_next().await.map_err(|e| self.backend(path, e))?
+                {
+                    hasher.update(&chunk);
+                    size += chunk.len() as u64;
+                    out.write_all(&chunk).await.map_err(io)?;
+                }
+                out.flush().await.map_err(io)?;
+                (size, hex::encode(hasher.finalize()))
+            }
+        };
         Ok(StoredObject {
             path: checked.to_string(),
             size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256,
             e_tag,
         })
     }
@@ -723,7 +766,8 @@ impl Scoped {
             e_tag: stored.and_then(|m| m.e_tag),
             task_id: None,
             attempt: None,
-            created_at: Utc::now(),
+            // Milliseconds: what the catalogs keep, so events and records agree.
+            created_at: Utc::now().trunc_subsecs(3),
         });
         let event = object_event(
             &self.inner.source,

@@ -211,17 +211,25 @@ async fn catalog_contract_on_sqlite() {
     assert_eq!(subjects, ["1", "2", "3", "4", "5", "8", "9"]);
 }
 
+/// The test server's URL; `None` (skip) when there is none, unless services are
+/// required.
 #[cfg(feature = "postgres")]
-#[tokio::test]
-async fn catalog_contract_on_postgres() {
-    let Ok(url) = std::env::var("OPS_TEST_POSTGRES_URL") else {
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("OPS_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
         assert!(
             std::env::var("OPS_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "OPS_TEST_POSTGRES_URL is not set and OPS_REQUIRE_SERVICES=1"
         );
         eprintln!("skipped: OPS_TEST_POSTGRES_URL is not set");
-        return;
-    };
+    }
+    url
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn catalog_contract_on_postgres() {
+    let Some(url) = postgres_url() else { return };
     let c = ops_storage::catalog::PostgresCatalog::connect(&url)
         .await
         .unwrap();
@@ -324,17 +332,21 @@ async fn writes_are_recorded_with_their_events() {
             event_types::STORAGE_OBJECT_DELETED
         ]
     );
-    let first = data(&events[0]);
+    let first = data(&events[0]).object;
     assert_eq!(
         (first.size, first.sha256.as_str(), first.path.as_str()),
         (9, stored.sha256.as_str(), "tasks/f1.png")
     );
     assert_eq!(first.task_id, Some(task.to_string()));
+    assert_eq!(first, record);
     assert_eq!(events[0].tenant(), Some("acme"));
     assert_eq!(events[0].extension("environment"), Some("production"));
-    assert_eq!(data(&events[1]).size, 12 << 20);
+    assert_eq!(data(&events[1]).object.size, 12 << 20);
     assert_eq!(data(&events[2]).reason.as_deref(), Some("deleted"));
-    assert_eq!(data(&events[2]).sha256, data(&events[1]).sha256);
+    assert_eq!(
+        data(&events[2]).object.sha256,
+        data(&events[1]).object.sha256
+    );
 }
 
 #[tokio::test]
@@ -643,14 +655,7 @@ async fn concurrent_writers_on_sqlite() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_on_postgres() {
-    let Ok(url) = std::env::var("OPS_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("OPS_REQUIRE_SERVICES").as_deref() != Ok("1"),
-            "OPS_TEST_POSTGRES_URL is not set and OPS_REQUIRE_SERVICES=1"
-        );
-        eprintln!("skipped: OPS_TEST_POSTGRES_URL is not set");
-        return;
-    };
+    let Some(url) = postgres_url() else { return };
     let c = ops_storage::catalog::PostgresCatalog::connect(&url)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ops_core::{Event, Reason, TaskId, TaskStatus, Tenant, event_types};
 use ops_storage::catalog::SqliteCatalog;
-use ops_storage::{ObjectEventData, Quota, Quotas, Storage};
+use ops_storage::{ObjectEntry, ObjectEventData, Quota, Quotas, Storage};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
 use ops_tasks::staging::StagingExecutor;
 use ops_tasks::template::{Catalogue, Format, TaskTemplate};
@@ -208,10 +208,10 @@ async fn inputs_are_staged_and_outputs_stored_with_their_events() {
         ],
         "{events:#?}"
     );
-    let created: Vec<ObjectEventData> = events
+    let created: Vec<ObjectEntry> = events
         .iter()
         .filter(|e| e.ty == event_types::STORAGE_OBJECT_CREATED)
-        .map(|e| e.data_as().unwrap())
+        .map(|e| e.data_as::<ObjectEventData>().unwrap().object)
         .collect();
     let frame = std::fs::read(record.spec.task_dir.join("out/frame1.png")).unwrap();
     for (data, (path, bytes)) in created.iter().zip([

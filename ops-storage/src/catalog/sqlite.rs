@@ -1,6 +1,8 @@
 //! The embedded catalog: SQLite, sharing its database (and its transactions) with an
 //! `ops-events` outbox, so that a record and its event commit together.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ops_core::Event;
@@ -154,10 +156,16 @@ impl SqliteCatalog {
             .map_err(catalog)?;
         let mut results = Vec::with_capacity(batch.len());
         let mut events = Vec::with_capacity(batch.len());
+        // Each tenant's totals: read once, kept up to date here, written once.
+        let mut totals: HashMap<&str, StorageUsage> = HashMap::new();
         for p in batch {
             let entry = &p.entry;
             let old = Self::entry(&mut tx, &entry.tenant, &entry.environment, &entry.path).await?;
-            let base = without(Self::usage_on(&mut tx, &entry.tenant).await?, old.as_ref());
+            let usage = match totals.get(entry.tenant.as_str()) {
+                Some(usage) => *usage,
+                None => Self::usage_on(&mut tx, &entry.tenant).await?,
+            };
+            let base = without(usage, old.as_ref());
             let added = StorageUsage {
                 bytes: entry.size,
                 objects: 1,
@@ -186,9 +194,12 @@ impl SqliteCatalog {
             .execute(&mut *tx)
             .await
             .map_err(catalog)?;
-            Self::set_usage(&mut tx, &entry.tenant, base.plus(added)).await?;
+            totals.insert(&entry.tenant, base.plus(added));
             events.push(p.event.clone());
             results.push(Ok(old));
+        }
+        for (tenant, usage) in totals {
+            Self::set_usage(&mut tx, tenant, usage).await?;
         }
         SqliteOutbox::append(&mut tx, &events)
             .await
