@@ -648,6 +648,15 @@ async fn print_storage(storage: &Storage, records: &[TaskRecord]) -> anyhow::Res
             quota.bytes.map_or("unlimited".to_owned(), human_bytes)
         );
     }
+    // Retention as a periodic job would run it (`Storage::spawn_retention`): nothing
+    // of this run is old enough yet, so it only shows the rules are applied.
+    let report = storage.apply_retention(chrono::Utc::now()).await?;
+    println!(
+        "  retention: {} objects ({}) past their rules removed, {} failed",
+        report.removed.len(),
+        human_bytes(report.bytes),
+        report.failed.len()
+    );
     Ok(())
 }
 
