@@ -352,8 +352,8 @@ pub struct ObjectEventData {
     /// The object.
     #[serde(flatten)]
     pub object: ObjectEntry,
-    /// Why it was deleted (`deleted`, `retention`, `not_recorded`); only on
-    /// `ops.storage.object.deleted`.
+    /// Why it was deleted (`deleted`, `retention`, `not_recorded`, `missing`); only
+    /// on `ops.storage.object.deleted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -626,7 +626,10 @@ impl Scoped {
     }
 
     /// Checks `path` and starts reading the object there.
-    async fn open_object(&self, path: &str) -> Result<(ObjectPath, object_store::GetResult)> {
+    pub(crate) async fn open_object(
+        &self,
+        path: &str,
+    ) -> Result<(ObjectPath, object_store::GetResult)> {
         let checked = ObjectPath::parse(path)?;
         let got = self
             .inner

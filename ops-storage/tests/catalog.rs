@@ -662,3 +662,77 @@ async fn concurrent_writers_on_postgres() {
     let tenant = format!("pq{}", ops_core::TaskId::new().to_string().replace('-', ""));
     concurrent_writers_stay_within_quota(Arc::new(c), &tenant).await;
 }
+
+#[tokio::test]
+async fn reconcile_records_what_was_written_around_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, catalog) = sqlite_storage(dir.path(), Quotas::unlimited()).await;
+    let acme = storage.scope("acme", "production").unwrap();
+    acme.put("kept.txt", Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    acme.put("gone.txt", Bytes::from_static(b"gone"))
+        .await
+        .unwrap();
+    acme.put("changed.txt", Bytes::from_static(b"v1"))
+        .await
+        .unwrap();
+    let _ = drain(catalog.outbox()).await;
+    // Around ops-storage: a file copied in by hand, one deleted, one rewritten.
+    let root = dir.path().join("objects/tenants/acme/production");
+    std::fs::create_dir_all(root.join("manual")).unwrap();
+    std::fs::write(root.join("manual/new.bin"), b"brand new bytes").unwrap();
+    std::fs::remove_file(root.join("gone.txt")).unwrap();
+    std::fs::write(root.join("changed.txt"), b"version two").unwrap();
+
+    let report = acme.reconcile().await.unwrap();
+    let recorded: Vec<(&str, u64)> = report
+        .recorded
+        .iter()
+        .map(|e| (e.path.as_str(), e.size))
+        .collect();
+    assert_eq!(recorded, [("changed.txt", 11), ("manual/new.bin", 15)]);
+    assert_eq!(
+        report.recorded[1].sha256,
+        hex::encode(Sha256::digest(b"brand new bytes"))
+    );
+    assert_eq!(report.dropped.len(), 1);
+    assert_eq!(report.dropped[0].path, "gone.txt");
+    assert_eq!(report.unchanged, 1);
+    assert_eq!(
+        storage.usage("acme").await.unwrap(),
+        StorageUsage {
+            bytes: 4 + 11 + 15,
+            objects: 3
+        }
+    );
+    let events = drain(catalog.outbox()).await;
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let d = data(e);
+            (e.ty.clone(), d.reason.unwrap_or(d.object.path))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                event_types::STORAGE_OBJECT_CREATED.to_owned(),
+                "changed.txt".to_owned()
+            ),
+            (
+                event_types::STORAGE_OBJECT_CREATED.to_owned(),
+                "manual/new.bin".to_owned()
+            ),
+            (
+                event_types::STORAGE_OBJECT_DELETED.to_owned(),
+                "missing".to_owned()
+            ),
+        ]
+    );
+    // Once agreed, nothing more to do.
+    let again = acme.reconcile().await.unwrap();
+    assert!(again.recorded.is_empty() && again.dropped.is_empty());
+    assert_eq!(again.unchanged, 3);
+}

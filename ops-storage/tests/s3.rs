@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::{FutureExt, TryStreamExt};
 use object_store::ObjectStore;
 use ops_storage::{Error, S3Options, SignedMethod, Storage};
+use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
 /// The credentials test switches moto's authentication on for the whole server, which
@@ -184,6 +185,21 @@ async fn signed_urls_download_and_upload() {
                 .unwrap()
                 .is_none()
         );
+        // Reconciling records it, with its checksum.
+        let report = acme.reconcile().await.unwrap();
+        let recorded: Vec<(&str, u64)> = report
+            .recorded
+            .iter()
+            .map(|e| (e.path.as_str(), e.size))
+            .collect();
+        assert!(recorded.contains(&("uploads/in.bin", 8)), "{report:?}");
+        let record = storage
+            .catalog()
+            .get("acme", "production", "uploads/in.bin")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.sha256, hex::encode(Sha256::digest(b"uploaded")));
         acme.delete("uploads/in.bin").await.unwrap();
         assert!(matches!(
             acme.head("uploads/in.bin").await,
