@@ -4,13 +4,12 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::TryStreamExt;
-use ops_core::event_types;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Result;
 use crate::catalog::{EntryFilter, ObjectEntry, Quota};
-use crate::store::{Scoped, object_event};
+use crate::store::Scoped;
 
 /// What [`Scoped::reconcile`] changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,12 +37,15 @@ impl Scoped {
     /// written around ops-storage.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        let catalog = &self.inner.catalog;
         let filter = EntryFilter::all()
             .tenant(self.tenant())
             .environment(self.environment());
         let far = DateTime::<Utc>::MAX_UTC;
-        let mut records = catalog.older_than(&filter, far, u32::MAX).await?;
+        let mut records = self
+            .inner
+            .catalog
+            .older_than(&filter, far, u32::MAX)
+            .await?;
         records.sort_by(|a, b| a.path.cmp(&b.path));
         let stored = self.list(None).await?;
         for object in &stored {
@@ -78,13 +80,7 @@ impl Scoped {
                 attempt: record.and_then(|r| r.attempt),
                 created_at: object.last_modified.trunc_subsecs(3),
             };
-            let event = object_event(
-                &self.inner.source,
-                event_types::STORAGE_OBJECT_CREATED,
-                &entry,
-                None,
-            );
-            catalog.record(&entry, &Quota::default(), event).await?;
+            self.inner.record(&entry, &Quota::default()).await?;
             report.recorded.push(entry);
         }
         for record in records {
@@ -94,15 +90,7 @@ impl Scoped {
             {
                 continue;
             }
-            let event = object_event(
-                &self.inner.source,
-                event_types::STORAGE_OBJECT_DELETED,
-                &record,
-                Some("missing"),
-            );
-            catalog
-                .remove(self.tenant(), self.environment(), &record.path, event)
-                .await?;
+            self.inner.forget(&record, "missing").await?;
             report.dropped.push(record);
         }
         if !report.recorded.is_empty() || !report.dropped.is_empty() {

@@ -3,13 +3,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ops_core::event_types;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::catalog::{EntryFilter, ObjectEntry};
 use crate::path::ObjectPath;
-use crate::store::{Storage, object_event};
+use crate::store::Storage;
 
 /// Records looked at per catalog query.
 const PAGE: u32 = 500;
@@ -104,17 +103,7 @@ impl Storage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(scoped.backend(&entry.path, e)),
         }
-        let event = object_event(
-            &self.inner.source,
-            event_types::STORAGE_OBJECT_DELETED,
-            entry,
-            Some("retention"),
-        );
-        self.inner
-            .catalog
-            .remove(&entry.tenant, &entry.environment, &entry.path, event)
-            .await
-            .map(|_| ())
+        self.inner.forget(entry, "retention").await.map(|_| ())
     }
 }
 

@@ -359,12 +359,7 @@ pub struct ObjectEventData {
 }
 
 /// Builds the `ops.storage.object.*` event for `entry`.
-pub(crate) fn object_event(
-    source: &str,
-    ty: &str,
-    entry: &ObjectEntry,
-    reason: Option<&str>,
-) -> Event {
+fn object_event(source: &str, ty: &str, entry: &ObjectEntry, reason: Option<&str>) -> Event {
     let data = ObjectEventData {
         object: entry.clone(),
         reason: reason.map(str::to_owned),
@@ -380,6 +375,42 @@ pub(crate) fn object_event(
     builder
         .json(serde_json::to_value(&data).unwrap_or_default())
         .build()
+}
+
+impl Inner {
+    /// Records `entry` (unless it passes `quota`) with its
+    /// `ops.storage.object.created` event; gives the record it replaced.
+    pub(crate) async fn record(
+        &self,
+        entry: &ObjectEntry,
+        quota: &Quota,
+    ) -> Result<Option<ObjectEntry>> {
+        let event = object_event(
+            &self.source,
+            event_types::STORAGE_OBJECT_CREATED,
+            entry,
+            None,
+        );
+        self.catalog.record(entry, quota, event).await
+    }
+
+    /// Removes the record of `entry` with its `ops.storage.object.deleted` event
+    /// saying `reason`; gives the removed record (`None`: there was none, and no event).
+    pub(crate) async fn forget(
+        &self,
+        entry: &ObjectEntry,
+        reason: &str,
+    ) -> Result<Option<ObjectEntry>> {
+        let event = object_event(
+            &self.source,
+            event_types::STORAGE_OBJECT_DELETED,
+            entry,
+            Some(reason),
+        );
+        self.catalog
+            .remove(&entry.tenant, &entry.environment, &entry.path, event)
+            .await
+    }
 }
 
 impl Scoped {
@@ -422,9 +453,14 @@ impl Scoped {
     }
 
     /// Refuses, before anything is written, a write of `size` bytes (unknown for a
-    /// stream: `None`) to `path` that would pass the tenant's quota. Gives how many
-    /// bytes the write may take at most (`None`: unlimited).
-    async fn precheck(&self, path: &ObjectPath, size: Option<u64>) -> Result<Option<u64>> {
+    /// stream: `None`) to `path` that would pass the tenant's quota. Gives the quota
+    /// and what the tenant holds without the object being replaced, for checking a
+    /// stream as it grows (`None`: no limit).
+    async fn precheck(
+        &self,
+        path: &ObjectPath,
+        size: Option<u64>,
+    ) -> Result<Option<(Quota, StorageUsage)>> {
         let quota = self.inner.quotas.of(&self.tenant);
         if quota.is_unlimited() {
             return Ok(None);
@@ -444,7 +480,7 @@ impl Scoped {
                 objects: 1,
             },
         )?;
-        Ok(quota.bytes.map(|limit| limit.saturating_sub(base.bytes)))
+        Ok(Some((quota, base)))
     }
 
     /// Records what was just stored at `path`, with its `ops.storage.object.created`
@@ -469,14 +505,8 @@ impl Scoped {
             // Milliseconds: what the catalogs keep, so events and records agree.
             created_at: Utc::now().trunc_subsecs(3),
         };
-        let event = object_event(
-            &self.inner.source,
-            event_types::STORAGE_OBJECT_CREATED,
-            &entry,
-            None,
-        );
         let quota = self.inner.quotas.of(&self.tenant);
-        if let Err(e) = self.inner.catalog.record(&entry, &quota, event).await {
+        if let Err(e) = self.inner.record(&entry, &quota).await {
             self.unstore(&path).await;
             return Err(e);
         }
@@ -500,21 +530,10 @@ impl Scoped {
             .catalog
             .get(&self.tenant, &self.environment, path.as_str())
             .await;
-        if let Ok(Some(old)) = old {
-            let event = object_event(
-                &self.inner.source,
-                event_types::STORAGE_OBJECT_DELETED,
-                &old,
-                Some("not_recorded"),
-            );
-            if let Err(e) = self
-                .inner
-                .catalog
-                .remove(&self.tenant, &self.environment, path.as_str(), event)
-                .await
-            {
-                tracing::warn!(path = %path, error = %e, "could not remove a stale record");
-            }
+        if let Ok(Some(old)) = old
+            && let Err(e) = self.inner.forget(&old, "not_recorded").await
+        {
+            tracing::warn!(path = %path, error = %e, "could not remove a stale record");
         }
     }
 
@@ -553,7 +572,7 @@ impl Scoped {
         S: Stream<Item = std::io::Result<Bytes>> + Send,
     {
         let checked = ObjectPath::parse(path)?;
-        let room = self.precheck(&checked, size_hint).await?;
+        let limits = self.precheck(&checked, size_hint).await?;
         let upload = self
             .inner
             .store
@@ -568,14 +587,12 @@ impl Scoped {
             let failed = match chunk {
                 Ok(chunk) => {
                     size += chunk.len() as u64;
-                    match room {
-                        Some(room) if size > room => Some(Error::QuotaExceeded {
-                            tenant: self.tenant.clone(),
-                            resource: "bytes",
-                            used: self.inner.quotas.of(&self.tenant).bytes.unwrap_or(0) - room,
-                            limit: self.inner.quotas.of(&self.tenant).bytes.unwrap_or(0),
-                            need: size,
-                        }),
+                    let grown = StorageUsage {
+                        bytes: size,
+                        objects: 1,
+                    };
+                    match limits.map(|(quota, base)| quota.check(&self.tenant, base, grown)) {
+                        Some(Err(over)) => Some(over),
                         _ => match writer.wait_for_capacity(4).await {
                             Ok(()) => {
                                 hasher.update(&chunk);
@@ -736,8 +753,9 @@ impl Scoped {
     pub async fn delete(&self, path: &str) -> Result<()> {
         let checked = ObjectPath::parse(path)?;
         let location = self.location(&checked);
-        let catalog = &self.inner.catalog;
-        let record = catalog
+        let record = self
+            .inner
+            .catalog
             .get(&self.tenant, &self.environment, checked.as_str())
             .await?;
         // Not every backend reports a missing object on delete.
@@ -758,29 +776,11 @@ impl Scoped {
                 .await
                 .map_err(|e| self.backend(path, e))?;
         }
-        // The bytes are gone: the record goes too (with its event), or, for an object
-        // stored without a record, an event says what went.
-        let entry = record.unwrap_or_else(|| ObjectEntry {
-            tenant: self.tenant.clone(),
-            environment: self.environment.clone(),
-            path: checked.to_string(),
-            size: stored.as_ref().map_or(0, |m| m.size),
-            sha256: String::new(),
-            e_tag: stored.and_then(|m| m.e_tag),
-            task_id: None,
-            attempt: None,
-            // Milliseconds: what the catalogs keep, so events and records agree.
-            created_at: Utc::now().trunc_subsecs(3),
-        });
-        let event = object_event(
-            &self.inner.source,
-            event_types::STORAGE_OBJECT_DELETED,
-            &entry,
-            Some("deleted"),
-        );
-        catalog
-            .remove(&self.tenant, &self.environment, checked.as_str(), event)
-            .await?;
+        // The bytes are gone: the record goes too, with its event. (An object stored
+        // without a record has no record to remove, and no event.)
+        if let Some(record) = record {
+            self.inner.forget(&record, "deleted").await?;
+        }
         Ok(())
     }
 }

@@ -96,6 +96,24 @@ impl Quota {
         self.bytes.is_none() && self.objects.is_none()
     }
 
+    /// The tenant's totals once `entry` replaces `old` (`None`: a new object), given
+    /// its totals `usage` now; [`Error::QuotaExceeded`] when they would pass this
+    /// quota. What every [`Catalog::record`] checks.
+    pub fn admit(
+        &self,
+        entry: &ObjectEntry,
+        usage: StorageUsage,
+        old: Option<&ObjectEntry>,
+    ) -> Result<StorageUsage> {
+        let base = without(usage, old);
+        let added = StorageUsage {
+            bytes: entry.size,
+            objects: 1,
+        };
+        self.check(&entry.tenant, base, added)?;
+        Ok(base.plus(added))
+    }
+
     /// The first limit that `usage` plus `more` would pass, as an
     /// [`Error::QuotaExceeded`] for `tenant`.
     pub fn check(&self, tenant: &str, usage: StorageUsage, more: StorageUsage) -> Result<()> {
@@ -283,16 +301,10 @@ impl Catalog for MemoryCatalog {
                 entry.path.clone(),
             );
             let old = entries.get(&key).cloned();
+            // Summing the tenant's records is only worth it when there is a limit.
             if !quota.is_unlimited() {
-                let used = without(
-                    usage_of(entries.values().filter(|e| e.tenant == entry.tenant)),
-                    old.as_ref(),
-                );
-                let added = StorageUsage {
-                    bytes: entry.size,
-                    objects: 1,
-                };
-                quota.check(&entry.tenant, used, added)?;
+                let usage = usage_of(entries.values().filter(|e| e.tenant == entry.tenant));
+                quota.admit(entry, usage, old.as_ref())?;
             }
             entries.insert(key, entry.clone());
             old

@@ -154,12 +154,11 @@ impl Catalog for PostgresCatalog {
         let mut tx = self.outbox.pool().begin().await.map_err(catalog)?;
         Self::lock_tenant(&mut tx, &entry.tenant).await?;
         let old = Self::entry(&mut tx, &entry.tenant, &entry.environment, &entry.path).await?;
-        let base = without(Self::usage_on(&mut tx, &entry.tenant).await?, old.as_ref());
-        let added = StorageUsage {
-            bytes: entry.size,
-            objects: 1,
-        };
-        quota.check(&entry.tenant, base, added)?;
+        let usage = quota.admit(
+            entry,
+            Self::usage_on(&mut tx, &entry.tenant).await?,
+            old.as_ref(),
+        )?;
         sqlx::query(concat!(
             "INSERT INTO ops_storage_objects (",
             columns!(),
@@ -180,7 +179,7 @@ impl Catalog for PostgresCatalog {
         .execute(&mut *tx)
         .await
         .map_err(catalog)?;
-        Self::set_usage(&mut tx, &entry.tenant, base.plus(added)).await?;
+        Self::set_usage(&mut tx, &entry.tenant, usage).await?;
         PostgresOutbox::append(&mut tx, std::slice::from_ref(&event))
             .await
             .map_err(catalog)?;

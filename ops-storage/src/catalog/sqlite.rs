@@ -165,15 +165,13 @@ impl SqliteCatalog {
                 Some(usage) => *usage,
                 None => Self::usage_on(&mut tx, &entry.tenant).await?,
             };
-            let base = without(usage, old.as_ref());
-            let added = StorageUsage {
-                bytes: entry.size,
-                objects: 1,
+            let usage = match p.quota.admit(entry, usage, old.as_ref()) {
+                Ok(usage) => usage,
+                Err(refused) => {
+                    results.push(Err(refused));
+                    continue;
+                }
             };
-            if let Err(refused) = p.quota.check(&entry.tenant, base, added) {
-                results.push(Err(refused));
-                continue;
-            }
             sqlx::query(concat!(
                 "INSERT INTO ops_storage_objects (",
                 columns!(),
@@ -194,7 +192,7 @@ impl SqliteCatalog {
             .execute(&mut *tx)
             .await
             .map_err(catalog)?;
-            totals.insert(&entry.tenant, base.plus(added));
+            totals.insert(&entry.tenant, usage);
             events.push(p.event.clone());
             results.push(Ok(old));
         }
