@@ -72,13 +72,12 @@ use async_trait::async_trait;
 use ops_core::{Reason, Resources, TaskId};
 use ops_storage::{Scoped, Storage};
 use tokio::sync::mpsc;
-use walkdir::WalkDir;
 
 use crate::executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, NodeGroup, Outcome, Reattached, RunHandle,
 };
 use crate::local::OPS_DIR;
-use crate::local::outputs::build_globs;
+use crate::local::outputs::{Matched, build_globs, matching, regular_file};
 use crate::{Result, paths};
 
 /// The key of a [`RunHandle::detail`] saying that the attempt never started because
@@ -428,41 +427,22 @@ fn find_outputs(
         Err(e) => return Err(format!("finding outputs in {}: {e}", task_dir.display())),
     };
     let mut found = Vec::new();
-    let walker = WalkDir::new(&root)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == OPS_DIR));
-    for entry in walker {
-        let entry = entry.map_err(|e| format!("finding outputs in {}: {e}", root.display()))?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        let Ok(rel) = entry.path().strip_prefix(&root) else {
-            continue;
-        };
-        if !globs.is_match(rel) || inputs.iter().any(|i| i == rel) {
-            continue;
-        }
-        let Some(rel_str) = rel.to_str() else {
-            return Err(format!(
-                "output {} has a name that is not UTF-8 and cannot be stored",
-                rel.display()
-            ));
-        };
-        let file = if entry.path_is_symlink() {
-            match paths::resolve_within(&root, rel) {
-                Ok(target) => target,
-                Err(e) => {
-                    tracing::debug!(path = rel_str, error = %e, "output symlink escapes: not stored");
-                    continue;
-                }
+    for matched in matching(&root, &globs) {
+        let matched = matched.map_err(|e| format!("finding outputs in {}: {e}", root.display()))?;
+        let (rel, entry) = match matched {
+            Matched::File(rel, entry) => (rel, entry),
+            Matched::NotUtf8(rel) => {
+                return Err(format!(
+                    "output {} has a name that is not UTF-8 and cannot be stored",
+                    rel.display()
+                ));
             }
-        } else {
-            entry.path().to_path_buf()
         };
-        if std::fs::metadata(&file).is_ok_and(|m| m.is_file()) {
-            found.push((rel_str.to_owned(), file));
+        if inputs.iter().any(|i| i.as_path() == Path::new(&rel)) {
+            continue;
+        }
+        if let Some((file, _)) = regular_file(&root, &rel, &entry) {
+            found.push((rel, file));
         }
     }
     found.sort();

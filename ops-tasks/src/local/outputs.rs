@@ -46,6 +46,69 @@ pub(crate) fn build_globs(patterns: &[String]) -> Result<GlobSet> {
         .map_err(|e| Error::Config(format!("output globs: {e}")))
 }
 
+/// A file under a task directory whose path matches the output globs.
+#[derive(Debug)]
+pub(crate) enum Matched {
+    /// Its path relative to the task directory, and the walk's entry for it.
+    File(String, walkdir::DirEntry),
+    /// A matching file whose name is not UTF-8 (relative path).
+    NotUtf8(PathBuf),
+}
+
+/// Walks `root` (not its `.ops/`) for the files whose relative path matches `globs`,
+/// giving walk errors as they come. Shared by the output scanner and staging.
+pub(crate) fn matching<'a>(
+    root: &'a Path,
+    globs: &'a GlobSet,
+) -> impl Iterator<Item = walkdir::Result<Matched>> + 'a {
+    WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == OPS_DIR))
+        .filter_map(move |entry| {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(e)),
+            };
+            if entry.file_type().is_dir() {
+                return None;
+            }
+            let rel = entry.path().strip_prefix(root).ok()?;
+            if !globs.is_match(rel) {
+                return None;
+            }
+            Some(Ok(match rel.to_str() {
+                Some(rel) => Matched::File(rel.to_owned(), entry),
+                None => Matched::NotUtf8(rel.to_path_buf()),
+            }))
+        })
+}
+
+/// The regular file a matched entry stands for, with its metadata. A symlink counts
+/// only when it resolves inside `root` (to its target); anything else is `None`.
+pub(crate) fn regular_file(
+    root: &Path,
+    rel: &str,
+    entry: &walkdir::DirEntry,
+) -> Option<(PathBuf, std::fs::Metadata)> {
+    let (file, meta) = if entry.path_is_symlink() {
+        match paths::resolve_within(root, Path::new(rel)) {
+            Ok(target) => {
+                let meta = std::fs::metadata(&target).ok()?;
+                (target, meta)
+            }
+            Err(e) => {
+                tracing::debug!(path = rel, error = %e, "output symlink escapes: ignored");
+                return None;
+            }
+        }
+    } else {
+        (entry.path().to_path_buf(), entry.metadata().ok()?)
+    };
+    meta.is_file().then_some((file, meta))
+}
+
 impl OutputScanner {
     /// A scanner for `task_dir`; `resume` loads what an earlier coordinator reported.
     pub fn new(task_dir: &Path, attempt: u32, globs: GlobSet, resume: bool) -> Result<Self> {
@@ -77,41 +140,21 @@ impl OutputScanner {
     /// match not yet reported.
     pub fn scan(&mut self, last: bool) -> Vec<(String, u64)> {
         let mut found = Vec::new();
-        let walker = WalkDir::new(&self.root)
-            .follow_links(false)
-            .min_depth(1)
-            .into_iter()
-            .filter_entry(|e| !(e.depth() == 1 && e.file_name() == OPS_DIR));
-        for entry in walker.flatten() {
-            if entry.file_type().is_dir() {
-                continue;
-            }
-            let Ok(rel) = entry.path().strip_prefix(&self.root) else {
-                continue;
-            };
-            let Some(rel_str) = rel.to_str() else {
-                tracing::debug!(path = %rel.display(), "output path is not UTF-8: ignored");
-                continue;
-            };
-            if self.reported.contains(rel_str) || !self.globs.is_match(rel) {
-                continue;
-            }
-            // Symlinks count only when they resolve inside the task directory.
-            let meta = if entry.path_is_symlink() {
-                match paths::resolve_within(&self.root, rel) {
-                    Ok(target) => std::fs::metadata(target),
-                    Err(e) => {
-                        tracing::debug!(path = rel_str, error = %e, "output symlink escapes: ignored");
-                        continue;
-                    }
+        for matched in matching(&self.root, &self.globs).flatten() {
+            let (rel, entry) = match matched {
+                Matched::File(rel, entry) => (rel, entry),
+                Matched::NotUtf8(rel) => {
+                    tracing::debug!(path = %rel.display(), "output path is not UTF-8: ignored");
+                    continue;
                 }
-            } else {
-                entry.metadata().map_err(std::io::Error::other)
             };
-            let Ok(meta) = meta else { continue };
-            if !meta.is_file() {
+            let rel_str = rel.as_str();
+            if self.reported.contains(rel_str) {
                 continue;
             }
+            let Some((_, meta)) = regular_file(&self.root, rel_str, &entry) else {
+                continue;
+            };
             let seen = (meta.len(), meta.modified().ok());
             let settled = self.pending.get(rel_str) == Some(&seen);
             if last || settled {

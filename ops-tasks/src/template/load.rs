@@ -479,36 +479,42 @@ fn check_inputs(
         let to = to.unwrap_or_else(|| from.clone());
         let from_field = format!("{field}.from");
         let to_field = format!("{field}.to");
-        let from_pattern = match Pattern::parse(&from) {
-            Ok(pattern) => {
-                if let Err(e) = ops_storage::ObjectPath::parse(&sample(&pattern)) {
-                    p.push(&from_field, e.to_string());
-                }
-                Some(pattern)
-            }
-            Err(message) => {
-                p.push(&from_field, message);
-                None
-            }
-        };
-        let to_pattern = match Pattern::parse(&to) {
-            Ok(pattern) => {
-                if let Err(e) = check_relative(&sample(&pattern)) {
-                    p.push(&to_field, e.to_string());
-                }
-                Some(pattern)
-            }
-            Err(message) => {
-                p.push(&to_field, message);
-                None
-            }
-        };
+        let from_pattern = path_pattern(p, &from_field, &from, |path| {
+            ops_storage::ObjectPath::parse(path)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let to_pattern = path_pattern(p, &to_field, &to, |path| {
+            check_relative(path).map(|_| ()).map_err(|e| e.to_string())
+        });
         if let (Some(from_pattern), Some(to_pattern)) = (from_pattern, to_pattern) {
             patterns.push(((from_field, from_pattern), (to_field, to_pattern)));
         }
         inputs.push(Input { from, to });
     }
     (inputs, patterns)
+}
+
+/// Parses `text` (of `field`) as a pattern and checks, with `check`, the path it
+/// makes once its placeholders hold a plain word; every problem goes to `p`.
+fn path_pattern(
+    p: &mut Problems<'_>,
+    field: &str,
+    text: &str,
+    check: impl Fn(&str) -> std::result::Result<(), String>,
+) -> Option<Pattern> {
+    match Pattern::parse(text) {
+        Ok(pattern) => {
+            if let Err(e) = check(&sample(&pattern)) {
+                p.push(field, e);
+            }
+            Some(pattern)
+        }
+        Err(message) => {
+            p.push(field, message);
+            None
+        }
+    }
 }
 
 /// The text of `pattern` with every placeholder replaced by a plain word, to check
