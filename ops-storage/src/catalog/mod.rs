@@ -229,14 +229,21 @@ type Key = (String, String, String);
 /// change.
 #[derive(Default)]
 pub struct MemoryCatalog {
-    entries: Mutex<BTreeMap<Key, ObjectEntry>>,
+    state: Mutex<MemoryState>,
     bus: Option<Arc<dyn EventBus>>,
+}
+
+/// The records and each tenant's totals, kept together.
+#[derive(Default)]
+struct MemoryState {
+    entries: BTreeMap<Key, ObjectEntry>,
+    totals: std::collections::HashMap<String, StorageUsage>,
 }
 
 impl std::fmt::Debug for MemoryCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryCatalog")
-            .field("objects", &self.lock().len())
+            .field("objects", &self.lock().entries.len())
             .field("bus", &self.bus.is_some())
             .finish()
     }
@@ -251,13 +258,13 @@ impl MemoryCatalog {
     /// An empty catalog that publishes its events to `bus`.
     pub fn with_bus(bus: Arc<dyn EventBus>) -> Self {
         Self {
-            entries: Mutex::default(),
+            state: Mutex::default(),
             bus: Some(bus),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, ObjectEntry>> {
-        self.entries
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -272,19 +279,10 @@ impl MemoryCatalog {
     }
 }
 
-fn usage_of<'a>(entries: impl Iterator<Item = &'a ObjectEntry>) -> StorageUsage {
-    entries.fold(StorageUsage::default(), |u, e| StorageUsage {
-        bytes: u.bytes + e.size,
-        objects: u.objects + 1,
-    })
-}
-
 #[async_trait]
 impl Catalog for MemoryCatalog {
     async fn usage(&self, tenant: &str) -> Result<StorageUsage> {
-        Ok(usage_of(
-            self.lock().values().filter(|e| e.tenant == tenant),
-        ))
+        Ok(self.lock().totals.get(tenant).copied().unwrap_or_default())
     }
 
     async fn record(
@@ -294,19 +292,17 @@ impl Catalog for MemoryCatalog {
         event: Event,
     ) -> Result<Option<ObjectEntry>> {
         let old = {
-            let mut entries = self.lock();
+            let mut state = self.lock();
             let key = (
                 entry.tenant.clone(),
                 entry.environment.clone(),
                 entry.path.clone(),
             );
-            let old = entries.get(&key).cloned();
-            // Summing the tenant's records is only worth it when there is a limit.
-            if !quota.is_unlimited() {
-                let usage = usage_of(entries.values().filter(|e| e.tenant == entry.tenant));
-                quota.admit(entry, usage, old.as_ref())?;
-            }
-            entries.insert(key, entry.clone());
+            let old = state.entries.get(&key).cloned();
+            let usage = state.totals.get(&entry.tenant).copied().unwrap_or_default();
+            let usage = quota.admit(entry, usage, old.as_ref())?;
+            state.totals.insert(entry.tenant.clone(), usage);
+            state.entries.insert(key, entry.clone());
             old
         };
         self.publish(event).await?;
@@ -320,9 +316,17 @@ impl Catalog for MemoryCatalog {
         path: &str,
         event: Event,
     ) -> Result<Option<ObjectEntry>> {
-        let old = self
-            .lock()
-            .remove(&(tenant.to_owned(), environment.to_owned(), path.to_owned()));
+        let old = {
+            let mut state = self.lock();
+            let old =
+                state
+                    .entries
+                    .remove(&(tenant.to_owned(), environment.to_owned(), path.to_owned()));
+            if let Some(totals) = state.totals.get_mut(tenant) {
+                *totals = without(*totals, old.as_ref());
+            }
+            old
+        };
         if old.is_some() {
             self.publish(event).await?;
         }
@@ -337,6 +341,7 @@ impl Catalog for MemoryCatalog {
     ) -> Result<Option<ObjectEntry>> {
         Ok(self
             .lock()
+            .entries
             .get(&(tenant.to_owned(), environment.to_owned(), path.to_owned()))
             .cloned())
     }
@@ -349,6 +354,7 @@ impl Catalog for MemoryCatalog {
     ) -> Result<Vec<ObjectEntry>> {
         let mut found: Vec<ObjectEntry> = self
             .lock()
+            .entries
             .values()
             .filter(|e| e.created_at < before && filter.matches(e))
             .cloned()
