@@ -144,13 +144,24 @@ struct Shared {
     recheck_interval: Duration,
 }
 
+/// Creates the missing parent directories of a database file.
+fn create_parent(file: &Path) -> Result<()> {
+    match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl SqliteOutbox {
     /// Opens (creating it if needed) the database at `url_or_path` with the default
     /// [`SqliteOutboxConfig`]: WAL mode, `synchronous = NORMAL`, a 5 s busy timeout,
     /// foreign keys on; then applies the outbox migrations.
     ///
     /// `url_or_path` is a `sqlite:` URL (`sqlite://data/ops.db`, `sqlite::memory:`) or
-    /// a file path. Missing parent directories of a path are created.
+    /// a file path. Missing parent directories of the database file are created.
     pub async fn open(url_or_path: &str) -> Result<Self> {
         Self::open_with(url_or_path, &SqliteOutboxConfig::default()).await
     }
@@ -165,15 +176,13 @@ impl SqliteOutbox {
             if url_or_path.is_empty() {
                 return Err(Error::invalid("sqlite path", url_or_path, "is empty"));
             }
-            let path = Path::new(url_or_path);
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                    path: parent.to_path_buf(),
-                    source,
-                })?;
-            }
-            SqliteConnectOptions::new().filename(path)
+            SqliteConnectOptions::new().filename(url_or_path)
         };
+        if !in_memory {
+            // A URL and a plain path alike: the database may be the first thing written
+            // under its directory (a fresh clone, a new state directory).
+            create_parent(options.get_filename())?;
+        }
         let options = options
             .create_if_missing(true)
             .journal_mode(if in_memory {
@@ -439,5 +448,35 @@ mod tests {
 
         let mem = SqliteOutbox::open("sqlite::memory:").await.unwrap();
         assert_eq!(mem.head().await.unwrap(), 0);
+    }
+
+    /// A `sqlite://` URL gets its missing directories created like a plain path does
+    /// (the README's first command on a fresh clone opens `sqlite://state/ops.db`).
+    #[tokio::test]
+    async fn sqlite_urls_create_missing_parent_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, url) in [
+            format!("sqlite://{}/a/b/ops.db", dir.path().display()),
+            format!("sqlite:{}/c/d/ops.db?mode=rwc", dir.path().display()),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let outbox = SqliteOutbox::open(url)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(outbox.head().await.unwrap(), 0);
+            let file = dir.path().join(["a/b/ops.db", "c/d/ops.db"][i]);
+            assert!(file.exists(), "{}", file.display());
+        }
+        // A parent that cannot be created is an I/O error naming it.
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let url = format!("sqlite://{}/sub/ops.db", blocker.display());
+        let err = SqliteOutbox::open(&url).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if path.ends_with("file/sub")),
+            "{err:?}"
+        );
     }
 }
