@@ -2,9 +2,12 @@
 //!
 //! `ops-core` holds plain types with light dependencies: [`Resources`] (CPU, memory,
 //! GPUs by count and optional model), identifiers ([`TaskId`], [`EventId`]), who a task
-//! belongs to ([`Tenant`], [`Environment`], [`Labels`]), what it consumed ([`Usage`]),
-//! and the CloudEvents 1.0 [`Event`] envelope with typed data and the well-known
-//! `ops.task.*` event types in [`event_types`].
+//! belongs to ([`Tenant`], [`Environment`], [`Labels`] — tenant and environment names
+//! follow one rule, [`NAME_RULE`], checked where they are made), checked
+//! [`ObjectPath`]s (the paths task inputs and outputs have in a tenant's storage), what
+//! a task consumed ([`Usage`]), the CloudEvents 1.0 [`Event`] envelope with typed data
+//! and the well-known event types in [`event_types`], and [`ErrorKind`], the kind every
+//! Ops crate's error reports so that an API layer can map it.
 //!
 //! ```
 //! use ops_core::{event_types, Event, Resources, TaskId};
@@ -28,15 +31,17 @@
 mod error;
 mod event;
 mod ids;
+mod path;
 mod resources;
 pub mod task;
 mod tenancy;
 mod usage;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use event::{Event, EventBuilder, event_types};
 pub use ids::{EventId, TaskId};
+pub use path::{MAX_PATH_BYTES, MAX_SEGMENT_BYTES, ObjectPath};
 pub use resources::{GpuRequest, Resources};
 pub use task::{Reason, TaskEventData, TaskStatus};
-pub use tenancy::{Environment, Labels, Tenant};
+pub use tenancy::{Environment, Labels, MAX_NAME_BYTES, NAME_RULE, Tenant};
 pub use usage::Usage;

@@ -1,6 +1,7 @@
-use ops_core::EventId;
+use ops_core::{ErrorKind, EventId};
 
 use crate::function::FunctionError;
+use crate::store_error::StoreError;
 
 /// Errors from `ops-events`.
 ///
@@ -11,20 +12,18 @@ use crate::function::FunctionError;
 #[non_exhaustive]
 pub enum Error {
     /// The event store (database) failed.
-    #[error("event store ({backend}): {source}")]
+    #[error("event store ({}): {source}", source.backend())]
     Store {
-        /// Which backend, e.g. `sqlite`.
-        backend: &'static str,
-        /// The database error.
+        /// The database failure, classified.
         #[source]
-        source: sqlx::Error,
+        source: StoreError,
     },
     /// Applying the event store's schema migrations failed.
-    #[error("event store migrations: {source}")]
+    #[error("event store migrations ({}): {source}", source.backend())]
     Migrate {
-        /// The migration error.
+        /// The migration failure, classified.
         #[source]
-        source: sqlx::migrate::MigrateError,
+        source: StoreError,
     },
     /// A subscription was used before [`EventBus::subscribe`](crate::EventBus::subscribe)
     /// created it.
@@ -160,10 +159,10 @@ pub enum Error {
 
 impl Error {
     /// Whether the same call may succeed if retried (busy database, lost connection,
-    /// a retryable function failure).
+    /// a retryable function failure). Never for a constraint violation.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store { backend, source } => sqlx_is_retryable(backend, source),
+            Error::Store { source } | Error::Migrate { source } => source.is_retryable(),
             Error::Function { source, .. } => source.is_retryable(),
             Error::Io { .. } | Error::Connect { .. } | Error::NotAcknowledged { .. } => true,
             Error::Broker { retryable, .. } => *retryable,
@@ -171,18 +170,52 @@ impl Error {
         }
     }
 
-    pub(crate) fn sqlite(source: sqlx::Error) -> Self {
-        Error::Store {
-            backend: "sqlite",
-            source,
+    /// What kind of failure this is, for callers (and API layers) that act on it
+    /// without knowing the backend.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Store { source } | Error::Migrate { source } => source.kind(),
+            Error::UnknownSubscription { .. }
+            | Error::UnknownFunction { .. }
+            | Error::UnknownDeadLetter { .. } => ErrorKind::NotFound,
+            Error::Invalid { .. } | Error::DuplicateFunction { .. } => ErrorKind::InvalidInput,
+            Error::AlreadyRunning => ErrorKind::Conflict,
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Connect { .. }
+            | Error::NotAcknowledged { .. }
+            | Error::SchemaOutdated { .. } => ErrorKind::Unavailable,
+            Error::Broker {
+                retryable: true, ..
+            } => ErrorKind::Unavailable,
+            Error::Function { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
+            Error::Encode { .. }
+            | Error::Corrupt { .. }
+            | Error::Broker { .. }
+            | Error::Function { .. } => ErrorKind::Internal,
         }
     }
 
-    #[cfg(feature = "postgres")]
-    pub(crate) fn postgres(source: sqlx::Error) -> Self {
+    /// A failure of the SQLite event store.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn sqlite(source: impl Into<crate::BoxError>) -> Self {
         Error::Store {
-            backend: "postgres",
-            source,
+            source: StoreError::new("sqlite", source),
+        }
+    }
+
+    /// A failure of the PostgreSQL event store.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(source: impl Into<crate::BoxError>) -> Self {
+        Error::Store {
+            source: StoreError::new("postgres", source),
+        }
+    }
+
+    /// A failed migration of `backend`'s schema.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn migrate(backend: &'static str, source: impl Into<crate::BoxError>) -> Self {
+        Error::Migrate {
+            source: StoreError::new(backend, source),
         }
     }
 
@@ -199,44 +232,6 @@ impl Error {
     }
 }
 
-fn sqlx_is_retryable(backend: &str, e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) if backend == "postgres" => {
-            // SQLSTATE: serialization failure, deadlock, lock not available, too many
-            // connections, shutdown or recovery, connection exceptions (class 08).
-            let code = db.code();
-            let code = code.as_deref().unwrap_or("");
-            matches!(
-                code,
-                "40001" | "40P01" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
-            ) || code.starts_with("08")
-        }
-        sqlx::Error::Database(db) => {
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), including extended codes.
-            let code = db.code();
-            let primary = code
-                .as_deref()
-                .and_then(|c| c.parse::<i64>().ok())
-                .map(|c| c & 0xff);
-            matches!(primary, Some(5) | Some(6))
-        }
-        _ => false,
-    }
-}
-
-impl From<sqlx::Error> for Error {
-    fn from(source: sqlx::Error) -> Self {
-        Error::sqlite(source)
-    }
-}
-
-impl From<sqlx::migrate::MigrateError> for Error {
-    fn from(source: sqlx::migrate::MigrateError) -> Self {
-        Error::Migrate { source }
-    }
-}
-
 /// Result with [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -246,10 +241,18 @@ mod tests {
 
     #[test]
     fn only_transient_errors_are_retryable() {
-        assert!(Error::sqlite(sqlx::Error::PoolTimedOut).is_retryable());
-        assert!(!Error::sqlite(sqlx::Error::RowNotFound).is_retryable());
+        #[cfg(feature = "sqlite")]
+        {
+            assert!(Error::sqlite(sqlx::Error::PoolTimedOut).is_retryable());
+            assert_eq!(
+                Error::sqlite(sqlx::Error::PoolTimedOut).kind(),
+                ErrorKind::Unavailable
+            );
+            assert!(!Error::sqlite(sqlx::Error::RowNotFound).is_retryable());
+        }
         let e = Error::UnknownSubscription { name: "x".into() };
         assert!(!e.is_retryable());
+        assert_eq!(e.kind(), ErrorKind::NotFound);
         assert!(e.to_string().contains("\"x\""), "{e}");
         let f = Error::Function {
             function: "f".into(),
@@ -257,6 +260,7 @@ mod tests {
             source: FunctionError::retryable("busy"),
         };
         assert!(f.is_retryable());
+        assert_eq!(f.kind(), ErrorKind::Unavailable);
         let down = Error::Connect {
             url: "postgres://ops:***@db/ops".into(),
             message: "connection refused".into(),

@@ -12,8 +12,8 @@
 //! - [`Dispatcher`]: runs functions over a bus in batches, retries failures with
 //!   exponential backoff, then keeps the event in the [`DeadLetters`] for
 //!   [replay](Dispatcher::replay). Counters in [`DispatchStats`].
-//! - [`webhook::WebhookFunction`]: a function that POSTs the CloudEvent to a URL,
-//!   HMAC-signed ([`webhook::verify_signature`] for receivers).
+//! - `webhook::WebhookFunction`: a function that POSTs the CloudEvent to a URL,
+//!   HMAC-signed (`webhook::verify_signature` for receivers).
 //! - [`Dedupe`]: skip redelivered events by id.
 //!
 //! # Backends
@@ -21,19 +21,29 @@
 //! | bus | durable | module |
 //! |---|---|---|
 //! | in-memory, always built | no | [`memory::InMemoryBus`] |
-//! | SQLite outbox, always built: the caller writes its state and events in one transaction | yes | [`sqlite::SqliteOutbox`] |
+//! | SQLite outbox (feature `sqlite`, default): the caller writes its state and events in one transaction | yes | `sqlite::SqliteOutbox` |
 //! | PostgreSQL outbox (feature `postgres`): the same, shared by several machines | yes | `postgres::PostgresOutbox` |
 //! | NATS JetStream (feature `nats`): the scale-out bus | yes | `nats::NatsBus` |
 //!
-//! Every backend passes the same conformance suite (`testkit`, behind the feature of
-//! that name).
+//! Every backend passes the same conformance suites (`testkit::bus`,
+//! `testkit::dead_letters`, behind the `testkit` feature).
 //!
 //! # Features
 //!
-//! - `webhook` (default): [`webhook`] functions over `reqwest` (rustls).
-//! - `testkit`: the bus conformance suite, for backend authors.
-//! - `postgres`: the PostgreSQL outbox (`postgres` module), PostgreSQL 13 or later.
-//! - `nats`: the NATS JetStream bus (`nats` module), nats-server 2.9 or later.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `sqlite` | yes | the durable SQLite outbox and dead-letter store (`sqlite` module, sqlx) |
+//! | `webhook` | yes | webhook functions over `reqwest` with rustls (`webhook` module) |
+//! | `postgres` | no | the PostgreSQL outbox (`postgres` module), PostgreSQL 13 or later |
+//! | `nats` | no | the NATS JetStream bus (`nats` module), nats-server 2.9 or later |
+//! | `testkit` | no | the conformance suites, for backend authors |
+//!
+//! Without default features the crate is the bus contract, the in-memory bus, the
+//! dispatcher and the relay, with no database driver and no HTTP client.
+//!
+//! Errors carry an [`ErrorKind`](ops_core::ErrorKind) ([`Error::kind`]) and say whether
+//! retrying may help ([`Error::is_retryable`]); database failures are [`StoreError`]s,
+//! classified where they happen, with the driver's error boxed as their source.
 //!
 //! [`relay::Relay`] (always built) moves events from one bus to another durably: in
 //! practice from the SQL outbox, written in the same transaction as the state, to NATS.
@@ -64,8 +74,9 @@
 //!     }
 //! });
 //!
+//! let acme = ops_core::Tenant::parse("acme").unwrap();
 //! let dispatcher = Dispatcher::builder(bus.clone())
-//!     .route(Trigger::on(event_types::TASK_FAILED).tenant("acme"), on_failure)
+//!     .route(Trigger::on(event_types::TASK_FAILED).tenant(&acme), on_failure)
 //!     .retry(RetryPolicy::default().max_attempts(3))
 //!     .build()?;
 //! let running = dispatcher.start().await?;
@@ -87,6 +98,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod bus;
 mod dead_letter;
 mod dedupe;
@@ -95,6 +108,8 @@ mod error;
 mod function;
 mod redact;
 mod serde_millis;
+mod store_error;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod stored;
 mod trigger;
 
@@ -104,6 +119,7 @@ pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod relay;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -120,6 +136,7 @@ pub use dispatcher::{
 pub use error::{Error, Result};
 pub use function::{FailureKind, FnFunction, Function, FunctionError, function_fn};
 pub use redact::redact_url;
+pub use store_error::{BoxError, StoreError};
 pub use trigger::Trigger;
 
 pub use ops_core::{Event, EventId};

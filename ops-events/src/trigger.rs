@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ops_core::Event;
+use ops_core::{Event, Tenant};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -20,7 +20,8 @@ use crate::{Error, Result};
 /// use ops_core::Event;
 /// use ops_events::Trigger;
 ///
-/// let t = Trigger::on("ops.task.*").tenant("acme");
+/// let acme = ops_core::Tenant::parse("acme").unwrap();
+/// let t = Trigger::on("ops.task.*").tenant(&acme);
 /// let e = Event::builder("ops.task.failed", "ops://local").tenant("acme").build();
 /// assert!(t.matches(&e));
 /// let other = Event::builder("ops.task.failed", "ops://local").tenant("globex").build();
@@ -77,8 +78,8 @@ impl Trigger {
     }
 
     /// Only events of this tenant (the `tenant` extension attribute).
-    pub fn tenant(self, tenant: impl Into<String>) -> Self {
-        self.extension("tenant", tenant)
+    pub fn tenant(self, tenant: &Tenant) -> Self {
+        self.extension("tenant", tenant.as_str())
     }
 
     /// Checks the patterns; the [`Dispatcher`](crate::Dispatcher) builder calls it.
@@ -108,6 +109,15 @@ impl Trigger {
                 ));
             }
             check_pattern("extension pattern", value)?;
+            // A tenant filter follows the tenant name rule (a prefix of one when it
+            // ends with `*`), so that a typo in configuration is refused, not silently
+            // matching nothing.
+            if name == "tenant" && value != "*" {
+                let name = value.strip_suffix('*').unwrap_or(value);
+                if let Err(e) = Tenant::parse(name) {
+                    return Err(Error::invalid("tenant filter", value, e.to_string()));
+                }
+            }
         }
         Ok(())
     }
@@ -171,7 +181,7 @@ mod tests {
     fn subject_and_extension_filters() {
         let t = Trigger::on("*")
             .subject("render-*")
-            .tenant("acme")
+            .tenant(&Tenant::parse("acme").unwrap())
             .extension("env", "prod");
         let good = event("x")
             .subject("render-42")
@@ -196,7 +206,23 @@ mod tests {
             r#"{"types": ["ops.task.failed"], "extensions": {"tenant": "acme"}}"#,
         )
         .unwrap();
-        assert_eq!(t, Trigger::on("ops.task.failed").tenant("acme"));
+        assert_eq!(
+            t,
+            Trigger::on("ops.task.failed").tenant(&Tenant::parse("acme").unwrap())
+        );
         assert!(serde_json::from_str::<Trigger>(r#"{"type": "x"}"#).is_err());
+        // Tenant filters follow the tenant name rule.
+        assert!(
+            Trigger::any()
+                .extension("tenant", "acme*")
+                .validate()
+                .is_ok()
+        );
+        let e = Trigger::any()
+            .extension("tenant", "acme corp")
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("tenant filter"), "{e}");
+        assert_eq!(e.kind(), ops_core::ErrorKind::InvalidInput);
     }
 }

@@ -73,7 +73,7 @@ async fn delivers_and_filters(bus: impl EventBus + Clone) {
     let dispatcher = Dispatcher::builder(bus.clone())
         .config(fast_config())
         .route(
-            Trigger::on("ops.task.*").tenant("acme"),
+            Trigger::on("ops.task.*").tenant(&ops_core::Tenant::parse("acme").unwrap()),
             function_fn("acme-tasks", move |e| {
                 let s = s.clone();
                 async move {

@@ -49,7 +49,7 @@ async fn nats_bus_conforms() {
         return;
     };
     let streams = Mutex::new(Vec::new());
-    testkit::run_all(|| async {
+    testkit::bus::run_all(|| async {
         let config = fresh_config();
         streams.lock().unwrap().push(config.stream.clone());
         NatsBus::connect_with(&url, config).await.unwrap()
@@ -64,8 +64,10 @@ async fn nats_bus_is_durable() {
         return;
     };
     let config = fresh_config().storage(NatsStorage::File);
-    testkit::run_durable(|| async { NatsBus::connect_with(&url, config.clone()).await.unwrap() })
-        .await;
+    testkit::bus::run_durable(|| async {
+        NatsBus::connect_with(&url, config.clone()).await.unwrap()
+    })
+    .await;
     delete_streams(&url, &[config.stream]).await;
 }
 

@@ -62,19 +62,19 @@ async fn postgres_outbox_conforms() {
     if database().is_none() {
         return;
     }
-    testkit::run_all(|| async { outbox(&database().unwrap()).await }).await;
+    testkit::bus::run_all(|| async { outbox(&database().unwrap()).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outbox_is_durable() {
     let Some(url) = database() else { return };
-    testkit::run_durable(|| async { outbox(&url).await }).await;
+    testkit::bus::run_durable(|| async { outbox(&url).await }).await;
 }
 
 #[tokio::test]
 async fn postgres_dead_letters_conform() {
     let Some(url) = database() else { return };
-    testkit::check_dead_letters(&outbox(&url).await.dead_letters()).await;
+    testkit::dead_letters::run_all(&outbox(&url).await.dead_letters()).await;
 }
 
 /// Two writer transactions commit in the opposite order of their sequence numbers.

@@ -380,7 +380,7 @@ async fn local(opts: &Options, work: &FsPath, big: &FsPath) {
         .catalog(catalog(work, opts).await)
         .build()
         .unwrap();
-    let scoped = storage.scope("bench", "production").unwrap();
+    let scoped = storage.scope(&"bench".parse().unwrap(), &"production".parse().unwrap());
     let raw_root = work.join("raw-store");
     std::fs::create_dir_all(&raw_root).unwrap();
     let raw: Arc<dyn ObjectStore> =
@@ -426,7 +426,7 @@ async fn s3(opts: &Options, work: &FsPath, big: &FsPath) {
         .catalog(catalog(work, opts).await)
         .build()
         .unwrap();
-    let scoped = storage.scope("bench", "production").unwrap();
+    let scoped = storage.scope(&"bench".parse().unwrap(), &"production".parse().unwrap());
     let raw: Arc<dyn ObjectStore> = Arc::new(
         object_store::aws::AmazonS3Builder::new()
             .with_bucket_name(&bucket)

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::catalog::Quota;
-use crate::path::{ObjectPath, check_segment};
 use crate::s3::S3Options;
 use crate::{Error, Result};
+use ops_core::{Environment, ObjectPath, Tenant};
 
 /// The `[storage]` section of a platform's configuration.
 ///
@@ -125,12 +125,12 @@ impl RetentionRule {
             out.push(format!("{field}.days: must be at least 1"));
         }
         if let Some(t) = &self.tenant
-            && let Err(e) = check_segment("tenant", t)
+            && let Err(e) = Tenant::parse(t.as_str())
         {
             out.push(format!("{field}.tenant: {e}"));
         }
         if let Some(env) = &self.environment
-            && let Err(e) = check_segment("environment", env)
+            && let Err(e) = Environment::parse(env.as_str())
         {
             out.push(format!("{field}.environment: {e}"));
         }
@@ -161,13 +161,18 @@ impl Quotas {
     }
 
     /// `quota` for `tenant`.
-    pub fn tenant(mut self, tenant: impl Into<String>, quota: Quota) -> Self {
-        self.tenants.insert(tenant.into(), quota);
+    pub fn tenant(mut self, tenant: &Tenant, quota: Quota) -> Self {
+        self.tenants.insert(tenant.as_str().to_owned(), quota);
         self
     }
 
     /// The quota that applies to `tenant`.
-    pub fn of(&self, tenant: &str) -> Quota {
+    pub fn of(&self, tenant: &Tenant) -> Quota {
+        self.of_name(tenant.as_str())
+    }
+
+    /// The quota of the tenant named `tenant` (a catalog's record).
+    pub(crate) fn of_name(&self, tenant: &str) -> Quota {
         self.tenants.get(tenant).copied().unwrap_or(self.default)
     }
 }
@@ -181,14 +186,14 @@ impl StorageConfig {
         }
     }
 
-    /// Checks the settings, listing every problem in one [`Error::Config`].
+    /// Checks the settings, listing every problem in one [`Error::InvalidConfig`].
     pub fn validate(&self) -> Result<()> {
         let mut out = Vec::new();
         if self.url.trim().is_empty() {
             out.push("url: is empty".to_owned());
         }
         for tenant in self.tenants.keys() {
-            if let Err(e) = check_segment("tenant", tenant) {
+            if let Err(e) = Tenant::parse(tenant.as_str()) {
                 out.push(format!("tenants.{tenant}: {e}"));
             }
         }
@@ -198,7 +203,7 @@ impl StorageConfig {
         if out.is_empty() {
             Ok(())
         } else {
-            Err(Error::Config(out.join("; ")))
+            Err(Error::InvalidConfig { problems: out })
         }
     }
 
@@ -207,7 +212,8 @@ impl StorageConfig {
         let mut quotas = Quotas::unlimited().default_quota(self.quota.into());
         for (tenant, t) in &self.tenants {
             if let Some(q) = t.quota {
-                quotas = quotas.tenant(tenant.clone(), q.into());
+                // Names are checked by `validate`; a bad one keeps the default quota.
+                quotas.tenants.insert(tenant.clone(), q.into());
             }
         }
         quotas

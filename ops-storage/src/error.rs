@@ -1,6 +1,12 @@
 use std::path::PathBuf;
 
+use ops_core::ErrorKind;
+
 /// Errors of ops-storage.
+///
+/// Each has a [`kind`](Error::kind) an API layer maps to a response, and says whether
+/// trying again may help ([`is_retryable`](Error::is_retryable)). The backends' own
+/// errors (object_store's, the SQL driver's) are boxed sources, not part of this type.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -18,17 +24,35 @@ pub enum Error {
         /// The path, relative to the tenant's storage.
         path: String,
     },
-    /// The storage URL or settings are wrong.
-    #[error("storage configuration: {0}")]
-    Config(String),
+    /// The storage settings are wrong; every problem is listed, each naming its field.
+    #[error("storage configuration: {}", problems.join("; "))]
+    InvalidConfig {
+        /// Every problem, as `field: what is wrong`.
+        problems: Vec<String>,
+    },
+    /// The storage URL cannot be used: an unknown scheme, a relative `file://` path, a
+    /// malformed `s3://` URL.
+    #[error("storage URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, without its query.
+        url: String,
+        /// What is wrong, and what is allowed.
+        reason: String,
+    },
+    /// A signed URL was asked for a lifetime out of range.
+    #[error("a signed URL may last from 1 second to 7 days; {requested:?} was asked")]
+    InvalidExpiry {
+        /// The lifetime asked for.
+        requested: std::time::Duration,
+    },
     /// The backend failed (unreachable, refused, ...).
     #[error("storage backend {url}: {source}")]
     Backend {
         /// The storage URL.
         url: String,
-        /// What object_store reported.
+        /// What the backend (object_store) reported.
         #[source]
-        source: object_store::Error,
+        source: ops_events::BoxError,
     },
     /// A write would take the tenant over its storage quota; nothing was written.
     #[error(
@@ -63,7 +87,8 @@ pub enum Error {
         /// What failed.
         message: String,
     },
-    /// The backend cannot do this (for example signed URLs on a local directory).
+    /// The backend (or this build) cannot do this: signed URLs on a local directory,
+    /// `s3://` without the `s3` feature.
     #[error("storage backend {url} does not support {what}")]
     Unsupported {
         /// The storage URL.
@@ -71,10 +96,16 @@ pub enum Error {
         /// What was asked.
         what: String,
     },
-    /// The object catalog (which records objects, checksums and usage) failed; the
-    /// object is not recorded.
-    #[error("storage catalog: {0}")]
-    Catalog(String),
+    /// The object catalog's database failed; the object is not recorded.
+    #[error("storage catalog ({}): {source}", source.backend())]
+    Catalog {
+        /// The database failure, classified.
+        #[source]
+        source: ops_events::StoreError,
+    },
+    /// Publishing or storing an object's event failed; the object is not recorded.
+    #[error("storage events: {0}")]
+    Events(#[from] ops_events::Error),
     /// A local file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -84,6 +115,52 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidPath { .. }
+            | Error::InvalidConfig { .. }
+            | Error::InvalidUrl { .. }
+            | Error::InvalidExpiry { .. } => ErrorKind::InvalidInput,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
+            Error::Credentials { .. } => ErrorKind::PermissionDenied,
+            Error::Unreachable { .. } => ErrorKind::Unavailable,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Catalog { source } => source.kind(),
+            Error::Events(e) => e.kind(),
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Backend { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the same call may succeed if retried: an unreachable backend, a busy
+    /// catalog, a lost connection.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Catalog { source } => source.is_retryable(),
+            Error::Events(e) => e.is_retryable(),
+            Error::Io { source, .. } => ErrorKind::of_io(source) == ErrorKind::Unavailable,
+            _ => false,
+        }
+    }
+}
+
+impl From<ops_core::Error> for Error {
+    fn from(e: ops_core::Error) -> Self {
+        match e {
+            ops_core::Error::InvalidPath { path, violations } => {
+                Error::InvalidPath { path, violations }
+            }
+            other => Error::InvalidConfig {
+                problems: vec![other.to_string()],
+            },
+        }
+    }
 }
 
 /// Result of ops-storage operations.
@@ -191,7 +268,7 @@ pub(crate) fn classify(url: &str, path: &str, source: object_store::Error) -> Er
             } else {
                 Error::Backend {
                     url: url.to_owned(),
-                    source,
+                    source: Box::new(source),
                 }
             }
         }

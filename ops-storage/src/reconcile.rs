@@ -38,8 +38,8 @@ impl Scoped {
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         let filter = EntryFilter::all()
-            .tenant(self.tenant())
-            .environment(self.environment());
+            .tenant(self.tenant().as_str())
+            .environment(self.environment().as_str());
         let far = DateTime::<Utc>::MAX_UTC;
         let mut records = self
             .inner
@@ -70,8 +70,8 @@ impl Scoped {
                 size += chunk.len() as u64;
             }
             let entry = ObjectEntry {
-                tenant: self.tenant().to_owned(),
-                environment: self.environment().to_owned(),
+                tenant: self.tenant().to_string(),
+                environment: self.environment().to_string(),
                 path: object.path.clone(),
                 size,
                 sha256: hex::encode(hasher.finalize()),

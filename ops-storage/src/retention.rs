@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::catalog::{EntryFilter, ObjectEntry};
-use crate::path::ObjectPath;
 use crate::store::Storage;
+use ops_core::{Environment, ObjectPath, Tenant};
 
 /// Records looked at per catalog query.
 const PAGE: u32 = 500;
@@ -97,7 +97,10 @@ impl Storage {
     }
 
     async fn expire(&self, entry: &ObjectEntry) -> Result<()> {
-        let scoped = self.scope(&entry.tenant, &entry.environment)?;
+        let scoped = self.scope(
+            &Tenant::parse(entry.tenant.as_str())?,
+            &Environment::parse(entry.environment.as_str())?,
+        );
         let path = ObjectPath::parse(&entry.path)?;
         match self.inner.store.delete(&scoped.location(&path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

@@ -51,9 +51,9 @@ mod backend {
     use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 
     use super::S3Options;
-    use crate::path::ObjectPath;
     use crate::store::Backend;
     use crate::{Error, Result};
+    use ops_core::ObjectPath;
 
     /// Query keys an `s3://` URL may carry.
     const QUERY_KEYS: [&str; 3] = ["endpoint", "region", "allow_http"];
@@ -83,8 +83,10 @@ mod backend {
 
     /// Parses `s3://bucket[/prefix][?query]`, listing every problem at once.
     fn parse(url: &str) -> Result<S3Url> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| Error::Config(format!("{url:?} is not a valid s3:// URL: {e}")))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| Error::InvalidUrl {
+            url: shown(url),
+            reason: format!("not a valid s3:// URL: {e}"),
+        })?;
         let mut problems = Vec::new();
         let bucket = parsed.host_str().unwrap_or_default().to_owned();
         if bucket.is_empty() {
@@ -117,11 +119,11 @@ mod backend {
         } else {
             match ObjectPath::parse(prefix) {
                 Ok(p) => Some(p.to_string()),
-                Err(Error::InvalidPath { violations, .. }) => {
+                Err(ops_core::Error::InvalidPath { violations, .. }) => {
                     problems.push(format!("prefix {prefix:?} {}", violations.join(", ")));
                     None
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         };
         let mut out = S3Url {
@@ -162,11 +164,10 @@ mod backend {
         if problems.is_empty() {
             Ok(out)
         } else {
-            Err(Error::Config(format!(
-                "storage URL {:?}: {}",
-                shown(url),
-                problems.join("; ")
-            )))
+            Err(Error::InvalidUrl {
+                url: shown(url),
+                reason: problems.join("; "),
+            })
         }
     }
 
@@ -222,7 +223,10 @@ mod backend {
         let s3 = builder
             .with_retry(retry)
             .build()
-            .map_err(|e| Error::Config(format!("storage URL {:?}: {e}", shown(url))))?;
+            .map_err(|e| Error::InvalidUrl {
+                url: shown(url),
+                reason: e.to_string(),
+            })?;
         let s3 = Arc::new(s3);
         let prefix = s3url.prefix.map(Path::from);
         let store: Arc<dyn object_store::ObjectStore> = match &prefix {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::path::ObjectPath;
 use crate::store::Scoped;
 use crate::{Error, Result};
+use ops_core::ObjectPath;
 
 /// What a signed URL lets its holder do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +27,7 @@ impl Scoped {
     ///
     /// Only S3-compatible backends can sign (feature `s3`); local and in-memory
     /// storage give [`Error::Unsupported`]. The path is checked like any other
-    /// ([`Error::InvalidPath`]); an expiry out of range is an [`Error::Config`].
+    /// ([`Error::InvalidPath`]); an expiry out of range is an [`Error::InvalidExpiry`].
     ///
     /// An object uploaded through a [`SignedMethod::Put`] URL goes straight to the
     /// backend: it is **not** recorded in the catalog, emits no
@@ -41,10 +41,9 @@ impl Scoped {
     ) -> Result<String> {
         let checked = ObjectPath::parse(path)?;
         if !(MIN_EXPIRY..=MAX_EXPIRY).contains(&expires_in) {
-            return Err(Error::Config(format!(
-                "a signed URL may last from 1 second to 7 days ({} s); {expires_in:?} was asked",
-                MAX_EXPIRY.as_secs()
-            )));
+            return Err(Error::InvalidExpiry {
+                requested: expires_in,
+            });
         }
         #[cfg(feature = "s3")]
         if let Some(signer) = &self.inner.signer {

@@ -19,9 +19,9 @@ use ops_core::{Event, TaskId, event_types};
 use crate::catalog::{Catalog, MemoryCatalog, ObjectEntry, Quota, StorageUsage, without};
 use crate::config::{Quotas, RetentionRule, StorageConfig};
 use crate::error::classify;
-use crate::path::{ObjectPath, check_segment};
 use crate::s3::S3Options;
 use crate::{Error, Result};
+use ops_core::{Environment, ObjectPath, Tenant};
 
 /// Size of the parts streamed uploads are sent in (8 MiB).
 pub const PART_SIZE: usize = 8 << 20;
@@ -107,7 +107,9 @@ impl StorageBuilder {
             .flat_map(|(i, r)| r.violations(&format!("retention[{i}]")))
             .collect();
         if !violations.is_empty() {
-            return Err(Error::Config(violations.join("; ")));
+            return Err(Error::InvalidConfig {
+                problems: violations,
+            });
         }
         let backend = open_backend(&self.url, &self.s3)?;
         Ok(Storage {
@@ -145,9 +147,10 @@ fn open_backend(url: &str, s3: &S3Options) -> Result<Backend> {
         Ok(local(Arc::new(InMemory::new())))
     } else if let Some(dir) = url.strip_prefix("file://") {
         if !dir.starts_with('/') {
-            return Err(Error::Config(format!(
-                "{url:?}: a file URL needs an absolute path (file:///srv/ops/storage)"
-            )));
+            return Err(Error::InvalidUrl {
+                url: url.to_owned(),
+                reason: "a file URL needs an absolute path (file:///srv/ops/storage)".into(),
+            });
         }
         Ok(local(Arc::new(self::local(FsPath::new(dir))?)))
     } else if url.starts_with("s3://") {
@@ -158,16 +161,23 @@ fn open_backend(url: &str, s3: &S3Options) -> Result<Backend> {
         #[cfg(not(feature = "s3"))]
         {
             let _ = s3;
-            Err(Error::Config(format!(
-                "{url:?}: s3:// URLs need the `s3` feature of ops-storage"
-            )))
+            Err(Error::Unsupported {
+                url: redact(url),
+                what: "s3:// URLs in this build (enable the `s3` feature of ops-storage)".into(),
+            })
         }
     } else if url.contains("://") {
-        Err(Error::Config(format!(
-            "{url:?}: unsupported scheme; use file:///DIR, a plain directory path, s3://BUCKET or memory://"
-        )))
+        Err(Error::InvalidUrl {
+            url: redact(url),
+            reason: "unsupported scheme; use file:///DIR, a plain directory path, s3://BUCKET or \
+                     memory://"
+                .into(),
+        })
     } else if url.is_empty() {
-        Err(Error::Config("the storage URL is empty".into()))
+        Err(Error::InvalidUrl {
+            url: String::new(),
+            reason: "is empty".into(),
+        })
     } else {
         Ok(local(Arc::new(self::local(FsPath::new(url))?)))
     }
@@ -222,27 +232,25 @@ impl Storage {
     }
 
     /// What `tenant` holds, over all its environments.
-    pub async fn usage(&self, tenant: &str) -> Result<StorageUsage> {
-        self.inner.catalog.usage(tenant).await
+    pub async fn usage(&self, tenant: &Tenant) -> Result<StorageUsage> {
+        self.inner.catalog.usage(tenant.as_str()).await
     }
 
     /// The quota that applies to `tenant`.
-    pub fn quota(&self, tenant: &str) -> Quota {
+    pub fn quota(&self, tenant: &Tenant) -> Quota {
         self.inner.quotas.of(tenant)
     }
 
     /// The storage of one tenant's environment: everything under
     /// `tenants/<tenant>/<environment>/`.
-    pub fn scope(&self, tenant: &str, environment: &str) -> Result<Scoped> {
-        check_segment("tenant", tenant)?;
-        check_segment("environment", environment)?;
-        Ok(Scoped {
+    pub fn scope(&self, tenant: &Tenant, environment: &Environment) -> Scoped {
+        Scoped {
             inner: self.inner.clone(),
-            tenant: tenant.to_owned(),
-            environment: environment.to_owned(),
-            prefix: Path::from_iter(["tenants", tenant, environment]),
+            tenant: tenant.clone(),
+            environment: environment.clone(),
+            prefix: Path::from_iter(["tenants", tenant.as_str(), environment.as_str()]),
             task: None,
-        })
+        }
     }
 }
 
@@ -299,7 +307,7 @@ fn local(dir: &FsPath) -> Result<LocalFileSystem> {
         .map(|fs| fs.with_automatic_cleanup(true))
         .map_err(|source| Error::Backend {
             url: dir.display().to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -336,8 +344,8 @@ pub struct ObjectInfo {
 #[derive(Clone, Debug)]
 pub struct Scoped {
     pub(crate) inner: Arc<Inner>,
-    tenant: String,
-    environment: String,
+    tenant: Tenant,
+    environment: Environment,
     prefix: Path,
     /// The task (id, attempt) whose outputs this handle writes.
     task: Option<(String, u32)>,
@@ -415,12 +423,12 @@ impl Inner {
 
 impl Scoped {
     /// The tenant.
-    pub fn tenant(&self) -> &str {
+    pub fn tenant(&self) -> &Tenant {
         &self.tenant
     }
 
     /// The environment.
-    pub fn environment(&self) -> &str {
+    pub fn environment(&self) -> &Environment {
         &self.environment
     }
 
@@ -466,14 +474,18 @@ impl Scoped {
             return Ok(None);
         }
         let catalog = &self.inner.catalog;
-        let usage = catalog.usage(&self.tenant).await?;
+        let usage = catalog.usage(self.tenant.as_str()).await?;
         let old = catalog
-            .get(&self.tenant, &self.environment, path.as_str())
+            .get(
+                self.tenant.as_str(),
+                self.environment.as_str(),
+                path.as_str(),
+            )
             .await?;
         // What the tenant holds without the object being replaced.
         let base = without(usage, old.as_ref());
         quota.check(
-            &self.tenant,
+            self.tenant.as_str(),
             base,
             StorageUsage {
                 bytes: size.unwrap_or(0),
@@ -494,8 +506,8 @@ impl Scoped {
         e_tag: Option<String>,
     ) -> Result<StoredObject> {
         let entry = ObjectEntry {
-            tenant: self.tenant.clone(),
-            environment: self.environment.clone(),
+            tenant: self.tenant.to_string(),
+            environment: self.environment.to_string(),
             path: path.to_string(),
             size,
             sha256,
@@ -528,7 +540,11 @@ impl Scoped {
         let old = self
             .inner
             .catalog
-            .get(&self.tenant, &self.environment, path.as_str())
+            .get(
+                self.tenant.as_str(),
+                self.environment.as_str(),
+                path.as_str(),
+            )
             .await;
         if let Ok(Some(old)) = old
             && let Err(e) = self.inner.forget(&old, "not_recorded").await
@@ -591,7 +607,8 @@ impl Scoped {
                         bytes: size,
                         objects: 1,
                     };
-                    match limits.map(|(quota, base)| quota.check(&self.tenant, base, grown)) {
+                    match limits.map(|(quota, base)| quota.check(self.tenant.as_str(), base, grown))
+                    {
                         Some(Err(over)) => Some(over),
                         _ => match writer.wait_for_capacity(4).await {
                             Ok(()) => {
@@ -756,7 +773,11 @@ impl Scoped {
         let record = self
             .inner
             .catalog
-            .get(&self.tenant, &self.environment, checked.as_str())
+            .get(
+                self.tenant.as_str(),
+                self.environment.as_str(),
+                checked.as_str(),
+            )
             .await?;
         // Not every backend reports a missing object on delete.
         let stored = match self.inner.store.head(&location).await {

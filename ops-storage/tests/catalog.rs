@@ -7,192 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::stream;
 use ops_core::{Event, event_types};
 use ops_events::sqlite::SqliteOutbox;
 use ops_events::{EventBus, SubscribeOptions};
-use ops_storage::catalog::{Catalog, EntryFilter, MemoryCatalog, SqliteCatalog};
+use ops_storage::catalog::{Catalog, MemoryCatalog, SqliteCatalog};
 use ops_storage::{
-    Error, ObjectEntry, ObjectEventData, Quota, Quotas, RetentionRule, Storage, StorageConfig,
-    StorageUsage,
+    Error, ObjectEventData, Quota, Quotas, RetentionRule, Storage, StorageConfig, StorageUsage,
 };
 use sha2::{Digest, Sha256};
 
-fn entry(tenant: &str, env: &str, path: &str, size: u64, at: DateTime<Utc>) -> ObjectEntry {
-    let mut e: ObjectEntry = serde_json::from_value(serde_json::json!({
-        "tenant": tenant, "environment": env, "path": path, "size": size,
-        "sha256": format!("{size:064x}"), "created_at": at,
-    }))
-    .unwrap();
-    e.task_id = Some("t-1".into());
-    e
-}
-
-fn event(n: &str) -> Event {
-    Event::builder("test.catalog", "test").subject(n).build()
-}
-
-/// The catalog contract, the same on every implementation.
-async fn check_catalog(c: &dyn Catalog, tenant: &str) {
-    let other = format!("{tenant}-other");
-    let t0 = Utc::now() - chrono::Duration::days(10);
-    let unlimited = Quota::default();
-    assert_eq!(c.usage(tenant).await.unwrap(), StorageUsage::default());
-    assert_eq!(
-        c.record(
-            &entry(tenant, "prod", "a/1", 100, t0),
-            &unlimited,
-            event("1")
-        )
-        .await
-        .unwrap(),
-        None
-    );
-    c.record(
-        &entry(tenant, "prod", "b/2", 50, t0 + chrono::Duration::days(1)),
-        &unlimited,
-        event("2"),
-    )
-    .await
-    .unwrap();
-    c.record(&entry(tenant, "dev", "a/3", 7, t0), &unlimited, event("3"))
-        .await
-        .unwrap();
-    c.record(
-        &entry(&other, "prod", "a/1", 1000, t0),
-        &unlimited,
-        event("4"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.usage(tenant).await.unwrap(),
-        StorageUsage {
-            bytes: 157,
-            objects: 3
-        },
-        "usage spans environments, not tenants"
-    );
-    let got = c.get(tenant, "prod", "a/1").await.unwrap().unwrap();
-    assert_eq!(
-        (
-            got.size,
-            got.task_id.as_deref(),
-            got.created_at.timestamp_millis()
-        ),
-        (100, Some("t-1"), t0.timestamp_millis())
-    );
-    assert_eq!(c.get(tenant, "dev", "a/1").await.unwrap(), None);
-
-    // Replacing counts the new size once.
-    let old = c
-        .record(
-            &entry(tenant, "prod", "a/1", 30, t0),
-            &unlimited,
-            event("5"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(old.map(|o| o.size), Some(100));
-    assert_eq!(
-        c.usage(tenant).await.unwrap(),
-        StorageUsage {
-            bytes: 87,
-            objects: 3
-        }
-    );
-
-    // A quota refusal writes nothing.
-    let tight = Quota {
-        bytes: Some(100),
-        objects: Some(10),
-    };
-    let refused = c
-        .record(&entry(tenant, "prod", "c/big", 14, t0), &tight, event("6"))
-        .await;
-    assert!(
-        matches!(
-            &refused,
-            Err(Error::QuotaExceeded {
-                resource: "bytes",
-                used: 87,
-                limit: 100,
-                need: 14,
-                ..
-            })
-        ),
-        "{refused:?}"
-    );
-    assert_eq!(c.get(tenant, "prod", "c/big").await.unwrap(), None);
-    let few = Quota {
-        bytes: None,
-        objects: Some(3),
-    };
-    assert!(matches!(
-        c.record(&entry(tenant, "prod", "c/one", 1, t0), &few, event("7"))
-            .await,
-        Err(Error::QuotaExceeded {
-            resource: "objects",
-            ..
-        })
-    ));
-    // …but replacing within the quota is fine: it adds no object.
-    c.record(&entry(tenant, "prod", "a/1", 40, t0), &few, event("8"))
-        .await
-        .unwrap();
-
-    // Retention's query: oldest first, filtered.
-    let old = c
-        .older_than(
-            &EntryFilter::all().tenant(tenant),
-            t0 + chrono::Duration::hours(1),
-            10,
-        )
-        .await
-        .unwrap();
-    let mut paths: Vec<&str> = old.iter().map(|e| e.path.as_str()).collect();
-    paths.sort();
-    assert_eq!(paths, ["a/1", "a/3"]);
-    let prod_a = c
-        .older_than(
-            &EntryFilter::all()
-                .tenant(tenant)
-                .environment("prod")
-                .prefix("b/"),
-            Utc::now(),
-            10,
-        )
-        .await
-        .unwrap();
-    assert_eq!(prod_a.len(), 1);
-    assert_eq!(prod_a[0].path, "b/2");
-    let limited = c
-        .older_than(&EntryFilter::all(), Utc::now(), 1)
-        .await
-        .unwrap();
-    assert_eq!(limited.len(), 1);
-
-    // Removing.
-    let removed = c.remove(tenant, "prod", "a/1", event("9")).await.unwrap();
-    assert_eq!(removed.map(|e| e.size), Some(40));
-    assert_eq!(
-        c.remove(tenant, "prod", "a/1", event("10")).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        c.usage(tenant).await.unwrap(),
-        StorageUsage {
-            bytes: 57,
-            objects: 2
-        }
-    );
-    assert_eq!(c.usage(&other).await.unwrap().bytes, 1000);
-}
-
 #[tokio::test]
 async fn catalog_contract_in_memory() {
-    check_catalog(&MemoryCatalog::new(), "mem").await;
+    ops_storage::testkit::catalog::run_all(&MemoryCatalog::new(), "mem").await;
 }
 
 #[tokio::test]
@@ -201,7 +29,7 @@ async fn catalog_contract_on_sqlite() {
     let c = SqliteCatalog::open(dir.path().join("c.db").to_str().unwrap())
         .await
         .unwrap();
-    check_catalog(&c, "lite").await;
+    ops_storage::testkit::catalog::run_all(&c, "lite").await;
     // Events are in the outbox: the ones of changes that committed, not the refused.
     let subjects: Vec<String> = drain(c.outbox())
         .await
@@ -235,7 +63,7 @@ async fn catalog_contract_on_postgres() {
         .unwrap();
     // The database is shared between runs and tests: a fresh tenant each time.
     let tenant = format!("pg{}", ops_core::TaskId::new().to_string().replace('-', ""));
-    check_catalog(&c, &tenant).await;
+    ops_storage::testkit::catalog::run_all(&c, &tenant).await;
 }
 
 /// Every event in `bus` since the last call, in order.
@@ -285,7 +113,7 @@ fn data(e: &Event) -> ObjectEventData {
 async fn writes_are_recorded_with_their_events() {
     let dir = tempfile::tempdir().unwrap();
     let (storage, catalog) = sqlite_storage(dir.path(), Quotas::unlimited()).await;
-    let acme = storage.scope("acme", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     let bytes = Bytes::from_static(b"frame one");
     let task = ops_core::TaskId::new();
     let stored = acme
@@ -315,7 +143,7 @@ async fn writes_are_recorded_with_their_events() {
         None
     );
     assert_eq!(
-        storage.usage("acme").await.unwrap(),
+        storage.usage(&"acme".parse().unwrap()).await.unwrap(),
         StorageUsage {
             bytes: 9,
             objects: 1
@@ -358,14 +186,14 @@ async fn quotas_refuse_writes_before_they_happen() {
             objects: Some(3),
         })
         .tenant(
-            "big",
+            &"big".parse().unwrap(),
             Quota {
                 bytes: Some(1 << 30),
                 objects: None,
             },
         );
     let (storage, catalog) = sqlite_storage(dir.path(), quotas).await;
-    let acme = storage.scope("acme", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     acme.put("a", Bytes::from(vec![0u8; 600])).await.unwrap();
     // Over the bytes quota: refused, nothing written or recorded.
     let err = acme
@@ -401,7 +229,7 @@ async fn quotas_refuse_writes_before_they_happen() {
     assert!(acme.list(None).await.unwrap().iter().all(|o| o.path == "a"));
     // Replacing an object counts only the difference; the quota spans environments.
     acme.put("a", Bytes::from(vec![0u8; 900])).await.unwrap();
-    let staging = storage.scope("acme", "staging").unwrap();
+    let staging = storage.scope(&"acme".parse().unwrap(), &"staging".parse().unwrap());
     assert!(matches!(
         staging.put("x", Bytes::from(vec![0u8; 200])).await,
         Err(Error::QuotaExceeded { used: 900, .. })
@@ -421,13 +249,12 @@ async fn quotas_refuse_writes_before_they_happen() {
     ));
     // Another tenant has its own quota.
     storage
-        .scope("big", "production")
-        .unwrap()
+        .scope(&"big".parse().unwrap(), &"production".parse().unwrap())
         .put("a", Bytes::from(vec![0u8; 5000]))
         .await
         .unwrap();
     assert_eq!(
-        storage.usage("acme").await.unwrap(),
+        storage.usage(&"acme".parse().unwrap()).await.unwrap(),
         StorageUsage {
             bytes: 950,
             objects: 3
@@ -446,9 +273,9 @@ async fn quotas_refuse_writes_before_they_happen() {
 async fn retention_deletes_old_objects_with_events() {
     let dir = tempfile::tempdir().unwrap();
     let (storage, catalog) = sqlite_storage(dir.path(), Quotas::unlimited()).await;
-    let acme = storage.scope("acme", "production").unwrap();
-    let staging = storage.scope("acme", "staging").unwrap();
-    let globex = storage.scope("globex", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
+    let staging = storage.scope(&"acme".parse().unwrap(), &"staging".parse().unwrap());
+    let globex = storage.scope(&"globex".parse().unwrap(), &"production".parse().unwrap());
     for (s, p) in [
         (&acme, "tasks/1/out.png"),
         (&acme, "tasks/2/out.png"),
@@ -505,7 +332,7 @@ async fn retention_deletes_old_objects_with_events() {
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].path, "scratch.txt");
     assert_eq!(
-        storage.usage("acme").await.unwrap(),
+        storage.usage(&"acme".parse().unwrap()).await.unwrap(),
         StorageUsage {
             bytes: 15,
             objects: 1
@@ -531,10 +358,10 @@ fn config_reads_sizes_and_lists_every_problem() {
     .unwrap();
     config.validate().unwrap();
     let quotas = config.quotas();
-    assert_eq!(quotas.of("globex").bytes, Some(10 << 30));
-    assert_eq!(quotas.of("globex").objects, Some(1000));
+    assert_eq!(quotas.of(&"globex".parse().unwrap()).bytes, Some(10 << 30));
+    assert_eq!(quotas.of(&"globex".parse().unwrap()).objects, Some(1000));
     assert_eq!(
-        quotas.of("acme"),
+        quotas.of(&"acme".parse().unwrap()),
         Quota {
             bytes: Some(5000),
             objects: None
@@ -574,7 +401,9 @@ fn config_reads_sizes_and_lists_every_problem() {
         Storage::builder("memory://")
             .retention(vec![RetentionRule::new("/abs", 0)])
             .build(),
-        Err(Error::Config(m)) if m.contains("retention[0].days") && m.contains("retention[0].prefix")
+        Err(Error::InvalidConfig { problems }) if problems.len() == 2
+            && problems[0].starts_with("retention[0].days")
+            && problems[1].starts_with("retention[0].prefix")
     ));
 }
 
@@ -589,8 +418,7 @@ async fn sqlite_catalog_shares_an_outbox_and_survives_reopening() {
         .build()
         .unwrap();
     storage
-        .scope("acme", "production")
-        .unwrap()
+        .scope(&"acme".parse().unwrap(), &"production".parse().unwrap())
         .put("k", Bytes::from_static(b"12345"))
         .await
         .unwrap();
@@ -606,7 +434,7 @@ async fn concurrent_writers_stay_within_quota(catalog: Arc<dyn Catalog>, tenant:
     let storage = Storage::builder("memory://")
         .catalog(catalog)
         .quotas(Quotas::unlimited().tenant(
-            tenant,
+            &tenant.parse().unwrap(),
             Quota {
                 bytes: Some(1000),
                 objects: None,
@@ -614,7 +442,7 @@ async fn concurrent_writers_stay_within_quota(catalog: Arc<dyn Catalog>, tenant:
         ))
         .build()
         .unwrap();
-    let scoped = storage.scope(tenant, "production").unwrap();
+    let scoped = storage.scope(&tenant.parse().unwrap(), &"production".parse().unwrap());
     let writes = (0..25).map(|i| {
         let scoped = scoped.clone();
         tokio::spawn(async move {
@@ -633,7 +461,7 @@ async fn concurrent_writers_stay_within_quota(catalog: Arc<dyn Catalog>, tenant:
     }
     assert_eq!(ok, 10);
     assert_eq!(
-        storage.usage(tenant).await.unwrap(),
+        storage.usage(&tenant.parse().unwrap()).await.unwrap(),
         StorageUsage {
             bytes: 1000,
             objects: 10
@@ -667,7 +495,7 @@ async fn concurrent_writers_on_postgres() {
 async fn reconcile_records_what_was_written_around_the_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let (storage, catalog) = sqlite_storage(dir.path(), Quotas::unlimited()).await;
-    let acme = storage.scope("acme", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     acme.put("kept.txt", Bytes::from_static(b"kept"))
         .await
         .unwrap();
@@ -700,7 +528,7 @@ async fn reconcile_records_what_was_written_around_the_catalog() {
     assert_eq!(report.dropped[0].path, "gone.txt");
     assert_eq!(report.unchanged, 1);
     assert_eq!(
-        storage.usage("acme").await.unwrap(),
+        storage.usage(&"acme".parse().unwrap()).await.unwrap(),
         StorageUsage {
             bytes: 4 + 11 + 15,
             objects: 3

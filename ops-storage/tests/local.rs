@@ -12,7 +12,7 @@ use ops_storage::{Error, SignedMethod, Storage};
 async fn conformance_on_a_file_url() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(&format!("file://{}", dir.path().display())).unwrap();
-    ops_storage::testkit::run_all(&storage).await;
+    ops_storage::testkit::backend::run_all(&storage).await;
 }
 
 #[cfg(feature = "testkit")]
@@ -20,20 +20,20 @@ async fn conformance_on_a_file_url() {
 async fn conformance_on_a_plain_path() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path().join("new/dir").to_str().unwrap()).unwrap();
-    ops_storage::testkit::run_all(&storage).await;
+    ops_storage::testkit::backend::run_all(&storage).await;
 }
 
 #[cfg(feature = "testkit")]
 #[tokio::test]
 async fn conformance_in_memory() {
-    ops_storage::testkit::run_all(&Storage::open("memory://").unwrap()).await;
+    ops_storage::testkit::backend::run_all(&Storage::open("memory://").unwrap()).await;
 }
 
 #[tokio::test]
 async fn objects_live_under_the_tenant_directory() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path().to_str().unwrap()).unwrap();
-    let acme = storage.scope("acme", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     acme.put("frames/0001.png", Bytes::from_static(b"png"))
         .await
         .unwrap();
@@ -50,7 +50,7 @@ async fn local_storage_cannot_sign_urls() {
         Storage::open(dir.path().to_str().unwrap()).unwrap(),
         Storage::open("memory://").unwrap(),
     ] {
-        let acme = storage.scope("acme", "production").unwrap();
+        let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
         for method in [SignedMethod::Get, SignedMethod::Put] {
             let err = acme
                 .signed_url(method, "a.txt", Duration::from_secs(60))

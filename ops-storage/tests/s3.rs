@@ -52,7 +52,9 @@ fn options(endpoint: &str) -> S3Options {
 
 /// A new, empty bucket (moto creates buckets on an unsigned PUT).
 async fn bucket(endpoint: &str) -> String {
-    let name = ops_storage::testkit::unique_tenant("ops-test").to_lowercase();
+    let name = ops_storage::testkit::unique_tenant("ops-test")
+        .as_str()
+        .to_lowercase();
     let response = reqwest::Client::new()
         .put(format!("{endpoint}/{name}"))
         .send()
@@ -92,7 +94,7 @@ async fn conformance_on_a_bucket() {
     credentials.access_key_id = Some("testing".into());
     credentials.secret_access_key = Some("testing".into());
     let url = format!("s3://{bucket}?endpoint={endpoint}&region=us-east-1&allow_http=true");
-    ops_storage::testkit::run_all(&open(&url, credentials)).await;
+    ops_storage::testkit::backend::run_all(&open(&url, credentials)).await;
 }
 
 #[tokio::test]
@@ -101,10 +103,10 @@ async fn conformance_under_a_prefix() {
     let _shared = AUTH.read().await;
     let bucket = bucket(&endpoint).await;
     let storage = open(&format!("s3://{bucket}/some/prefix"), options(&endpoint));
-    ops_storage::testkit::run_all(&storage).await;
+    ops_storage::testkit::backend::run_all(&storage).await;
     // Everything was written under the prefix: a handle on the bucket root sees it
     // there and nowhere else.
-    let acme = storage.scope("acme", "production").unwrap();
+    let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     acme.put("kept.txt", Bytes::from_static(b"k"))
         .await
         .unwrap();
@@ -117,8 +119,7 @@ async fn conformance_under_a_prefix() {
     assert_eq!(keys, ["some/prefix/tenants/acme/production/kept.txt"]);
     let root = open(&format!("s3://{bucket}"), options(&endpoint));
     assert!(
-        root.scope("acme", "production")
-            .unwrap()
+        root.scope(&"acme".parse().unwrap(), &"production".parse().unwrap())
             .list(None)
             .await
             .unwrap()
@@ -134,8 +135,7 @@ async fn options_win_over_the_url_query() {
     // The URL names a closed port; the options the real server.
     let url = format!("s3://{bucket}?endpoint=http://127.0.0.1:9&allow_http=true");
     let acme = open(&url, options(&endpoint))
-        .scope("acme", "production")
-        .unwrap();
+        .scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     acme.put("a.txt", Bytes::from_static(b"a")).await.unwrap();
     assert_eq!(acme.get("a.txt").await.unwrap(), "a");
 }
@@ -151,7 +151,7 @@ async fn signed_urls_download_and_upload() {
         format!("s3://{bucket}/with/prefix"),
     ] {
         let storage = open(&url, options(&endpoint));
-        let acme = storage.scope("acme", "production").unwrap();
+        let acme = storage.scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
         acme.put("report.pdf", Bytes::from_static(b"%PDF report"))
             .await
             .unwrap();
@@ -218,8 +218,7 @@ async fn an_unreachable_endpoint_fails_fast() {
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let acme = open("s3://nowhere", options(&endpoint))
-        .scope("acme", "production")
-        .unwrap();
+        .scope(&"acme".parse().unwrap(), &"production".parse().unwrap());
     let started = Instant::now();
     let errors = [
         acme.put("a.txt", Bytes::from_static(b"a"))
@@ -305,8 +304,7 @@ async fn refused_credentials_are_reported_as_such() {
             options.access_key_id = Some(key_id.into());
             options.secret_access_key = Some(secret.into());
             open(&format!("s3://{bucket}"), options)
-                .scope("acme", "production")
-                .unwrap()
+                .scope(&"acme".parse().unwrap(), &"production".parse().unwrap())
         };
         for (acme, code) in [
             // A key moto does not know.

@@ -203,7 +203,7 @@ fn mib(b: u64) -> f64 {
 
 fn spec(root: &std::path::Path, i: usize) -> LaunchSpec {
     let mut s = LaunchSpec::new(
-        Tenant::new("bench"),
+        Tenant::parse("bench").unwrap(),
         vec!["render".into(), format!("--frame={i}")],
         root.join("bench").join(format!("t{i}")),
     );

@@ -222,7 +222,12 @@ async fn scratch(synchronous: Synchronous, cgroups: CgroupMode) -> Scratch {
 }
 
 async fn status_counts(tasks: &Tasks) -> Vec<(TaskStatus, u64)> {
-    tasks.history().count_by_status(None).await.expect("count")
+    tasks
+        .admin()
+        .history()
+        .count_by_status(None)
+        .await
+        .expect("count")
 }
 
 // ------------------------------------------------------------------ 1. submission
@@ -250,7 +255,7 @@ struct Footprint {
 /// stores.
 async fn footprint() -> Footprint {
     let s = scratch(Synchronous::Normal, CgroupMode::None).await;
-    s.tasks.pause().expect("pause");
+    s.tasks.admin().pause().expect("pause");
     for chunk in render_requests(2 * SUBMIT_BATCH).chunks(SUBMIT_BATCH) {
         s.tasks.submit_many(chunk.to_vec()).await.expect("submit");
     }
@@ -319,7 +324,7 @@ async fn submit(
     callers: usize,
 ) -> (f64, PathBuf) {
     let s = scratch(synchronous, CgroupMode::None).await;
-    s.tasks.pause().expect("pause");
+    s.tasks.admin().pause().expect("pause");
     let batches: Vec<Vec<SubmitRequest>> = render_requests(n)
         .chunks(batch)
         .map(<[_]>::to_vec)
@@ -455,7 +460,11 @@ async fn await_success(
             },
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => {
-                let record = tasks.get(&Tenant::new(TENANT), id).await.expect("get");
+                let record = tasks
+                    .tenant(&Tenant::parse(TENANT).unwrap())
+                    .get(id)
+                    .await
+                    .expect("get");
                 if record.status.is_final() {
                     assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
                     return;
@@ -469,13 +478,14 @@ async fn await_success(
 /// Submit → `ops.task.succeeded`, one task at a time, after 10 untimed ones.
 async fn task_latency(cgroups: CgroupMode, n: usize) -> Vec<Duration> {
     let s = scratch(Synchronous::Normal, cgroups).await;
-    let mut live = s.tasks.subscribe_all();
+    let mut live = s.tasks.admin().subscribe_all();
     let mut out = Vec::with_capacity(n);
     for i in 0..n + 10 {
         let start = Instant::now();
         let id = s
             .tasks
-            .submit(SubmitRequest::new(TENANT, "noop"))
+            .tenant(&ops_core::Tenant::parse(TENANT).unwrap())
+            .submit(SubmitRequest::new("noop"))
             .await
             .expect("submit");
         await_success(&s.tasks, &mut live, id).await;
@@ -522,10 +532,11 @@ async fn spawn_concurrently(n: usize, wrapped: bool) -> f64 {
 async fn task_throughput(cgroups: CgroupMode, n: usize) -> f64 {
     let s = scratch(Synchronous::Normal, cgroups).await;
     // Warm-up: one task (cgroup parents, first spawn).
-    let mut live = s.tasks.subscribe_all();
+    let mut live = s.tasks.admin().subscribe_all();
     let id = s
         .tasks
-        .submit(SubmitRequest::new(TENANT, "noop"))
+        .tenant(&ops_core::Tenant::parse(TENANT).unwrap())
+        .submit(SubmitRequest::new("noop"))
         .await
         .expect("submit");
     await_success(&s.tasks, &mut live, id).await;

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use ops_core::TaskId;
+use ops_core::{ErrorKind, TaskId};
 use thiserror::Error;
 
 /// One violation of a template's parameter schema.
@@ -122,9 +122,69 @@ pub enum Error {
         /// The migrations not applied yet.
         missing: Vec<String>,
     },
-    /// A configuration value is invalid.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// Configuration is invalid; every problem is listed, each as `field: what is
+    /// wrong` (the field dotted, such as `admission.tenants.acme.weight`).
+    #[error("invalid configuration: {}", problems.join("; "))]
+    InvalidConfig {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// A value (a tenant or environment name, an id) breaks its rule; the error names
+    /// the rule.
+    #[error(transparent)]
+    InvalidValue(#[from] ops_core::Error),
+    /// A page cursor that no query of this store gave.
+    #[error("invalid page cursor {cursor:?}: pass the next_cursor of a previous page")]
+    InvalidCursor {
+        /// The cursor as given.
+        cursor: String,
+    },
+    /// One request of a batch ([`TenantTasks::submit_many`](crate::TenantTasks::submit_many))
+    /// is invalid; nothing of the batch was stored.
+    #[error("request #{index}: {source}")]
+    InvalidRequest {
+        /// Its index in the batch, from 0.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
+    /// [`Tasks::builder`](crate::Tasks::builder) was not given a part it needs.
+    #[error("Tasks::builder() needs {what}")]
+    MissingPart {
+        /// What is missing, e.g. `a history store`.
+        what: &'static str,
+    },
+    /// Another live coordinator process holds this task root's lock.
+    #[error(
+        "task root {} is in use by another live coordinator (lock {} is held: {message}); give each coordinator process its own root",
+        root.display(),
+        lock.display()
+    )]
+    RootInUse {
+        /// The task root.
+        root: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// What locking reported.
+        message: String,
+    },
+    /// The task service has shut down.
+    #[error("the task service has shut down")]
+    ShutDown,
+    /// This process runs no coordinator (a submit-only service), so it cannot do
+    /// what only a coordinator can.
+    #[error("this task service is submit-only (it runs no coordinator): it cannot {operation}")]
+    NotCoordinator {
+        /// What was asked, e.g. `explain a queued task`.
+        operation: &'static str,
+    },
+    /// The store or executor cannot do this.
+    #[error("not supported: {what}")]
+    Unsupported {
+        /// What was asked, and why not.
+        what: String,
+    },
     /// The executor failed.
     #[error("executor {executor}: {message}")]
     Executor {
@@ -135,6 +195,7 @@ pub enum Error {
     },
     /// The Kubernetes API server could not be reached, or answered in a way that makes
     /// no sense (`server` is its URL).
+    #[cfg(feature = "kube")]
     #[error("Kubernetes API server {server}: {message}")]
     Cluster {
         /// The API server's URL.
@@ -144,17 +205,26 @@ pub enum Error {
     },
     /// The Kubernetes API server refused an operation (RBAC). Lists every missing
     /// permission when found by the start-up check.
+    #[cfg(feature = "kube")]
     #[error("forbidden by the Kubernetes API server: {}", denied.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("; "))]
     Forbidden {
         /// The operations refused.
         denied: Vec<Denied>,
     },
     /// The history database failed.
-    #[error("history store: {0}")]
-    Store(#[from] sqlx::Error),
+    #[error("history store ({}): {source}", source.backend())]
+    Store {
+        /// The database failure, classified.
+        #[source]
+        source: ops_events::StoreError,
+    },
     /// A database migration failed.
-    #[error("history migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("history migration ({}): {source}", source.backend())]
+    Migrate {
+        /// The migration failure, classified.
+        #[source]
+        source: ops_events::StoreError,
+    },
     /// Publishing or storing events failed.
     #[error(transparent)]
     Events(#[from] ops_events::Error),
@@ -173,16 +243,88 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the same call may succeed if retried.
+    /// Whether the same call may succeed if retried. Never for a constraint violation
+    /// or invalid input.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Store(e) => matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Database(_)
-            ),
+            Error::Store { source } | Error::Migrate { source } => source.is_retryable(),
             Error::Events(e) => e.is_retryable(),
-            Error::Io { .. } | Error::Executor { .. } | Error::Cluster { .. } => true,
+            Error::InvalidRequest { source, .. } => source.is_retryable(),
+            Error::Io { source, .. } => ErrorKind::of_io(source) == ErrorKind::Unavailable,
+            Error::Executor { .. } | Error::Connect { .. } => true,
+            #[cfg(feature = "kube")]
+            Error::Cluster { .. } => true,
             _ => false,
+        }
+    }
+
+    /// What kind of failure this is, for callers (and API layers) that act on it
+    /// without knowing the backend.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidTemplate { .. }
+            | Error::InvalidTemplates { .. }
+            | Error::InvalidParameters { .. }
+            | Error::ExceedsCapacity { .. }
+            | Error::Inadmissible { .. }
+            | Error::PathEscape { .. }
+            | Error::InvalidConfig { .. }
+            | Error::InvalidCursor { .. }
+            | Error::MissingPart { .. } => ErrorKind::InvalidInput,
+            Error::InvalidValue(e) => e.kind(),
+            Error::InvalidRequest { source, .. } => source.kind(),
+            Error::TemplateNotFound { .. } | Error::TaskNotFound(_) => ErrorKind::NotFound,
+            Error::InvalidTransition { .. } | Error::LeaseHeld { .. } | Error::RootInUse { .. } => {
+                ErrorKind::Conflict
+            }
+            Error::Connect { .. } | Error::SchemaOutdated { .. } | Error::Executor { .. } => {
+                ErrorKind::Unavailable
+            }
+            #[cfg(feature = "kube")]
+            Error::Cluster { .. } => ErrorKind::Unavailable,
+            #[cfg(feature = "kube")]
+            Error::Forbidden { .. } => ErrorKind::PermissionDenied,
+            Error::ShutDown => ErrorKind::ShutDown,
+            Error::NotCoordinator { .. } | Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Store { source } | Error::Migrate { source } => source.kind(),
+            Error::Events(e) => e.kind(),
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Json(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Invalid configuration with one problem, `field: message`.
+    pub(crate) fn config(field: &str, message: impl std::fmt::Display) -> Self {
+        Error::InvalidConfig {
+            problems: vec![format!("{field}: {message}")],
+        }
+    }
+
+    /// A database failure of `backend`.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn store(backend: &'static str, source: impl Into<ops_events::BoxError>) -> Self {
+        Error::Store {
+            source: ops_events::StoreError::new(backend, source),
+        }
+    }
+
+    /// A failure of the SQLite history.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn sqlite(source: impl Into<ops_events::BoxError>) -> Self {
+        Self::store("sqlite", source)
+    }
+
+    /// A failure of the Postgres history.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(source: impl Into<ops_events::BoxError>) -> Self {
+        Self::store("postgres", source)
+    }
+
+    /// A failed migration of `backend`'s history schema.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn migrate(backend: &'static str, source: impl Into<ops_events::BoxError>) -> Self {
+        Error::Migrate {
+            source: ops_events::StoreError::new(backend, source),
         }
     }
 
@@ -196,6 +338,7 @@ impl Error {
 
 /// One operation the Kubernetes API server refused: `verb` on `resource` (with its API
 /// group) in `namespace` (none: cluster-wide).
+#[cfg(feature = "kube")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Denied {
@@ -211,6 +354,7 @@ pub struct Denied {
     pub message: Option<String>,
 }
 
+#[cfg(feature = "kube")]
 impl std::fmt::Display for Denied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let resource = if self.group.is_empty() {

@@ -98,7 +98,7 @@ impl LaunchSpec {
 #[non_exhaustive]
 pub struct StagedInput {
     /// The object's path in the tenant's environment storage (checked with
-    /// [`ops_storage::ObjectPath::parse`]), e.g. `datasets/scene.blend`.
+    /// [`ops_core::ObjectPath::parse`]), e.g. `datasets/scene.blend`.
     pub from: String,
     /// Where it goes, relative to the task directory (checked not to escape it).
     pub to: PathBuf,
@@ -129,8 +129,9 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    /// Refuses a handle another executor made (`Error::Executor` naming both).
-    pub(crate) fn check_executor(&self, executor: &str) -> Result<()> {
+    /// Refuses a handle another executor made (`Error::Executor` naming both): the
+    /// first thing an executor's `cancel`, `preempt` and `reattach` do.
+    pub fn check_executor(&self, executor: &str) -> Result<()> {
         if self.executor != executor {
             return Err(crate::Error::Executor {
                 executor: executor.to_owned(),
@@ -271,8 +272,8 @@ impl NodeGroup {
     }
 
     /// Reserves the nodes for one environment's pool.
-    pub fn pool(mut self, pool: impl Into<Environment>) -> Self {
-        self.pool = Some(pool.into());
+    pub fn pool(mut self, pool: Environment) -> Self {
+        self.pool = Some(pool);
         self
     }
 }
@@ -370,7 +371,7 @@ mod tests {
 
     #[test]
     fn specs_stored_before_inputs_existed_still_load() {
-        let mut spec = LaunchSpec::new(Tenant::new("acme"), vec!["true".into()], "/t");
+        let mut spec = LaunchSpec::new(Tenant::parse("acme").unwrap(), vec!["true".into()], "/t");
         let mut old = serde_json::to_value(&spec).unwrap();
         assert!(old.get("inputs").is_none(), "empty inputs are not written");
         old.as_object_mut().unwrap().remove("inputs");

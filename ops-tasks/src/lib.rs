@@ -2,48 +2,61 @@
 //!
 //! - [`TaskTemplate`]: what a platform offers — a command with `{{ parameter }}`
 //!   placeholders, parameters described by JSON Schema, resources, GPUs, timeout,
-//!   retries, output globs. Loaded from TOML, YAML or JSON; a directory of them is a
-//!   [`Catalogue`]. Parameters never reach a shell unquoted.
+//!   retries, inputs, output globs. Loaded from TOML, YAML or JSON; a directory of them
+//!   is a [`Catalogue`]. Parameters never reach a shell unquoted.
 //! - The task state machine ([`ops_core::TaskStatus`]): `submitted → queued → running →
 //!   succeeded | failed | cancelled | timed_out`, with `retrying` between attempts. Every
 //!   transition is written with its CloudEvent in one transaction.
-//! - [`Executor`]: runs attempts. [`LocalExecutor`] (the embedded default) runs each
-//!   as a process group in its own directory, with cgroup limits (v1 or v2, detected),
-//!   exclusive GPU assignment, output detection, usage metering and re-attachment after
-//!   a restart.
-//! - [`HistoryStore`]: tasks, transitions, events, outputs and usage, with queries by
-//!   tenant, status, labels, template and time range, cursor pagination and retention.
-//!   [`SqliteHistory`] shares its database and transactions with the `ops-events`
-//!   outbox, so functions see exactly the committed changes.
-//! - [`staging::StagingExecutor`]: wraps any executor to copy a template's `inputs`
-//!   from the tenant's storage (ops-storage) into the task directory before an attempt,
-//!   and store its outputs there (`tasks/<task id>/…`) when it succeeds.
-//! - [`Tasks`]: the facade an API layer calls — submit, get, list, cancel, logs, watch —
-//!   scoped by tenant, so one tenant never sees another's tasks.
+//! - [`admission`]: quotas per tenant and environment with borrowing and reclaim,
+//!   priorities, dominant-resource fair share, FIFO, the scavenger tier and a budget
+//!   hook — pure logic over `ops-core` types, usable with any executor.
+//! - [`Executor`]: runs attempts; every executor follows the
+//!   [task-directory protocol](taskdir) (logs, exit records, outputs) and passes
+//!   `testkit::executor`. `local::LocalExecutor` (the embedded default) runs each
+//!   attempt as a process group with cgroup limits, exclusive GPUs and re-attachment
+//!   after a restart.
+//! - History, split by role: [`HistoryReader`] (tenant queries), [`HistoryWriter`]
+//!   (commits, retention) and [`Leases`] (several coordinators on one store, with
+//!   single-node defaults); a [`HistoryStore`] is all three. `SqliteHistory` shares its
+//!   database and transactions with the `ops-events` outbox, so functions see exactly
+//!   the committed changes.
+//! - [`staging::StagingExecutor`]: wraps any executor to copy a template's `inputs` from
+//!   a [`staging::StagingStore`] (the tenant's object storage; the `ops` facade plugs in
+//!   `ops-storage`) into the task directory before an attempt, and store its outputs
+//!   there when it succeeds.
+//! - [`Tasks`]: the service an API layer calls. [`Tasks::tenant`] gives a
+//!   [`TenantTasks`] handle whose every method (submit, get, list, events, logs, watch,
+//!   wait, cancel, explain, stats) is scoped to that tenant; [`Tasks::admin`] gives the
+//!   operator's [`Admin`] handle.
 //!
-//! # Backends and features
+//! Errors have an [`ErrorKind`](ops_core::ErrorKind) ([`Error::kind`]) an API layer maps
+//! to a response, and say whether retrying may help ([`Error::is_retryable`]).
 //!
-//! | contract | embedded default | scale-out |
+//! # Features
+//!
+//! | feature | default | what it adds |
 //! |---|---|---|
-//! | [`Executor`] | [`local::LocalExecutor`] | `kube` (planned) |
-//! | [`HistoryStore`] | [`history::SqliteHistory`] | `postgres` feature: `history::PostgresHistory` |
+//! | `sqlite` | yes | `SqliteHistory` (and the SQLite outbox of `ops-events`) |
+//! | `local` | yes | `local::LocalExecutor`, Unix only (`nix`) |
+//! | `sim` | no | `sim`: the simulation executor and the capacity planner |
+//! | `postgres` | no | `history::PostgresHistory`, for several coordinators on one database |
+//! | `kube` | no | `kube::KubeExecutor`, pods on Kubernetes (kube-rs) |
+//! | `testkit` | no | the conformance suites `testkit::history` and `testkit::executor` |
 //!
-//! [`backends::open`] picks the history store (and event bus) from a URL. Several
-//! coordinators may share one store: each holds a [`Lease`], owns the tasks it runs,
-//! claims unowned queued ones, and takes over those of a coordinator whose lease
-//! expired (see [`HistoryStore`]'s lease methods and [`CoordinatorConfig`]). A process
-//! that only submits and reads uses [`TasksBuilder::submit_only`].
+//! Without default features the crate is templates, admission, the executor and
+//! history contracts, staging, the task-directory protocol and the [`Tasks`] service,
+//! with no database driver and no executor: bring your own.
 //!
 //! # Example
 //!
 //! ```
-//! use std::sync::Arc;
-//! use ops_tasks::template::{Catalogue, Format, TaskTemplate};
-//! use ops_tasks::{LocalExecutor, LocalExecutorConfig, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
-//! use ops_core::{TaskStatus, Tenant};
-//!
+//! # #[cfg(all(unix, feature = "sqlite", feature = "local"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ops_core::{TaskStatus, Tenant};
+//! use ops_tasks::template::{Catalogue, Format, TaskTemplate};
+//! use ops_tasks::{LocalExecutor, LocalExecutorConfig, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
+//!
 //! let dir = tempfile::tempdir()?;
 //! let mut catalogue = Catalogue::new();
 //! catalogue.insert(TaskTemplate::from_str(
@@ -64,52 +77,67 @@
 //! let tasks = Tasks::builder()
 //!     .catalogue(catalogue)
 //!     .history(history)
-//!     .executor(Arc::new(LocalExecutor::new(LocalExecutorConfig::default())?))
+//!     .executor(LocalExecutor::new(LocalExecutorConfig::default())?)
 //!     .config(config)
 //!     .start()
 //!     .await?;
 //!
-//! let acme = Tenant::new("acme");
-//! let id = tasks
-//!     .submit(SubmitRequest::new("acme", "greet").parameters(serde_json::json!({ "who": "Ops" })))
+//! let acme = tasks.tenant(&Tenant::parse("acme")?);
+//! let id = acme
+//!     .submit(SubmitRequest::new("greet").parameters(serde_json::json!({ "who": "Ops" })))
 //!     .await?;
-//! let done = tasks.wait(&acme, id).await?;
+//! let done = acme.wait(id).await?;
 //! assert_eq!(done.status, TaskStatus::Succeeded);
-//! let out = tasks.logs(&acme, id, ops_tasks::LogStream::Stdout).await?;
+//! let out = acme.logs(id, ops_tasks::LogStream::Stdout).await?;
 //! assert_eq!(String::from_utf8(out)?, "hello Ops\n");
+//! // Another tenant cannot see it.
+//! let globex = tasks.tenant(&Tenant::parse("globex")?);
+//! assert_eq!(globex.get(id).await.unwrap_err().kind(), ops_core::ErrorKind::NotFound);
 //! tasks.shutdown().await;
 //! # Ok(()) }
+//! # #[cfg(not(all(unix, feature = "sqlite", feature = "local")))]
+//! # fn main() {}
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod admission;
-pub mod backends;
 pub mod duration;
 mod error;
 pub mod executor;
 pub mod history;
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(all(unix, feature = "local"))]
 pub mod local;
-pub mod paths;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod staging;
+pub mod taskdir;
 mod tasks;
 pub mod template;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use error::{Denied, Error, ParameterViolation, Result};
+#[cfg(feature = "kube")]
+pub use error::Denied;
+pub use error::{Error, ParameterViolation, Result};
 pub use executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, NodeGroup, Outcome, Reattached, RunHandle,
     StagedInput,
 };
+#[cfg(feature = "sqlite")]
+pub use history::SqliteHistory;
 pub use history::{
-    HistoryStore, Lease, SqliteHistory, StatsQuery, TaskPage, TaskQuery, TaskRecord, TemplateStats,
+    HistoryReader, HistoryStore, HistoryWriter, Lease, Leases, StatsQuery, TaskPage, TaskQuery,
+    TaskRecord, TemplateStats,
 };
+#[cfg(all(unix, feature = "local"))]
 pub use local::{LocalExecutor, LocalExecutorConfig};
+#[cfg(feature = "sim")]
 pub use sim::{SimExecutor, SimExecutorConfig};
 pub use tasks::{
-    BoxStream, CoordinatorConfig, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder, TasksConfig,
-    Waiting,
+    Admin, BoxStream, CoordinatorConfig, RetentionPolicy, SubmitRequest, Tasks, TasksBuilder,
+    TasksConfig, TenantTasks, Waiting,
 };
 pub use template::{Catalogue, RenderedCommand, RetryPolicy, TaskTemplate};

@@ -1,15 +1,18 @@
-//! Staging of task inputs and outputs through `ops-storage`: a wrapper around any
-//! [`Executor`].
+//! Staging of task inputs and outputs through a tenant's object storage: a wrapper
+//! around any [`Executor`].
 //!
 //! [`StagingExecutor`] copies each of an attempt's
 //! [`inputs`](crate::LaunchSpec::inputs) (a template's `inputs`) from the tenant's
 //! storage into the task directory before handing the attempt to the executor it
 //! wraps, and stores the attempt's outputs (the files matching its output globs) in
 //! the tenant's storage under `tasks/<task id>/<path in the task directory>` once the
-//! attempt has succeeded, before the coordinator hears that it ended. The store
-//! records each object in its catalog with an `ops.storage.object.created` event
-//! (size, SHA-256, task id and attempt); with a catalog writing to the history's
-//! outbox, those events come between the task's `started` and `succeeded` events.
+//! attempt has succeeded, before the coordinator hears that it ended.
+//!
+//! The storage is a [`StagingStore`], a small trait this crate defines so that it
+//! needs no storage crate: the `ops` facade implements it on `ops-storage` (which
+//! records each object in its catalog with an `ops.storage.object.created` event, in
+//! the history's outbox when they share a database, so those events come between the
+//! task's `started` and `succeeded` events); a builder may implement it on anything.
 //!
 //! - An input that cannot be copied (a missing object, an unreachable store, a bad
 //!   path) ends the attempt before anything runs, with reason
@@ -37,30 +40,37 @@
 //!
 //! # Example
 //!
-//! ```no_run
-//! use std::sync::Arc;
-//! use ops_storage::{Quota, Quotas, Storage};
-//! use ops_tasks::staging::StagingExecutor;
-//! use ops_tasks::{LocalExecutor, LocalExecutorConfig, SqliteHistory, Tasks};
-//! use ops_tasks::template::Catalogue;
+//! A store that keeps each tenant's objects in a directory (`ops::staging` has the one
+//! on `ops-storage`):
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let history = SqliteHistory::open("/var/lib/ops/ops.db").await?;
-//! let storage = Storage::builder("file:///var/lib/ops/storage")
-//!     .quotas(Quotas::unlimited().default_quota(Quota { bytes: Some(10 << 30), objects: None }))
-//!     .build()?;
-//! // A template with `inputs = [{ from = "scenes/{{ scene }}", to = "scene.blend" }]`
-//! // now finds its scene in its directory, and its outputs end up in
-//! // tenants/<tenant>/<environment>/tasks/<task id>/ of the store.
-//! let executor = StagingExecutor::new(LocalExecutor::new(LocalExecutorConfig::default())?, storage);
-//! let tasks = Tasks::builder()
-//!     .catalogue(Catalogue::load_dir("templates")?)
-//!     .history(history)
-//!     .executor(Arc::new(executor))
-//!     .start()
-//!     .await?;
-//! # tasks.shutdown().await;
+//! ```no_run
+//! use std::path::{Path, PathBuf};
+//! use async_trait::async_trait;
+//! use ops_core::{Environment, Tenant};
+//! use ops_tasks::staging::{OutputFile, StagingExecutor, StagingResult, StagingStore, StoredOutput};
+//! use ops_tasks::{LocalExecutor, LocalExecutorConfig};
+//!
+//! struct Dirs(PathBuf);
+//!
+//! #[async_trait]
+//! impl StagingStore for Dirs {
+//!     fn describe(&self) -> String {
+//!         self.0.display().to_string()
+//!     }
+//!     async fn fetch(&self, tenant: &Tenant, env: &Environment, from: &str, to: &Path) -> StagingResult<u64> {
+//!         Ok(tokio::fs::copy(self.0.join(tenant.as_str()).join(env.as_str()).join(from), to).await?)
+//!     }
+//!     async fn store(&self, tenant: &Tenant, env: &Environment, output: &OutputFile<'_>) -> StagingResult<StoredOutput> {
+//!         let dest = self.0.join(tenant.as_str()).join(env.as_str()).join(output.path);
+//!         tokio::fs::create_dir_all(dest.parent().unwrap()).await?;
+//!         let size = tokio::fs::copy(output.file, &dest).await?;
+//!         Ok(StoredOutput::new(output.path, size))
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), ops_tasks::Error> {
+//! let local = LocalExecutor::new(LocalExecutorConfig::default())?;
+//! let executor = StagingExecutor::new(local, Dirs("/srv/objects".into()));
 //! # Ok(()) }
 //! ```
 
@@ -69,42 +79,145 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ops_core::{Reason, Resources, TaskId};
-use ops_storage::{Scoped, Storage};
+use ops_core::{Environment, Reason, Resources, TaskId, Tenant};
 use tokio::sync::mpsc;
 
+use crate::Result;
 use crate::executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, NodeGroup, Outcome, Reattached, RunHandle,
 };
-use crate::local::OPS_DIR;
-use crate::local::outputs::{Matched, build_globs, matching, regular_file};
-use crate::{Result, paths};
+use crate::taskdir::{self, Matched, OPS_DIR, build_globs, matching, regular_file};
+
+/// What a [`StagingStore`] fails with: any error; its message ends up in the
+/// attempt's `StagingFailed` outcome.
+pub type StagingError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result of a [`StagingStore`] call.
+pub type StagingResult<T> = std::result::Result<T, StagingError>;
+
+/// One output of an attempt, to be stored.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct OutputFile<'a> {
+    /// Where it goes in the tenant's environment storage: `tasks/<task id>/<path in the
+    /// task directory>`.
+    pub path: &'a str,
+    /// The file to read.
+    pub file: &'a Path,
+    /// The task that wrote it.
+    pub task_id: TaskId,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+}
+
+/// What a [`StagingStore`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredOutput {
+    /// Its path in the tenant's environment storage.
+    pub path: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex, when the store computed it.
+    pub sha256: Option<String>,
+}
+
+impl StoredOutput {
+    /// `size` bytes stored at `path`, without a checksum.
+    pub fn new(path: impl Into<String>, size: u64) -> Self {
+        Self {
+            path: path.into(),
+            size,
+            sha256: None,
+        }
+    }
+
+    /// With the SHA-256 the store computed.
+    pub fn sha256(mut self, sha256: impl Into<String>) -> Self {
+        self.sha256 = Some(sha256.into());
+        self
+    }
+}
+
+/// A tenant's object storage, as staging sees it: objects by path in one tenant's
+/// environment. Paths given to it are checked ([`ops_core::ObjectPath`] for storage
+/// paths; destinations stay inside the task directory).
+#[async_trait]
+pub trait StagingStore: Send + Sync + 'static {
+    /// Where it stores, for logs and `Debug` (a URL without secrets).
+    fn describe(&self) -> String;
+
+    /// Copies the object at `from` in `tenant`'s `environment` storage to the file
+    /// `to` (whose directory exists); gives the bytes copied.
+    async fn fetch(
+        &self,
+        tenant: &Tenant,
+        environment: &Environment,
+        from: &str,
+        to: &Path,
+    ) -> StagingResult<u64>;
+
+    /// Stores an attempt's output file in `tenant`'s `environment` storage.
+    async fn store(
+        &self,
+        tenant: &Tenant,
+        environment: &Environment,
+        output: &OutputFile<'_>,
+    ) -> StagingResult<StoredOutput>;
+}
+
+#[async_trait]
+impl<T: StagingStore + ?Sized> StagingStore for Arc<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    async fn fetch(
+        &self,
+        tenant: &Tenant,
+        environment: &Environment,
+        from: &str,
+        to: &Path,
+    ) -> StagingResult<u64> {
+        (**self).fetch(tenant, environment, from, to).await
+    }
+    async fn store(
+        &self,
+        tenant: &Tenant,
+        environment: &Environment,
+        output: &OutputFile<'_>,
+    ) -> StagingResult<StoredOutput> {
+        (**self).store(tenant, environment, output).await
+    }
+}
 
 /// The key of a [`RunHandle::detail`] saying that the attempt never started because
 /// its inputs could not be staged (the value is the message).
 const STAGING_FAILED: &str = "ops_staging_failed";
 
-/// Wraps an [`Executor`]: copies each attempt's inputs from a [`Storage`] into its task
-/// directory before it starts, and stores its outputs there when it succeeds. See the
-/// [module documentation](self).
+/// Wraps an [`Executor`]: copies each attempt's inputs from a [`StagingStore`] into its
+/// task directory before it starts, and stores its outputs there when it succeeds. See
+/// the [module documentation](self).
 pub struct StagingExecutor<E> {
     inner: E,
-    storage: Storage,
+    storage: Arc<dyn StagingStore>,
 }
 
 impl<E: std::fmt::Debug> std::fmt::Debug for StagingExecutor<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StagingExecutor")
             .field("inner", &self.inner)
-            .field("storage", &self.storage.url())
+            .field("storage", &self.storage.describe())
             .finish()
     }
 }
 
 impl<E: Executor> StagingExecutor<E> {
     /// Stages the inputs and outputs of `inner`'s attempts through `storage`.
-    pub fn new(inner: E, storage: Storage) -> Self {
-        Self { inner, storage }
+    pub fn new(inner: E, storage: impl StagingStore) -> Self {
+        Self {
+            inner,
+            storage: Arc::new(storage),
+        }
     }
 
     /// The wrapped executor.
@@ -113,7 +226,7 @@ impl<E: Executor> StagingExecutor<E> {
     }
 
     /// The storage inputs come from and outputs go to.
-    pub fn storage(&self) -> &Storage {
+    pub fn storage(&self) -> &Arc<dyn StagingStore> {
         &self.storage
     }
 
@@ -170,7 +283,7 @@ impl<E: Executor> Executor for StagingExecutor<E> {
         spec: LaunchSpec,
         updates: mpsc::UnboundedSender<ExecutorUpdate>,
     ) -> Result<RunHandle> {
-        if let Err(message) = stage_inputs(&self.storage, &spec).await {
+        if let Err(message) = stage_inputs(self.storage.as_ref(), &spec).await {
             tracing::warn!(
                 task_id = %spec.task_id,
                 attempt = spec.attempt,
@@ -233,13 +346,13 @@ impl<E: Executor> Executor for StagingExecutor<E> {
 }
 
 /// Copies `spec`'s inputs into its task directory; the error names the input.
-async fn stage_inputs(storage: &Storage, spec: &LaunchSpec) -> std::result::Result<(), String> {
+async fn stage_inputs(
+    storage: &dyn StagingStore,
+    spec: &LaunchSpec,
+) -> std::result::Result<(), String> {
     if spec.inputs.is_empty() {
         return Ok(());
     }
-    let scope = storage
-        .scope(spec.tenant.as_str(), spec.environment.as_str())
-        .map_err(|e| format!("staging inputs: {e}"))?;
     let dir = &spec.task_dir;
     std::fs::create_dir_all(dir).map_err(|e| format!("staging inputs: {}: {e}", dir.display()))?;
     for input in &spec.inputs {
@@ -247,14 +360,17 @@ async fn stage_inputs(storage: &Storage, spec: &LaunchSpec) -> std::result::Resu
         if matches!(input.to.components().next(), Some(Component::Normal(c)) if c == OPS_DIR) {
             return Err(format!("{what}: {OPS_DIR}/ is reserved for the executor"));
         }
-        let dest = paths::resolve_within(dir, &input.to).map_err(|e| format!("{what}: {e}"))?;
+        let dest = taskdir::resolve_within(dir, &input.to).map_err(|e| format!("{what}: {e}"))?;
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
                 .map_err(|e| format!("{what}: {}: {e}", parent.display()))?;
         }
-        let got = scope
-            .get_file(&input.from, &dest)
+        if let Err(e) = ops_core::ObjectPath::parse(&input.from) {
+            return Err(format!("{what}: {e}"));
+        }
+        let size = storage
+            .fetch(&spec.tenant, &spec.environment, &input.from, &dest)
             .await
             .map_err(|e| format!("{what}: {e}"))?;
         tracing::info!(
@@ -263,7 +379,7 @@ async fn stage_inputs(storage: &Storage, spec: &LaunchSpec) -> std::result::Resu
             tenant = %spec.tenant,
             from = %input.from,
             to = %input.to.display(),
-            size = got.size,
+            size,
             "staged input"
         );
     }
@@ -272,9 +388,9 @@ async fn stage_inputs(storage: &Storage, spec: &LaunchSpec) -> std::result::Resu
 
 /// Stores the outputs of one attempt.
 struct Stager {
-    storage: Storage,
-    tenant: String,
-    environment: String,
+    storage: Arc<dyn StagingStore>,
+    tenant: Tenant,
+    environment: Environment,
     task_id: TaskId,
     attempt: u32,
     task_dir: PathBuf,
@@ -284,11 +400,11 @@ struct Stager {
 }
 
 impl Stager {
-    fn new(storage: Storage, spec: &LaunchSpec, attempt: u32) -> Self {
+    fn new(storage: Arc<dyn StagingStore>, spec: &LaunchSpec, attempt: u32) -> Self {
         Self {
             storage,
-            tenant: spec.tenant.as_str().to_owned(),
-            environment: spec.environment.as_str().to_owned(),
+            tenant: spec.tenant.clone(),
+            environment: spec.environment.clone(),
             task_id: spec.task_id,
             attempt,
             task_dir: spec.task_dir.clone(),
@@ -358,20 +474,12 @@ impl Stager {
         if files.is_empty() {
             return Ok(());
         }
-        let scope = self
-            .storage
-            .scope(&self.tenant, &self.environment)
-            .map_err(|e| format!("storing outputs: {e}"))?
-            .for_task(self.task_id, self.attempt);
         let (mut count, mut bytes) = (0u64, 0u64);
         for (rel, file) in &files {
-            let stored = self
-                .store_one(&scope, rel, file)
-                .await
-                .map_err(|e| match count {
-                    0 => e,
-                    n => format!("{e} ({n} earlier outputs were stored)"),
-                })?;
+            let stored = self.store_one(rel, file).await.map_err(|e| match count {
+                0 => e,
+                n => format!("{e} ({n} earlier outputs were stored)"),
+            })?;
             count += 1;
             bytes += stored;
         }
@@ -387,15 +495,17 @@ impl Stager {
         Ok(())
     }
 
-    async fn store_one(
-        &self,
-        scope: &Scoped,
-        rel: &str,
-        file: &Path,
-    ) -> std::result::Result<u64, String> {
+    async fn store_one(&self, rel: &str, file: &Path) -> std::result::Result<u64, String> {
         let path = format!("tasks/{}/{rel}", self.task_id);
-        let stored = scope
-            .put_file(&path, file)
+        let output = OutputFile {
+            path: &path,
+            file,
+            task_id: self.task_id,
+            attempt: self.attempt,
+        };
+        let stored = self
+            .storage
+            .store(&self.tenant, &self.environment, &output)
             .await
             .map_err(|e| format!("storing output {rel:?} as {path:?}: {e}"))?;
         tracing::info!(
@@ -404,7 +514,7 @@ impl Stager {
             tenant = %self.tenant,
             path = %stored.path,
             size = stored.size,
-            sha256 = %stored.sha256,
+            sha256 = stored.sha256.as_deref().unwrap_or("-"),
             "stored output"
         );
         Ok(stored.size)

@@ -59,7 +59,9 @@ async fn start(
     let mut config = TasksConfig::default();
     config.root = dir.join("tasks");
     config.admission =
-        toml::from_str::<AdmissionConfig>(admission).map_err(|e| Error::Config(e.to_string()))?;
+        toml::from_str::<AdmissionConfig>(admission).map_err(|e| Error::InvalidConfig {
+            problems: vec![e.to_string()],
+        })?;
     let mut builder = Tasks::builder()
         .catalogue(catalogue())
         .history(history)
@@ -74,7 +76,7 @@ async fn start(
 async fn wait_status(tasks: &Tasks, tenant: &Tenant, id: TaskId, want: TaskStatus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let status = tasks.get(tenant, id).await.unwrap().status;
+        let status = tasks.tenant(tenant).get(id).await.unwrap().status;
         if status == want {
             return;
         }
@@ -101,17 +103,24 @@ async fn a_task_over_quota_waits_with_the_reason_and_runs_when_quota_frees() {
     )
     .await
     .unwrap();
-    let acme = Tenant::new("acme");
+    let acme = Tenant::parse("acme").unwrap();
     let first = tasks
-        .submit(SubmitRequest::new("acme", "work").parameters(serde_json::json!({"secs": 1})))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("work").parameters(serde_json::json!({"secs": 1})))
         .await
         .unwrap();
     let second = tasks
-        .submit(SubmitRequest::new("acme", "work"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("work"))
         .await
         .unwrap();
     wait_status(&tasks, &acme, first, TaskStatus::Running).await;
-    let waiting = tasks.explain(&acme, second).await.unwrap().expect("queued");
+    let waiting = tasks
+        .tenant(&acme)
+        .explain(second)
+        .await
+        .unwrap()
+        .expect("queued");
     assert_eq!(waiting.info.reason, WaitReason::Quota, "{waiting:?}");
     assert!(
         waiting
@@ -124,18 +133,29 @@ async fn a_task_over_quota_waits_with_the_reason_and_runs_when_quota_frees() {
     assert_eq!(waiting.info.position, 1);
     // Another tenant is not held back by acme's quota.
     let beta = tasks
-        .submit(SubmitRequest::new("beta", "work"))
+        .tenant(&ops_core::Tenant::parse("beta").unwrap())
+        .submit(SubmitRequest::new("work"))
         .await
         .unwrap();
-    wait_status(&tasks, &Tenant::new("beta"), beta, TaskStatus::Succeeded).await;
+    wait_status(
+        &tasks,
+        &Tenant::parse("beta").unwrap(),
+        beta,
+        TaskStatus::Succeeded,
+    )
+    .await;
     // Usage shows acme at its quota.
-    let usage = tasks.usage().await.unwrap();
+    let usage = tasks.admin().usage().await.unwrap();
     let acme_usage = usage.iter().find(|u| u.tenant == acme).unwrap();
     assert_eq!(acme_usage.queued + acme_usage.running, 2);
     wait_status(&tasks, &acme, second, TaskStatus::Succeeded).await;
-    assert!(tasks.explain(&acme, second).await.unwrap().is_none());
+    assert!(tasks.tenant(&acme).explain(second).await.unwrap().is_none());
     // Statistics from history: both acme tasks waited, the second for the first.
-    let stats = tasks.stats(&StatsQuery::tenant("acme")).await.unwrap();
+    let stats = tasks
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .stats(&StatsQuery::new())
+        .await
+        .unwrap();
     assert_eq!(stats.len(), 1);
     assert_eq!(
         (stats[0].template.as_str(), stats[0].succeeded),
@@ -174,19 +194,27 @@ async fn the_budget_gate_keeps_a_task_queued_with_its_reason_until_it_allows() {
         open: AtomicBool::new(false),
     });
     let tasks = start(dir.path(), "", Some(gate.clone())).await.unwrap();
-    let broke = Tenant::new("broke");
+    let broke = Tenant::parse("broke").unwrap();
     let id = tasks
-        .submit(SubmitRequest::new("broke", "work"))
+        .tenant(&ops_core::Tenant::parse("broke").unwrap())
+        .submit(SubmitRequest::new("work"))
         .await
         .unwrap();
     let paid = tasks
-        .submit(SubmitRequest::new("acme", "work"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("work"))
         .await
         .unwrap();
-    wait_status(&tasks, &Tenant::new("acme"), paid, TaskStatus::Succeeded).await;
+    wait_status(
+        &tasks,
+        &Tenant::parse("acme").unwrap(),
+        paid,
+        TaskStatus::Succeeded,
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let waiting = loop {
-        if let Some(w) = tasks.explain(&broke, id).await.unwrap()
+        if let Some(w) = tasks.tenant(&broke).explain(id).await.unwrap()
             && w.info.reason == WaitReason::Budget
         {
             break w;
@@ -201,12 +229,12 @@ async fn the_budget_gate_keeps_a_task_queued_with_its_reason_until_it_allows() {
     );
     assert_eq!(waiting.estimated_start, None);
     assert_eq!(
-        tasks.get(&broke, id).await.unwrap().status,
+        tasks.tenant(&broke).get(id).await.unwrap().status,
         TaskStatus::Queued
     );
     gate.open.store(true, Ordering::SeqCst);
     wait_status(&tasks, &broke, id, TaskStatus::Succeeded).await;
-    let record = tasks.get(&broke, id).await.unwrap();
+    let record = tasks.tenant(&broke).get(id).await.unwrap();
     assert_eq!(record.attempt, 1, "a refusal is not an attempt");
     tasks.shutdown().await;
 }
@@ -227,13 +255,14 @@ async fn environments_keep_their_capacity() {
     )
     .await
     .unwrap();
-    let acme = Tenant::new("acme");
+    let acme = Tenant::parse("acme").unwrap();
     let staging: Vec<TaskId> = tasks
+        .tenant(&acme)
         .submit_many(
             (0..2)
                 .map(|_| {
-                    SubmitRequest::new("acme", "work")
-                        .environment("staging")
+                    SubmitRequest::new("work")
+                        .environment(ops_core::Environment::parse("staging").unwrap())
                         .parameters(serde_json::json!({"secs": 1}))
                 })
                 .collect(),
@@ -242,7 +271,8 @@ async fn environments_keep_their_capacity() {
         .unwrap();
     wait_status(&tasks, &acme, staging[0], TaskStatus::Running).await;
     let waiting = tasks
-        .explain(&acme, staging[1])
+        .tenant(&acme)
+        .explain(staging[1])
         .await
         .unwrap()
         .expect("queued");
@@ -250,13 +280,20 @@ async fn environments_keep_their_capacity() {
     assert_eq!(waiting.info.segment, "staging");
     // Production has room of its own.
     let prod = tasks
-        .submit(SubmitRequest::new("acme", "big").environment("production"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(
+            SubmitRequest::new("big")
+                .environment(ops_core::Environment::parse("production").unwrap()),
+        )
         .await
         .unwrap();
     wait_status(&tasks, &acme, prod, TaskStatus::Succeeded).await;
     // A big task can never run in staging: refused at submission.
     let err = tasks
-        .submit(SubmitRequest::new("acme", "big").environment("staging"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(
+            SubmitRequest::new("big").environment(ops_core::Environment::parse("staging").unwrap()),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Inadmissible { .. }), "{err}");
@@ -267,7 +304,8 @@ async fn environments_keep_their_capacity() {
     );
     // An environment that is not configured is refused too.
     let err = tasks
-        .submit(SubmitRequest::new("acme", "work").environment("qa"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("work").environment(ops_core::Environment::parse("qa").unwrap()))
         .await
         .unwrap_err();
     assert!(
@@ -309,13 +347,14 @@ async fn bad_admission_config_is_refused_at_start_with_every_problem() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("default_environment \"default\" is not among"),
+        err.contains("default_environment: \"default\" is not among"),
         "{err}"
     );
     // An unknown tenant is refused at submission when tenants are listed.
     let tasks = start(dir.path(), "[tenants.acme]\n", None).await.unwrap();
     let err = tasks
-        .submit(SubmitRequest::new("mallory", "work"))
+        .tenant(&ops_core::Tenant::parse("mallory").unwrap())
+        .submit(SubmitRequest::new("work"))
         .await
         .unwrap_err();
     assert!(

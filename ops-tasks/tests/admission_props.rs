@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ops_core::Resources;
+use ops_core::{Environment, Resources, Tenant};
 use ops_tasks::NodeGroup;
 use ops_tasks::admission::{
     AdmissionConfig, EnvironmentConfig, Quantity, QuotaSpec, Reclaim, TenantConfig,
@@ -118,7 +118,7 @@ fn scenario(c: &Case) -> Scenario {
     config.scavenger.grace = Duration::from_secs(c.grace_s);
     config.lookahead = c.lookahead;
     if c.pools {
-        nodes[0] = nodes[0].clone().pool(prod);
+        nodes[0] = nodes[0].clone().pool(Environment::parse(prod).unwrap());
         let mut p = EnvironmentConfig::default();
         p.reclaim = Reclaim::Preempt;
         let mut d = EnvironmentConfig::default();
@@ -156,14 +156,14 @@ fn scenario(c: &Case) -> Scenario {
             envs[0]
         };
         SimTask::new(
-            format!("t{}", t.tenant % c.tenants.len()),
+            Tenant::parse(format!("t{}", t.tenant % c.tenants.len())).unwrap(),
             Resources::new(cpu, GIB).with_gpus(gpus, None),
             Duration::from_secs(t.duration_s),
         )
         .arrival(Duration::from_secs(t.arrival_s))
         .priority(t.priority)
         .scavenger(t.scavenger)
-        .environment(env)
+        .environment(Environment::parse(env).unwrap())
     });
     Scenario::new(nodes)
         .admission(config)
@@ -283,7 +283,7 @@ fn fair_scenario(
         for i in 0..weights.len() {
             let d = durations[(k * weights.len() + i) % durations.len()];
             tasks.push(SimTask::new(
-                format!("t{i}"),
+                Tenant::parse(format!("t{i}")).unwrap(),
                 Resources::new(1000, GIB),
                 Duration::from_secs(d),
             ));
@@ -319,15 +319,25 @@ fn borrowed_work_is_reclaimed_and_ends() {
     dev.borrow_from = vec!["prod".to_owned()];
     config.environments = BTreeMap::from([("prod".to_owned(), prod), ("dev".to_owned(), dev)]);
     let nodes = vec![
-        NodeGroup::new(1, Resources::new(4000, 16 * GIB)).pool("prod"),
+        NodeGroup::new(1, Resources::new(4000, 16 * GIB))
+            .pool(ops_core::Environment::parse("prod").unwrap()),
         NodeGroup::new(1, Resources::new(4000, 16 * GIB)),
     ];
     let dev_tasks = (0..2).map(|_| {
-        SimTask::new("d", Resources::new(4000, GIB), Duration::from_secs(3600)).environment("dev")
+        SimTask::new(
+            Tenant::parse("d").unwrap(),
+            Resources::new(4000, GIB),
+            Duration::from_secs(3600),
+        )
+        .environment(Environment::parse("dev").unwrap())
     });
-    let prod_task = SimTask::new("p", Resources::new(4000, GIB), Duration::from_secs(60))
-        .environment("prod")
-        .arrival(Duration::from_secs(120));
+    let prod_task = SimTask::new(
+        Tenant::parse("p").unwrap(),
+        Resources::new(4000, GIB),
+        Duration::from_secs(60),
+    )
+    .environment(Environment::parse("prod").unwrap())
+    .arrival(Duration::from_secs(120));
     let s = Scenario::new(nodes)
         .admission(config)
         .tasks(dev_tasks)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ops_core::{TaskStatus, Tenant, event_types};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
 use ops_tasks::template::{Catalogue, Format, TaskTemplate};
-use ops_tasks::{Error, HistoryStore, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
+use ops_tasks::{Error, HistoryReader, Leases, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
 
 fn catalogue() -> Catalogue {
     let mut c = Catalogue::new();
@@ -76,7 +76,7 @@ async fn open(dir: &Path) -> SqliteHistory {
 }
 
 fn nap(secs: f64) -> SubmitRequest {
-    SubmitRequest::new("acme", "nap").parameters(serde_json::json!({ "secs": secs }))
+    SubmitRequest::new("nap").parameters(serde_json::json!({ "secs": secs }))
 }
 
 #[tokio::test]
@@ -86,20 +86,21 @@ async fn submit_only_front_ends_feed_every_coordinator() {
     let a = coordinator(&history, &dir.path().join("a"), Some("a")).await;
     let b = coordinator(&history, &dir.path().join("b"), Some("b")).await;
     let front = client(&history, &dir.path().join("front")).await;
-    assert_eq!(front.coordinator_id(), None);
+    assert_eq!(front.admin().coordinator_id(), None);
     assert!(
-        front.pause().is_err(),
+        front.admin().pause().is_err(),
         "a front end has no coordinator to pause"
     );
 
+    let acme = Tenant::parse("acme").unwrap();
     let ids = front
+        .tenant(&acme)
         .submit_many((0..16).map(|_| nap(0.1)).collect())
         .await
         .unwrap();
-    let acme = Tenant::new("acme");
     let (mut on_a, mut on_b) = (0, 0);
     for id in &ids {
-        let done = front.wait(&acme, *id).await.unwrap();
+        let done = front.tenant(&acme).wait(*id).await.unwrap();
         assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
         assert_eq!(done.owner, None, "a final task is not leased");
         // Each ran under the root of the coordinator that claimed it.
@@ -110,7 +111,7 @@ async fn submit_only_front_ends_feed_every_coordinator() {
         } else {
             panic!("task ran outside both roots: {:?}", done.spec.task_dir);
         }
-        let events = front.events(&acme, *id).await.unwrap();
+        let events = front.tenant(&acme).events(*id).await.unwrap();
         let started = events
             .iter()
             .filter(|e| e.ty == event_types::TASK_STARTED)
@@ -131,14 +132,16 @@ async fn a_stopped_coordinators_work_is_taken_over() {
     let history = open(dir.path()).await;
     let a = coordinator(&history, &dir.path().join("a"), Some("a")).await;
     // One long task running on `a`, more queued behind it (max_running = 2).
-    let long = a.submit(nap(1.5)).await.unwrap();
+    let acme = Tenant::parse("acme").unwrap();
+    let long = a.tenant(&acme).submit(nap(1.5)).await.unwrap();
     let queued = a
+        .tenant(&acme)
         .submit_many((0..4).map(|_| nap(0.1)).collect())
         .await
         .unwrap();
-    let acme = Tenant::new("acme");
+    let acme = Tenant::parse("acme").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while a.get(&acme, long).await.unwrap().status != TaskStatus::Running {
+    while a.tenant(&acme).get(long).await.unwrap().status != TaskStatus::Running {
         assert!(Instant::now() < deadline, "long task never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -147,13 +150,14 @@ async fn a_stopped_coordinators_work_is_taken_over() {
     // `b` takes over: re-attaches to the running task (same machine) and runs the rest.
     let b = coordinator(&history, &dir.path().join("b"), Some("b")).await;
     for id in std::iter::once(&long).chain(&queued) {
-        let done = tokio::time::timeout(Duration::from_secs(20), b.wait(&acme, *id))
+        let done = tokio::time::timeout(Duration::from_secs(20), b.tenant(&acme).wait(*id))
             .await
             .expect("task did not finish after the hand-over")
             .unwrap();
         assert_eq!(done.status, TaskStatus::Succeeded, "{done:?}");
         let started = b
-            .events(&acme, *id)
+            .tenant(&acme)
+            .events(*id)
             .await
             .unwrap()
             .iter()
@@ -174,17 +178,17 @@ async fn cancellation_reaches_the_owner_through_the_store() {
     let history = open(dir.path()).await;
     let a = coordinator(&history, &dir.path().join("a"), Some("a")).await;
     let front = client(&history, &dir.path().join("front")).await;
-    let acme = Tenant::new("acme");
+    let acme = Tenant::parse("acme").unwrap();
 
-    let id = a.submit(nap(30.0)).await.unwrap();
+    let id = a.tenant(&acme).submit(nap(30.0)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while front.get(&acme, id).await.unwrap().status != TaskStatus::Running {
+    while front.tenant(&acme).get(id).await.unwrap().status != TaskStatus::Running {
         assert!(Instant::now() < deadline, "task never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
-    front.cancel(&acme, id).await.unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(10), front.wait(&acme, id))
+    front.tenant(&acme).cancel(id).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(10), front.tenant(&acme).wait(id))
         .await
         .expect("cancel requested through the store was not carried out")
         .unwrap();
@@ -192,10 +196,10 @@ async fn cancellation_reaches_the_owner_through_the_store() {
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // An unowned queued task (no coordinator has claimed it) is cancelled at once.
-    a.pause().unwrap();
+    a.admin().pause().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let waiting = front.submit(nap(0.1)).await.unwrap();
-    let record = front.cancel(&acme, waiting).await.unwrap();
+    let waiting = front.tenant(&acme).submit(nap(0.1)).await.unwrap();
+    let record = front.tenant(&acme).cancel(waiting).await.unwrap();
     assert_eq!(record.status, TaskStatus::Cancelled);
     a.shutdown().await;
 }
@@ -219,7 +223,8 @@ async fn one_identity_one_live_coordinator() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Config(m) if m.contains(".coordinator.lock")),
+        matches!(&err, Error::RootInUse { lock, .. } if lock.ends_with(".coordinator.lock"))
+            && err.kind() == ops_core::ErrorKind::Conflict,
         "{err}"
     );
 
@@ -245,7 +250,7 @@ async fn one_identity_one_live_coordinator() {
     // After a graceful stop the root (and its default id) are free again at once.
     a.shutdown().await;
     let again = coordinator(&history, &root, None).await;
-    assert_eq!(again.coordinator_id(), a.coordinator_id());
+    assert_eq!(again.admin().coordinator_id(), a.admin().coordinator_id());
     again.shutdown().await;
     x.shutdown().await;
 }
@@ -255,10 +260,10 @@ async fn a_coordinator_that_lost_its_lease_lets_go() {
     let dir = tempfile::tempdir().unwrap();
     let history = open(dir.path()).await;
     let a = coordinator(&history, &dir.path().join("a"), Some("a")).await;
-    let acme = Tenant::new("acme");
-    let id = a.submit(nap(30.0)).await.unwrap();
+    let acme = Tenant::parse("acme").unwrap();
+    let id = a.tenant(&acme).submit(nap(30.0)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while a.get(&acme, id).await.unwrap().status != TaskStatus::Running {
+    while a.tenant(&acme).get(id).await.unwrap().status != TaskStatus::Running {
         assert!(Instant::now() < deadline, "task never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -284,12 +289,12 @@ async fn a_coordinator_that_lost_its_lease_lets_go() {
     }
     // `a` learns it lost the lease, re-acquires it, and stops the process it no
     // longer owns; `b` (which re-attached to it) records how the attempt ended.
-    let done = tokio::time::timeout(Duration::from_secs(15), b.wait(&acme, id))
+    let done = tokio::time::timeout(Duration::from_secs(15), b.tenant(&acme).wait(id))
         .await
         .expect("the taken-over task never ended")
         .unwrap();
     assert!(done.status.is_final(), "{done:?}");
-    let events = b.events(&acme, id).await.unwrap();
+    let events = b.tenant(&acme).events(id).await.unwrap();
     let started = events
         .iter()
         .filter(|e| e.ty == event_types::TASK_STARTED)
@@ -300,8 +305,8 @@ async fn a_coordinator_that_lost_its_lease_lets_go() {
     );
 
     // `a` carries on with new work under its renewed lease.
-    let next = a.submit(nap(0.05)).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), a.wait(&acme, next))
+    let next = a.tenant(&acme).submit(nap(0.05)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), a.tenant(&acme).wait(next))
         .await
         .expect("a did not recover")
         .unwrap();

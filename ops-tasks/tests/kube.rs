@@ -51,7 +51,7 @@ async fn executor(sim: &KubeSim, config: KubeExecutorConfig) -> KubeExecutor {
 }
 
 fn spec(root: &Path, tenant: &str, argv: &[&str]) -> LaunchSpec {
-    let tenant = Tenant::new(tenant);
+    let tenant = Tenant::parse(tenant).unwrap();
     let mut spec = LaunchSpec::new(
         tenant.clone(),
         argv.iter().map(|s| s.to_string()).collect(),
@@ -183,7 +183,7 @@ async fn compartments_are_created_once_with_quota_limits_and_network_policy() {
         .insert("big".into(), Resources::new(16000, 64 << 30));
     let exec = executor(&sim, cfg).await;
 
-    for tenant in ["acme", "acme", "Big Corp", "big"] {
+    for tenant in ["acme", "acme", "Big_Corp", "big"] {
         let (_, outcome) = run_one(&exec, spec(root.path(), tenant, &["true"])).await;
         assert_eq!(outcome.reason, Reason::Completed, "{tenant}: {outcome:?}");
     }
@@ -224,8 +224,8 @@ async fn compartments_are_created_once_with_quota_limits_and_network_policy() {
         policy.spec.unwrap().policy_types.unwrap(),
         ["Ingress", "Egress"]
     );
-    // "Big Corp" is not a DNS label: a distinct, valid namespace.
-    let odd = exec.namespace_for("Big Corp", "default");
+    // "Big_Corp" is not a DNS label: a distinct, valid namespace.
+    let odd = exec.namespace_for("Big_Corp", "default");
     assert!(odd.starts_with("ops-big-corp-default-"), "{odd}");
     assert!(sim.object("namespaces", None, &odd).is_some());
     let class = Api::<PriorityClass>::all(client)
@@ -269,7 +269,7 @@ async fn environments_stay_on_their_pools_and_gpus_on_their_models() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     for _ in 0..3 {
         let mut s = spec(root.path(), "acme", &["sleep", "2"]);
-        s.environment = Environment::new("staging");
+        s.environment = Environment::parse("staging").unwrap();
         s.resources = Resources::new(400, 64 << 20);
         exec.launch(s.clone(), tx.clone()).await.unwrap();
         staged.push(s);
@@ -331,7 +331,7 @@ async fn environments_stay_on_their_pools_and_gpus_on_their_models() {
 
     // GPU model selection.
     let mut gpu = spec(root.path(), "acme", &["true"]);
-    gpu.environment = Environment::new("production");
+    gpu.environment = Environment::parse("production").unwrap();
     gpu.resources = Resources::new(100, 64 << 20).with_gpus(1, Some("a100".into()));
     let (_, outcome) = run_one(&exec, gpu.clone()).await;
     assert_eq!(outcome.reason, Reason::Completed);
@@ -339,7 +339,7 @@ async fn environments_stay_on_their_pools_and_gpus_on_their_models() {
     assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("gpu-1"));
 
     let mut h100 = spec(root.path(), "acme", &["true"]);
-    h100.environment = Environment::new("production");
+    h100.environment = Environment::parse("production").unwrap();
     h100.resources = Resources::new(100, 64 << 20).with_gpus(1, Some("H100".into()));
     let (_, outcome) = run_one(&exec, h100).await;
     assert_eq!(outcome.reason, Reason::LaunchFailed);
@@ -351,7 +351,7 @@ async fn environments_stay_on_their_pools_and_gpus_on_their_models() {
     );
 
     let mut unknown = spec(root.path(), "acme", &["true"]);
-    unknown.environment = Environment::new("qa");
+    unknown.environment = Environment::parse("qa").unwrap();
     let (_, outcome) = run_one(&exec, unknown).await;
     assert_eq!(outcome.reason, Reason::LaunchFailed);
     assert!(outcome.message.unwrap().contains("\"qa\" has no node pool"));
@@ -831,7 +831,8 @@ async fn bad_clusters_and_missing_permissions_fail_clearly() {
 
     std::fs::write(&kubeconfig, "clusters: [this is not: a kubeconfig").unwrap();
     let err = KubeExecutor::connect(cfg.clone()).await.unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    assert_eq!(err.kind(), ops_core::ErrorKind::InvalidInput);
     assert!(
         err.to_string().contains(&kubeconfig.display().to_string()),
         "{err}"
@@ -979,13 +980,14 @@ command = ["sleep", "30"]
             .start()
             .await
             .unwrap();
-        let tenant = Tenant::new("acme");
+        let tenant = Tenant::parse("acme").unwrap();
         let mut ids = Vec::new();
         for name in [
             "echo", "frames", "flaky", "sleepy", "missing", "hog", "long",
         ] {
             let id = tasks
-                .submit(SubmitRequest::new("acme", name))
+                .tenant(&ops_core::Tenant::parse("acme").unwrap())
+                .submit(SubmitRequest::new(name))
                 .await
                 .unwrap();
             ids.push((name, id));
@@ -994,7 +996,7 @@ command = ["sleep", "30"]
         let long = ids.last().unwrap().1;
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let r = tasks.get(&tenant, long).await.unwrap();
+            let r = tasks.tenant(&tenant).get(long).await.unwrap();
             if r.status == ops_core::TaskStatus::Running {
                 break;
             }
@@ -1002,16 +1004,17 @@ command = ["sleep", "30"]
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        tasks.cancel(&tenant, long).await.unwrap();
+        tasks.tenant(&tenant).cancel(long).await.unwrap();
         let mut seen = Vec::new();
         for (name, id) in ids {
-            tokio::time::timeout(PATIENCE, tasks.wait(&tenant, id))
+            tokio::time::timeout(PATIENCE, tasks.tenant(&tenant).wait(id))
                 .await
                 .unwrap_or_else(|_| panic!("{name} did not end"))
                 .unwrap();
-            let events = tasks.events(&tenant, id).await.unwrap();
+            let events = tasks.tenant(&tenant).events(id).await.unwrap();
             let mut outputs: Vec<String> = tasks
-                .outputs(&tenant, id)
+                .tenant(&tenant)
+                .outputs(id)
                 .await
                 .unwrap()
                 .into_iter()

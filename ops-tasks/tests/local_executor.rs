@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use ops_core::{Reason, TaskId};
-use ops_tasks::local::{CgroupMode, GpuDevice, LocalExecutor, LocalExecutorConfig, follow_log};
+use ops_tasks::local::{CgroupMode, GpuDevice, LocalExecutor, LocalExecutorConfig};
+use ops_tasks::taskdir::follow_log;
 use ops_tasks::{
     Error, Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };

@@ -78,7 +78,7 @@ async fn start(dir: &Path) -> Tasks {
 }
 
 fn acme() -> Tenant {
-    Tenant::new("acme")
+    Tenant::parse("acme").unwrap()
 }
 
 fn data(e: &Event) -> TaskEventData {
@@ -89,7 +89,7 @@ fn data(e: &Event) -> TaskEventData {
 async fn events_once(tasks: &Tasks, id: TaskId, ty: &str) -> Vec<Event> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let events = tasks.events(&acme(), id).await.unwrap();
+        let events = tasks.tenant(&acme()).events(id).await.unwrap();
         if events.iter().any(|e| e.ty == ty) {
             return events;
         }
@@ -123,7 +123,7 @@ async fn progress_at_least(path: &Path, min: u32) {
 
 /// The task once it is final (at most 30 s).
 async fn finished(tasks: &Tasks, id: TaskId) -> ops_tasks::TaskRecord {
-    tokio::time::timeout(Duration::from_secs(30), tasks.wait(&acme(), id))
+    tokio::time::timeout(Duration::from_secs(30), tasks.tenant(&acme()).wait(id))
         .await
         .expect("task did not finish in time")
         .unwrap()
@@ -161,16 +161,24 @@ async fn scavenger_is_preempted_requeued_and_completes() {
     let tasks = start(dir.path()).await;
 
     let scavenger = tasks
-        .submit(SubmitRequest::new("acme", "backfill"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("backfill"))
         .await
         .unwrap();
     events_once(&tasks, scavenger, event_types::TASK_STARTED).await;
-    let task_dir = tasks.get(&acme(), scavenger).await.unwrap().spec.task_dir;
+    let task_dir = tasks
+        .tenant(&acme())
+        .get(scavenger)
+        .await
+        .unwrap()
+        .spec
+        .task_dir;
     // Some work done, so the checkpoint has something in it.
     progress_at_least(&task_dir.join("progress"), 3).await;
 
     let production = tasks
-        .submit(SubmitRequest::new("acme", "render"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("render"))
         .await
         .unwrap();
     let prod_record = finished(&tasks, production).await;
@@ -180,7 +188,7 @@ async fn scavenger_is_preempted_requeued_and_completes() {
     assert_eq!(scav_record.attempt, 2, "{scav_record:?}");
 
     // The scavenger: started, preempted, started again, succeeded.
-    let scav_events = tasks.events(&acme(), scavenger).await.unwrap();
+    let scav_events = tasks.tenant(&acme()).events(scavenger).await.unwrap();
     let wanted = [
         event_types::TASK_SUBMITTED,
         event_types::TASK_QUEUED,
@@ -220,7 +228,7 @@ async fn scavenger_is_preempted_requeued_and_completes() {
     assert_eq!(preempted_data.attempt, 1, "{preempted_data:?}");
 
     // The production task took the room the scavenger gave up, within the grace.
-    let prod_events = tasks.events(&acme(), production).await.unwrap();
+    let prod_events = tasks.tenant(&acme()).events(production).await.unwrap();
     let prod_submitted = time_of(&prod_events, event_types::TASK_SUBMITTED);
     let prod_started = time_of(&prod_events, event_types::TASK_STARTED);
     assert!(

@@ -125,46 +125,56 @@ async fn thousands_of_tasks_on_a_thousand_simulated_nodes() {
     // tasks queue; some fail, some run past their timeout.
     let n = 3_000usize;
     let mut expected = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    let mut batch = Vec::new();
+    let mut ids = vec![None; n];
+    let mut batch: Vec<(usize, SubmitRequest)> = Vec::new();
     for i in 0..n {
-        let tenant = format!("tenant-{}", i % 10);
         let (request, expect) = match i % 10 {
             0..=5 => (
-                SubmitRequest::new(tenant, "sim")
+                SubmitRequest::new("sim")
                     .parameters(json!({ "d": format!("{}s", 30 + (i * 37) % 900) })),
                 Expect::Succeeded,
             ),
             6 => (
-                SubmitRequest::new(tenant, "sim").parameters(json!({ "d": "2m", "code": 3 })),
+                SubmitRequest::new("sim").parameters(json!({ "d": "2m", "code": 3 })),
                 Expect::Failed,
             ),
             7 => (
-                SubmitRequest::new(tenant, "sim").parameters(json!({ "d": "3h" })),
+                SubmitRequest::new("sim").parameters(json!({ "d": "3h" })),
                 Expect::TimedOut,
             ),
             _ => (
-                SubmitRequest::new(tenant, "gpu")
-                    .parameters(json!({ "d": format!("{}m", 5 + i % 20) })),
+                SubmitRequest::new("gpu").parameters(json!({ "d": format!("{}m", 5 + i % 20) })),
                 Expect::Succeeded,
             ),
         };
-        batch.push(request);
+        batch.push((i, request));
         expected.push(expect);
         if batch.len() == 500 {
-            ids.extend(tasks.submit_many(std::mem::take(&mut batch)).await.unwrap());
+            // One transaction per tenant of the batch.
+            for t in 0..10 {
+                let (index, requests): (Vec<usize>, Vec<SubmitRequest>) =
+                    batch.iter().filter(|(i, _)| i % 10 == t).cloned().unzip();
+                let tenant = Tenant::parse(format!("tenant-{t}")).unwrap();
+                let got = tasks.tenant(&tenant).submit_many(requests).await.unwrap();
+                for (i, id) in index.into_iter().zip(got) {
+                    ids[i] = Some(id);
+                }
+            }
+            batch.clear();
         }
     }
+    let ids: Vec<ops_core::TaskId> = ids.into_iter().map(|id| id.expect("submitted")).collect();
     assert_eq!(ids.len(), n);
 
     let mut ends: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
-        let tenant = Tenant::new(format!("tenant-{}", i % 10));
-        let record = tokio::time::timeout(Duration::from_secs(120), tasks.wait(&tenant, *id))
-            .await
-            .unwrap_or_else(|_| panic!("task {i} did not end in time"))
-            .unwrap();
-        let events = tasks.events(&tenant, *id).await.unwrap();
+        let tenant = Tenant::parse(format!("tenant-{}", i % 10)).unwrap();
+        let record =
+            tokio::time::timeout(Duration::from_secs(120), tasks.tenant(&tenant).wait(*id))
+                .await
+                .unwrap_or_else(|_| panic!("task {i} did not end in time"))
+                .unwrap();
+        let events = tasks.tenant(&tenant).events(*id).await.unwrap();
         let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
         let count = |ty: &str| types.iter().filter(|t| **t == ty).count();
         let (status, final_type) = match expected[i] {
@@ -227,33 +237,35 @@ async fn cancel_reaches_simulated_attempts() {
         .unwrap(),
     );
     let tasks = start(dir.path(), executor.clone()).await;
-    let acme = Tenant::new("acme");
+    let acme = Tenant::parse("acme").unwrap();
     // One node of 2 cores: the first runs for a (virtual) day, the second waits.
     let long = tasks
-        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "24h" })))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("sim").parameters(json!({ "d": "24h" })))
         .await
         .unwrap();
     let waiting = tasks
-        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "1m" })))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("sim").parameters(json!({ "d": "1m" })))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tasks.get(&acme, long).await.unwrap().status != TaskStatus::Running {
+    while tasks.tenant(&acme).get(long).await.unwrap().status != TaskStatus::Running {
         assert!(tokio::time::Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        tasks.get(&acme, waiting).await.unwrap().status,
+        tasks.tenant(&acme).get(waiting).await.unwrap().status,
         TaskStatus::Queued
     );
-    tasks.cancel(&acme, long).await.unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, long))
+    tasks.tenant(&acme).cancel(long).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), tasks.tenant(&acme).wait(long))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(done.status, TaskStatus::Cancelled);
     // The freed node runs the second (a virtual minute is a real second).
-    let second = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, waiting))
+    let second = tokio::time::timeout(Duration::from_secs(20), tasks.tenant(&acme).wait(waiting))
         .await
         .unwrap()
         .unwrap();
@@ -265,7 +277,7 @@ async fn cancel_reaches_simulated_attempts() {
 async fn wait_status(tasks: &Tasks, tenant: &Tenant, id: ops_core::TaskId, status: TaskStatus) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let now = tasks.get(tenant, id).await.unwrap().status;
+        let now = tasks.tenant(tenant).get(id).await.unwrap().status;
         if now == status {
             return;
         }
@@ -291,13 +303,14 @@ async fn scavengers_make_room_and_are_requeued() {
     let mut config = TasksConfig::default();
     config.admission.scavenger.grace = Duration::from_secs(30);
     let tasks = start_with(dir.path(), executor.clone(), config).await;
-    let batch = Tenant::new("batch");
-    let acme = Tenant::new("acme");
+    let batch = Tenant::parse("batch").unwrap();
+    let acme = Tenant::parse("acme").unwrap();
     let mut scavs = Vec::new();
     for _ in 0..2 {
         scavs.push(
             tasks
-                .submit(SubmitRequest::new("batch", "scav"))
+                .tenant(&ops_core::Tenant::parse("batch").unwrap())
+                .submit(SubmitRequest::new("scav"))
                 .await
                 .unwrap(),
         );
@@ -306,10 +319,11 @@ async fn scavengers_make_room_and_are_requeued() {
         wait_status(&tasks, &batch, *id, TaskStatus::Running).await;
     }
     let real = tasks
-        .submit(SubmitRequest::new("acme", "sim").parameters(json!({ "d": "1m" })))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("sim").parameters(json!({ "d": "1m" })))
         .await
         .unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&acme, real))
+    let done = tokio::time::timeout(Duration::from_secs(20), tasks.tenant(&acme).wait(real))
         .await
         .unwrap()
         .unwrap();
@@ -317,7 +331,7 @@ async fn scavengers_make_room_and_are_requeued() {
     // Exactly one scavenger made room; it went back to the queue and runs again.
     let mut preempted = Vec::new();
     for id in &scavs {
-        let events = tasks.events(&batch, *id).await.unwrap();
+        let events = tasks.tenant(&batch).events(*id).await.unwrap();
         let n = events
             .iter()
             .filter(|e| e.ty == event_types::TASK_PREEMPTED)
@@ -329,13 +343,13 @@ async fn scavengers_make_room_and_are_requeued() {
     assert_eq!(preempted.len(), 1, "one scavenger preempted");
     wait_status(&tasks, &batch, preempted[0], TaskStatus::Running).await;
     for id in &scavs {
-        tasks.cancel(&batch, *id).await.unwrap();
-        let end = tokio::time::timeout(Duration::from_secs(20), tasks.wait(&batch, *id))
+        tasks.tenant(&batch).cancel(*id).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(20), tasks.tenant(&batch).wait(*id))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(end.status, TaskStatus::Cancelled);
-        let events = tasks.events(&batch, *id).await.unwrap();
+        let events = tasks.tenant(&batch).events(*id).await.unwrap();
         let types: Vec<&str> = events.iter().map(|e| e.ty.as_str()).collect();
         let starts = types
             .iter()

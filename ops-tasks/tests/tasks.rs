@@ -11,7 +11,7 @@ use ops_events::{Dispatcher, Trigger, function_fn};
 use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
 use ops_tasks::template::{Catalogue, Format, TaskTemplate};
 use ops_tasks::{
-    Error, HistoryStore, LogStream, SqliteHistory, SubmitRequest, TaskQuery, Tasks, TasksConfig,
+    Error, HistoryReader, LogStream, SqliteHistory, SubmitRequest, TaskQuery, Tasks, TasksConfig,
 };
 
 const TEMPLATES: &[&str] = &[
@@ -121,13 +121,14 @@ async fn start(
 }
 
 fn acme() -> Tenant {
-    Tenant::new("acme")
+    Tenant::parse("acme").unwrap()
 }
 
+/// Submits `req` as acme and waits for the task's end.
 async fn run(tasks: &Tasks, req: SubmitRequest) -> ops_tasks::TaskRecord {
-    let tenant = req.tenant.clone();
-    let id = tasks.submit(req).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(20), tasks.wait(&tenant, id))
+    let acme = tasks.tenant(&acme());
+    let id = acme.submit(req).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), acme.wait(id))
         .await
         .expect("task did not finish in time")
         .unwrap()
@@ -141,7 +142,7 @@ fn types(events: &[ops_core::Event]) -> Vec<&str> {
 async fn success_records_transitions_events_usage_and_logs() {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, history, _) = start(dir.path(), None).await;
-    let req = SubmitRequest::new("acme", "echo")
+    let req = SubmitRequest::new("echo")
         .parameters(serde_json::json!({ "text": "hello ops" }))
         .label("project", "demo");
     let record = run(&tasks, req).await;
@@ -150,7 +151,7 @@ async fn success_records_transitions_events_usage_and_logs() {
     assert_eq!(record.exit_code, Some(0));
     assert_eq!(record.attempt, 1);
     assert!(record.usage.wall_time > Duration::ZERO);
-    let events = tasks.events(&acme(), record.id).await.unwrap();
+    let events = tasks.tenant(&acme()).events(record.id).await.unwrap();
     assert_eq!(
         types(&events),
         [
@@ -180,7 +181,8 @@ async fn success_records_transitions_events_usage_and_logs() {
         assert_eq!(t.event_id, e.id);
     }
     let out = tasks
-        .logs(&acme(), record.id, LogStream::Stdout)
+        .tenant(&acme())
+        .logs(record.id, LogStream::Stdout)
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out).trim(), "hello ops");
@@ -193,11 +195,11 @@ async fn outputs_produce_events_and_are_tenant_scoped() {
     let (tasks, _, _) = start(dir.path(), None).await;
     let record = run(
         &tasks,
-        SubmitRequest::new("acme", "frames").parameters(serde_json::json!({ "n": 4 })),
+        SubmitRequest::new("frames").parameters(serde_json::json!({ "n": 4 })),
     )
     .await;
     assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
-    let outputs = tasks.outputs(&acme(), record.id).await.unwrap();
+    let outputs = tasks.tenant(&acme()).outputs(record.id).await.unwrap();
     let mut paths: Vec<_> = outputs.iter().map(|o| o.path.clone()).collect();
     paths.sort();
     assert_eq!(
@@ -209,53 +211,67 @@ async fn outputs_produce_events_and_are_tenant_scoped() {
             "frames/f4.png"
         ]
     );
-    let events = tasks.events(&acme(), record.id).await.unwrap();
+    let events = tasks.tenant(&acme()).events(record.id).await.unwrap();
     let created = events
         .iter()
         .filter(|e| e.ty == event_types::TASK_OUTPUT_CREATED)
         .count();
     assert_eq!(created, 4);
     let file = tasks
-        .output_path(&acme(), record.id, "frames/f2.png")
+        .tenant(&acme())
+        .output_path(record.id, "frames/f2.png")
         .await
         .unwrap();
     assert_eq!(std::fs::read_to_string(file).unwrap().trim(), "2");
     assert!(matches!(
-        tasks.output_path(&acme(), record.id, "../../x").await,
+        tasks
+            .tenant(&acme())
+            .output_path(record.id, "../../x")
+            .await,
         Err(Error::PathEscape { .. })
     ));
 
     // Another tenant sees nothing of it, through any door.
-    let globex = Tenant::new("globex");
+    let globex = Tenant::parse("globex").unwrap();
     assert!(matches!(
-        tasks.get(&globex, record.id).await,
+        tasks.tenant(&globex).get(record.id).await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.events(&globex, record.id).await,
+        tasks.tenant(&globex).events(record.id).await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.outputs(&globex, record.id).await,
+        tasks.tenant(&globex).outputs(record.id).await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.logs(&globex, record.id, LogStream::Stdout).await,
+        tasks
+            .tenant(&globex)
+            .logs(record.id, LogStream::Stdout)
+            .await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.cancel(&globex, record.id).await,
+        tasks.tenant(&globex).cancel(record.id).await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.watch(&globex, record.id).await,
+        tasks.tenant(&globex).watch(record.id).await,
         Err(Error::TaskNotFound(_))
     ));
     assert!(matches!(
-        tasks.output_path(&globex, record.id, "frames/f2.png").await,
+        tasks
+            .tenant(&globex)
+            .output_path(record.id, "frames/f2.png")
+            .await,
         Err(Error::TaskNotFound(_))
     ));
-    let page = tasks.list(&TaskQuery::tenant("globex")).await.unwrap();
+    let page = tasks
+        .tenant(&ops_core::Tenant::parse("globex").unwrap())
+        .list(&TaskQuery::new())
+        .await
+        .unwrap();
     assert!(page.tasks.is_empty());
     tasks.shutdown().await;
 }
@@ -265,12 +281,12 @@ async fn failures_map_to_reasons_and_retries_follow_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, _, _) = start(dir.path(), None).await;
 
-    let flaky = run(&tasks, SubmitRequest::new("acme", "flaky")).await;
+    let flaky = run(&tasks, SubmitRequest::new("flaky")).await;
     assert_eq!(flaky.status, TaskStatus::Failed);
     assert_eq!(flaky.reason, Some(Reason::NonZeroExit));
     assert_eq!(flaky.exit_code, Some(3));
     assert_eq!(flaky.attempt, 2);
-    let events = tasks.events(&acme(), flaky.id).await.unwrap();
+    let events = tasks.tenant(&acme()).events(flaky.id).await.unwrap();
     assert_eq!(
         types(&events),
         [
@@ -284,7 +300,8 @@ async fn failures_map_to_reasons_and_retries_follow_the_policy() {
         ]
     );
     let stderr = tasks
-        .logs(&acme(), flaky.id, LogStream::Stderr)
+        .tenant(&acme())
+        .logs(flaky.id, LogStream::Stderr)
         .await
         .unwrap();
     assert_eq!(
@@ -292,7 +309,7 @@ async fn failures_map_to_reasons_and_retries_follow_the_policy() {
         2
     );
 
-    let missing = run(&tasks, SubmitRequest::new("acme", "missing")).await;
+    let missing = run(&tasks, SubmitRequest::new("missing")).await;
     assert_eq!(missing.status, TaskStatus::Failed);
     assert_eq!(missing.reason, Some(Reason::CommandNotFound));
     assert!(
@@ -304,10 +321,10 @@ async fn failures_map_to_reasons_and_retries_follow_the_policy() {
         "{missing:?}"
     );
 
-    let slow = run(&tasks, SubmitRequest::new("acme", "sleepy")).await;
+    let slow = run(&tasks, SubmitRequest::new("sleepy")).await;
     assert_eq!(slow.status, TaskStatus::TimedOut);
     assert_eq!(slow.reason, Some(Reason::TimedOut));
-    let events = tasks.events(&acme(), slow.id).await.unwrap();
+    let events = tasks.tenant(&acme()).events(slow.id).await.unwrap();
     assert_eq!(events.last().unwrap().ty, event_types::TASK_TIMED_OUT);
     tasks.shutdown().await;
 }
@@ -323,7 +340,7 @@ async fn memory_limit_kill_is_reported_as_out_of_memory() {
         );
         tracing::warn!("no writable cgroups: the memory watchdog fallback is used");
     }
-    let hog = run(&tasks, SubmitRequest::new("acme", "hog")).await;
+    let hog = run(&tasks, SubmitRequest::new("hog")).await;
     assert_eq!(hog.status, TaskStatus::Failed, "{hog:?}");
     assert_eq!(hog.reason, Some(Reason::OutOfMemory), "{hog:?}");
     tasks.shutdown().await;
@@ -335,7 +352,8 @@ async fn bad_input_is_rejected_at_submit_with_clear_errors() {
     let (tasks, _, _) = start(dir.path(), None).await;
 
     let err = tasks
-        .submit(SubmitRequest::new("acme", "ech"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("ech"))
         .await
         .unwrap_err();
     match &err {
@@ -346,9 +364,8 @@ async fn bad_input_is_rejected_at_submit_with_clear_errors() {
     }
 
     let err = tasks
-        .submit(
-            SubmitRequest::new("acme", "frames").parameters(serde_json::json!({ "n": 0, "x": 1 })),
-        )
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("frames").parameters(serde_json::json!({ "n": 0, "x": 1 })))
         .await;
     // `n: 0` violates the minimum; additional properties are allowed by this schema.
     assert!(
@@ -357,7 +374,8 @@ async fn bad_input_is_rejected_at_submit_with_clear_errors() {
     );
 
     let err = tasks
-        .submit(SubmitRequest::new("acme", "echo").parameters(serde_json::json!({ "text": 5 })))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("echo").parameters(serde_json::json!({ "text": 5 })))
         .await
         .unwrap_err();
     match &err {
@@ -368,7 +386,8 @@ async fn bad_input_is_rejected_at_submit_with_clear_errors() {
     }
 
     let err = tasks
-        .submit(SubmitRequest::new("acme", "huge"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("huge"))
         .await
         .unwrap_err();
     match &err {
@@ -378,15 +397,15 @@ async fn bad_input_is_rejected_at_submit_with_clear_errors() {
         other => panic!("unexpected {other}"),
     }
 
-    let err = tasks
-        .submit(SubmitRequest::new("../evil", "echo"))
-        .await
-        .unwrap_err();
+    // A tenant name that breaks the rule cannot even be made: the error names the rule.
+    let err = ops_core::Tenant::parse("../evil").unwrap_err();
     assert!(err.to_string().contains("invalid tenant"), "{err}");
+    assert!(err.to_string().contains(ops_core::NAME_RULE), "{err}");
+    assert_eq!(err.kind(), ops_core::ErrorKind::InvalidInput);
 
     // Nothing was stored for the rejected requests.
     tracing::info!("listing");
-    let page = tasks.list(&TaskQuery::tenant("acme")).await.unwrap();
+    let page = tasks.tenant(&acme()).list(&TaskQuery::new()).await.unwrap();
     tracing::info!("listed");
     assert!(page.tasks.is_empty());
     tasks.shutdown().await;
@@ -405,12 +424,13 @@ async fn injection_attempts_arrive_as_literal_arguments() {
     ] {
         let record = run(
             &tasks,
-            SubmitRequest::new("acme", "echo").parameters(serde_json::json!({ "text": attack })),
+            SubmitRequest::new("echo").parameters(serde_json::json!({ "text": attack })),
         )
         .await;
         assert_eq!(record.status, TaskStatus::Succeeded);
         let out = tasks
-            .logs(&acme(), record.id, LogStream::Stdout)
+            .tenant(&acme())
+            .logs(record.id, LogStream::Stdout)
             .await
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out), format!("{attack}\n"));
@@ -424,32 +444,34 @@ async fn cancel_queued_and_running_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, _, _) = start(dir.path(), None).await;
 
-    tasks.pause().unwrap();
+    tasks.admin().pause().unwrap();
     let queued = tasks
-        .submit(SubmitRequest::new("acme", "echo").parameters(serde_json::json!({"text": "x"})))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("echo").parameters(serde_json::json!({"text": "x"})))
         .await
         .unwrap();
-    let record = tasks.cancel(&acme(), queued).await.unwrap();
+    let record = tasks.tenant(&acme()).cancel(queued).await.unwrap();
     assert_eq!(record.status, TaskStatus::Cancelled);
-    tasks.resume().unwrap();
+    tasks.admin().resume().unwrap();
 
     let running = tasks
-        .submit(SubmitRequest::new("acme", "sleepy").parameters(serde_json::json!({"secs": 0.9})))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("sleepy").parameters(serde_json::json!({"secs": 0.9})))
         .await
         .unwrap();
-    let mut events = tasks.watch(&acme(), running).await.unwrap();
+    let mut events = tasks.tenant(&acme()).watch(running).await.unwrap();
     while let Some(e) = events.next().await {
         if e.ty == event_types::TASK_STARTED {
             break;
         }
     }
-    tasks.cancel(&acme(), running).await.unwrap();
-    let done = tasks.wait(&acme(), running).await.unwrap();
+    tasks.tenant(&acme()).cancel(running).await.unwrap();
+    let done = tasks.tenant(&acme()).wait(running).await.unwrap();
     assert_eq!(done.status, TaskStatus::Cancelled);
     assert_eq!(done.reason, Some(Reason::Cancelled));
     // Cancelling a finished task changes nothing.
     assert_eq!(
-        tasks.cancel(&acme(), running).await.unwrap().status,
+        tasks.tenant(&acme()).cancel(running).await.unwrap().status,
         TaskStatus::Cancelled
     );
     tasks.shutdown().await;
@@ -461,14 +483,15 @@ async fn admission_never_overcommits_capacity() {
     let capacity = Resources::new(2000, 8 << 30);
     let (tasks, _, _) = start(dir.path(), Some(capacity)).await;
     let ids = tasks
-        .submit_many((0..6).map(|_| SubmitRequest::new("acme", "busy")).collect())
+        .tenant(&acme())
+        .submit_many((0..6).map(|_| SubmitRequest::new("busy")).collect())
         .await
         .unwrap();
     let mut spans = Vec::new();
     for id in ids {
-        let r = tasks.wait(&acme(), id).await.unwrap();
+        let r = tasks.tenant(&acme()).wait(id).await.unwrap();
         assert_eq!(r.status, TaskStatus::Succeeded);
-        let events = tasks.events(&acme(), id).await.unwrap();
+        let events = tasks.tenant(&acme()).events(id).await.unwrap();
         let started = events
             .iter()
             .find(|e| e.ty == event_types::TASK_STARTED)
@@ -497,33 +520,37 @@ async fn queries_filter_paginate_and_retention_prunes() {
     let (tasks, _, _) = start(dir.path(), None).await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let req = SubmitRequest::new("acme", "echo")
+        let req = SubmitRequest::new("echo")
             .parameters(serde_json::json!({ "text": i.to_string() }))
             .label("batch", if i % 2 == 0 { "even" } else { "odd" });
-        ids.push(tasks.submit(req).await.unwrap());
+        ids.push(tasks.tenant(&acme()).submit(req).await.unwrap());
     }
     ids.push(
         tasks
-            .submit(SubmitRequest::new("acme", "flaky"))
+            .tenant(&ops_core::Tenant::parse("acme").unwrap())
+            .submit(SubmitRequest::new("flaky"))
             .await
             .unwrap(),
     );
     for id in &ids {
-        tasks.wait(&acme(), *id).await.unwrap();
+        tasks.tenant(&acme()).wait(*id).await.unwrap();
     }
     let even = tasks
-        .list(&TaskQuery::tenant("acme").label("batch", "even"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .list(&TaskQuery::new().label("batch", "even"))
         .await
         .unwrap();
     assert_eq!(even.tasks.len(), 3);
     let failed = tasks
-        .list(&TaskQuery::tenant("acme").status(TaskStatus::Failed))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .list(&TaskQuery::new().status(TaskStatus::Failed))
         .await
         .unwrap();
     assert_eq!(failed.tasks.len(), 1);
     assert_eq!(failed.tasks[0].template, "flaky");
     let echo = tasks
-        .list(&TaskQuery::tenant("acme").template("echo"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .list(&TaskQuery::new().template("echo"))
         .await
         .unwrap();
     assert_eq!(echo.tasks.len(), 5);
@@ -533,7 +560,8 @@ async fn queries_filter_paginate_and_retention_prunes() {
     let mut cursor = None;
     loop {
         let page = tasks
-            .list(&TaskQuery::tenant("acme").limit(2).after(cursor))
+            .tenant(&ops_core::Tenant::parse("acme").unwrap())
+            .list(&TaskQuery::new().limit(2).after(cursor))
             .await
             .unwrap();
         seen.extend(page.tasks.iter().map(|t| t.id));
@@ -548,25 +576,44 @@ async fn queries_filter_paginate_and_retention_prunes() {
 
     let future = chrono::Utc::now() + chrono::Duration::hours(1);
     let none = tasks
-        .list(&TaskQuery::tenant("acme").submitted_between(Some(future), None))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .list(&TaskQuery::new().submitted_between(Some(future), None))
         .await
         .unwrap();
     assert!(none.tasks.is_empty());
 
     let bad = tasks
-        .list(&TaskQuery::tenant("acme").after(Some("nope".into())))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .list(&TaskQuery::new().after(Some("nope".into())))
         .await;
     assert!(bad.unwrap_err().to_string().contains("cursor"));
 
-    let dir_of_first = tasks.get(&acme(), ids[0]).await.unwrap().spec.task_dir;
+    let dir_of_first = tasks
+        .tenant(&acme())
+        .get(ids[0])
+        .await
+        .unwrap()
+        .spec
+        .task_dir;
     assert!(dir_of_first.exists());
-    assert_eq!(tasks.prune(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(
+        tasks
+            .admin()
+            .prune(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(tasks.prune(Duration::from_millis(1)).await.unwrap(), 6);
+    assert_eq!(
+        tasks.admin().prune(Duration::from_millis(1)).await.unwrap(),
+        6
+    );
     assert!(!dir_of_first.exists());
     assert!(
         tasks
-            .list(&TaskQuery::tenant("acme"))
+            .tenant(&ops_core::Tenant::parse("acme").unwrap())
+            .list(&TaskQuery::new())
             .await
             .unwrap()
             .tasks
@@ -595,10 +642,10 @@ async fn events_reach_functions_through_the_outbox() {
     let running = dispatcher.start().await.unwrap();
     let record = run(
         &tasks,
-        SubmitRequest::new("acme", "echo").parameters(serde_json::json!({ "text": "hi" })),
+        SubmitRequest::new("echo").parameters(serde_json::json!({ "text": "hi" })),
     )
     .await;
-    let stored = tasks.events(&acme(), record.id).await.unwrap();
+    let stored = tasks.tenant(&acme()).events(record.id).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while seen.lock().unwrap().len() < stored.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -614,12 +661,11 @@ async fn restart_reattaches_to_running_tasks() {
     let id = {
         let (tasks, _, executor) = start(dir.path(), None).await;
         let id = tasks
-            .submit(
-                SubmitRequest::new("acme", "sleepy").parameters(serde_json::json!({ "secs": 0.8 })),
-            )
+            .tenant(&ops_core::Tenant::parse("acme").unwrap())
+            .submit(SubmitRequest::new("sleepy").parameters(serde_json::json!({ "secs": 0.8 })))
             .await
             .unwrap();
-        let mut events = tasks.watch(&acme(), id).await.unwrap();
+        let mut events = tasks.tenant(&acme()).watch(id).await.unwrap();
         while let Some(e) = events.next().await {
             if e.ty == event_types::TASK_STARTED {
                 break;
@@ -631,13 +677,13 @@ async fn restart_reattaches_to_running_tasks() {
         id
     };
     let (tasks, _, _) = start(dir.path(), None).await;
-    let record = tokio::time::timeout(Duration::from_secs(10), tasks.wait(&acme(), id))
+    let record = tokio::time::timeout(Duration::from_secs(10), tasks.tenant(&acme()).wait(id))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
     assert_eq!(record.attempt, 1, "re-attached, not re-run");
-    let events = tasks.events(&acme(), id).await.unwrap();
+    let events = tasks.tenant(&acme()).events(id).await.unwrap();
     let started = events
         .iter()
         .filter(|e| e.ty == event_types::TASK_STARTED)
@@ -651,11 +697,13 @@ async fn logs_stream_live_until_the_task_ends() {
     let dir = tempfile::tempdir().unwrap();
     let (tasks, _, _) = start(dir.path(), None).await;
     let id = tasks
-        .submit(SubmitRequest::new("acme", "ticker"))
+        .tenant(&ops_core::Tenant::parse("acme").unwrap())
+        .submit(SubmitRequest::new("ticker"))
         .await
         .unwrap();
     let mut stream = tasks
-        .follow_logs(&acme(), id, LogStream::Stdout)
+        .tenant(&acme())
+        .follow_logs(id, LogStream::Stdout)
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -669,10 +717,19 @@ async fn logs_stream_live_until_the_task_ends() {
     }
     assert_eq!(String::from_utf8_lossy(&seen), "tick 1\ntick 2\ntick 3\n");
     assert!(chunks >= 2, "output arrived in {chunks} chunk(s), not live");
-    assert!(tasks.get(&acme(), id).await.unwrap().status.is_final());
+    assert!(
+        tasks
+            .tenant(&acme())
+            .get(id)
+            .await
+            .unwrap()
+            .status
+            .is_final()
+    );
     assert!(matches!(
         tasks
-            .follow_logs(&Tenant::new("globex"), id, LogStream::Stdout)
+            .tenant(&Tenant::parse("globex").unwrap())
+            .follow_logs(id, LogStream::Stdout)
             .await,
         Err(Error::TaskNotFound(_))
     ));

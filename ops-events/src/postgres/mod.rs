@@ -7,7 +7,7 @@
 //! subscription: each event goes to one of them.
 //!
 //! ```no_run
-//! # async fn demo() -> ops_events::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use ops_core::Event;
 //! use ops_events::postgres::PostgresOutbox;
 //!
@@ -241,7 +241,10 @@ impl PostgresOutbox {
 
     async fn with_pool(pool: PgPool, config: &PostgresOutboxConfig, url: &str) -> Result<Self> {
         match config.migrations {
-            Migrations::Run => MIGRATOR.run(&pool).await?,
+            Migrations::Run => MIGRATOR
+                .run(&pool)
+                .await
+                .map_err(|e| Error::migrate("postgres", e))?,
             Migrations::Require => {
                 let mut conn = pool.acquire().await.map_err(Error::postgres)?;
                 let missing = missing_migrations(&MIGRATOR, &mut conn).await?;

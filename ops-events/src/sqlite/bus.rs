@@ -29,12 +29,12 @@ impl SqliteOutbox {
         )
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?
+        .await.map_err(Error::sqlite)?
         .ok_or_else(|| unknown(name))?;
         Ok(Probe {
-            cursor: row.try_get(0)?,
-            head: row.try_get(1)?,
-            next_due: row.try_get(2)?,
+            cursor: row.try_get(0).map_err(Error::sqlite)?,
+            head: row.try_get(1).map_err(Error::sqlite)?,
+            next_due: row.try_get(2).map_err(Error::sqlite)?,
         })
     }
 
@@ -43,15 +43,20 @@ impl SqliteOutbox {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         // IMMEDIATE: take the write lock up front, so that the read-then-write below
         // waits for other writers (busy timeout) instead of failing with SQLITE_BUSY.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let row =
             sqlx::query("SELECT cursor, ack_wait_ms FROM ops_event_subscriptions WHERE name = ?1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
-                .await?
+                .await
+                .map_err(Error::sqlite)?
                 .ok_or_else(|| unknown(name))?;
-        let cursor: i64 = row.try_get(0)?;
-        let ack_wait_ms: i64 = row.try_get(1)?;
+        let cursor: i64 = row.try_get(0).map_err(Error::sqlite)?;
+        let ack_wait_ms: i64 = row.try_get(1).map_err(Error::sqlite)?;
         let now = now_ms();
         let deadline = now.saturating_add(ack_wait_ms);
         let mut out = Vec::new();
@@ -70,11 +75,15 @@ impl SqliteOutbox {
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *tx)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         if !rows.is_empty() {
             let mut attempts = Vec::with_capacity(rows.len());
             for row in &rows {
-                attempts.push((row.try_get::<i64, _>(0)?, row.try_get::<i64, _>(1)?));
+                attempts.push((
+                    row.try_get::<i64, _>(0).map_err(Error::sqlite)?,
+                    row.try_get::<i64, _>(1).map_err(Error::sqlite)?,
+                ));
             }
             attempts.sort_unstable();
             let payloads = sqlx::query(
@@ -83,14 +92,15 @@ impl SqliteOutbox {
             )
             .bind(json_list(attempts.iter().map(|&(seq, _)| seq)))
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
             for row in payloads {
-                let seq: i64 = row.try_get(0)?;
+                let seq: i64 = row.try_get(0).map_err(Error::sqlite)?;
                 if let Ok(i) = attempts.binary_search_by_key(&seq, |&(s, _)| s) {
                     out.push(RawDelivery {
                         seq,
                         attempts: attempts[i].1,
-                        payload: row.try_get(1)?,
+                        payload: row.try_get(1).map_err(Error::sqlite)?,
                     });
                 }
             }
@@ -105,9 +115,10 @@ impl SqliteOutbox {
             .bind(cursor)
             .bind(remaining)
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
             if let Some(last) = rows.last() {
-                let last: i64 = last.try_get(0)?;
+                let last: i64 = last.try_get(0).map_err(Error::sqlite)?;
                 sqlx::query(
                     "INSERT INTO ops_event_deliveries (subscription, seq, attempts, deliver_after) \
                      SELECT ?1, seq, 1, ?2 FROM ops_events WHERE seq > ?3 AND seq <= ?4",
@@ -117,23 +128,25 @@ impl SqliteOutbox {
                 .bind(cursor)
                 .bind(last)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
                 sqlx::query("UPDATE ops_event_subscriptions SET cursor = ?1 WHERE name = ?2")
                     .bind(last)
                     .bind(name)
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(Error::sqlite)?;
                 out.reserve(rows.len());
                 for row in rows {
                     out.push(RawDelivery {
-                        seq: row.try_get(0)?,
+                        seq: row.try_get(0).map_err(Error::sqlite)?,
                         attempts: 1,
-                        payload: row.try_get(1)?,
+                        payload: row.try_get(1).map_err(Error::sqlite)?,
                     });
                 }
             }
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         Ok(out)
     }
 
@@ -142,7 +155,8 @@ impl SqliteOutbox {
             sqlx::query_scalar("SELECT 1 FROM ops_event_subscriptions WHERE name = ?1")
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
         found.map(|_| ()).ok_or_else(|| unknown(name))
     }
 }
@@ -172,9 +186,13 @@ impl EventBus for SqliteOutbox {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         SqliteOutbox::append(&mut tx, events).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         self.notify();
         Ok(())
     }
@@ -191,7 +209,7 @@ impl EventBus for SqliteOutbox {
         .bind(duration_ms(options.ack_wait))
         .bind(now_ms())
         .execute(&self.pool)
-        .await?;
+        .await.map_err(Error::sqlite)?;
         Ok(())
     }
 
@@ -241,7 +259,8 @@ impl EventBus for SqliteOutbox {
         .bind(subscription)
         .bind(json_list(tags.iter().map(|t| t.0 as i64)))
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         if done.rows_affected() == 0 {
             self.exists(subscription).await?;
         }
@@ -260,7 +279,8 @@ impl EventBus for SqliteOutbox {
         .bind(subscription)
         .bind(json_list(tags.iter().map(|t| t.0 as i64)))
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         if done.rows_affected() == 0 {
             self.exists(subscription).await?;
         }
@@ -274,7 +294,8 @@ impl EventBus for SqliteOutbox {
             sqlx::query_scalar("SELECT COUNT(*) FROM ops_event_deliveries WHERE subscription = ?1")
                 .bind(subscription)
                 .fetch_one(&self.pool)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }

@@ -31,18 +31,19 @@ impl SqliteDeadLetters {
 const COLUMNS: &str = "function, payload, error, attempts, permanent, failed_at";
 
 fn from_row(row: &SqliteRow) -> Result<DeadLetter> {
-    let payload: String = row.try_get(1)?;
+    let payload: String = row.try_get(1).map_err(Error::sqlite)?;
     let event: Event = serde_json::from_str(&payload).map_err(|e| Error::Corrupt {
         what: "dead letter",
         reason: e.to_string(),
     })?;
-    let failed_at_ms: i64 = row.try_get(5)?;
+    let failed_at_ms: i64 = row.try_get(5).map_err(Error::sqlite)?;
     Ok(DeadLetter {
-        function: row.try_get(0)?,
+        function: row.try_get(0).map_err(Error::sqlite)?,
         event,
-        error: row.try_get(2)?,
-        attempts: u32::try_from(row.try_get::<i64, _>(3)?).unwrap_or(u32::MAX),
-        permanent: row.try_get(4)?,
+        error: row.try_get(2).map_err(Error::sqlite)?,
+        attempts: u32::try_from(row.try_get::<i64, _>(3).map_err(Error::sqlite)?)
+            .unwrap_or(u32::MAX),
+        permanent: row.try_get(4).map_err(Error::sqlite)?,
         failed_at: DateTime::<Utc>::from_timestamp_millis(failed_at_ms).unwrap_or_default(),
     })
 }
@@ -71,7 +72,8 @@ impl DeadLetters for SqliteDeadLetters {
         .bind(letter.permanent)
         .bind(letter.failed_at.timestamp_millis())
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         Ok(())
     }
 
@@ -85,7 +87,8 @@ impl DeadLetters for SqliteDeadLetters {
             .bind(function)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
         rows.iter().map(from_row).collect()
     }
 
@@ -97,7 +100,8 @@ impl DeadLetters for SqliteDeadLetters {
             .bind(function)
             .bind(event_id.to_string())
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
         row.as_ref().map(from_row).transpose()
     }
 
@@ -107,7 +111,8 @@ impl DeadLetters for SqliteDeadLetters {
                 .bind(function)
                 .bind(event_id.to_string())
                 .execute(&self.pool)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -117,7 +122,8 @@ impl DeadLetters for SqliteDeadLetters {
         )
         .bind(function)
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }

@@ -4,7 +4,7 @@
 //! state, so that a state change and its events commit in one transaction:
 //!
 //! ```
-//! # async fn demo() -> ops_events::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use ops_core::Event;
 //! use ops_events::sqlite::SqliteOutbox;
 //!
@@ -216,7 +216,8 @@ impl SqliteOutbox {
                 Some(Duration::from_secs(3600))
             })
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
         tracing::debug!(url = url_or_path, synchronous = ?config.synchronous, "opened sqlite outbox");
         Self::with_pool(pool, config.recheck_interval).await
     }
@@ -280,7 +281,7 @@ impl SqliteOutbox {
                     .bind(payload)
                     .bind(now);
             }
-            query.execute(&mut *conn).await?;
+            query.execute(&mut *conn).await.map_err(Error::sqlite)?;
         }
         Ok(())
     }
@@ -307,7 +308,8 @@ impl SqliteOutbox {
         )
         .bind(cutoff)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         Ok(done.rows_affected())
     }
 
@@ -315,7 +317,8 @@ impl SqliteOutbox {
     pub async fn head(&self) -> Result<u64> {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM ops_events")
             .fetch_one(&self.pool)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
         Ok(u64::try_from(head).unwrap_or(0))
     }
 }
@@ -325,7 +328,10 @@ impl SqliteOutbox {
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let mut migrator = sqlx::migrate!("./migrations/sqlite");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| Error::migrate("sqlite", e))?;
     Ok(())
 }
 

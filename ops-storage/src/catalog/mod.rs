@@ -18,10 +18,12 @@ use crate::{Error, Result};
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresCatalog;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteCatalog;
 
 /// One stored object as the catalog knows it.
@@ -271,9 +273,7 @@ impl MemoryCatalog {
 
     async fn publish(&self, event: Event) -> Result<()> {
         if let Some(bus) = &self.bus {
-            bus.publish(std::slice::from_ref(&event))
-                .await
-                .map_err(|e| Error::Catalog(format!("publishing the event: {e}")))?;
+            bus.publish(std::slice::from_ref(&event)).await?;
         }
         Ok(())
     }

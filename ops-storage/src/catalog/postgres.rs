@@ -30,7 +30,7 @@ impl PostgresCatalog {
     /// Connects to the database at `url` (`postgres://…`) with its outbox, and runs
     /// the catalog migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        let outbox = PostgresOutbox::connect(url).await.map_err(catalog)?;
+        let outbox = PostgresOutbox::connect(url).await?;
         Self::from_outbox(outbox).await
     }
 
@@ -118,8 +118,10 @@ impl PostgresCatalog {
     }
 }
 
-fn catalog(e: impl std::fmt::Display) -> Error {
-    Error::Catalog(e.to_string())
+fn catalog(e: impl Into<ops_events::BoxError>) -> Error {
+    Error::Catalog {
+        source: ops_events::StoreError::new("postgres", e),
+    }
 }
 
 fn from_row(r: &PgRow) -> Result<ObjectEntry> {
@@ -180,9 +182,7 @@ impl Catalog for PostgresCatalog {
         .await
         .map_err(catalog)?;
         Self::set_usage(&mut tx, &entry.tenant, usage).await?;
-        PostgresOutbox::append(&mut tx, std::slice::from_ref(&event))
-            .await
-            .map_err(catalog)?;
+        PostgresOutbox::append(&mut tx, std::slice::from_ref(&event)).await?;
         tx.commit().await.map_err(catalog)?;
         self.outbox.notify();
         Ok(old)
@@ -211,9 +211,7 @@ impl Catalog for PostgresCatalog {
         .map_err(catalog)?;
         let usage = without(Self::usage_on(&mut tx, tenant).await?, Some(&old));
         Self::set_usage(&mut tx, tenant, usage).await?;
-        PostgresOutbox::append(&mut tx, std::slice::from_ref(&event))
-            .await
-            .map_err(catalog)?;
+        PostgresOutbox::append(&mut tx, std::slice::from_ref(&event)).await?;
         tx.commit().await.map_err(catalog)?;
         self.outbox.notify();
         Ok(Some(old))

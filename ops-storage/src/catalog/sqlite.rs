@@ -38,7 +38,7 @@ impl SqliteCatalog {
     /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain
     /// path) with its outbox, and runs the catalog migrations.
     pub async fn open(url: &str) -> Result<Self> {
-        let outbox = SqliteOutbox::open(url).await.map_err(catalog)?;
+        let outbox = SqliteOutbox::open(url).await?;
         Self::from_outbox(outbox).await
     }
 
@@ -139,9 +139,16 @@ impl SqliteCatalog {
                 }
             }
             Err(e) => {
-                let message = e.to_string();
+                // One failure, told to every writer of the group, each keeping its kind.
+                let (kind, retryable, message) = (e.kind(), e.is_retryable(), e.to_string());
                 for p in batch {
-                    let _ = p.reply.send(Err(catalog(&message)));
+                    let source = ops_events::StoreError::classified(
+                        "sqlite",
+                        kind,
+                        retryable,
+                        message.clone(),
+                    );
+                    let _ = p.reply.send(Err(Error::Catalog { source }));
                 }
             }
         }
@@ -199,17 +206,17 @@ impl SqliteCatalog {
         for (tenant, usage) in totals {
             Self::set_usage(&mut tx, tenant, usage).await?;
         }
-        SqliteOutbox::append(&mut tx, &events)
-            .await
-            .map_err(catalog)?;
+        SqliteOutbox::append(&mut tx, &events).await?;
         tx.commit().await.map_err(catalog)?;
         self.outbox.notify();
         Ok(results)
     }
 }
 
-fn catalog(e: impl std::fmt::Display) -> Error {
-    Error::Catalog(e.to_string())
+fn catalog(e: impl Into<ops_events::BoxError>) -> Error {
+    Error::Catalog {
+        source: ops_events::StoreError::new("sqlite", e),
+    }
 }
 
 fn from_row(r: &SqliteRow) -> Result<ObjectEntry> {

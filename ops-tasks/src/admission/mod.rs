@@ -27,7 +27,7 @@
 //!
 //! ```
 //! use chrono::Utc;
-//! use ops_core::{Resources, TaskId};
+//! use ops_core::{Environment, Resources, TaskId, Tenant};
 //! use ops_tasks::NodeGroup;
 //! use ops_tasks::admission::{Admission, AdmissionPolicy, Request, WaitReason};
 //! use std::sync::Arc;
@@ -35,8 +35,9 @@
 //! let nodes = [NodeGroup::new(1, Resources::new(4_000, 8 << 30))];
 //! let mut admission = Admission::new(Arc::new(AdmissionPolicy::open(&nodes)));
 //! let (a, b) = (TaskId::new(), TaskId::new());
-//! admission.enqueue(a, &Request::new("acme", "default", Resources::new(3_000, 1 << 30)))?;
-//! admission.enqueue(b, &Request::new("acme", "default", Resources::new(3_000, 1 << 30)))?;
+//! let request = Request::new(Tenant::parse("acme")?, Environment::default(), Resources::new(3_000, 1 << 30));
+//! admission.enqueue(a, &request)?;
+//! admission.enqueue(b, &request)?;
 //! let pass = admission.pass(Utc::now(), 100);
 //! assert_eq!(pass.admitted.len(), 1);
 //! let why = admission.explain(b, Utc::now()).unwrap();
@@ -92,14 +93,10 @@ pub struct Request {
 
 impl Request {
     /// A priority-0, non-scavenger request.
-    pub fn new(
-        tenant: impl Into<Tenant>,
-        environment: impl Into<Environment>,
-        resources: Resources,
-    ) -> Self {
+    pub fn new(tenant: Tenant, environment: Environment, resources: Resources) -> Self {
         Self {
-            tenant: tenant.into(),
-            environment: environment.into(),
+            tenant,
+            environment,
             priority: 0,
             resources,
             scavenger: false,

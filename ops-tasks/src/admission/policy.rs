@@ -44,7 +44,7 @@ pub(crate) struct TenantPolicy {
 /// Validated admission settings over one executor's capacity. Cheap to share.
 ///
 /// ```
-/// use ops_core::Resources;
+/// use ops_core::{Environment, Resources, Tenant};
 /// use ops_tasks::NodeGroup;
 /// use ops_tasks::admission::{AdmissionConfig, AdmissionPolicy, Request};
 ///
@@ -56,11 +56,12 @@ pub(crate) struct TenantPolicy {
 /// let policy = AdmissionPolicy::new(config, &nodes)?;
 /// // Larger than any node, and than acme's quota: refused with both reasons.
 /// let err = policy
-///     .check(&Request::new("acme", "default", Resources::new(16_000, 1 << 30)))
+///     .check(&Request::new(Tenant::parse("acme")?, Environment::default(), Resources::new(16_000, 1 << 30)))
 ///     .unwrap_err();
 /// assert!(err.to_string().contains("larger than any node"), "{err}");
 /// // A tenant that is not configured (and no default_tenant) is refused too.
-/// assert!(policy.check(&Request::new("umbrella", "default", Resources::new(1_000, 0))).is_err());
+/// let umbrella = Tenant::parse("umbrella")?;
+/// assert!(policy.check(&Request::new(umbrella, Environment::default(), Resources::new(1_000, 0))).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -287,9 +288,14 @@ impl AdmissionPolicy {
             }
         };
         let mut tenants = HashMap::new();
+        for name in config.environments.keys() {
+            if let Err(e) = ops_core::Environment::parse(name.as_str()) {
+                problems.push(format!("admission.environments.{name}: {e}"));
+            }
+        }
         for (name, t) in &config.tenants {
-            if name.is_empty() {
-                problems.push("tenants: a tenant name is empty".to_owned());
+            if let Err(e) = ops_core::Tenant::parse(name.as_str()) {
+                problems.push(format!("admission.tenants.{name}: {e}"));
             }
             tenants.insert(
                 name.clone(),
@@ -302,10 +308,7 @@ impl AdmissionPolicy {
             .map(|t| tenant_policy("default_tenant", t, &mut problems));
 
         if !problems.is_empty() {
-            return Err(Error::Config(format!(
-                "admission configuration: {}",
-                problems.join("; ")
-            )));
+            return Err(Error::InvalidConfig { problems });
         }
         Ok(Self {
             config,

@@ -39,6 +39,15 @@ fn running_by_tenant(a: &Admission) -> HashMap<String, u64> {
         })
 }
 
+/// A request of `tenant` in `environment` (names that follow the rule).
+fn rq(tenant: &str, environment: &str, resources: Resources) -> Request {
+    Request::new(
+        ops_core::Tenant::parse(tenant).unwrap(),
+        ops_core::Environment::parse(environment).unwrap(),
+        resources,
+    )
+}
+
 #[test]
 fn quota_caps_a_tenant_without_borrowing() {
     let p = policy(
@@ -50,7 +59,7 @@ fn quota_caps_a_tenant_without_borrowing() {
         &one_node(8),
     );
     let mut a = Admission::new(p);
-    let ids = submit(&mut a, 4, &Request::new("acme", "default", cpu(1)));
+    let ids = submit(&mut a, 4, &rq("acme", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert_eq!(pass.admitted.len(), 2);
     assert!(pass.admitted.iter().all(|x| !x.borrowed));
@@ -77,12 +86,12 @@ fn borrowing_goes_beyond_quota_and_is_reclaimed_when_the_policy_says_so() {
         &one_node(4),
     );
     let mut a = Admission::new(p);
-    submit(&mut a, 4, &Request::new("acme", "default", cpu(1)));
+    submit(&mut a, 4, &rq("acme", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert_eq!(pass.admitted.len(), 4);
     assert_eq!(pass.admitted.iter().filter(|x| x.borrowed).count(), 2);
     // beta wants its nominal quota back: two borrowed acme tasks are preempted.
-    let beta = submit(&mut a, 2, &Request::new("beta", "default", cpu(1)));
+    let beta = submit(&mut a, 2, &rq("beta", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert!(pass.admitted.is_empty());
     assert_eq!(pass.preempt.len(), 2, "{pass:?}");
@@ -117,9 +126,9 @@ fn borrowed_work_is_not_preempted_by_default() {
         &one_node(4),
     );
     let mut a = Admission::new(p);
-    submit(&mut a, 4, &Request::new("acme", "default", cpu(1)));
+    submit(&mut a, 4, &rq("acme", "default", cpu(1)));
     assert_eq!(a.pass(Utc::now(), 100).admitted.len(), 4);
-    let beta = submit(&mut a, 1, &Request::new("beta", "default", cpu(1)));
+    let beta = submit(&mut a, 1, &rq("beta", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert!(pass.preempt.is_empty() && pass.admitted.is_empty());
     assert_eq!(
@@ -140,8 +149,8 @@ fn equal_weights_share_equally_and_weights_scale_shares() {
         );
         let mut a = Admission::new(p);
         // b submits first: FIFO across tenants does not decide, fair share does.
-        submit(&mut a, 50, &Request::new("b", "default", cpu(1)));
-        submit(&mut a, 50, &Request::new("a", "default", cpu(1)));
+        submit(&mut a, 50, &rq("b", "default", cpu(1)));
+        submit(&mut a, 50, &rq("a", "default", cpu(1)));
         a.pass(Utc::now(), 1000);
         let r = running_by_tenant(&a);
         assert_eq!((r["a"], r["b"]), expect, "weights {weights:?}");
@@ -157,13 +166,9 @@ fn fair_share_uses_the_dominant_resource() {
     submit(
         &mut a,
         20,
-        &Request::new("a", "default", Resources::new(1_000, 4 * GI)),
+        &rq("a", "default", Resources::new(1_000, 4 * GI)),
     );
-    submit(
-        &mut a,
-        20,
-        &Request::new("b", "default", Resources::new(3_000, GI)),
-    );
+    submit(&mut a, 20, &rq("b", "default", Resources::new(3_000, GI)));
     a.pass(Utc::now(), 1000);
     let r = running_by_tenant(&a);
     // a: 3 tasks = 3 cpu, 12Gi (share 2/3 memory); b: 2 tasks = 6 cpu, 2Gi (2/3 cpu).
@@ -174,22 +179,14 @@ fn fair_share_uses_the_dominant_resource() {
 fn priority_first_then_fifo_within_a_tenant() {
     let p = policy("", &one_node(2));
     let mut a = Admission::new(p);
-    let low = submit(&mut a, 2, &Request::new("acme", "default", cpu(1)));
-    let high = submit(
-        &mut a,
-        1,
-        &Request::new("acme", "default", cpu(1)).priority(10),
-    );
+    let low = submit(&mut a, 2, &rq("acme", "default", cpu(1)));
+    let high = submit(&mut a, 1, &rq("acme", "default", cpu(1)).priority(10));
     let pass = a.pass(Utc::now(), 100);
     let got: Vec<TaskId> = pass.admitted.iter().map(|x| x.id).collect();
     assert_eq!(got, vec![high[0], low[0]]);
     let info = a.explain(low[1], Utc::now()).unwrap();
     assert_eq!((info.position, info.ahead), (1, 0));
-    let later = submit(
-        &mut a,
-        1,
-        &Request::new("beta", "default", cpu(1)).priority(5),
-    );
+    let later = submit(&mut a, 1, &rq("beta", "default", cpu(1)).priority(5));
     assert_eq!(a.explain(low[1], Utc::now()).unwrap().position, 2);
     assert_eq!(a.explain(later[0], Utc::now()).unwrap().position, 1);
 }
@@ -198,9 +195,9 @@ fn priority_first_then_fifo_within_a_tenant() {
 fn lookahead_lets_a_small_task_pass_a_blocked_large_one() {
     let p = policy("lookahead = 4", &one_node(4));
     let mut a = Admission::new(p);
-    submit(&mut a, 1, &Request::new("acme", "default", cpu(3)));
-    let big = submit(&mut a, 1, &Request::new("acme", "default", cpu(4)));
-    let small = submit(&mut a, 1, &Request::new("acme", "default", cpu(1)));
+    submit(&mut a, 1, &rq("acme", "default", cpu(3)));
+    let big = submit(&mut a, 1, &rq("acme", "default", cpu(4)));
+    let small = submit(&mut a, 1, &rq("acme", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert_eq!(pass.admitted.len(), 2);
     assert_eq!(pass.admitted[1].id, small[0]);
@@ -208,9 +205,9 @@ fn lookahead_lets_a_small_task_pass_a_blocked_large_one() {
     // Strict FIFO keeps the small one behind.
     let p = policy("lookahead = 1", &one_node(4));
     let mut a = Admission::new(p);
-    submit(&mut a, 1, &Request::new("acme", "default", cpu(3)));
-    submit(&mut a, 1, &Request::new("acme", "default", cpu(4)));
-    let small = submit(&mut a, 1, &Request::new("acme", "default", cpu(1)));
+    submit(&mut a, 1, &rq("acme", "default", cpu(3)));
+    submit(&mut a, 1, &rq("acme", "default", cpu(4)));
+    let small = submit(&mut a, 1, &rq("acme", "default", cpu(1)));
     assert_eq!(a.pass(Utc::now(), 100).admitted.len(), 1);
     assert!(a.is_queued(small[0]));
 }
@@ -230,7 +227,7 @@ fn environments_are_segments_and_borrow_only_when_configured() {
     };
     let p = policy(&toml_text(""), &one_node(8));
     let mut a = Admission::new(p);
-    let staging = submit(&mut a, 4, &Request::new("acme", "staging", cpu(1)));
+    let staging = submit(&mut a, 4, &rq("acme", "staging", cpu(1)));
     assert_eq!(a.pass(Utc::now(), 100).admitted.len(), 2);
     let why = a.explain(staging[3], Utc::now()).unwrap();
     assert_eq!(
@@ -240,14 +237,14 @@ fn environments_are_segments_and_borrow_only_when_configured() {
 
     let p = policy(&toml_text("\"production\""), &one_node(8));
     let mut a = Admission::new(p);
-    submit(&mut a, 4, &Request::new("acme", "staging", cpu(1)));
+    submit(&mut a, 4, &rq("acme", "staging", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert_eq!(pass.admitted.len(), 4);
     let lent: Vec<&Admitted> = pass.admitted.iter().filter(|x| x.borrowed).collect();
     assert_eq!(lent.len(), 2);
     assert!(lent.iter().all(|x| x.segment == "production"));
     // Production's own work still fits in what is left.
-    submit(&mut a, 4, &Request::new("acme", "production", cpu(1)));
+    submit(&mut a, 4, &rq("acme", "production", cpu(1)));
     assert_eq!(a.pass(Utc::now(), 100).admitted.len(), 4);
 }
 
@@ -255,15 +252,11 @@ fn environments_are_segments_and_borrow_only_when_configured() {
 fn scavengers_take_only_idle_capacity_and_make_room() {
     let p = policy("[scavenger]\ngrace = \"5s\"", &one_node(4));
     let mut a = Admission::new(p);
-    let scav = submit(
-        &mut a,
-        6,
-        &Request::new("fah", "default", cpu(1)).scavenger(true),
-    );
+    let scav = submit(&mut a, 6, &rq("fah", "default", cpu(1)).scavenger(true));
     let pass = a.pass(Utc::now(), 100);
     assert_eq!(pass.admitted.len(), 4);
     // Real work arrives: two scavengers are preempted, newest first.
-    let real = submit(&mut a, 2, &Request::new("acme", "default", cpu(1)));
+    let real = submit(&mut a, 2, &rq("acme", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     assert!(pass.admitted.is_empty());
     let victims: Vec<TaskId> = pass.preempt.iter().map(|p| p.victim).collect();
@@ -296,11 +289,7 @@ fn scavengers_use_no_quota() {
         &one_node(4),
     );
     let mut a = Admission::new(p);
-    submit(
-        &mut a,
-        4,
-        &Request::new("fah", "default", cpu(1)).scavenger(true),
-    );
+    submit(&mut a, 4, &rq("fah", "default", cpu(1)).scavenger(true));
     assert_eq!(a.pass(Utc::now(), 100).admitted.len(), 4);
 }
 
@@ -308,7 +297,7 @@ fn scavengers_use_no_quota() {
 fn a_budget_refusal_holds_the_task_with_its_reason() {
     let p = policy("", &one_node(4));
     let mut a = Admission::new(p);
-    let ids = submit(&mut a, 1, &Request::new("acme", "default", cpu(1)));
+    let ids = submit(&mut a, 1, &rq("acme", "default", cpu(1)));
     let now = Utc::now();
     assert_eq!(a.pass(now, 10).admitted.len(), 1);
     let until = now + chrono::Duration::seconds(30);
@@ -347,7 +336,7 @@ fn gpus_are_counted_by_model() {
         &nodes,
     );
     let mut a = Admission::new(p.clone());
-    let req = Request::new(
+    let req = rq(
         "acme",
         "default",
         Resources::new(1_000, GI).with_gpus(2, Some("a100".into())),
@@ -362,7 +351,7 @@ fn gpus_are_counted_by_model() {
     );
     assert!(pass.admitted[2].borrowed);
     // Any-model requests land on whatever model has room.
-    let any = Request::new(
+    let any = rq(
         "acme",
         "default",
         Resources::new(1_000, GI).with_gpus(8, None),
@@ -375,7 +364,7 @@ fn gpus_are_counted_by_model() {
     );
     // A model no node has, or more than a node holds, can never run.
     let err = p
-        .check(&Request::new(
+        .check(&rq(
             "acme",
             "default",
             Resources::new(1_000, GI).with_gpus(1, Some("v100".into())),
@@ -386,7 +375,7 @@ fn gpus_are_counted_by_model() {
         "{err}"
     );
     let err = p
-        .check(&Request::new(
+        .check(&rq(
             "acme",
             "default",
             Resources::new(1_000, GI).with_gpus(5, Some("a100".into())),
@@ -407,23 +396,21 @@ fn check_lists_every_reason() {
         &one_node(4),
     );
     let err = p
-        .check(&Request::new("acme", "production", cpu(3)))
+        .check(&rq("acme", "production", cpu(3)))
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("exceeds tenant \"acme\"'s quota in \"production\" (borrowing off)"),
         "{err}"
     );
-    let err = p.check(&Request::new("nobody", "qa", cpu(8))).unwrap_err();
+    let err = p.check(&rq("nobody", "qa", cpu(8))).unwrap_err();
     let Error::Inadmissible { reasons } = &err else {
         panic!("{err}")
     };
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(reasons[0].contains("environment \"qa\" is not configured (known: production)"));
     assert!(reasons[1].contains("tenant \"nobody\" has no admission entry"));
-    let err = p
-        .check(&Request::new("acme", "production", cpu(8)))
-        .unwrap_err();
+    let err = p.check(&rq("acme", "production", cpu(8))).unwrap_err();
     assert!(err.to_string().contains("larger than any node"), "{err}");
 }
 
@@ -467,13 +454,14 @@ fn bad_config_lists_every_problem() {
 #[test]
 fn node_pools_are_segments() {
     let nodes = vec![
-        NodeGroup::new(2, Resources::new(4_000, 8 * GI)).pool("gpu-pool"),
+        NodeGroup::new(2, Resources::new(4_000, 8 * GI))
+            .pool(ops_core::Environment::parse("gpu-pool").unwrap()),
         NodeGroup::new(1, Resources::new(2_000, 8 * GI)),
     ];
     let p = Arc::new(AdmissionPolicy::open(&nodes));
     let mut a = Admission::new(p);
-    submit(&mut a, 3, &Request::new("acme", "gpu-pool", cpu(4)));
-    submit(&mut a, 3, &Request::new("acme", "default", cpu(1)));
+    submit(&mut a, 3, &rq("acme", "gpu-pool", cpu(4)));
+    submit(&mut a, 3, &rq("acme", "default", cpu(1)));
     let pass = a.pass(Utc::now(), 100);
     let pooled = pass
         .admitted

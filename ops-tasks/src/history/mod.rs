@@ -1,16 +1,23 @@
 //! Task history: every task, its transitions and events, outputs and usage.
 //!
-//! [`HistoryStore`] is the contract; [`SqliteHistory`] the embedded default, and
-//! `PostgresHistory` (feature `postgres`) the store that several coordinators share. A
-//! store writes each state change and its event in one transaction (through the event
-//! outbox of `ops-events`), so history and the event stream never disagree.
+//! The contract is split by role: [`HistoryReader`] (tenant queries, by id and by page),
+//! [`HistoryWriter`] (commits and retention) and [`Leases`] (several coordinators on
+//! one store, with provided single-node methods a store may keep); [`HistoryStore`] is
+//! all three. `SqliteHistory` (feature `sqlite`, the embedded default) and
+//! `PostgresHistory` (feature `postgres`, the store several coordinators share)
+//! implement all of it. A store writes each state change and its event in one
+//! transaction (through the event outbox of `ops-events`), so history and the event
+//! stream never disagree.
 //!
-//! Every backend passes the same conformance suite (`ops_tasks::testkit`, feature
-//! `testkit`). Their schemas are kept in step: `migrations/sqlite` and
+//! Every backend passes the same conformance suite (`ops_tasks::testkit::history`,
+//! feature `testkit`). Their schemas are kept in step: `migrations/sqlite` and
 //! `migrations/postgres` hold the same versions under the same names.
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
 
@@ -24,6 +31,7 @@ use crate::{LaunchSpec, Result, RunHandle};
 
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresHistory, PostgresHistoryConfig};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteHistory;
 pub use stats::{StatsQuery, TemplateStats, aggregate};
 
@@ -187,12 +195,13 @@ pub struct PrunedTask {
     pub task_dir: std::path::PathBuf,
 }
 
-/// A query over one tenant's tasks, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A query over one tenant's tasks, newest first. The tenant is not part of it: a
+/// query always runs for one tenant, given beside it
+/// ([`TenantTasks::list`](crate::TenantTasks::list), [`HistoryReader::list`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TaskQuery {
-    /// Whose tasks (required: queries never cross tenants).
-    pub tenant: Tenant,
     /// Any of these statuses (empty: all).
     #[serde(default)]
     pub statuses: Vec<TaskStatus>,
@@ -217,18 +226,9 @@ pub struct TaskQuery {
 }
 
 impl TaskQuery {
-    /// All tasks of a tenant.
-    pub fn tenant(tenant: impl Into<Tenant>) -> Self {
-        Self {
-            tenant: tenant.into(),
-            statuses: Vec::new(),
-            template: None,
-            labels: Labels::new(),
-            submitted_after: None,
-            submitted_before: None,
-            limit: None,
-            cursor: None,
-        }
+    /// All tasks (of the tenant it runs for).
+    pub fn new() -> Self {
+        Self::default()
     }
     /// Restricts to a status (may be called several times).
     pub fn status(mut self, status: TaskStatus) -> Self {
@@ -277,46 +277,6 @@ pub struct TaskPage {
     pub next_cursor: Option<String>,
 }
 
-/// The order of a batch's events: each task's output events just before the first of
-/// its transitions that ends an attempt (leaves `running`), so that consumers see a
-/// task's outputs before it succeeds or fails; outputs of tasks without such a
-/// transition last. Transitions keep their order.
-pub(crate) fn with_outputs_first<T>(
-    transitions: Vec<(TaskId, TaskStatus, T)>,
-    outputs: Vec<(TaskId, T)>,
-) -> Vec<T> {
-    let mut pending: std::collections::HashMap<TaskId, Vec<T>> = std::collections::HashMap::new();
-    let mut order: Vec<TaskId> = Vec::new();
-    for (id, item) in outputs {
-        let list = pending.entry(id).or_default();
-        if list.is_empty() {
-            order.push(id);
-        }
-        list.push(item);
-    }
-    let mut out = Vec::new();
-    for (id, from, item) in transitions {
-        if from == TaskStatus::Running
-            && let Some(list) = pending.remove(&id)
-        {
-            out.extend(list);
-        }
-        out.push(item);
-    }
-    for id in order {
-        if let Some(list) = pending.remove(&id) {
-            out.extend(list);
-        }
-    }
-    out
-}
-
-/// Queue order, as claims and take-overs return tasks: highest priority first, then
-/// oldest (ids are time-ordered).
-pub(crate) fn sort_queue_order(records: &mut [TaskRecord]) {
-    records.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-}
-
 /// A coordinator's lease: its claim on the tasks it owns in a store shared by several
 /// coordinators. See the lease methods of [`HistoryStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,30 +313,17 @@ pub struct Renewal {
     pub cancel_requested: Vec<TaskId>,
 }
 
-/// Stores tasks, their transitions, events, outputs and usage.
-///
-/// # Leases (several coordinators on one store)
-///
-/// Every unfinished task has at most one owner: the coordinator that runs it. A
-/// coordinator holds a [`Lease`] ([`acquire_lease`](Self::acquire_lease)) and renews it
-/// ([`renew_lease`](Self::renew_lease)) well within its `ttl`; expiry is judged by the
-/// store's clock. It [`claim`](Self::claim)s unowned queued tasks, and
-/// [`take_over`](Self::take_over)s the unfinished tasks of coordinators whose lease
-/// expired. Commits are fenced by [`ChangeBatch::owner`], so a coordinator that lost its
-/// lease can no longer change a task that another one took over: no task is started by
-/// two live coordinators.
+/// Reads task history: one task by id, a tenant's tasks page by page, a task's events,
+/// transitions and outputs, counts and statistics. Every backend passes
+/// `testkit::history`.
 #[async_trait]
-pub trait HistoryStore: Send + Sync + 'static {
-    /// Applies a batch in one transaction: inserts, then transitions (each applied only
-    /// if the task is still in `from`), then outputs; every applied change's event is
-    /// written in the same transaction. Returns, per transition, whether it applied.
-    async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>>;
-
-    /// A task by id, whoever owns it (the facade checks the tenant).
+pub trait HistoryReader: Send + Sync + 'static {
+    /// A task by id, whoever owns it (the [`Tasks`](crate::Tasks) service checks the
+    /// tenant).
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>>;
 
-    /// A page of a tenant's tasks.
-    async fn list(&self, query: &TaskQuery) -> Result<TaskPage>;
+    /// A page of `tenant`'s tasks.
+    async fn list(&self, tenant: &Tenant, query: &TaskQuery) -> Result<TaskPage>;
 
     /// A task's events in order.
     async fn events(&self, id: TaskId) -> Result<Vec<Event>>;
@@ -390,68 +337,20 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Every task not in a final state (for recovery after a restart).
     async fn unfinished(&self) -> Result<Vec<TaskRecord>>;
 
-    /// Deletes up to `batch` tasks that finished before `cutoff`, with their events,
-    /// outputs and labels, oldest first. Returns the tasks deleted (empty when nothing
-    /// is left). Each call is a short transaction of its own, so that pruning a large
-    /// backlog in a loop does not hold up writers.
-    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>>;
-
     /// Number of tasks per status for a tenant (all tenants when `None`).
     async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>>;
 
-    /// Registers `lease` until now + ttl. The same incarnation renews. Another
-    /// incarnation's lease on the same owner is replaced only when it has expired or
-    /// when `force` is set (the caller knows the predecessor is dead, e.g. it holds the
-    /// predecessor's lock file); otherwise [`Error::LeaseHeld`](crate::Error::LeaseHeld).
-    /// Tasks owned under the owner's id stay owned: the new incarnation recovers them
-    /// with [`owned`](Self::owned).
-    async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()>;
-
-    /// Extends a held lease to now + ttl; see [`Renewal`].
-    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal>;
-
-    /// Ends a lease (graceful shutdown): its submitted/queued tasks become unowned (any
-    /// coordinator may claim them); running and retrying ones stay owned and the lease
-    /// is marked expired, so the same owner restarting, or another coordinator taking
-    /// over, recovers them at once.
-    async fn release_lease(&self, lease: &Lease) -> Result<()>;
-
-    /// Claims up to `max` unowned submitted/queued tasks for a live lease, highest
-    /// priority first then oldest, skipping rows other claimers hold (`FOR UPDATE SKIP
-    /// LOCKED` on Postgres). Returns them with `owner` set; empty when the lease is not
-    /// alive.
-    async fn claim(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>>;
-
-    /// Takes over up to `max` unfinished tasks whose owner's lease expired (or whose
-    /// owner has no lease), for a live lease; returns them with `owner` set. Removes
-    /// expired leases that own nothing any more.
-    async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>>;
-
-    /// Every unfinished task owned by `owner` (recovery after a restart).
-    async fn owned(&self, owner: &str) -> Result<Vec<TaskRecord>>;
-
-    /// Asks the owner of an unfinished task to cancel it (reported by its next
-    /// [`renew_lease`](Self::renew_lease); an unowned task's claimer cancels it at
-    /// once). Returns `false` when the task is unknown or already final.
-    async fn request_cancel(&self, id: TaskId) -> Result<bool>;
-
-    /// Statistics per template of the tasks `query` selects (see [`TemplateStats`]),
-    /// sorted by tenant then template. The provided implementation pages through
-    /// [`list`](Self::list) and needs [`StatsQuery::tenant`]; a store may override it
-    /// with a query of its own.
-    async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
-        let Some(tenant) = &query.tenant else {
-            return Err(crate::Error::Config(
-                "history statistics need a tenant: this store answers per tenant only".into(),
-            ));
-        };
-        let base = TaskQuery::tenant(tenant.clone())
+    /// Statistics per template of `tenant`'s tasks that `query` selects (see
+    /// [`TemplateStats`]), sorted by template. The provided implementation pages
+    /// through [`list`](Self::list); a store may override it with a query of its own.
+    async fn stats(&self, tenant: &Tenant, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        let base = TaskQuery::new()
             .submitted_between(query.since, query.until)
             .limit(STATS_PAGE);
         let mut groups = stats::Groups::default();
         let mut cursor = None;
         loop {
-            let page = self.list(&base.clone().after(cursor)).await?;
+            let page = self.list(tenant, &base.clone().after(cursor)).await?;
             page.tasks.iter().for_each(|r| groups.add(r));
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
@@ -462,19 +361,134 @@ pub trait HistoryStore: Send + Sync + 'static {
     }
 }
 
-/// Page size of the provided [`HistoryStore::stats`].
+/// Writes task history: each batch of changes with its events in one transaction, and
+/// retention.
+#[async_trait]
+pub trait HistoryWriter: Send + Sync + 'static {
+    /// Applies a batch in one transaction: inserts, then transitions (each applied only
+    /// if the task is still in `from`), then outputs; every applied change's event is
+    /// written in the same transaction. Returns, per transition, whether it applied.
+    ///
+    /// A store with [`Leases`] fences the batch by [`ChangeBatch::owner`]; a single-node
+    /// store (the provided [`Leases`] methods) may ignore the owner.
+    async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>>;
+
+    /// Deletes up to `batch` tasks that finished before `cutoff`, with their events,
+    /// outputs and labels, oldest first. Returns the tasks deleted (empty when nothing
+    /// is left). Each call is a short transaction of its own, so that pruning a large
+    /// backlog in a loop does not hold up writers.
+    async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>>;
+}
+
+/// Coordinator leases: how several coordinators share one store without ever running a
+/// task twice.
+///
+/// Every unfinished task has at most one owner: the coordinator that runs it. A
+/// coordinator holds a [`Lease`] ([`acquire_lease`](Self::acquire_lease)) and renews it
+/// ([`renew_lease`](Self::renew_lease)) well within its `ttl`; expiry is judged by the
+/// store's clock. It [`claim`](Self::claim)s unowned queued tasks, and
+/// [`take_over`](Self::take_over)s the unfinished tasks of coordinators whose lease
+/// expired. Commits are fenced by [`ChangeBatch::owner`], so a coordinator that lost its
+/// lease can no longer change a task that another one took over: no task is started by
+/// two live coordinators.
+///
+/// **Single-node stores** implement none of it: the provided methods serve exactly one
+/// coordinator (the [`Tasks`](crate::Tasks) service's lock on its task root makes it
+/// the only one on that root). The lease is always held, every unfinished task is the
+/// coordinator's own ([`owned`](Self::owned) is [`HistoryReader::unfinished`]), there
+/// is nothing to claim or take over, and [`shared`](Self::shared) is `false`, so that a
+/// submit-only front end is refused on such a store (nothing would claim its tasks).
+/// `SqliteHistory` and `PostgresHistory` implement leases for real.
+#[async_trait]
+pub trait Leases: HistoryReader {
+    /// Whether several coordinators (and submit-only front ends) may share the store:
+    /// `true` when the store implements the lease methods below.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Registers `lease` until now + ttl. The same incarnation renews. Another
+    /// incarnation's lease on the same owner is replaced only when it has expired or
+    /// when `force` is set (the caller knows the predecessor is dead, e.g. it holds the
+    /// predecessor's lock file); otherwise [`Error::LeaseHeld`](crate::Error::LeaseHeld).
+    /// Tasks owned under the owner's id stay owned: the new incarnation recovers them
+    /// with [`owned`](Self::owned).
+    async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
+        let _ = (lease, force);
+        Ok(())
+    }
+
+    /// Extends a held lease to now + ttl; see [`Renewal`].
+    async fn renew_lease(&self, lease: &Lease) -> Result<Renewal> {
+        let _ = lease;
+        Ok(Renewal {
+            alive: true,
+            cancel_requested: Vec::new(),
+        })
+    }
+
+    /// Ends a lease (graceful shutdown): its submitted/queued tasks become unowned (any
+    /// coordinator may claim them); running and retrying ones stay owned and the lease
+    /// is marked expired, so the same owner restarting, or another coordinator taking
+    /// over, recovers them at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let _ = lease;
+        Ok(())
+    }
+
+    /// Claims up to `max` unowned submitted/queued tasks for a live lease, highest
+    /// priority first then oldest, skipping rows other claimers hold (`FOR UPDATE SKIP
+    /// LOCKED` on Postgres). Returns them with `owner` set; empty when the lease is not
+    /// alive.
+    async fn claim(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        let _ = (lease, max);
+        Ok(Vec::new())
+    }
+
+    /// Takes over up to `max` unfinished tasks whose owner's lease expired (or whose
+    /// owner has no lease), for a live lease; returns them with `owner` set. Removes
+    /// expired leases that own nothing any more.
+    async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
+        let _ = (lease, max);
+        Ok(Vec::new())
+    }
+
+    /// Every unfinished task owned by `owner` (recovery after a restart).
+    async fn owned(&self, owner: &str) -> Result<Vec<TaskRecord>> {
+        let _ = owner;
+        self.unfinished().await
+    }
+
+    /// Asks the owner of an unfinished task to cancel it (reported by its next
+    /// [`renew_lease`](Self::renew_lease); an unowned task's claimer cancels it at
+    /// once). Returns `false` when the task is unknown or already final.
+    async fn request_cancel(&self, id: TaskId) -> Result<bool> {
+        let _ = id;
+        Err(crate::Error::Unsupported {
+            what: "cancelling through the store needs a store shared by coordinators \
+                   (one with leases)"
+                .into(),
+        })
+    }
+}
+
+/// Stores tasks, their transitions, events, outputs and usage: a [`HistoryReader`], a
+/// [`HistoryWriter`] and [`Leases`] in one. Implemented for every type that is all
+/// three; the [`Tasks`](crate::Tasks) service takes one.
+pub trait HistoryStore: HistoryReader + HistoryWriter + Leases {}
+
+impl<T: HistoryReader + HistoryWriter + Leases + ?Sized> HistoryStore for T {}
+
+/// Page size of the provided [`HistoryReader::stats`].
 const STATS_PAGE: u32 = 1000;
 
 #[async_trait]
-impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
-    async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>> {
-        (**self).commit(batch).await
-    }
+impl<T: HistoryReader + ?Sized> HistoryReader for std::sync::Arc<T> {
     async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
         (**self).get(id).await
     }
-    async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
-        (**self).list(query).await
+    async fn list(&self, tenant: &Tenant, query: &TaskQuery) -> Result<TaskPage> {
+        (**self).list(tenant, query).await
     }
     async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
         (**self).events(id).await
@@ -488,11 +502,28 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
         (**self).unfinished().await
     }
+    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
+        (**self).count_by_status(tenant).await
+    }
+    async fn stats(&self, tenant: &Tenant, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        (**self).stats(tenant, query).await
+    }
+}
+
+#[async_trait]
+impl<T: HistoryWriter + ?Sized> HistoryWriter for std::sync::Arc<T> {
+    async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>> {
+        (**self).commit(batch).await
+    }
     async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
         (**self).prune(cutoff, batch).await
     }
-    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
-        (**self).count_by_status(tenant).await
+}
+
+#[async_trait]
+impl<T: Leases + ?Sized> Leases for std::sync::Arc<T> {
+    fn shared(&self) -> bool {
+        (**self).shared()
     }
     async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
         (**self).acquire_lease(lease, force).await
@@ -515,86 +546,10 @@ impl<T: HistoryStore + ?Sized> HistoryStore for std::sync::Arc<T> {
     async fn request_cancel(&self, id: TaskId) -> Result<bool> {
         (**self).request_cancel(id).await
     }
-    async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
-        (**self).stats(query).await
-    }
 }
 
-/// Statuses in which a task waits to be claimed.
-const CLAIMABLE_SQL: &str = "('submitted', 'queued')";
-/// Final statuses, for SQL.
-const FINAL_SQL: &str = "('succeeded', 'failed', 'cancelled', 'timed_out')";
-
-/// Refuses a batch with a transition the state machine does not allow (nothing is
-/// written then): enforced here, below every caller.
-fn check_transitions(batch: &ChangeBatch) -> Result<()> {
-    match batch
-        .transitions
-        .iter()
-        .find(|t| !t.from.can_transition_to(t.to) || t.record.status != t.to)
-    {
-        Some(t) => Err(crate::Error::InvalidTransition {
-            task_id: t.task_id,
-            from: t.from,
-            to: t.to,
-        }),
-        None => Ok(()),
-    }
-}
-
-/// The owner an inserted task gets: the batch's, unless it is already final.
-fn insert_owner<'a>(batch: &'a ChangeBatch, record: &TaskRecord) -> Option<&'a str> {
-    if record.status.is_final() {
-        None
-    } else {
-        batch.owner.as_deref()
-    }
-}
-
-/// For the events written at submission: the status each one moves to.
-fn submit_statuses(event: &Event) -> (Option<TaskStatus>, Option<TaskStatus>) {
-    match event.ty.as_str() {
-        ops_core::event_types::TASK_SUBMITTED => (None, Some(TaskStatus::Submitted)),
-        ops_core::event_types::TASK_QUEUED => {
-            (Some(TaskStatus::Submitted), Some(TaskStatus::Queued))
-        }
-        _ => (None, None),
-    }
-}
-
-/// A lease's ttl in microseconds (saturating).
-fn ttl_micros(lease: &Lease) -> i64 {
-    i64::try_from(lease.ttl.as_micros()).unwrap_or(i64::MAX / 2)
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
-
-    use super::*;
-
-    #[test]
-    fn outputs_come_before_the_transition_that_ends_their_attempt() {
-        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
-        let transitions = vec![
-            (c, TaskStatus::Queued, "c started"),
-            (a, TaskStatus::Running, "a succeeded"),
-            (b, TaskStatus::Running, "b retrying"),
-        ];
-        let outputs = vec![(b, "b out1"), (a, "a out1"), (c, "c out1"), (a, "a out2")];
-        assert_eq!(
-            with_outputs_first(transitions, outputs),
-            [
-                "c started",
-                "a out1",
-                "a out2",
-                "a succeeded",
-                "b out1",
-                "b retrying",
-                "c out1"
-            ]
-        );
-    }
-
     #[test]
     fn sqlite_and_postgres_migrations_are_in_step() {
         let list = |m: &sqlx::migrate::Migrator| {

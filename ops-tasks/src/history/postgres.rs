@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ops_core::{Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
+use ops_core::{Environment, Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
 use ops_events::postgres::{
     Migrations, PostgresOutbox, PostgresOutboxConfig, missing_migrations, pool_url,
 };
@@ -24,13 +24,16 @@ use sqlx::types::Json;
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{
-    CLAIMABLE_SQL, ChangeBatch, FINAL_SQL, HistoryStore, Lease, OutputRecord, PrunedTask, Renewal,
-    TaskPage, TaskQuery, TaskRecord, TransitionRecord, check_transitions, insert_owner,
-    submit_statuses, ttl_micros, with_outputs_first,
+use super::sql::{
+    CLAIMABLE_SQL, FINAL_SQL, check_transitions, insert_owner, sort_queue_order, submit_statuses,
+    ttl_micros, with_outputs_first,
 };
-use crate::backends::redact_url;
+use super::{
+    ChangeBatch, HistoryReader, HistoryWriter, Lease, Leases, OutputRecord, PrunedTask, Renewal,
+    TaskPage, TaskQuery, TaskRecord, TransitionRecord,
+};
 use crate::{Error, Result};
+use ops_events::redact_url;
 
 /// The history migrations, PostgreSQL dialect (same versions as SQLite's). The outbox
 /// keeps its own in the same `_sqlx_migrations` table, hence `ignore_missing`.
@@ -156,7 +159,7 @@ impl PostgresHistory {
     async fn open(outbox: PostgresOutbox, migrations: Migrations, url: &str) -> Result<Self> {
         match migrations {
             Migrations::Require => {
-                let mut conn = outbox.pool().acquire().await?;
+                let mut conn = outbox.pool().acquire().await.map_err(Error::postgres)?;
                 let missing = missing_migrations(&MIGRATOR, &mut conn).await?;
                 if !missing.is_empty() {
                     return Err(Error::SchemaOutdated {
@@ -166,7 +169,10 @@ impl PostgresHistory {
                 }
             }
             // `Run`, and any mode added later: migrate (under sqlx's advisory lock).
-            _ => MIGRATOR.run(outbox.pool()).await?,
+            _ => MIGRATOR
+                .run(outbox.pool())
+                .await
+                .map_err(|e| Error::migrate("postgres", e))?,
         }
         Ok(Self { outbox })
     }
@@ -182,9 +188,14 @@ impl PostgresHistory {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(sqlx::Error::Decode(
-        format!("stored {what} is invalid: {e}").into(),
-    ))
+    Error::Store {
+        source: ops_events::StoreError::classified(
+            "postgres",
+            ops_core::ErrorKind::Internal,
+            false,
+            format!("stored {what} is invalid: {e}"),
+        ),
+    }
 }
 
 fn status(s: &str) -> Result<TaskStatus> {
@@ -202,43 +213,60 @@ fn int(v: u32) -> i32 {
 }
 
 fn row_to_record(row: &PgRow) -> Result<TaskRecord> {
-    let wall: f64 = row.try_get("wall_secs")?;
-    let cpu: f64 = row.try_get("cpu_secs")?;
+    let wall: f64 = row.try_get("wall_secs").map_err(Error::postgres)?;
+    let cpu: f64 = row.try_get("cpu_secs").map_err(Error::postgres)?;
     let mut usage = Usage::new(
         std::time::Duration::from_secs_f64(wall.max(0.0)),
         std::time::Duration::from_secs_f64(cpu.max(0.0)),
-        row.try_get::<i64, _>("peak_memory")?.max(0) as u64,
+        row.try_get::<i64, _>("peak_memory")
+            .map_err(Error::postgres)?
+            .max(0) as u64,
         0,
     );
-    usage.gpu_seconds = row.try_get("gpu_secs")?;
-    let Json(labels) = row.try_get("labels")?;
-    let Json(parameters) = row.try_get("parameters")?;
-    let Json(spec) = row.try_get("spec")?;
-    let Json(retry) = row.try_get("retry")?;
-    let run_handle: Option<Json<crate::RunHandle>> = row.try_get("run_handle")?;
+    usage.gpu_seconds = row.try_get("gpu_secs").map_err(Error::postgres)?;
+    let Json(labels) = row.try_get("labels").map_err(Error::postgres)?;
+    let Json(parameters) = row.try_get("parameters").map_err(Error::postgres)?;
+    let Json(spec) = row.try_get("spec").map_err(Error::postgres)?;
+    let Json(retry) = row.try_get("retry").map_err(Error::postgres)?;
+    let run_handle: Option<Json<crate::RunHandle>> =
+        row.try_get("run_handle").map_err(Error::postgres)?;
     Ok(TaskRecord {
-        id: TaskId::from_uuid(row.try_get("id")?),
-        tenant: Tenant::new(row.try_get::<String, _>("tenant")?),
-        environment: row.try_get::<String, _>("environment")?.into(),
-        template: row.try_get("template")?,
-        status: status(row.try_get("status")?)?,
-        reason: reason(row.try_get("reason")?)?,
-        message: row.try_get("message")?,
-        exit_code: row.try_get("exit_code")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get::<i32, _>("attempt")?.max(0) as u32,
-        max_attempts: row.try_get::<i32, _>("max_attempts")?.max(0) as u32,
+        id: TaskId::from_uuid(row.try_get("id").map_err(Error::postgres)?),
+        tenant: Tenant::parse(
+            row.try_get::<String, _>("tenant")
+                .map_err(Error::postgres)?,
+        )
+        .map_err(|e| corrupt("tenant", e))?,
+        environment: Environment::parse(
+            row.try_get::<String, _>("environment")
+                .map_err(Error::postgres)?,
+        )
+        .map_err(|e| corrupt("environment", e))?,
+        template: row.try_get("template").map_err(Error::postgres)?,
+        status: status(row.try_get("status").map_err(Error::postgres)?)?,
+        reason: reason(row.try_get("reason").map_err(Error::postgres)?)?,
+        message: row.try_get("message").map_err(Error::postgres)?,
+        exit_code: row.try_get("exit_code").map_err(Error::postgres)?,
+        priority: row.try_get("priority").map_err(Error::postgres)?,
+        attempt: row
+            .try_get::<i32, _>("attempt")
+            .map_err(Error::postgres)?
+            .max(0) as u32,
+        max_attempts: row
+            .try_get::<i32, _>("max_attempts")
+            .map_err(Error::postgres)?
+            .max(0) as u32,
         labels,
         parameters,
         spec,
         retry,
         run_handle: run_handle.map(|Json(h)| h),
         usage,
-        submitted_at: row.try_get("submitted_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        not_before: row.try_get("not_before")?,
-        owner: row.try_get("owner")?,
+        submitted_at: row.try_get("submitted_at").map_err(Error::postgres)?,
+        started_at: row.try_get("started_at").map_err(Error::postgres)?,
+        finished_at: row.try_get("finished_at").map_err(Error::postgres)?,
+        not_before: row.try_get("not_before").map_err(Error::postgres)?,
+        owner: row.try_get("owner").map_err(Error::postgres)?,
     })
 }
 
@@ -366,7 +394,8 @@ impl TaskColumns {
         .bind(self.owner)
         .bind(self.task_dir)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         Ok(())
     }
 }
@@ -423,7 +452,8 @@ impl EventColumns {
         .bind(self.at)
         .bind(self.json)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         Ok(())
     }
 }
@@ -487,7 +517,8 @@ async fn apply_round(
     .bind(c.spec)
     .bind(c.task_dir)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .map_err(Error::postgres)?;
     Ok(ids.into_iter().collect())
 }
 
@@ -514,7 +545,171 @@ fn rounds(batch: &ChangeBatch) -> Vec<Vec<usize>> {
 }
 
 #[async_trait]
-impl HistoryStore for PostgresHistory {
+impl HistoryReader for PostgresHistory {
+    async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query("SELECT * FROM ops_tasks WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(Error::postgres)?;
+        row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn list(&self, tenant: &Tenant, query: &TaskQuery) -> Result<TaskPage> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        // With labels, the ids are found first from the `ops_tasks_tenant` index alone
+        // (it carries status and labels, so the tenant's newest tasks are filtered
+        // without reading the table), then only the page's rows are read.
+        let by_labels = !query.labels.is_empty();
+        let mut qb = QueryBuilder::<Postgres>::new(if by_labels {
+            "SELECT t.* FROM ops_tasks t JOIN (SELECT id FROM ops_tasks t WHERE t.tenant = "
+        } else {
+            "SELECT * FROM ops_tasks t WHERE t.tenant = "
+        });
+        qb.push_bind(tenant.as_str());
+        match query.statuses.as_slice() {
+            [] => {}
+            [one] => {
+                qb.push(" AND t.status = ").push_bind(one.as_str());
+            }
+            many => {
+                qb.push(" AND t.status = ANY(")
+                    .push_bind(many.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                    .push(")");
+            }
+        }
+        if let Some(template) = &query.template {
+            qb.push(" AND t.template = ").push_bind(template.as_str());
+        }
+        if let Some(after) = query.submitted_after {
+            qb.push(" AND t.submitted_at >= ").push_bind(after);
+        }
+        if let Some(before) = query.submitted_before {
+            qb.push(" AND t.submitted_at < ").push_bind(before);
+        }
+        if let Some(cursor) = &query.cursor {
+            let id = TaskId::from_str(cursor).map_err(|_| Error::InvalidCursor {
+                cursor: cursor.clone(),
+            })?;
+            qb.push(" AND t.id < ").push_bind(id.as_uuid());
+        }
+        if by_labels {
+            qb.push(" AND t.labels @> ")
+                .push_bind(serde_json::to_string(&query.labels)?)
+                .push("::jsonb");
+        }
+        qb.push(" ORDER BY t.id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        if by_labels {
+            qb.push(") page ON t.id = page.id ORDER BY t.id DESC");
+        }
+        let rows = qb
+            .build()
+            .fetch_all(self.pool())
+            .await
+            .map_err(Error::postgres)?;
+        let mut tasks = rows_to_records(&rows)?;
+        let next_cursor = if tasks.len() > limit as usize {
+            tasks.truncate(limit as usize);
+            tasks.last().map(|t| t.id.to_string())
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT event FROM ops_task_events WHERE task_id = $1 ORDER BY seq")
+                .bind(id.as_uuid())
+                .fetch_all(self.pool())
+                .await
+                .map_err(Error::postgres)?;
+        rows.iter()
+            .map(|json| Ok(serde_json::from_str(json)?))
+            .collect()
+    }
+
+    async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
+        let rows = sqlx::query(
+            "SELECT from_status, to_status, reason, at, event_id FROM ops_task_events \
+             WHERE task_id = $1 AND to_status IS NOT NULL ORDER BY seq",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::postgres)?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_status").map_err(Error::postgres)?;
+                let event_id: String = row.try_get("event_id").map_err(Error::postgres)?;
+                Ok(TransitionRecord {
+                    from: from.as_deref().map(status).transpose()?,
+                    to: status(row.try_get("to_status").map_err(Error::postgres)?)?,
+                    reason: reason(row.try_get("reason").map_err(Error::postgres)?)?,
+                    at: row.try_get("at").map_err(Error::postgres)?,
+                    event_id: EventId::from_str(&event_id).map_err(|e| corrupt("event id", e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
+        let rows = sqlx::query(
+            "SELECT path, attempt, size, created_at FROM ops_task_outputs WHERE task_id = $1 \
+             ORDER BY created_at, path",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::postgres)?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutputRecord {
+                    task_id: id,
+                    path: row.try_get("path").map_err(Error::postgres)?,
+                    attempt: row
+                        .try_get::<i32, _>("attempt")
+                        .map_err(Error::postgres)?
+                        .max(0) as u32,
+                    size: row
+                        .try_get::<i64, _>("size")
+                        .map_err(Error::postgres)?
+                        .max(0) as u64,
+                    created_at: row.try_get("created_at").map_err(Error::postgres)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query("SELECT * FROM ops_tasks WHERE finished_at IS NULL ORDER BY id")
+            .fetch_all(self.pool())
+            .await
+            .map_err(Error::postgres)?;
+        rows_to_records(&rows)
+    }
+
+    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM ops_tasks \
+             WHERE ($1::text IS NULL OR tenant = $1) GROUP BY status",
+        )
+        .bind(tenant.map(|t| t.as_str()))
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::postgres)?;
+        let mut out = rows
+            .into_iter()
+            .map(|(s, n)| Ok((status(&s)?, n.max(0) as u64)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl HistoryWriter for PostgresHistory {
     async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -537,7 +732,7 @@ impl HistoryStore for PostgresHistory {
             tasks.push(c);
         }
 
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin().await.map_err(Error::postgres)?;
         for c in tasks {
             c.insert(&mut tx).await?;
         }
@@ -588,7 +783,8 @@ impl HistoryStore for PostgresHistory {
                 .bind(&check)
                 .bind(owner)
                 .fetch_all(&mut *tx)
-                .await?
+                .await
+                .map_err(Error::postgres)?
                 .into_iter()
                 .collect()
             };
@@ -641,7 +837,8 @@ impl HistoryStore for PostgresHistory {
                         .collect::<Vec<_>>(),
                 )
                 .fetch_all(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::postgres)?;
                 let mut inserted: HashSet<(Uuid, String)> = inserted.into_iter().collect();
                 // The first of duplicates in the batch is the one inserted.
                 for (o, event) in allowed {
@@ -672,137 +869,9 @@ impl HistoryStore for PostgresHistory {
 
         events.insert(&mut tx).await?;
         PostgresOutbox::append(&mut tx, &outbox_events).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::postgres)?;
         self.outbox.notify();
         Ok(applied)
-    }
-
-    async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
-        let row = sqlx::query("SELECT * FROM ops_tasks WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref().map(row_to_record).transpose()
-    }
-
-    async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
-        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-        // With labels, the ids are found first from the `ops_tasks_tenant` index alone
-        // (it carries status and labels, so the tenant's newest tasks are filtered
-        // without reading the table), then only the page's rows are read.
-        let by_labels = !query.labels.is_empty();
-        let mut qb = QueryBuilder::<Postgres>::new(if by_labels {
-            "SELECT t.* FROM ops_tasks t JOIN (SELECT id FROM ops_tasks t WHERE t.tenant = "
-        } else {
-            "SELECT * FROM ops_tasks t WHERE t.tenant = "
-        });
-        qb.push_bind(query.tenant.as_str());
-        match query.statuses.as_slice() {
-            [] => {}
-            [one] => {
-                qb.push(" AND t.status = ").push_bind(one.as_str());
-            }
-            many => {
-                qb.push(" AND t.status = ANY(")
-                    .push_bind(many.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-                    .push(")");
-            }
-        }
-        if let Some(template) = &query.template {
-            qb.push(" AND t.template = ").push_bind(template.as_str());
-        }
-        if let Some(after) = query.submitted_after {
-            qb.push(" AND t.submitted_at >= ").push_bind(after);
-        }
-        if let Some(before) = query.submitted_before {
-            qb.push(" AND t.submitted_at < ").push_bind(before);
-        }
-        if let Some(cursor) = &query.cursor {
-            let id = TaskId::from_str(cursor)
-                .map_err(|_| Error::Config(format!("invalid page cursor {cursor:?}")))?;
-            qb.push(" AND t.id < ").push_bind(id.as_uuid());
-        }
-        if by_labels {
-            qb.push(" AND t.labels @> ")
-                .push_bind(serde_json::to_string(&query.labels)?)
-                .push("::jsonb");
-        }
-        qb.push(" ORDER BY t.id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        if by_labels {
-            qb.push(") page ON t.id = page.id ORDER BY t.id DESC");
-        }
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        let mut tasks = rows_to_records(&rows)?;
-        let next_cursor = if tasks.len() > limit as usize {
-            tasks.truncate(limit as usize);
-            tasks.last().map(|t| t.id.to_string())
-        } else {
-            None
-        };
-        Ok(TaskPage { tasks, next_cursor })
-    }
-
-    async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT event FROM ops_task_events WHERE task_id = $1 ORDER BY seq")
-                .bind(id.as_uuid())
-                .fetch_all(self.pool())
-                .await?;
-        rows.iter()
-            .map(|json| Ok(serde_json::from_str(json)?))
-            .collect()
-    }
-
-    async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
-        let rows = sqlx::query(
-            "SELECT from_status, to_status, reason, at, event_id FROM ops_task_events \
-             WHERE task_id = $1 AND to_status IS NOT NULL ORDER BY seq",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let from: Option<String> = row.try_get("from_status")?;
-                let event_id: String = row.try_get("event_id")?;
-                Ok(TransitionRecord {
-                    from: from.as_deref().map(status).transpose()?,
-                    to: status(row.try_get("to_status")?)?,
-                    reason: reason(row.try_get("reason")?)?,
-                    at: row.try_get("at")?,
-                    event_id: EventId::from_str(&event_id).map_err(|e| corrupt("event id", e))?,
-                })
-            })
-            .collect()
-    }
-
-    async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
-        let rows = sqlx::query(
-            "SELECT path, attempt, size, created_at FROM ops_task_outputs WHERE task_id = $1 \
-             ORDER BY created_at, path",
-        )
-        .bind(id.as_uuid())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutputRecord {
-                    task_id: id,
-                    path: row.try_get("path")?,
-                    attempt: row.try_get::<i32, _>("attempt")?.max(0) as u32,
-                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query("SELECT * FROM ops_tasks WHERE finished_at IS NULL ORDER BY id")
-            .fetch_all(self.pool())
-            .await?;
-        rows_to_records(&rows)
     }
 
     async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
@@ -827,32 +896,26 @@ impl HistoryStore for PostgresHistory {
         .bind(cutoff)
         .bind(i64::from(batch.clamp(1, 10_000)))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         rows.sort_by_key(|r| (r.3, r.0));
         Ok(rows
             .into_iter()
-            .map(|(id, tenant, dir, _)| PrunedTask {
-                id: TaskId::from_uuid(id),
-                tenant: Tenant::new(tenant),
-                task_dir: dir.into(),
+            .map(|(id, tenant, dir, _)| {
+                Ok(PrunedTask {
+                    id: TaskId::from_uuid(id),
+                    tenant: Tenant::parse(tenant).map_err(|e| corrupt("tenant", e))?,
+                    task_dir: dir.into(),
+                })
             })
-            .collect())
+            .collect::<Result<Vec<_>>>()?)
     }
+}
 
-    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM ops_tasks \
-             WHERE ($1::text IS NULL OR tenant = $1) GROUP BY status",
-        )
-        .bind(tenant.map(|t| t.as_str()))
-        .fetch_all(self.pool())
-        .await?;
-        let mut out = rows
-            .into_iter()
-            .map(|(s, n)| Ok((status(&s)?, n.max(0) as u64)))
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|(s, _)| *s);
-        Ok(out)
+#[async_trait]
+impl Leases for PostgresHistory {
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
@@ -875,7 +938,8 @@ impl HistoryStore for PostgresHistory {
             .bind(ttl_micros(lease))
             .bind(force)
             .fetch_optional(self.pool())
-            .await?
+            .await
+            .map_err(Error::postgres)?
             .is_some();
             if taken {
                 return Ok(());
@@ -884,7 +948,8 @@ impl HistoryStore for PostgresHistory {
                 sqlx::query_scalar("SELECT expires_at FROM ops_coordinators WHERE owner = $1")
                     .bind(lease.owner.as_str())
                     .fetch_optional(self.pool())
-                    .await?;
+                    .await
+                    .map_err(Error::postgres)?;
             // Gone meanwhile (removed by a take-over): try again.
             if let Some(until) = until {
                 return Err(Error::LeaseHeld {
@@ -916,7 +981,8 @@ impl HistoryStore for PostgresHistory {
         .bind(lease.incarnation.as_str())
         .bind(ttl_micros(lease))
         .fetch_one(self.pool())
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         Ok(Renewal {
             alive,
             cancel_requested: cancel.into_iter().map(TaskId::from_uuid).collect(),
@@ -924,7 +990,7 @@ impl HistoryStore for PostgresHistory {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin().await.map_err(Error::postgres)?;
         let held = sqlx::query(
             "UPDATE ops_coordinators \
              SET expires_at = now() - interval '1 microsecond', heartbeat_at = now() \
@@ -933,7 +999,8 @@ impl HistoryStore for PostgresHistory {
         .bind(lease.owner.as_str())
         .bind(lease.incarnation.as_str())
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(Error::postgres)?
         .rows_affected()
             == 1;
         if held {
@@ -943,16 +1010,18 @@ impl HistoryStore for PostgresHistory {
             )))
             .bind(lease.owner.as_str())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::postgres)?;
             sqlx::query(
                 "DELETE FROM ops_coordinators WHERE owner = $1 \
                  AND NOT EXISTS (SELECT 1 FROM ops_tasks WHERE owner = $1)",
             )
             .bind(lease.owner.as_str())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::postgres)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::postgres)?;
         Ok(())
     }
 
@@ -976,14 +1045,15 @@ impl HistoryStore for PostgresHistory {
         .bind(lease.incarnation.as_str())
         .bind(i64::from(max))
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         let mut records = rows_to_records(&rows)?;
-        super::sort_queue_order(&mut records);
+        sort_queue_order(&mut records);
         Ok(records)
     }
 
     async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin().await.map_err(Error::postgres)?;
         let alive = sqlx::query(
             "SELECT 1 FROM ops_coordinators \
              WHERE owner = $1 AND incarnation = $2 AND expires_at > now()",
@@ -991,7 +1061,8 @@ impl HistoryStore for PostgresHistory {
         .bind(lease.owner.as_str())
         .bind(lease.incarnation.as_str())
         .fetch_optional(&mut *tx)
-        .await?
+        .await
+        .map_err(Error::postgres)?
         .is_some();
         if !alive {
             return Ok(Vec::new());
@@ -1014,7 +1085,8 @@ impl HistoryStore for PostgresHistory {
             .bind(lease.owner.as_str())
             .bind(i64::from(max))
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::postgres)?;
             records = rows_to_records(&rows)?;
         }
         sqlx::query(
@@ -1022,9 +1094,10 @@ impl HistoryStore for PostgresHistory {
              AND NOT EXISTS (SELECT 1 FROM ops_tasks t WHERE t.owner = c.owner)",
         )
         .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        super::sort_queue_order(&mut records);
+        .await
+        .map_err(Error::postgres)?;
+        tx.commit().await.map_err(Error::postgres)?;
+        sort_queue_order(&mut records);
         Ok(records)
     }
 
@@ -1034,7 +1107,8 @@ impl HistoryStore for PostgresHistory {
         )))
         .bind(owner)
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .map_err(Error::postgres)?;
         rows_to_records(&rows)
     }
 
@@ -1045,7 +1119,8 @@ impl HistoryStore for PostgresHistory {
         )))
         .bind(id.as_uuid())
         .execute(self.pool())
-        .await?
+        .await
+        .map_err(Error::postgres)?
         .rows_affected();
         Ok(done == 1)
     }

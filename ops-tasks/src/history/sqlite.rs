@@ -6,16 +6,19 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ops_core::{Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
+use ops_core::{Environment, Event, EventId, Reason, TaskId, TaskStatus, Tenant, Usage};
 use ops_events::sqlite::SqliteOutbox;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use super::sql::{
+    CLAIMABLE_SQL, FINAL_SQL, check_transitions, insert_owner, sort_queue_order, submit_statuses,
+    ttl_micros, with_outputs_first,
+};
 use super::{
-    CLAIMABLE_SQL, ChangeBatch, FINAL_SQL, HistoryStore, Lease, OutputRecord, PrunedTask, Renewal,
-    TaskPage, TaskQuery, TaskRecord, TransitionRecord, check_transitions, insert_owner,
-    submit_statuses, ttl_micros, with_outputs_first,
+    ChangeBatch, HistoryReader, HistoryWriter, Lease, Leases, OutputRecord, PrunedTask, Renewal,
+    TaskPage, TaskQuery, TaskRecord, TransitionRecord,
 };
 use crate::{Error, Result};
 
@@ -48,7 +51,10 @@ impl SqliteHistory {
         // The outbox keeps its own migrations in the same database.
         let mut migrator = sqlx::migrate!("./migrations/sqlite");
         migrator.set_ignore_missing(true);
-        migrator.run(outbox.pool()).await?;
+        migrator
+            .run(outbox.pool())
+            .await
+            .map_err(|e| Error::migrate("sqlite", e))?;
         Ok(Self {
             outbox,
             write_lock: Default::default(),
@@ -78,61 +84,78 @@ fn opt_micros(t: Option<DateTime<Utc>>) -> Option<i64> {
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store(sqlx::Error::Decode(
-        format!("stored {what} is invalid: {e}").into(),
-    ))
+    Error::Store {
+        source: ops_events::StoreError::classified(
+            "sqlite",
+            ops_core::ErrorKind::Internal,
+            false,
+            format!("stored {what} is invalid: {e}"),
+        ),
+    }
 }
 
 fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let reason: Option<String> = row.try_get("reason")?;
-    let labels: String = row.try_get("labels")?;
-    let parameters: String = row.try_get("parameters")?;
-    let spec: String = row.try_get("spec")?;
-    let retry: String = row.try_get("retry")?;
-    let run_handle: Option<String> = row.try_get("run_handle")?;
-    let wall: f64 = row.try_get("wall_secs")?;
-    let cpu: f64 = row.try_get("cpu_secs")?;
+    let id: String = row.try_get("id").map_err(Error::sqlite)?;
+    let status: String = row.try_get("status").map_err(Error::sqlite)?;
+    let reason: Option<String> = row.try_get("reason").map_err(Error::sqlite)?;
+    let labels: String = row.try_get("labels").map_err(Error::sqlite)?;
+    let parameters: String = row.try_get("parameters").map_err(Error::sqlite)?;
+    let spec: String = row.try_get("spec").map_err(Error::sqlite)?;
+    let retry: String = row.try_get("retry").map_err(Error::sqlite)?;
+    let run_handle: Option<String> = row.try_get("run_handle").map_err(Error::sqlite)?;
+    let wall: f64 = row.try_get("wall_secs").map_err(Error::sqlite)?;
+    let cpu: f64 = row.try_get("cpu_secs").map_err(Error::sqlite)?;
     let mut usage = Usage::new(
         std::time::Duration::from_secs_f64(wall.max(0.0)),
         std::time::Duration::from_secs_f64(cpu.max(0.0)),
-        row.try_get::<i64, _>("peak_memory")?.max(0) as u64,
+        row.try_get::<i64, _>("peak_memory")
+            .map_err(Error::sqlite)?
+            .max(0) as u64,
         0,
     );
-    usage.gpu_seconds = row.try_get("gpu_secs")?;
+    usage.gpu_seconds = row.try_get("gpu_secs").map_err(Error::sqlite)?;
     Ok(TaskRecord {
         id: TaskId::from_str(&id).map_err(|e| corrupt("task id", e))?,
-        tenant: Tenant::new(row.try_get::<String, _>("tenant")?),
-        environment: row.try_get::<String, _>("environment")?.into(),
-        template: row.try_get("template")?,
+        tenant: Tenant::parse(row.try_get::<String, _>("tenant").map_err(Error::sqlite)?)
+            .map_err(|e| corrupt("tenant", e))?,
+        environment: Environment::parse(
+            row.try_get::<String, _>("environment")
+                .map_err(Error::sqlite)?,
+        )
+        .map_err(|e| corrupt("environment", e))?,
+        template: row.try_get("template").map_err(Error::sqlite)?,
         status: TaskStatus::from_str(&status).map_err(|e| corrupt("status", e))?,
         reason: reason
             .map(|r| Reason::from_str(&r))
             .transpose()
             .map_err(|e| corrupt("reason", e))?,
-        message: row.try_get("message")?,
-        exit_code: row.try_get("exit_code")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get::<i64, _>("attempt")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        message: row.try_get("message").map_err(Error::sqlite)?,
+        exit_code: row.try_get("exit_code").map_err(Error::sqlite)?,
+        priority: row.try_get("priority").map_err(Error::sqlite)?,
+        attempt: row.try_get::<i64, _>("attempt").map_err(Error::sqlite)? as u32,
+        max_attempts: row
+            .try_get::<i64, _>("max_attempts")
+            .map_err(Error::sqlite)? as u32,
         labels: serde_json::from_str(&labels)?,
         parameters: serde_json::from_str(&parameters)?,
         spec: serde_json::from_str(&spec)?,
         retry: serde_json::from_str(&retry)?,
         run_handle: run_handle.map(|h| serde_json::from_str(&h)).transpose()?,
         usage,
-        submitted_at: from_micros(row.try_get("submitted_at")?),
+        submitted_at: from_micros(row.try_get("submitted_at").map_err(Error::sqlite)?),
         started_at: row
-            .try_get::<Option<i64>, _>("started_at")?
+            .try_get::<Option<i64>, _>("started_at")
+            .map_err(Error::sqlite)?
             .map(from_micros),
         finished_at: row
-            .try_get::<Option<i64>, _>("finished_at")?
+            .try_get::<Option<i64>, _>("finished_at")
+            .map_err(Error::sqlite)?
             .map(from_micros),
         not_before: row
-            .try_get::<Option<i64>, _>("not_before")?
+            .try_get::<Option<i64>, _>("not_before")
+            .map_err(Error::sqlite)?
             .map(from_micros),
-        owner: row.try_get("owner")?,
+        owner: row.try_get("owner").map_err(Error::sqlite)?,
     })
 }
 
@@ -247,13 +270,188 @@ async fn insert_event_rows(conn: &mut sqlx::SqliteConnection, rows: &[EventRow])
                 .push_bind(r.at)
                 .push_bind(r.json.as_str());
         });
-        qb.build().execute(&mut *conn).await?;
+        qb.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::sqlite)?;
     }
     Ok(())
 }
 
 #[async_trait]
-impl HistoryStore for SqliteHistory {
+impl HistoryReader for SqliteHistory {
+    async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await
+        .map_err(Error::sqlite)?;
+        row.as_ref().map(row_to_record).transpose()
+    }
+
+    async fn list(&self, tenant: &Tenant, query: &TaskQuery) -> Result<TaskPage> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks t WHERE t.tenant = "
+        ));
+        qb.push_bind(tenant.as_str());
+        if !query.statuses.is_empty() {
+            qb.push(" AND t.status IN (");
+            let mut sep = qb.separated(", ");
+            for s in &query.statuses {
+                sep.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some(template) = &query.template {
+            qb.push(" AND t.template = ").push_bind(template.as_str());
+        }
+        if let Some(after) = query.submitted_after {
+            qb.push(" AND t.submitted_at >= ").push_bind(micros(after));
+        }
+        if let Some(before) = query.submitted_before {
+            qb.push(" AND t.submitted_at < ").push_bind(micros(before));
+        }
+        if let Some(cursor) = &query.cursor {
+            let id = TaskId::from_str(cursor).map_err(|_| Error::InvalidCursor {
+                cursor: cursor.clone(),
+            })?;
+            qb.push(" AND t.id < ").push_bind(id.to_string());
+        }
+        for (k, v) in &query.labels {
+            qb.push(
+                " AND EXISTS (SELECT 1 FROM ops_task_labels l WHERE l.task_id = t.id AND l.key = ",
+            )
+            .push_bind(k.as_str())
+            .push(" AND l.value = ")
+            .push_bind(v.as_str())
+            .push(")");
+        }
+        qb.push(" ORDER BY t.id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = qb
+            .build()
+            .fetch_all(self.pool())
+            .await
+            .map_err(Error::sqlite)?;
+        let mut tasks = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if tasks.len() > limit as usize {
+            tasks.truncate(limit as usize);
+            tasks.last().map(|t| t.id.to_string())
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT event FROM ops_task_events WHERE task_id = ? ORDER BY seq")
+                .bind(id.to_string())
+                .fetch_all(self.pool())
+                .await
+                .map_err(Error::sqlite)?;
+        rows.into_iter()
+            .map(|(json,)| Ok(serde_json::from_str(&json)?))
+            .collect()
+    }
+
+    async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
+        let rows = sqlx::query(
+            "SELECT from_status, to_status, reason, at, event_id FROM ops_task_events \
+             WHERE task_id = ? AND to_status IS NOT NULL ORDER BY seq",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::sqlite)?;
+        rows.iter()
+            .map(|row| {
+                let from: Option<String> = row.try_get("from_status").map_err(Error::sqlite)?;
+                let to: String = row.try_get("to_status").map_err(Error::sqlite)?;
+                let reason: Option<String> = row.try_get("reason").map_err(Error::sqlite)?;
+                let event_id: String = row.try_get("event_id").map_err(Error::sqlite)?;
+                Ok(TransitionRecord {
+                    from: from
+                        .map(|s| TaskStatus::from_str(&s))
+                        .transpose()
+                        .map_err(|e| corrupt("status", e))?,
+                    to: TaskStatus::from_str(&to).map_err(|e| corrupt("status", e))?,
+                    reason: reason
+                        .map(|r| Reason::from_str(&r))
+                        .transpose()
+                        .map_err(|e| corrupt("reason", e))?,
+                    at: from_micros(row.try_get("at").map_err(Error::sqlite)?),
+                    event_id: EventId::from_str(&event_id).map_err(|e| corrupt("event id", e))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
+        let rows = sqlx::query(
+            "SELECT path, attempt, size, created_at FROM ops_task_outputs WHERE task_id = ? \
+             ORDER BY created_at, path",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::sqlite)?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutputRecord {
+                    task_id: id,
+                    path: row.try_get("path").map_err(Error::sqlite)?,
+                    attempt: row.try_get::<i64, _>("attempt").map_err(Error::sqlite)? as u32,
+                    size: row.try_get::<i64, _>("size").map_err(Error::sqlite)?.max(0) as u64,
+                    created_at: from_micros(row.try_get("created_at").map_err(Error::sqlite)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE finished_at IS NULL ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await
+        .map_err(Error::sqlite)?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
+        let rows: Vec<(String, i64)> = match tenant {
+            Some(t) => sqlx::query_as(
+                "SELECT status, COUNT(*) FROM ops_tasks WHERE tenant = ? GROUP BY status",
+            )
+            .bind(t.as_str())
+            .fetch_all(self.pool())
+            .await
+            .map_err(Error::sqlite)?,
+            None => sqlx::query_as("SELECT status, COUNT(*) FROM ops_tasks GROUP BY status")
+                .fetch_all(self.pool())
+                .await
+                .map_err(Error::sqlite)?,
+        };
+        let mut out = rows
+            .into_iter()
+            .map(|(s, n)| {
+                Ok((
+                    TaskStatus::from_str(&s).map_err(|e| corrupt("status", e))?,
+                    n.max(0) as u64,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl HistoryWriter for SqliteHistory {
     async fn commit(&self, batch: &ChangeBatch) -> Result<Vec<bool>> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -284,7 +482,11 @@ impl HistoryStore for SqliteHistory {
             .collect::<Result<Vec<_>>>()?;
 
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         for chunk in task_rows.chunks(INSERT_CHUNK) {
             let mut qb =
                 QueryBuilder::<Sqlite>::new(format!("INSERT INTO ops_tasks ({TASK_COLUMNS}) "));
@@ -316,7 +518,7 @@ impl HistoryStore for SqliteHistory {
                     .push_bind(now)
                     .push_bind(*owner);
             });
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut *tx).await.map_err(Error::sqlite)?;
         }
         for chunk in label_rows.chunks(INSERT_CHUNK) {
             let mut qb =
@@ -324,7 +526,7 @@ impl HistoryStore for SqliteHistory {
             qb.push_values(chunk, |mut b, (id, k, v)| {
                 b.push_bind(id.as_str()).push_bind(*k).push_bind(*v);
             });
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut *tx).await.map_err(Error::sqlite)?;
         }
 
         let mut applied = Vec::with_capacity(batch.transitions.len());
@@ -369,7 +571,8 @@ impl HistoryStore for SqliteHistory {
                 .bind(t.from.as_str())
                 .bind(owner)
                 .execute(&mut *tx)
-                .await?
+                .await
+                .map_err(Error::sqlite)?
                 .rows_affected()
                 == 1;
             if done {
@@ -406,7 +609,8 @@ impl HistoryStore for SqliteHistory {
                             .bind(output.task_id.to_string())
                             .bind(owner)
                             .fetch_optional(&mut *tx)
-                            .await?
+                            .await
+                            .map_err(Error::sqlite)?
                             .is_some();
                     owned.insert(output.task_id, allowed);
                     allowed
@@ -426,7 +630,8 @@ impl HistoryStore for SqliteHistory {
             .bind(output.size.min(i64::MAX as u64) as i64)
             .bind(micros(output.created_at))
             .execute(&mut *tx)
-            .await?
+            .await
+            .map_err(Error::sqlite)?
             .rows_affected();
             if inserted == 1 {
                 output_events.push((
@@ -445,146 +650,18 @@ impl HistoryStore for SqliteHistory {
 
         insert_event_rows(&mut tx, &event_rows).await?;
         SqliteOutbox::append(&mut tx, &outbox_events).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         self.outbox.notify();
         Ok(applied)
     }
 
-    async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE id = ?"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(row_to_record).transpose()
-    }
-
-    async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
-        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {TASK_COLUMNS} FROM ops_tasks t WHERE t.tenant = "
-        ));
-        qb.push_bind(query.tenant.as_str());
-        if !query.statuses.is_empty() {
-            qb.push(" AND t.status IN (");
-            let mut sep = qb.separated(", ");
-            for s in &query.statuses {
-                sep.push_bind(s.as_str());
-            }
-            qb.push(")");
-        }
-        if let Some(template) = &query.template {
-            qb.push(" AND t.template = ").push_bind(template.as_str());
-        }
-        if let Some(after) = query.submitted_after {
-            qb.push(" AND t.submitted_at >= ").push_bind(micros(after));
-        }
-        if let Some(before) = query.submitted_before {
-            qb.push(" AND t.submitted_at < ").push_bind(micros(before));
-        }
-        if let Some(cursor) = &query.cursor {
-            let id = TaskId::from_str(cursor)
-                .map_err(|_| Error::Config(format!("invalid page cursor {cursor:?}")))?;
-            qb.push(" AND t.id < ").push_bind(id.to_string());
-        }
-        for (k, v) in &query.labels {
-            qb.push(
-                " AND EXISTS (SELECT 1 FROM ops_task_labels l WHERE l.task_id = t.id AND l.key = ",
-            )
-            .push_bind(k.as_str())
-            .push(" AND l.value = ")
-            .push_bind(v.as_str())
-            .push(")");
-        }
-        qb.push(" ORDER BY t.id DESC LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = qb.build().fetch_all(self.pool()).await?;
-        let mut tasks = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
-        let next_cursor = if tasks.len() > limit as usize {
-            tasks.truncate(limit as usize);
-            tasks.last().map(|t| t.id.to_string())
-        } else {
-            None
-        };
-        Ok(TaskPage { tasks, next_cursor })
-    }
-
-    async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
-        let rows: Vec<(String,)> =
-            sqlx::query_as("SELECT event FROM ops_task_events WHERE task_id = ? ORDER BY seq")
-                .bind(id.to_string())
-                .fetch_all(self.pool())
-                .await?;
-        rows.into_iter()
-            .map(|(json,)| Ok(serde_json::from_str(&json)?))
-            .collect()
-    }
-
-    async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
-        let rows = sqlx::query(
-            "SELECT from_status, to_status, reason, at, event_id FROM ops_task_events \
-             WHERE task_id = ? AND to_status IS NOT NULL ORDER BY seq",
-        )
-        .bind(id.to_string())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let from: Option<String> = row.try_get("from_status")?;
-                let to: String = row.try_get("to_status")?;
-                let reason: Option<String> = row.try_get("reason")?;
-                let event_id: String = row.try_get("event_id")?;
-                Ok(TransitionRecord {
-                    from: from
-                        .map(|s| TaskStatus::from_str(&s))
-                        .transpose()
-                        .map_err(|e| corrupt("status", e))?,
-                    to: TaskStatus::from_str(&to).map_err(|e| corrupt("status", e))?,
-                    reason: reason
-                        .map(|r| Reason::from_str(&r))
-                        .transpose()
-                        .map_err(|e| corrupt("reason", e))?,
-                    at: from_micros(row.try_get("at")?),
-                    event_id: EventId::from_str(&event_id).map_err(|e| corrupt("event id", e))?,
-                })
-            })
-            .collect()
-    }
-
-    async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
-        let rows = sqlx::query(
-            "SELECT path, attempt, size, created_at FROM ops_task_outputs WHERE task_id = ? \
-             ORDER BY created_at, path",
-        )
-        .bind(id.to_string())
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutputRecord {
-                    task_id: id,
-                    path: row.try_get("path")?,
-                    attempt: row.try_get::<i64, _>("attempt")? as u32,
-                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                    created_at: from_micros(row.try_get("created_at")?),
-                })
-            })
-            .collect()
-    }
-
-    async fn unfinished(&self) -> Result<Vec<TaskRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM ops_tasks WHERE finished_at IS NULL ORDER BY id"
-        )))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(row_to_record).collect()
-    }
-
     async fn prune(&self, cutoff: DateTime<Utc>, batch: u32) -> Result<Vec<PrunedTask>> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
             "SELECT id, tenant, json_extract(spec, '$.task_dir') FROM ops_tasks \
              WHERE finished_at IS NOT NULL AND finished_at < ? ORDER BY finished_at LIMIT ?",
@@ -592,7 +669,8 @@ impl HistoryStore for SqliteHistory {
         .bind(micros(cutoff))
         .bind(i64::from(batch.clamp(1, 10_000)))
         .fetch_all(&mut *tx)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -608,59 +686,42 @@ impl HistoryStore for SqliteHistory {
                 sep.push_bind(id.as_str());
             }
             qb.push(")");
-            qb.build().execute(&mut *tx).await?;
+            qb.build().execute(&mut *tx).await.map_err(Error::sqlite)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         rows.into_iter()
             .map(|(id, tenant, dir)| {
                 Ok(PrunedTask {
                     id: TaskId::from_str(&id).map_err(|e| corrupt("task id", e))?,
-                    tenant: Tenant::new(tenant),
+                    tenant: Tenant::parse(tenant).map_err(|e| corrupt("tenant", e))?,
                     task_dir: dir.unwrap_or_default().into(),
                 })
             })
             .collect()
     }
+}
 
-    async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
-        let rows: Vec<(String, i64)> = match tenant {
-            Some(t) => {
-                sqlx::query_as(
-                    "SELECT status, COUNT(*) FROM ops_tasks WHERE tenant = ? GROUP BY status",
-                )
-                .bind(t.as_str())
-                .fetch_all(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query_as("SELECT status, COUNT(*) FROM ops_tasks GROUP BY status")
-                    .fetch_all(self.pool())
-                    .await?
-            }
-        };
-        let mut out = rows
-            .into_iter()
-            .map(|(s, n)| {
-                Ok((
-                    TaskStatus::from_str(&s).map_err(|e| corrupt("status", e))?,
-                    n.max(0) as u64,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        out.sort_by_key(|(s, _)| *s);
-        Ok(out)
+#[async_trait]
+impl Leases for SqliteHistory {
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn acquire_lease(&self, lease: &Lease, force: bool) -> Result<()> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let now = micros(Utc::now());
         let expires = now.saturating_add(ttl_micros(lease));
         let current: Option<(String, i64)> =
             sqlx::query_as("SELECT incarnation, expires_at FROM ops_coordinators WHERE owner = ?")
                 .bind(lease.owner.as_str())
                 .fetch_optional(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
         match current {
             None => {
                 sqlx::query(
@@ -674,7 +735,8 @@ impl HistoryStore for SqliteHistory {
                 .bind(now)
                 .bind(now)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
             }
             Some((incarnation, _)) if incarnation == lease.incarnation => {
                 sqlx::query(
@@ -684,7 +746,8 @@ impl HistoryStore for SqliteHistory {
                 .bind(now)
                 .bind(lease.owner.as_str())
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
             }
             Some((_, until)) if until > now && !force => {
                 return Err(Error::LeaseHeld {
@@ -703,16 +766,21 @@ impl HistoryStore for SqliteHistory {
                 .bind(now)
                 .bind(lease.owner.as_str())
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(Error::sqlite)?;
             }
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         Ok(())
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Renewal> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let now = micros(Utc::now());
         let alive = sqlx::query(
             "UPDATE ops_coordinators SET expires_at = ?, heartbeat_at = ? \
@@ -724,7 +792,8 @@ impl HistoryStore for SqliteHistory {
         .bind(lease.incarnation.as_str())
         .bind(now)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(Error::sqlite)?
         .rows_affected()
             == 1;
         let mut renewal = Renewal {
@@ -738,19 +807,24 @@ impl HistoryStore for SqliteHistory {
             )))
             .bind(lease.owner.as_str())
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
             renewal.cancel_requested = ids
                 .into_iter()
                 .map(|(id,)| TaskId::from_str(&id).map_err(|e| corrupt("task id", e)))
                 .collect::<Result<_>>()?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         Ok(renewal)
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<()> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let now = micros(Utc::now());
         let held = sqlx::query(
             "UPDATE ops_coordinators SET expires_at = ?, heartbeat_at = ? \
@@ -761,7 +835,8 @@ impl HistoryStore for SqliteHistory {
         .bind(lease.owner.as_str())
         .bind(lease.incarnation.as_str())
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(Error::sqlite)?
         .rows_affected()
             == 1;
         if held {
@@ -772,7 +847,8 @@ impl HistoryStore for SqliteHistory {
             .bind(now)
             .bind(lease.owner.as_str())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
             sqlx::query(
                 "DELETE FROM ops_coordinators WHERE owner = ? AND NOT EXISTS \
                  (SELECT 1 FROM ops_tasks WHERE owner = ?)",
@@ -780,9 +856,10 @@ impl HistoryStore for SqliteHistory {
             .bind(lease.owner.as_str())
             .bind(lease.owner.as_str())
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(Error::sqlite)?;
         Ok(())
     }
 
@@ -791,7 +868,11 @@ impl HistoryStore for SqliteHistory {
             return Ok(Vec::new());
         }
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let now = micros(Utc::now());
         if !lease_alive(&mut tx, lease, now).await? {
             return Ok(Vec::new());
@@ -807,16 +888,21 @@ impl HistoryStore for SqliteHistory {
         .bind(now)
         .bind(i64::from(max))
         .fetch_all(&mut *tx)
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         let mut records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
-        tx.commit().await?;
-        super::sort_queue_order(&mut records);
+        tx.commit().await.map_err(Error::sqlite)?;
+        sort_queue_order(&mut records);
         Ok(records)
     }
 
     async fn take_over(&self, lease: &Lease, max: u32) -> Result<Vec<TaskRecord>> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::sqlite)?;
         let now = micros(Utc::now());
         if !lease_alive(&mut tx, lease, now).await? {
             return Ok(Vec::new());
@@ -839,7 +925,8 @@ impl HistoryStore for SqliteHistory {
             .bind(now)
             .bind(i64::from(max))
             .fetch_all(&mut *tx)
-            .await?;
+            .await
+            .map_err(Error::sqlite)?;
             records = rows.iter().map(row_to_record).collect::<Result<Vec<_>>>()?;
         }
         sqlx::query(
@@ -848,9 +935,10 @@ impl HistoryStore for SqliteHistory {
         )
         .bind(now)
         .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        super::sort_queue_order(&mut records);
+        .await
+        .map_err(Error::sqlite)?;
+        tx.commit().await.map_err(Error::sqlite)?;
+        sort_queue_order(&mut records);
         Ok(records)
     }
 
@@ -861,7 +949,8 @@ impl HistoryStore for SqliteHistory {
         )))
         .bind(owner)
         .fetch_all(self.pool())
-        .await?;
+        .await
+        .map_err(Error::sqlite)?;
         rows.iter().map(row_to_record).collect()
     }
 
@@ -873,7 +962,8 @@ impl HistoryStore for SqliteHistory {
         )))
         .bind(id.to_string())
         .execute(self.pool())
-        .await?
+        .await
+        .map_err(Error::sqlite)?
         .rows_affected();
         Ok(done == 1)
     }
@@ -888,6 +978,7 @@ async fn lease_alive(conn: &mut sqlx::SqliteConnection, lease: &Lease, now: i64)
     .bind(lease.incarnation.as_str())
     .bind(now)
     .fetch_optional(conn)
-    .await?
+    .await
+    .map_err(Error::sqlite)?
     .is_some())
 }

@@ -1,14 +1,14 @@
 //! Per-template statistics over task history: how many tasks ended how, how long they
 //! waited for capacity and ran, and what they consumed.
 //!
-//! [`aggregate`] computes them from records; [`HistoryStore::stats`](super::HistoryStore::stats)
+//! [`aggregate`] computes them from records; [`HistoryReader::stats`](super::HistoryReader::stats)
 //! pages through a store and aggregates.
 //!
 //! ```
 //! use ops_tasks::history::{StatsQuery, aggregate};
 //!
-//! let query = StatsQuery::tenant("acme").since(chrono::Utc::now() - chrono::Duration::days(7));
-//! assert_eq!(query.tenant.as_ref().map(|t| t.as_str()), Some("acme"));
+//! let query = StatsQuery::new().since(chrono::Utc::now() - chrono::Duration::days(7));
+//! assert!(query.since.is_some());
 //! assert!(aggregate([]).is_empty());
 //! ```
 
@@ -21,17 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use super::TaskRecord;
 
-/// Which tasks [`HistoryStore::stats`](super::HistoryStore::stats) aggregates: those
-/// submitted in `[since, until)`.
+/// Which of a tenant's tasks [`HistoryReader::stats`](super::HistoryReader::stats)
+/// aggregates: those submitted in `[since, until)`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StatsQuery {
-    /// Whose tasks. `None` asks for every tenant, which only stores that override
-    /// `stats` answer: the provided implementation pages through
-    /// [`HistoryStore::list`](super::HistoryStore::list), which is per tenant, and
-    /// refuses it.
-    #[serde(default)]
-    pub tenant: Option<Tenant>,
     /// Submitted at or after.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
@@ -41,12 +36,9 @@ pub struct StatsQuery {
 }
 
 impl StatsQuery {
-    /// Every task of `tenant`.
-    pub fn tenant(tenant: impl Into<Tenant>) -> Self {
-        Self {
-            tenant: Some(tenant.into()),
-            ..Self::default()
-        }
+    /// Every task (of the tenant it runs for).
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Only tasks submitted at or after `since`.
@@ -246,7 +238,7 @@ mod tests {
         };
         TaskRecord {
             id: TaskId::new(),
-            tenant: Tenant::new(tenant),
+            tenant: Tenant::parse(tenant).unwrap(),
             environment: Environment::default(),
             template: template.to_owned(),
             status,
@@ -258,7 +250,11 @@ mod tests {
             max_attempts: 1,
             labels: Labels::new(),
             parameters: serde_json::Value::Null,
-            spec: LaunchSpec::new(Tenant::new(tenant), vec!["true".into()], PathBuf::new()),
+            spec: LaunchSpec::new(
+                Tenant::parse(tenant).unwrap(),
+                vec!["true".into()],
+                PathBuf::new(),
+            ),
             retry: RetryPolicy::default(),
             run_handle: None,
             usage: Usage::new(secs(run.unwrap_or(0) as u64), secs(1), 100, 1),

@@ -150,8 +150,8 @@ pub use pod::{GPU_PRODUCT_LABEL, GPU_RESOURCE, TASK_MOUNT};
 use crate::executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };
-use crate::local::outputs::{OutputScanner, build_globs};
-use crate::local::{OPS_DIR, log_path};
+use crate::taskdir::{OPS_DIR, log_path};
+use crate::taskdir::{OutputScanner, build_globs};
 use crate::{Denied, Error, Result};
 use status::Observed;
 
@@ -425,10 +425,7 @@ impl KubeExecutor {
     pub async fn connect(config: KubeExecutorConfig) -> Result<Self> {
         let problems = config.problems();
         if !problems.is_empty() {
-            return Err(Error::Config(format!(
-                "Kubernetes executor: {}",
-                problems.join("; ")
-            )));
+            return Err(Error::InvalidConfig { problems });
         }
         let kube_config = load_config(&config).await?;
         let server = kube_config.cluster_url.to_string();
@@ -447,10 +444,7 @@ impl KubeExecutor {
     ) -> Result<Self> {
         let problems = config.problems();
         if !problems.is_empty() {
-            return Err(Error::Config(format!(
-                "Kubernetes executor: {}",
-                problems.join("; ")
-            )));
+            return Err(Error::InvalidConfig { problems });
         }
         match tokio::time::timeout(config.connect_timeout, client.apiserver_version()).await {
             Ok(Ok(v)) => {
@@ -534,18 +528,22 @@ async fn load_config(config: &KubeExecutorConfig) -> Result<kube::Config> {
     match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))?;
+                .map_err(|e| Error::config("kubeconfig", format!("{}: {e}", path.display())))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", path.display())))
+                .map_err(|e| Error::config("kubeconfig", format!("{}: {e}", path.display())))
         }
         None if config.context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| Error::Config(format!("kubeconfig: {e}"))),
+            .map_err(|e| Error::config("kubeconfig", e)),
         None => kube::Config::infer().await.map_err(|e| {
-            Error::Config(format!(
-                "no Kubernetes configuration found ($KUBECONFIG, ~/.kube/config or in-cluster): {e}"
-            ))
+            Error::config(
+                "kubeconfig",
+                format!(
+                    "no Kubernetes configuration found ($KUBECONFIG, ~/.kube/config or \
+                     in-cluster): {e}"
+                ),
+            )
         }),
     }
 }

@@ -555,7 +555,7 @@ mod tests {
 
     fn spec() -> LaunchSpec {
         let mut spec = LaunchSpec::new(
-            Tenant::new("acme"),
+            Tenant::parse("acme").unwrap(),
             vec![
                 "render".into(),
                 "--fast".into(),
@@ -675,7 +675,7 @@ mod tests {
                 .contains("no container image")
         );
         let mut s = spec();
-        s.environment = ops_core::Environment::new("staging");
+        s.environment = ops_core::Environment::parse("staging").unwrap();
         assert!(
             task_pod(&config(), &s, "ns", &["a".into()])
                 .unwrap_err()

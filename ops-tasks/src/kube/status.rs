@@ -9,7 +9,7 @@ use ops_core::{Reason, Usage};
 
 use super::names;
 use crate::executor::Outcome;
-use crate::local::shell_status_signal;
+use crate::taskdir::status_signal as shell_status_signal;
 
 /// What one observation of the pod means.
 #[derive(Clone, Debug, PartialEq)]

@@ -54,8 +54,12 @@ impl CgroupRoots {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         match requested {
             CgroupMode::None => Ok(Self::none()),
-            CgroupMode::V1 => detect_v1(&mounts, &own, &parent).map_err(Error::Config),
-            CgroupMode::V2 => detect_v2(&mounts, &own, &parent).map_err(Error::Config),
+            CgroupMode::V1 => {
+                detect_v1(&mounts, &own, &parent).map_err(|e| Error::config("cgroups", e))
+            }
+            CgroupMode::V2 => {
+                detect_v2(&mounts, &own, &parent).map_err(|e| Error::config("cgroups", e))
+            }
             CgroupMode::Auto => {
                 let v2 = detect_v2(&mounts, &own, &parent);
                 if let Ok(found) = v2 {
@@ -369,7 +373,7 @@ fn read_pids(path: &Path) -> BTreeSet<i32> {
 
 /// `cgroup_parent` must be a plain path: no `..`, not empty.
 fn check_parent(parent: &str) -> Result<PathBuf> {
-    let bad = |why: &str| Error::Config(format!("cgroup_parent {parent:?}: {why}"));
+    let bad = |why: &str| Error::config("cgroup_parent", format!("{parent:?}: {why}"));
     let path = Path::new(parent);
     let mut out = PathBuf::new();
     for c in path.components() {

@@ -10,7 +10,8 @@
 //!   with GPUs, `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` naming the attempt's GPUs
 //!   (empty/`none` when it has none). Standard input is `/dev/null`; standard output
 //!   and error are appended to `task_dir/.ops/stdout.log` and `.ops/stderr.log`
-//!   ([`Executor::log_path`]); [`follow_log`] streams them live.
+//!   ([`Executor::log_path`]); [`follow_log`](crate::taskdir::follow_log) streams them live (the
+//!   [task-directory protocol](crate::taskdir)).
 //! - **The wrapper.** The program is found on `PATH` first (so a missing program is a
 //!   `Finished` update with reason `CommandNotFound` naming it), then started under a
 //!   fixed `/bin/sh` script (the wrapper) in a new process group. The wrapper writes its
@@ -99,13 +100,10 @@
 mod cgroup;
 mod config;
 mod gpu;
-mod logs;
-pub(crate) mod outputs;
 mod process;
 mod usage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -121,22 +119,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use config::{CgroupMode, GpuDevice, LocalExecutorConfig};
-pub use logs::follow_log;
-pub(crate) use process::shell_status_signal;
 
 use cgroup::{CgroupRoots, Limits, TaskCgroup};
 use gpu::GpuPool;
-use outputs::OutputScanner;
-use process::{ExitRecord, Program};
+use process::Program;
 use usage::ProcMeter;
 
 use crate::executor::{
     Executor, ExecutorUpdate, LaunchSpec, LogStream, Outcome, Reattached, RunHandle,
 };
-use crate::{Error, Result, paths};
+use crate::taskdir::{self, ExitRecord, OPS_DIR, OutputScanner, log_path, open_append};
+use crate::{Error, Result};
 
-/// The executor's directory inside each task directory (logs, exit records).
-pub(crate) const OPS_DIR: &str = ".ops";
 /// [`Executor::name`] of this executor.
 const NAME: &str = "local";
 /// How long leftover processes may take to disappear after SIGKILL.
@@ -212,30 +206,30 @@ impl LocalExecutor {
     /// An executor with `config`: detects cgroups, GPUs and capacity. Fails when an
     /// explicitly requested cgroup mode is unusable or the configuration is invalid.
     pub fn new(config: LocalExecutorConfig) -> Result<Self> {
+        let mut problems = Vec::new();
         if config.poll_interval < Duration::from_millis(10) {
-            return Err(Error::Config(format!(
-                "poll_interval {:?} is too short (at least 10ms)",
+            problems.push(format!(
+                "poll_interval: {:?} is too short (at least 10ms)",
                 config.poll_interval
-            )));
+            ));
         }
         let devices = match &config.gpus {
             Some(list) => {
                 let mut seen = BTreeSet::new();
-                for d in list {
+                for (i, d) in list.iter().enumerate() {
                     if d.index.is_none() && d.uuid.is_none() {
-                        return Err(Error::Config(format!(
-                            "GPU {:?} needs an index or a uuid",
-                            d.name
-                        )));
-                    }
-                    if !seen.insert(d.id()) {
-                        return Err(Error::Config(format!("GPU {} is listed twice", d.id())));
+                        problems.push(format!("gpus[{i}]: {:?} needs an index or a uuid", d.name));
+                    } else if !seen.insert(d.id()) {
+                        problems.push(format!("gpus[{i}]: GPU {} is listed twice", d.id()));
                     }
                 }
                 list.clone()
             }
             None => gpu::detect(),
         };
+        if !problems.is_empty() {
+            return Err(Error::InvalidConfig { problems });
+        }
         let cgroups = CgroupRoots::detect(config.cgroups, &config.cgroup_parent)?;
         let capacity = match &config.capacity {
             Some(c) => c.clone(),
@@ -377,16 +371,6 @@ fn detect_capacity(gpus: &[GpuDevice]) -> Resources {
     Resources::new(cpus * 1000, memory).with_gpus(gpus.len() as u32, model)
 }
 
-/// Opens a file for appending without following a symlink planted by a task.
-pub(crate) fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-}
-
 fn executor_error(message: impl Into<String>) -> Error {
     Error::Executor {
         executor: NAME.to_owned(),
@@ -395,7 +379,7 @@ fn executor_error(message: impl Into<String>) -> Error {
 }
 
 fn exit_file(task_dir: &Path, attempt: u32) -> PathBuf {
-    task_dir.join(OPS_DIR).join(format!("exit-{attempt}"))
+    taskdir::exit_path(task_dir, attempt)
 }
 
 fn finished(key: Key, outcome: Outcome) -> ExecutorUpdate {
@@ -433,7 +417,7 @@ impl Executor for LocalExecutor {
                 key.0, key.1
             )));
         }
-        let globs = outputs::build_globs(&spec.output_globs)?;
+        let globs = taskdir::build_globs(&spec.output_globs)?;
 
         // Directories: the task's, `.ops/` (never through a symlink), the working one.
         std::fs::create_dir_all(&spec.task_dir).map_err(|e| Error::io(&spec.task_dir, e))?;
@@ -441,11 +425,11 @@ impl Executor for LocalExecutor {
             .task_dir
             .canonicalize()
             .map_err(|e| Error::io(&spec.task_dir, e))?;
-        let ops_dir = paths::resolve_within(&task_dir, Path::new(OPS_DIR))?;
+        let ops_dir = taskdir::resolve_within(&task_dir, Path::new(OPS_DIR))?;
         std::fs::create_dir_all(&ops_dir).map_err(|e| Error::io(&ops_dir, e))?;
         let cwd = match &spec.workdir {
             Some(w) => {
-                let dir = paths::resolve_within(&task_dir, w)?;
+                let dir = taskdir::resolve_within(&task_dir, w)?;
                 std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                 dir
             }
@@ -696,7 +680,7 @@ impl Executor for LocalExecutor {
         let scanner = if spec.output_globs.is_empty() {
             None
         } else {
-            let globs = outputs::build_globs(&spec.output_globs)?;
+            let globs = taskdir::build_globs(&spec.output_globs)?;
             OutputScanner::new(&detail.task_dir, key.1, globs, true).ok()
         };
         // How long ago it started, on the monotonic clock.
@@ -730,15 +714,6 @@ impl Executor for LocalExecutor {
     fn log_path(&self, spec_task_dir: &Path, stream: LogStream) -> PathBuf {
         log_path(spec_task_dir, stream)
     }
-}
-
-/// Where the local executor writes a stream of the task in `task_dir`.
-pub(crate) fn log_path(task_dir: &Path, stream: LogStream) -> PathBuf {
-    let file = match stream {
-        LogStream::Stdout => "stdout.log",
-        LogStream::Stderr => "stderr.log",
-    };
-    task_dir.join(OPS_DIR).join(file)
 }
 
 fn check_handle(handle: &RunHandle) -> Result<()> {
@@ -1107,7 +1082,7 @@ impl Attempt {
         }
         let record = std::fs::read_to_string(&exit_path)
             .ok()
-            .and_then(|t| process::parse_exit_file(&t));
+            .and_then(|t| ExitRecord::parse(&t));
 
         // Wall time: from start to the end of the main process (for an attempt that
         // ended while detached, the time its exit was recorded).
@@ -1171,7 +1146,7 @@ fn classify(
         );
     }
     // The shell reports a program killed by signal N as 128 + N.
-    let from_shell = |code: i32| match process::shell_status_signal(code) {
+    let from_shell = |code: i32| match taskdir::status_signal(code) {
         Some(sig) => (None, Some(sig)),
         None => (Some(code), None),
     };

@@ -496,7 +496,8 @@ mod tests {
         let groups = [
             NodeGroup::new(2, Resources::new(8000, 32 << 30)),
             NodeGroup::new(1, gpu_node("NVIDIA H100 80GB")),
-            NodeGroup::new(1, gpu_node("NVIDIA A100")).pool("training"),
+            NodeGroup::new(1, gpu_node("NVIDIA A100"))
+                .pool(ops_core::Environment::parse("training").unwrap()),
         ];
         let mut c = SimCluster::new(&groups);
         assert_eq!(c.node_count(), 4);
@@ -511,13 +512,13 @@ mod tests {
         assert_eq!(c.place(None, &h100, None), Some(NodeId(2)));
         assert_eq!(c.place(None, &h100, Some("a100")), None);
         assert!(!c.fits_anywhere(None, &h100, Some("a100")));
-        let training = Environment::new("training");
+        let training = Environment::parse("training").unwrap();
         assert_eq!(
             c.place(Some(&training), &h100, Some("A100")),
             Some(NodeId(3))
         );
         // Unknown segments use the shared nodes.
-        let other = Environment::new("other");
+        let other = Environment::parse("other").unwrap();
         let id = TaskId::new();
         let big = Resources::new(24_000, 1 << 30);
         assert_eq!(

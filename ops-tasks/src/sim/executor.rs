@@ -137,7 +137,7 @@ struct HandleDetail {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let nodes = vec![NodeGroup::new(10, Resources::new(8000, 32 << 30))];
 /// let sim = SimExecutor::new(SimExecutorConfig::new(nodes).speedup(3600.0))?;
-/// let mut spec = LaunchSpec::new(Tenant::new("acme"), vec!["train".into()], "/tmp/unused");
+/// let mut spec = LaunchSpec::new(Tenant::parse("acme").unwrap(), vec!["train".into()], "/tmp/unused");
 /// spec.env.insert("OPS_SIM_DURATION".into(), "1h".into());
 /// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
 /// sim.launch(spec, tx).await?;
@@ -236,10 +236,7 @@ impl SimExecutor {
             }
         }
         if !problems.is_empty() {
-            return Err(Error::Config(format!(
-                "simulation executor: {}",
-                problems.join("; ")
-            )));
+            return Err(Error::InvalidConfig { problems });
         }
         let cluster = SimCluster::new(&config.nodes);
         let capacity = cluster.capacity();
@@ -693,7 +690,7 @@ impl Executor for SimExecutor {
     }
 
     fn log_path(&self, spec_task_dir: &Path, stream: LogStream) -> PathBuf {
-        crate::local::log_path(spec_task_dir, stream)
+        crate::taskdir::log_path(spec_task_dir, stream)
     }
 }
 
@@ -704,7 +701,11 @@ mod tests {
     use super::*;
 
     fn spec(duration: &str) -> LaunchSpec {
-        let mut s = LaunchSpec::new(Tenant::new("t"), vec!["x".into()], "/nonexistent");
+        let mut s = LaunchSpec::new(
+            Tenant::parse("t").unwrap(),
+            vec!["x".into()],
+            "/nonexistent",
+        );
         s.env.insert(DURATION_VAR.into(), duration.into());
         s.resources = Resources::new(1000, 1 << 30);
         s

@@ -48,10 +48,10 @@ pub struct SimTask {
 
 impl SimTask {
     /// A task of `tenant` in the `default` environment, arriving at 0, priority 0.
-    pub fn new(tenant: impl Into<Tenant>, resources: Resources, duration: Duration) -> Self {
+    pub fn new(tenant: Tenant, resources: Resources, duration: Duration) -> Self {
         Self {
             arrival: Duration::ZERO,
-            tenant: tenant.into(),
+            tenant,
             environment: Environment::default(),
             priority: 0,
             resources,
@@ -67,8 +67,8 @@ impl SimTask {
     }
 
     /// Sets [`environment`](Self::environment).
-    pub fn environment(mut self, environment: impl Into<Environment>) -> Self {
-        self.environment = environment.into();
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
         self
     }
 
@@ -496,7 +496,7 @@ pub struct Simulation {
 
 impl Simulation {
     /// Checks the scenario (admission configuration against the nodes, pass interval,
-    /// workload), listing every problem in one [`Error::Config`].
+    /// workload), listing every problem in one [`Error::InvalidConfig`].
     pub fn new(scenario: Scenario) -> Result<Self> {
         let mut problems = Vec::new();
         if scenario.nodes.iter().all(|g| g.count == 0) {
@@ -513,8 +513,8 @@ impl Simulation {
         }
         let policy = match AdmissionPolicy::new(scenario.admission.clone(), &scenario.nodes) {
             Ok(p) => Some(p),
-            Err(Error::Config(m)) => {
-                problems.push(format!("admission: {m}"));
+            Err(Error::InvalidConfig { problems: found }) => {
+                problems.extend(found);
                 None
             }
             Err(e) => {
@@ -527,7 +527,12 @@ impl Simulation {
                 scenario,
                 policy: Arc::new(policy),
             }),
-            _ => Err(Error::Config(format!("scenario: {}", problems.join("; ")))),
+            _ => Err(Error::InvalidConfig {
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("scenario: {p}"))
+                    .collect(),
+            }),
         }
     }
 
@@ -751,7 +756,11 @@ impl<'a> Run<'a> {
         let seg_names: Vec<String> = segments.iter().map(|(n, _)| n.clone()).collect();
         let seg_envs = seg_names
             .iter()
-            .map(|n| (n != "*").then(|| Environment::new(n.clone())))
+            .map(|n| {
+                (n != "*")
+                    .then(|| Environment::parse(n.as_str()).ok())
+                    .flatten()
+            })
             .collect();
         let seg_cap = segments.iter().map(|(_, r)| Amount::of(r)).collect();
         let models = policy.gpu_models().to_vec();
@@ -1515,7 +1524,7 @@ mod tests {
         // Two nodes, four one-node tasks of 10 minutes: two wait 10 minutes.
         let tasks = (0..4).map(|_| {
             SimTask::new(
-                "acme",
+                Tenant::parse("acme").unwrap(),
                 Resources::new(4000, 1 << 30),
                 Duration::from_secs(600),
             )
@@ -1541,14 +1550,14 @@ mod tests {
         config.scavenger.grace = grace;
         let scav = (0..2).map(|_| {
             SimTask::new(
-                "batch",
+                Tenant::parse("batch").unwrap(),
                 Resources::new(4000, 1 << 30),
                 Duration::from_secs(3600),
             )
             .scavenger(true)
         });
         let real = SimTask::new(
-            "acme",
+            Tenant::parse("acme").unwrap(),
             Resources::new(4000, 1 << 30),
             Duration::from_secs(60),
         )

@@ -250,6 +250,12 @@ impl Workload {
             out.push("workload: no templates".to_owned());
         }
         for t in &self.tenants {
+            if let Err(e) = Tenant::parse(t.name.as_str()) {
+                out.push(format!("workload: tenant {:?}: {e}", t.name));
+            }
+            if let Err(e) = Environment::parse(t.environment.as_str()) {
+                out.push(format!("workload: tenant {:?}: {e}", t.name));
+            }
             if !self
                 .templates
                 .iter()
@@ -262,6 +268,9 @@ impl Workload {
             }
         }
         for p in &self.templates {
+            if let Some(Err(e)) = p.environment.as_deref().map(Environment::parse) {
+                out.push(format!("workload: template {:?}: {e}", p.name));
+            }
             if !(p.jitter.is_finite() && (0.0..=1.0).contains(&p.jitter)) {
                 out.push(format!(
                     "workload: template {:?}: jitter must be between 0 and 1",
@@ -315,14 +324,18 @@ impl Workload {
             let factor = 1.0 + p.jitter.clamp(0.0, 1.0) * (2.0 * rng.next_f64() - 1.0);
             let duration =
                 Duration::try_from_secs_f64(p.duration.as_secs_f64() * factor).unwrap_or_default();
+            let environment = p.environment.as_ref().unwrap_or(&tenant.environment);
+            // Names that break the rule are listed by `problems`; their tasks are skipped.
+            let (Ok(tenant), Ok(environment)) = (
+                Tenant::parse(tenant.name.as_str()),
+                Environment::parse(environment.as_str()),
+            ) else {
+                continue;
+            };
             out.push(SimTask {
                 arrival: Duration::try_from_secs_f64(at).unwrap_or_default(),
-                tenant: Tenant::new(tenant.name.clone()),
-                environment: Environment::new(
-                    p.environment
-                        .clone()
-                        .unwrap_or_else(|| tenant.environment.clone()),
-                ),
+                tenant,
+                environment,
                 priority: p.priority,
                 resources: p.resources.clone(),
                 scavenger: p.scavenger,

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ops_core::Environment;
 use serde::{Deserialize, Serialize};
 
 /// Settings of the [`Tasks`](super::Tasks) facade, loadable from a config file.
@@ -13,7 +14,7 @@ pub struct TasksConfig {
     /// The CloudEvents `source` of task events.
     pub source: String,
     /// Environment of tasks submitted without one.
-    pub default_environment: String,
+    pub default_environment: Environment,
     /// At most this many tasks run at once (besides the capacity limit); 0 = no limit.
     pub max_running: usize,
     /// Upper bound on tasks launched or finished per coordinator round (one transaction).
@@ -32,7 +33,7 @@ impl Default for TasksConfig {
         Self {
             root: PathBuf::from("ops-data/tasks"),
             source: "ops://local/tasks".to_owned(),
-            default_environment: "default".to_owned(),
+            default_environment: Environment::default(),
             max_running: 0,
             batch_size: 512,
             retention: None,
@@ -83,7 +84,7 @@ impl Default for CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Checks the timings; every problem is listed.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(id) = &self.id
             && (id.is_empty() || id.len() > 200)
@@ -105,11 +106,7 @@ impl CoordinatorConfig {
         if self.poll.is_zero() {
             problems.push("coordinator.poll: must be above zero".to_owned());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
+        problems
     }
 }
 

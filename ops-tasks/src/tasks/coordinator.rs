@@ -815,7 +815,8 @@ impl Coordinator {
                     // Borrowed capacity of another environment: run in its pool.
                     record.spec.node_pool = (admitted.segment != crate::admission::SHARED_SEGMENT
                         && admitted.segment != record.environment.as_str())
-                    .then(|| ops_core::Environment::new(admitted.segment.clone()));
+                    .then(|| ops_core::Environment::parse(admitted.segment.as_str()).ok())
+                    .flatten();
                     launches.push(record);
                 }
                 None => {

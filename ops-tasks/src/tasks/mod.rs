@@ -1,5 +1,6 @@
-//! The [`Tasks`] facade: submit, get, list, cancel, logs and watch — everything a
-//! platform's API layer needs, with tenant isolation built in.
+//! The [`Tasks`] service: a [`TenantTasks`] handle per tenant (submit, get, list,
+//! cancel, logs, watch — everything a platform's API layer needs, each call scoped to
+//! that tenant) and an [`Admin`] handle for operators.
 
 mod config;
 mod coordinator;
@@ -23,18 +24,19 @@ pub use config::{CoordinatorConfig, RetentionPolicy, TasksConfig};
 use crate::admission::{AdmissionPolicy, BudgetGate, QueueInfo, Request, TenantUsage, WaitReason};
 use crate::history::{
     ChangeBatch, HistoryStore, Lease, OutputRecord, TaskPage, TaskQuery, TaskRecord, Transition,
+    TransitionRecord,
 };
 use crate::history::{StatsQuery, TemplateStats};
 use crate::template::Catalogue;
 use crate::{Error, Executor, LaunchSpec, LogStream, Result};
 use coordinator::{Command, Coordinator};
 
-/// A request to run a task from a template.
+/// A request to run a task from a template. Who submits is not part of it: a request
+/// is submitted through the submitting tenant's handle ([`Tasks::tenant`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SubmitRequest {
-    /// Who submits (the platform's authenticated customer).
-    pub tenant: Tenant,
     /// Template name in the catalogue.
     pub template: String,
     /// Parameters, checked against the template's JSON Schema.
@@ -52,10 +54,9 @@ pub struct SubmitRequest {
 }
 
 impl SubmitRequest {
-    /// A request for `template` on behalf of `tenant`, with no parameters.
-    pub fn new(tenant: impl Into<Tenant>, template: impl Into<String>) -> Self {
+    /// A request for `template`, with no parameters.
+    pub fn new(template: impl Into<String>) -> Self {
         Self {
-            tenant: tenant.into(),
             template: template.into(),
             parameters: serde_json::Value::Object(Default::default()),
             environment: None,
@@ -74,8 +75,8 @@ impl SubmitRequest {
         self
     }
     /// Sets the environment.
-    pub fn environment(mut self, environment: impl Into<Environment>) -> Self {
-        self.environment = Some(environment.into());
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
         self
     }
     /// Overrides the priority.
@@ -85,7 +86,7 @@ impl SubmitRequest {
     }
 }
 
-/// A boxed stream, as returned by [`Tasks::watch`] and [`Tasks::follow_logs`].
+/// A boxed stream, as returned by [`TenantTasks::watch`] and [`TenantTasks::follow_logs`].
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
 
 /// Mean run time by template, per tenant, with when it was read.
@@ -105,15 +106,20 @@ struct Inner {
     live: broadcast::Sender<Event>,
     coordinator: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pruner: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    root_lock: std::sync::Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
+    /// The locked `<root>/.coordinator.lock` (unlocked when dropped).
+    root_lock: std::sync::Mutex<Option<std::fs::File>>,
     /// Mean run time per template, by tenant, from history (refreshed each minute).
     run_means: std::sync::Mutex<RunMeans>,
 }
 
 /// The task service: one per platform process. Cheap to clone.
 ///
-/// Every read takes the caller's tenant and answers `TaskNotFound` for another
-/// tenant's task, so an API layer cannot leak tasks across tenants by mistake.
+/// What a tenant may do goes through its handle, [`Tasks::tenant`] (like
+/// `Storage::scope` in ops-storage and kube's `Api::namespaced`): every method of a
+/// [`TenantTasks`] is scoped to that tenant and answers [`Error::TaskNotFound`] for
+/// another tenant's task, so an API layer cannot leak tasks across tenants by mistake.
+/// Operator-wide calls (every tenant's events, usage, pause, retention) are on
+/// [`Tasks::admin`].
 #[derive(Clone)]
 pub struct Tasks {
     inner: Arc<Inner>,
@@ -180,15 +186,26 @@ impl TasksBuilder {
     /// (re-attaching to running ones or failing them with a reason), then starts
     /// scheduling.
     pub async fn start(self) -> Result<Tasks> {
-        let missing = |what: &str| Error::Config(format!("Tasks::builder() needs {what}"));
+        let missing = |what| Error::MissingPart { what };
         let catalogue = self.catalogue.ok_or_else(|| missing("a catalogue"))?;
         let history = self.history.ok_or_else(|| missing("a history store"))?;
+        let mut problems = self.config.coordinator.validate();
         if self.config.batch_size == 0 {
-            return Err(Error::Config("batch_size must be at least 1".into()));
+            problems.push("batch_size: must be at least 1".to_owned());
         }
-        self.config.coordinator.validate().map_err(Error::Config)?;
+        if !problems.is_empty() {
+            return Err(Error::InvalidConfig { problems });
+        }
         let (live, _) = broadcast::channel(4096);
         if self.submit_only {
+            if !history.shared() {
+                return Err(Error::Unsupported {
+                    what: "a submit-only service on a history store without leases: no \
+                           coordinator would claim its tasks (use SqliteHistory, \
+                           PostgresHistory or a store that implements Leases)"
+                        .into(),
+                });
+            }
             let policy = Arc::new(AdmissionPolicy::new(self.config.admission.clone(), &[])?);
             check_default_environment(&policy, &self.config)?;
             let tasks = Tasks {
@@ -268,12 +285,15 @@ impl TasksBuilder {
 /// The default environment must exist when environments are configured.
 fn check_default_environment(policy: &AdmissionPolicy, config: &TasksConfig) -> Result<()> {
     let envs = &policy.config().environments;
-    if !envs.is_empty() && !envs.contains_key(&config.default_environment) {
-        return Err(Error::Config(format!(
-            "default_environment {:?} is not among admission.environments ({})",
-            config.default_environment,
-            envs.keys().cloned().collect::<Vec<_>>().join(", ")
-        )));
+    if !envs.is_empty() && !envs.contains_key(config.default_environment.as_str()) {
+        return Err(Error::config(
+            "default_environment",
+            format!(
+                "{:?} is not among admission.environments ({})",
+                config.default_environment.as_str(),
+                envs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
     Ok(())
 }
@@ -291,7 +311,7 @@ pub(crate) fn request_of(record: &TaskRecord) -> Request {
 
 /// Holds `<root>/.coordinator.lock` so that two live processes never coordinate the
 /// same root (and so that a restart knows its predecessor is dead).
-fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+fn lock_root(root: &std::path::Path) -> Result<std::fs::File> {
     let path = root.join(".coordinator.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -299,26 +319,30 @@ fn lock_root(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>>
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |(_, errno)| {
-            Error::Config(format!(
-                "task root {} is in use by another live coordinator (lock {} is held: {errno}); \
-                 give each coordinator process its own root",
-                root.display(),
-                path.display()
-            ))
-        },
-    )
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(e) => Err(Error::RootInUse {
+            root: root.to_path_buf(),
+            lock: path,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// This machine's name: the kernel's (Linux), `$HOSTNAME`, or `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// `<hostname>:<absolute root>`.
 fn default_coordinator_id(root: &std::path::Path) -> String {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_owned());
     let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    format!("{host}:{}", root.display())
+    format!("{}:{}", hostname(), root.display())
 }
 
 /// The payload of a task's events, from its record.
@@ -365,28 +389,12 @@ pub(crate) fn event_with(
     .build()
 }
 
-fn valid_tenant(tenant: &Tenant) -> Result<()> {
-    let t = tenant.as_str();
-    let ok = !t.is_empty()
-        && t.len() <= 63
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !t.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "invalid tenant {t:?}: use 1-63 letters, digits, '-' or '_'"
-        )))
-    }
-}
-
 impl Tasks {
     fn start_pruner(&self) {
         let Some(policy) = self.inner.config.retention.clone() else {
             return;
         };
-        let pruner = self.clone();
+        let pruner = self.admin();
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(policy.interval);
             loop {
@@ -399,47 +407,41 @@ impl Tasks {
         *self.inner.pruner.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
     }
 
-    /// This process's coordinator id (`None` for a submit-only service).
-    pub fn coordinator_id(&self) -> Option<&str> {
-        self.inner.owner.as_deref()
-    }
-
     /// Starts building a service.
     pub fn builder() -> TasksBuilder {
         TasksBuilder::default()
     }
 
-    /// The template catalogue.
+    /// The handle of one tenant: every call through it sees and touches only that
+    /// tenant's tasks (another tenant's task is [`Error::TaskNotFound`]).
+    pub fn tenant(&self, tenant: &Tenant) -> TenantTasks {
+        TenantTasks {
+            tasks: self.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+
+    /// The operator's handle: every tenant's events, usage, pause and resume,
+    /// retention, the history store.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            tasks: self.clone(),
+        }
+    }
+
+    /// The template catalogue (what every tenant may submit).
     pub fn catalogue(&self) -> &Catalogue {
         &self.inner.catalogue
     }
 
-    /// The history store.
-    pub fn history(&self) -> &Arc<dyn HistoryStore> {
-        &self.inner.history
-    }
-
-    /// The executor's capacity (what admission will never exceed); zero for a
-    /// submit-only service.
-    pub fn capacity(&self) -> ops_core::Resources {
-        self.inner
-            .executor
-            .as_ref()
-            .map(|e| e.capacity())
-            .unwrap_or_default()
-    }
-
-    /// Validates, renders and stores one task; returns its id. The task is stored with
-    /// its `submitted` and `queued` events in one transaction.
-    pub async fn submit(&self, request: SubmitRequest) -> Result<TaskId> {
-        let mut ids = self.submit_many(vec![request]).await?;
-        ids.pop()
-            .ok_or_else(|| Error::Config("submission produced no task".into()))
-    }
-
-    /// Submits many tasks in one transaction (all or none). Fails on the first invalid
-    /// request, naming it by index when there are several.
-    pub async fn submit_many(&self, requests: Vec<SubmitRequest>) -> Result<Vec<TaskId>> {
+    /// Validates and renders `requests` of `tenant` and stores them in one
+    /// transaction, each with its `submitted` and `queued` events; hands them to this
+    /// process's coordinator.
+    async fn submit_all(
+        &self,
+        tenant: &Tenant,
+        requests: Vec<SubmitRequest>,
+    ) -> Result<Vec<TaskId>> {
         let capacity = self.inner.executor.as_ref().map(|e| e.capacity());
         // Tasks submitted here are owned (and run) by this process's coordinator; a
         // submit-only service leaves them for any coordinator to claim.
@@ -447,15 +449,18 @@ impl Tasks {
             owner: self.inner.owner.clone(),
             ..ChangeBatch::default()
         };
-        let many = requests.len() > 1;
+        let single = requests.len() == 1;
         for (index, request) in requests.into_iter().enumerate() {
-            let mut record = self.prepare(request, capacity.as_ref()).map_err(|e| {
-                if many {
-                    Error::Config(format!("request #{index}: {e}"))
-                } else {
-                    e
+            let mut record = match self.prepare(tenant, request, capacity.as_ref()) {
+                Ok(record) => record,
+                Err(e) if single => return Err(e),
+                Err(e) => {
+                    return Err(Error::InvalidRequest {
+                        index,
+                        source: Box::new(e),
+                    });
                 }
-            })?;
+            };
             let submitted = {
                 let mut data = task_data(&record);
                 data.status = TaskStatus::Submitted;
@@ -477,17 +482,17 @@ impl Tasks {
         }
         if self.inner.commands.is_some() {
             let records = batch.inserts.into_iter().map(|(r, _)| r).collect();
-            self.send(Command::Enqueue(records))?;
+            self.send("submit tasks", Command::Enqueue(records))?;
         }
         Ok(ids)
     }
 
     fn prepare(
         &self,
+        tenant: &Tenant,
         request: SubmitRequest,
         capacity: Option<&ops_core::Resources>,
     ) -> Result<TaskRecord> {
-        valid_tenant(&request.tenant)?;
         let template = self.inner.catalogue.get(&request.template)?;
         let rendered = template.render(&request.parameters)?;
         if let Some(capacity) = capacity {
@@ -501,14 +506,14 @@ impl Tasks {
             .inner
             .config
             .root
-            .join(request.tenant.as_str())
+            .join(tenant.as_str())
             .join(id.to_string());
         let mut labels = template.labels().clone();
         labels.extend(request.labels);
         let spec = LaunchSpec {
             task_id: id,
             attempt: 0,
-            tenant: request.tenant.clone(),
+            tenant: tenant.clone(),
             argv: rendered.argv,
             env: rendered.env,
             task_dir,
@@ -525,7 +530,7 @@ impl Tasks {
         };
         let environment = request
             .environment
-            .unwrap_or_else(|| Environment::new(self.inner.config.default_environment.clone()));
+            .unwrap_or_else(|| self.inner.config.default_environment.clone());
         let spec = LaunchSpec {
             environment: environment.clone(),
             ..spec
@@ -533,7 +538,7 @@ impl Tasks {
         let priority = request.priority.unwrap_or(template.priority());
         let record = TaskRecord {
             id,
-            tenant: request.tenant,
+            tenant: tenant.clone(),
             environment,
             template: template.name().to_owned(),
             status: TaskStatus::Queued,
@@ -559,59 +564,207 @@ impl Tasks {
         Ok(record)
     }
 
-    fn send(&self, command: Command) -> Result<()> {
-        let commands = self.inner.commands.as_ref().ok_or_else(|| {
-            Error::Config("this task service is submit-only: it runs no coordinator".into())
-        })?;
-        commands
-            .send(command)
-            .map_err(|_| Error::Config("the task service has shut down".into()))
+    fn send(&self, operation: &'static str, command: Command) -> Result<()> {
+        let commands = self
+            .inner
+            .commands
+            .as_ref()
+            .ok_or(Error::NotCoordinator { operation })?;
+        commands.send(command).map_err(|_| Error::ShutDown)
     }
 
     /// Sends a command that carries a reply channel, and waits for the reply.
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+    async fn ask<T>(
+        &self,
+        operation: &'static str,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.send(command(reply))?;
-        rx.await
-            .map_err(|_| Error::Config("the task service has shut down".into()))
+        self.send(operation, command(reply))?;
+        rx.await.map_err(|_| Error::ShutDown)
     }
 
     fn log_path(&self, record: &TaskRecord, stream: LogStream) -> PathBuf {
         match &self.inner.executor {
             Some(executor) => executor.log_path(&record.spec.task_dir, stream),
-            None => crate::local::log_path(&record.spec.task_dir, stream),
+            None => crate::taskdir::log_path(&record.spec.task_dir, stream),
         }
     }
 
-    /// A task of `tenant`.
-    pub async fn get(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
-        match self.inner.history.get(id).await? {
-            Some(r) if &r.tenant == tenant => Ok(r),
+    async fn estimate_start(
+        &self,
+        record: &TaskRecord,
+        info: &QueueInfo,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let now = Utc::now();
+        let waves = match info.reason {
+            WaitReason::Quota | WaitReason::Budget => return None,
+            WaitReason::Preempting => {
+                let grace = self.inner.policy.grace() + Duration::from_secs(1);
+                return Some(now + chrono::Duration::from_std(grace).ok()?);
+            }
+            WaitReason::Priority => 0,
+            WaitReason::Capacity | WaitReason::IdleCapacity => 1,
+        } + info.ahead / info.running_in_segment.max(1);
+        let mean = self.mean_run_time(&record.tenant, &record.template).await?;
+        let wait = mean.checked_mul(u32::try_from(waves).unwrap_or(u32::MAX))?;
+        Some(now + chrono::Duration::from_std(wait).ok()?)
+    }
+
+    /// The mean run time of `template`'s tasks of `tenant` over the last week.
+    async fn mean_run_time(&self, tenant: &Tenant, template: &str) -> Option<Duration> {
+        const FRESH: Duration = Duration::from_secs(60);
+        let cached = {
+            let means = self
+                .inner
+                .run_means
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            means
+                .get(tenant)
+                .filter(|(at, _)| at.elapsed() < FRESH)
+                .map(|(_, m)| m.get(template).copied())
+        };
+        if let Some(mean) = cached {
+            return mean;
+        }
+        let since = Utc::now() - chrono::Duration::days(7);
+        let stats = match self
+            .inner
+            .history
+            .stats(tenant, &StatsQuery::new().since(since))
+            .await
+        {
+            Ok(stats) => stats,
+            Err(e) => {
+                tracing::warn!(%tenant, error = %e, "no run-time statistics for the start estimate");
+                return None;
+            }
+        };
+        let means: HashMap<String, Duration> = stats
+            .into_iter()
+            .filter(|s| s.tasks > 0 && !s.run_mean.is_zero())
+            .map(|s| (s.template, s.run_mean))
+            .collect();
+        let mean = means.get(template).copied();
+        self.inner
+            .run_means
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.clone(), (std::time::Instant::now(), means));
+        mean
+    }
+
+    /// Stops scheduling. Running tasks are left running; a later start re-attaches.
+    /// Queued tasks are handed back to the store for any coordinator to claim.
+    pub async fn shutdown(&self) {
+        tracing::trace!("shutdown requested");
+        if let Some(commands) = &self.inner.commands {
+            let _ = commands.send(Command::Shutdown);
+        }
+        let handle = self
+            .inner
+            .coordinator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+        tracing::trace!("coordinator joined");
+        if let Some(p) = self
+            .inner
+            .pruner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            p.abort();
+        }
+        self.inner
+            .root_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+}
+
+/// One tenant's view of the [`Tasks`] service, from [`Tasks::tenant`]: every method
+/// is scoped to that tenant. A task of another tenant is [`Error::TaskNotFound`]
+/// through every method, exactly as a task that does not exist. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantTasks {
+    tasks: Tasks,
+    tenant: Tenant,
+}
+
+impl std::fmt::Debug for TenantTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTasks")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantTasks {
+    /// The tenant.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    /// Validates, renders and stores one task; returns its id. The task is stored with
+    /// its `submitted` and `queued` events in one transaction.
+    pub async fn submit(&self, request: SubmitRequest) -> Result<TaskId> {
+        let ids = self.tasks.submit_all(&self.tenant, vec![request]).await?;
+        // One request stored gives one id.
+        ids.first().copied().ok_or(Error::ShutDown)
+    }
+
+    /// Submits many tasks in one transaction (all or none). An invalid request fails
+    /// the batch with [`Error::InvalidRequest`], which carries the request's index and
+    /// its own typed error (when there are several requests).
+    pub async fn submit_many(&self, requests: Vec<SubmitRequest>) -> Result<Vec<TaskId>> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.tasks.submit_all(&self.tenant, requests).await
+    }
+
+    /// A task of the tenant.
+    pub async fn get(&self, id: TaskId) -> Result<TaskRecord> {
+        match self.tasks.inner.history.get(id).await? {
+            Some(r) if r.tenant == self.tenant => Ok(r),
             _ => Err(Error::TaskNotFound(id)),
         }
     }
 
-    /// A page of tasks; the query's tenant scopes it.
+    /// A page of the tenant's tasks, newest first.
     pub async fn list(&self, query: &TaskQuery) -> Result<TaskPage> {
-        self.inner.history.list(query).await
+        self.tasks.inner.history.list(&self.tenant, query).await
     }
 
     /// A task's events so far.
-    pub async fn events(&self, tenant: &Tenant, id: TaskId) -> Result<Vec<Event>> {
-        self.get(tenant, id).await?;
-        self.inner.history.events(id).await
+    pub async fn events(&self, id: TaskId) -> Result<Vec<Event>> {
+        self.get(id).await?;
+        self.tasks.inner.history.events(id).await
+    }
+
+    /// A task's transitions so far.
+    pub async fn transitions(&self, id: TaskId) -> Result<Vec<TransitionRecord>> {
+        self.get(id).await?;
+        self.tasks.inner.history.transitions(id).await
     }
 
     /// A task's outputs so far.
-    pub async fn outputs(&self, tenant: &Tenant, id: TaskId) -> Result<Vec<OutputRecord>> {
-        self.get(tenant, id).await?;
-        self.inner.history.outputs(id).await
+    pub async fn outputs(&self, id: TaskId) -> Result<Vec<OutputRecord>> {
+        self.get(id).await?;
+        self.tasks.inner.history.outputs(id).await
     }
 
     /// Absolute path of an output (checked to stay inside the task's directory).
-    pub async fn output_path(&self, tenant: &Tenant, id: TaskId, path: &str) -> Result<PathBuf> {
-        let record = self.get(tenant, id).await?;
-        crate::paths::resolve_within(&record.spec.task_dir, std::path::Path::new(path))
+    pub async fn output_path(&self, id: TaskId, path: &str) -> Result<PathBuf> {
+        let record = self.get(id).await?;
+        crate::taskdir::resolve_within(&record.spec.task_dir, std::path::Path::new(path))
     }
 
     /// Cancels a task: a queued or retrying one at once, a running one by killing it
@@ -619,17 +772,22 @@ impl Tasks {
     ///
     /// A task owned by another coordinator (sharing the store) is cancelled by that
     /// coordinator at its next lease renewal; an unowned queued one at once, here.
-    pub async fn cancel(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
-        let record = self.get(tenant, id).await?;
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskRecord> {
+        let record = self.get(id).await?;
         if record.status.is_final() {
             return Ok(record);
         }
-        if record.owner.is_some() && record.owner == self.inner.owner {
-            self.ask(|reply| Command::Cancel(id, reply)).await??;
-            return self.get(tenant, id).await;
+        // A store without leases serves one coordinator: every task is its own.
+        let ours = record.owner.is_some() && record.owner == self.tasks.inner.owner
+            || (self.tasks.inner.commands.is_some() && !self.tasks.inner.history.shared());
+        if ours {
+            self.tasks
+                .ask("cancel a task", |reply| Command::Cancel(id, reply))
+                .await??;
+            return self.get(id).await;
         }
         // Recorded first, so that a coordinator claiming the task meanwhile still sees it.
-        self.inner.history.request_cancel(id).await?;
+        self.tasks.inner.history.request_cancel(id).await?;
         if record.owner.is_none()
             && matches!(record.status, TaskStatus::Submitted | TaskStatus::Queued)
         {
@@ -640,7 +798,7 @@ impl Tasks {
             next.message = Some("cancelled by user".into());
             next.finished_at = Some(Utc::now());
             let event = task_event(
-                &self.inner.config.source,
+                &self.tasks.inner.config.source,
                 event_types::TASK_CANCELLED,
                 &next,
             );
@@ -650,17 +808,17 @@ impl Tasks {
                 .push(Transition::new(from, next, event.clone()));
             // Applies only if the task is still unowned and queued; otherwise its new
             // owner sees the request.
-            if self.inner.history.commit(&batch).await?.first() == Some(&true) {
-                let _ = self.inner.live.send(event);
+            if self.tasks.inner.history.commit(&batch).await?.first() == Some(&true) {
+                let _ = self.tasks.inner.live.send(event);
             }
         }
-        self.get(tenant, id).await
+        self.get(id).await
     }
 
     /// Everything a stream of a task has written so far.
-    pub async fn logs(&self, tenant: &Tenant, id: TaskId, stream: LogStream) -> Result<Vec<u8>> {
-        let record = self.get(tenant, id).await?;
-        let path = self.log_path(&record, stream);
+    pub async fn logs(&self, id: TaskId, stream: LogStream) -> Result<Vec<u8>> {
+        let record = self.get(id).await?;
+        let path = self.tasks.log_path(&record, stream);
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -671,20 +829,18 @@ impl Tasks {
     /// A stream's output as it is written, until the task is final and all is read.
     pub async fn follow_logs(
         &self,
-        tenant: &Tenant,
         id: TaskId,
         stream: LogStream,
     ) -> Result<BoxStream<Result<Vec<u8>>>> {
-        let record = self.get(tenant, id).await?;
-        let path = self.log_path(&record, stream);
+        let record = self.get(id).await?;
+        let path = self.tasks.log_path(&record, stream);
         let this = self.clone();
-        let tenant = tenant.clone();
         let finished = async move {
-            if let Err(e) = this.wait(&tenant, id).await {
+            if let Err(e) = this.wait(id).await {
                 tracing::warn!(task_id = %id, error = %e, "follow_logs: could not watch the task");
             }
         };
-        let chunks = crate::local::follow_log(path.clone(), 0, finished);
+        let chunks = crate::taskdir::follow_log(path.clone(), 0, finished);
         Ok(Box::pin(chunks.map(move |chunk| {
             chunk.map_err(|e| Error::io(path.clone(), e))
         })))
@@ -692,13 +848,13 @@ impl Tasks {
 
     /// The task's events: those already recorded, then new ones as they are committed,
     /// ending after its final event.
-    pub async fn watch(&self, tenant: &Tenant, id: TaskId) -> Result<BoxStream<Event>> {
+    pub async fn watch(&self, id: TaskId) -> Result<BoxStream<Event>> {
         // Subscribe before reading history so that nothing falls in between.
-        let mut live = self.inner.live.subscribe();
-        let record = self.get(tenant, id).await?;
-        let past = self.inner.history.events(id).await?;
-        let history = self.inner.history.clone();
-        let poll = self.inner.config.coordinator.poll;
+        let mut live = self.tasks.inner.live.subscribe();
+        let record = self.get(id).await?;
+        let past = self.tasks.inner.history.events(id).await?;
+        let history = self.tasks.inner.history.clone();
+        let poll = self.tasks.inner.config.coordinator.poll;
         let (tx, rx) = mpsc::channel(64);
         let subject = id.to_string();
         tokio::spawn(async move {
@@ -755,17 +911,119 @@ impl Tasks {
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
-    /// Every event committed from now on, for all tenants (progress displays, metrics).
-    pub fn subscribe_all(&self) -> broadcast::Receiver<Event> {
-        self.inner.live.subscribe()
+    /// Waits until a task is final and returns it.
+    pub async fn wait(&self, id: TaskId) -> Result<TaskRecord> {
+        use futures::StreamExt;
+        let mut events = self.watch(id).await?;
+        while events.next().await.is_some() {}
+        self.get(id).await
     }
 
-    /// Waits until a task is final and returns it.
-    pub async fn wait(&self, tenant: &Tenant, id: TaskId) -> Result<TaskRecord> {
-        use futures::StreamExt;
-        let mut events = self.watch(tenant, id).await?;
-        while events.next().await.is_some() {}
-        self.get(tenant, id).await
+    /// Why a queued task of `tenant` waits: quota, capacity, priority, budget or (for
+    /// scavenger work) idle capacity; its place in the queue; and an estimated start
+    /// from the run times history records for its template. `None` when the task is
+    /// not waiting in this process's queue (running, finished, retrying, or queued at
+    /// another coordinator).
+    pub async fn explain(&self, id: TaskId) -> Result<Option<Waiting>> {
+        let record = self.get(id).await?;
+        let Some(info) = self
+            .tasks
+            .ask("explain a queued task", |reply| Command::Explain(id, reply))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let estimated_start = self.tasks.estimate_start(&record, &info).await;
+        Ok(Some(Waiting {
+            info,
+            estimated_start,
+        }))
+    }
+
+    /// Wait-time, run-time, outcome and usage statistics per template of the tenant's
+    /// tasks submitted in the query's time range, from history.
+    pub async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
+        self.tasks.inner.history.stats(&self.tenant, query).await
+    }
+}
+
+/// The operator's view of the [`Tasks`] service, from [`Tasks::admin`]: every tenant's
+/// events and standing, pause and resume, retention, the history store. Not for
+/// tenants. Cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    tasks: Tasks,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl Admin {
+    /// Any task by id, whatever its tenant.
+    pub async fn get(&self, id: TaskId) -> Result<TaskRecord> {
+        self.tasks
+            .inner
+            .history
+            .get(id)
+            .await?
+            .ok_or(Error::TaskNotFound(id))
+    }
+
+    /// The history store.
+    pub fn history(&self) -> &Arc<dyn HistoryStore> {
+        &self.tasks.inner.history
+    }
+
+    /// This process's coordinator id (`None` for a submit-only service).
+    pub fn coordinator_id(&self) -> Option<&str> {
+        self.tasks.inner.owner.as_deref()
+    }
+
+    /// The executor's capacity (what admission will never exceed); zero for a
+    /// submit-only service.
+    pub fn capacity(&self) -> ops_core::Resources {
+        self.tasks
+            .inner
+            .executor
+            .as_ref()
+            .map(|e| e.capacity())
+            .unwrap_or_default()
+    }
+
+    /// The admission policy in force.
+    pub fn admission_policy(&self) -> &Arc<AdmissionPolicy> {
+        &self.tasks.inner.policy
+    }
+
+    /// Every event committed from now on by this process, for all tenants (progress
+    /// displays, metrics).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Event> {
+        self.tasks.inner.live.subscribe()
+    }
+
+    /// Number of tasks per status, for one tenant or all of them.
+    pub async fn count_by_status(&self, tenant: Option<&Tenant>) -> Result<Vec<(TaskStatus, u64)>> {
+        self.tasks.inner.history.count_by_status(tenant).await
+    }
+
+    /// Every tenant's standing per environment: resources in use, running, borrowed
+    /// and queued tasks, dominant share.
+    pub async fn usage(&self) -> Result<Vec<TenantUsage>> {
+        self.tasks.ask("report usage", Command::Usage).await
+    }
+
+    /// Stops admitting queued tasks (submissions are still accepted and stored; running
+    /// tasks go on). For maintenance, or to fill a queue before opening it.
+    pub fn pause(&self) -> Result<()> {
+        self.tasks.send("pause admission", Command::Pause(true))
+    }
+
+    /// Resumes admission after [`Admin::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.tasks.send("resume admission", Command::Pause(false))
     }
 
     /// Deletes tasks that finished more than `max_age` ago, with their directories.
@@ -773,8 +1031,9 @@ impl Tasks {
     pub async fn prune(&self, max_age: Duration) -> Result<usize> {
         let cutoff = Utc::now()
             - chrono::Duration::from_std(max_age)
-                .map_err(|e| Error::Config(format!("retention max_age: {e}")))?;
+                .map_err(|e| Error::config("retention.max_age", e))?;
         let batch = self
+            .tasks
             .inner
             .config
             .retention
@@ -782,7 +1041,7 @@ impl Tasks {
             .map_or(1000, |r| r.batch);
         let mut total = 0;
         loop {
-            let pruned = self.inner.history.prune(cutoff, batch).await?;
+            let pruned = self.tasks.inner.history.prune(cutoff, batch).await?;
             if pruned.is_empty() {
                 break;
             }
@@ -802,151 +1061,9 @@ impl Tasks {
         }
         Ok(total)
     }
-
-    /// Stops admitting queued tasks (submissions are still accepted and stored; running
-    /// tasks go on). For maintenance, or to fill a queue before opening it.
-    pub fn pause(&self) -> Result<()> {
-        self.send(Command::Pause(true))
-    }
-
-    /// Why a queued task of `tenant` waits: quota, capacity, priority, budget or (for
-    /// scavenger work) idle capacity; its place in the queue; and an estimated start
-    /// from the run times history records for its template. `None` when the task is
-    /// not waiting in this process's queue (running, finished, retrying, or queued at
-    /// another coordinator).
-    pub async fn explain(&self, tenant: &Tenant, id: TaskId) -> Result<Option<Waiting>> {
-        let record = self.get(tenant, id).await?;
-        let Some(info) = self.ask(|reply| Command::Explain(id, reply)).await? else {
-            return Ok(None);
-        };
-        let estimated_start = self.estimate_start(&record, &info).await;
-        Ok(Some(Waiting {
-            info,
-            estimated_start,
-        }))
-    }
-
-    /// Wait-time, run-time, outcome and usage statistics per template of `tenant`
-    /// from history (tasks submitted in the query's time range).
-    pub async fn stats(&self, query: &StatsQuery) -> Result<Vec<TemplateStats>> {
-        self.inner.history.stats(query).await
-    }
-
-    async fn estimate_start(
-        &self,
-        record: &TaskRecord,
-        info: &QueueInfo,
-    ) -> Option<chrono::DateTime<Utc>> {
-        let now = Utc::now();
-        let waves = match info.reason {
-            WaitReason::Quota | WaitReason::Budget => return None,
-            WaitReason::Preempting => {
-                let grace = self.inner.policy.grace() + Duration::from_secs(1);
-                return Some(now + chrono::Duration::from_std(grace).ok()?);
-            }
-            WaitReason::Priority => 0,
-            WaitReason::Capacity | WaitReason::IdleCapacity => 1,
-        } + info.ahead / info.running_in_segment.max(1);
-        let mean = self.mean_run_time(&record.tenant, &record.template).await?;
-        let wait = mean.checked_mul(u32::try_from(waves).unwrap_or(u32::MAX))?;
-        Some(now + chrono::Duration::from_std(wait).ok()?)
-    }
-
-    /// The mean run time of `template`'s tasks of `tenant` over the last week.
-    async fn mean_run_time(&self, tenant: &Tenant, template: &str) -> Option<Duration> {
-        const FRESH: Duration = Duration::from_secs(60);
-        let cached = {
-            let means = self
-                .inner
-                .run_means
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            means
-                .get(tenant)
-                .filter(|(at, _)| at.elapsed() < FRESH)
-                .map(|(_, m)| m.get(template).copied())
-        };
-        if let Some(mean) = cached {
-            return mean;
-        }
-        let since = Utc::now() - chrono::Duration::days(7);
-        let stats = match self
-            .inner
-            .history
-            .stats(&StatsQuery::tenant(tenant.clone()).since(since))
-            .await
-        {
-            Ok(stats) => stats,
-            Err(e) => {
-                tracing::warn!(%tenant, error = %e, "no run-time statistics for the start estimate");
-                return None;
-            }
-        };
-        let means: HashMap<String, Duration> = stats
-            .into_iter()
-            .filter(|s| s.tasks > 0 && !s.run_mean.is_zero())
-            .map(|s| (s.template, s.run_mean))
-            .collect();
-        let mean = means.get(template).copied();
-        self.inner
-            .run_means
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.clone(), (std::time::Instant::now(), means));
-        mean
-    }
-
-    /// Every tenant's standing per environment: resources in use, running, borrowed
-    /// and queued tasks, dominant share. For operators, not tenants.
-    pub async fn usage(&self) -> Result<Vec<TenantUsage>> {
-        self.ask(Command::Usage).await
-    }
-
-    /// The admission policy in force.
-    pub fn admission_policy(&self) -> &Arc<AdmissionPolicy> {
-        &self.inner.policy
-    }
-
-    /// Resumes admission after [`Tasks::pause`].
-    pub fn resume(&self) -> Result<()> {
-        self.send(Command::Pause(false))
-    }
-
-    /// Stops scheduling. Running tasks are left running; a later start re-attaches.
-    /// Queued tasks are handed back to the store for any coordinator to claim.
-    pub async fn shutdown(&self) {
-        tracing::trace!("shutdown requested");
-        if let Some(commands) = &self.inner.commands {
-            let _ = commands.send(Command::Shutdown);
-        }
-        let handle = self
-            .inner
-            .coordinator
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            let _ = handle.await;
-        }
-        tracing::trace!("coordinator joined");
-        if let Some(p) = self
-            .inner
-            .pruner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            p.abort();
-        }
-        self.inner
-            .root_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-    }
 }
 
-/// A queued task's standing, from [`Tasks::explain`].
+/// A queued task's standing, from [`TenantTasks::explain`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Waiting {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::placeholder::Pattern;
 use super::schema::ParameterSchema;
 use super::{Compiled, Format, Input, RetryPolicy, TaskTemplate};
-use crate::paths::{check_glob, check_relative};
+use crate::taskdir::{check_glob, check_relative};
 use crate::{Error, Result};
 
 /// Every field a template file may have, in the order problems are reported.
@@ -54,7 +54,7 @@ pub(super) fn parse_text(text: &str, format: Format, file: &Path) -> Result<Valu
             format!("invalid TOML{at}: {}", e.message().trim_end())
         }),
         Format::Yaml => {
-            serde_yaml::from_str::<Value>(text).map_err(|e| format!("invalid YAML: {e}"))
+            serde_saphyr::from_str::<Value>(text).map_err(|e| format!("invalid YAML: {e}"))
         }
         Format::Json => {
             serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))
@@ -480,7 +480,7 @@ fn check_inputs(
         let from_field = format!("{field}.from");
         let to_field = format!("{field}.to");
         let from_pattern = path_pattern(p, &from_field, &from, |path| {
-            ops_storage::ObjectPath::parse(path)
+            ops_core::ObjectPath::parse(path)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });

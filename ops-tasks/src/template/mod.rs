@@ -55,7 +55,7 @@
 //! `inputs` lists objects of the tenant's storage (ops-storage) to place in the task
 //! directory before the task starts: `{ from = "datasets/scene.blend", to =
 //! "scene.blend" }`, or just `"datasets/scene.blend"` for the same path on both sides.
-//! `from` is a storage path (checked by [`ops_storage::ObjectPath`]), `to` a path in the
+//! `from` is a storage path (checked by [`ops_core::ObjectPath`]), `to` a path in the
 //! task directory that may not leave it. They reach the executor as
 //! [`LaunchSpec::inputs`](crate::LaunchSpec::inputs) and are copied by
 //! [`StagingExecutor`](crate::staging::StagingExecutor).

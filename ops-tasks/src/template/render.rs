@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::TaskTemplate;
 use super::load::kind;
 use super::placeholder::{Pattern, Segment};
-use crate::paths::{check_glob, check_relative};
+use crate::taskdir::{check_glob, check_relative};
 use crate::{Error, ParameterViolation, Result, StagedInput};
 
 /// A template with parameters filled in: what an executor needs to start the task.
@@ -146,7 +146,7 @@ impl TaskTemplate {
                     .map(|p| format!("/{p}"))
                     .unwrap_or_default()
             };
-            if let Err(e) = ops_storage::ObjectPath::parse(&from) {
+            if let Err(e) = ops_core::ObjectPath::parse(&from) {
                 violations.push(ParameterViolation {
                     path: at(from_pattern),
                     message: format!("inputs[{i}].from: {e}"),

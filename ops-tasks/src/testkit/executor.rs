@@ -194,7 +194,7 @@ pub async fn run_all(target: &ExecutorTarget) {
 pub fn spec(target: &ExecutorTarget, argv: &[&str]) -> LaunchSpec {
     let task_id = TaskId::new();
     let mut spec = LaunchSpec::new(
-        Tenant::new(TENANT),
+        Tenant::parse(TENANT).expect("a valid tenant"),
         argv.iter().map(|a| (*a).to_owned()).collect(),
         target.root.join(task_id.to_string()),
     );

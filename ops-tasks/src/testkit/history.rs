@@ -1,4 +1,30 @@
-//! The history conformance suite; its items are re-exported from [`super`].
+//! The conformance suite every [`HistoryStore`] runs.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::sync::Arc;
+//! use ops_tasks::{HistoryStore, SqliteHistory};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let n = std::sync::atomic::AtomicUsize::new(0);
+//! ops_tasks::testkit::history::run_all(|| {
+//!     let path = dir.path().join(format!("h{}.db", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+//!     async move {
+//!         Arc::new(SqliteHistory::open(&path.to_string_lossy()).await.unwrap()) as Arc<dyn HistoryStore>
+//!     }
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! `make` must return a fresh, empty store each time it is called. Each check is a
+//! public function too, so a backend can run them one by one; a failed check panics
+//! with a message that names it. [`events_reach_the_outbox`] also needs the store's
+//! outbox as an [`EventBus`](ops_events::EventBus), so backends call it themselves.
+//! A single-node store (one that keeps the provided [`Leases`](crate::Leases)
+//! methods) runs [`run_single_node`] instead of [`run_all`].
+//!
+//! Lease checks use ttls of a few hundred milliseconds and sleep past them.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,6 +40,8 @@ use crate::history::{ChangeBatch, OutputRecord, StatsQuery, Transition};
 use crate::{
     Error, HistoryStore, LaunchSpec, Lease, RetryPolicy, RunHandle, TaskQuery, TaskRecord,
 };
+#[allow(unused_imports)]
+use crate::{HistoryReader, HistoryWriter, Leases};
 
 /// A short lease, so that expiry checks stay fast.
 const SHORT_TTL: Duration = Duration::from_millis(300);
@@ -21,6 +49,11 @@ const SHORT_TTL: Duration = Duration::from_millis(300);
 const PAST_SHORT_TTL: Duration = Duration::from_millis(450);
 /// A lease that does not expire during a check.
 const LONG_TTL: Duration = Duration::from_secs(60);
+
+/// A tenant by name (which must follow the name rule).
+pub fn tenant(name: &str) -> Tenant {
+    Tenant::parse(name).expect("a valid tenant name")
+}
 
 /// The current time, to the microsecond (what every store keeps).
 pub fn now() -> DateTime<Utc> {
@@ -38,15 +71,15 @@ pub fn record(tenant: &str, status: TaskStatus) -> TaskRecord {
 }
 
 /// [`record`] with a given id.
-pub fn record_with_id(id: TaskId, tenant: &str, status: TaskStatus) -> TaskRecord {
+pub fn record_with_id(id: TaskId, name: &str, status: TaskStatus) -> TaskRecord {
     let submitted = now();
     let spec = LaunchSpec {
         task_id: id,
         attempt: 1,
-        tenant: Tenant::new(tenant),
+        tenant: tenant(name),
         argv: vec!["render".into(), "--scene".into(), "a.blend".into()],
         env: [("OPS_TASK".to_owned(), id.to_string())].into(),
-        task_dir: PathBuf::from(format!("/var/lib/ops/tasks/{tenant}/{id}")),
+        task_dir: PathBuf::from(format!("/var/lib/ops/tasks/{name}/{id}")),
         workdir: None,
         resources: Default::default(),
         timeout: Some(Duration::from_secs(3600)),
@@ -60,8 +93,8 @@ pub fn record_with_id(id: TaskId, tenant: &str, status: TaskStatus) -> TaskRecor
     };
     TaskRecord {
         id,
-        tenant: Tenant::new(tenant),
-        environment: "default".to_owned().into(),
+        tenant: tenant(name),
+        environment: Default::default(),
         template: "t".into(),
         status,
         reason: None,
@@ -197,6 +230,60 @@ where
     claims_are_exclusive(make().await).await;
 }
 
+/// Runs the checks that do not need leases, each on a fresh store from `make`: for a
+/// single-node store that keeps the provided [`Leases`](crate::Leases) methods. Its
+/// commits may ignore the batch's owner.
+pub async fn run_single_node<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn HistoryStore>>,
+{
+    macro_rules! check {
+        ($name:ident) => {{
+            tracing::info!(
+                check = stringify!($name),
+                "history conformance (single node)"
+            );
+            $name(&*make().await).await;
+        }};
+    }
+    check!(commit_and_get);
+    check!(list_filters_and_pages);
+    check!(transitions_are_checked_and_compare_and_set);
+    check!(prune_deletes_finished_tasks);
+    check!(transitions_store_the_attempt_spec);
+    check!(stats_per_template);
+    check!(single_node_leases);
+}
+
+/// The provided lease methods: not shared, the lease always alive, every unfinished
+/// task the coordinator's own, nothing to claim or take over.
+pub async fn single_node_leases(store: &dyn HistoryStore) {
+    assert!(!store.shared(), "single node: not shared");
+    let queued = record("acme", TaskStatus::Queued);
+    let running = record("acme", TaskStatus::Running);
+    let done = record("acme", TaskStatus::Succeeded);
+    insert(store, &[queued.clone(), running.clone(), done], None).await;
+    let lease = Lease::new("c1", LONG_TTL);
+    store.acquire_lease(&lease, false).await.expect("acquire");
+    let renewal = store.renew_lease(&lease).await.expect("renew");
+    assert!(renewal.alive, "single node: the lease stays alive");
+    let mut owned = ids(&store.owned("c1").await.expect("owned"));
+    owned.sort();
+    let mut want = vec![queued.id, running.id];
+    want.sort();
+    assert_eq!(owned, want, "single node: every unfinished task is owned");
+    assert!(store.claim(&lease, 10).await.expect("claim").is_empty());
+    assert!(
+        store
+            .take_over(&lease, 10)
+            .await
+            .expect("take over")
+            .is_empty()
+    );
+    store.release_lease(&lease).await.expect("release");
+}
+
 /// Records come back as written; unfinished, counts and events per task.
 pub async fn commit_and_get(store: &dyn HistoryStore) {
     let mut full = record("acme", TaskStatus::Queued);
@@ -273,7 +360,7 @@ pub async fn commit_and_get(store: &dyn HistoryStore) {
 
     insert(store, &[record("globex", TaskStatus::Queued)], None).await;
     let acme = store
-        .count_by_status(Some(&Tenant::new("acme")))
+        .count_by_status(Some(&tenant("acme")))
         .await
         .expect("count");
     assert_eq!(
@@ -319,25 +406,32 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
             .map(|(_, r)| r.id)
             .collect()
     };
-    let list = |q: TaskQuery| async move { store.list(&q.limit(1000)).await.expect("list") };
+    let acme_tenant = &tenant("acme");
+    let list =
+        |q: TaskQuery| async move { store.list(acme_tenant, &q.limit(1000)).await.expect("list") };
 
-    let page = list(TaskQuery::tenant("acme")).await;
+    let page = list(TaskQuery::new()).await;
     assert_eq!(ids(&page.tasks), newest_first(&|_, _| true), "list: all");
     assert_eq!(page.next_cursor, None);
     assert_eq!(page.tasks[29], acme[0], "list: records as written");
     assert_eq!(
-        list(TaskQuery::tenant("nobody")).await.tasks.len(),
+        store
+            .list(&tenant("nobody"), &TaskQuery::new())
+            .await
+            .expect("list")
+            .tasks
+            .len(),
         0,
         "list: tenant isolation"
     );
 
-    let q = TaskQuery::tenant("acme").status(TaskStatus::Running);
+    let q = TaskQuery::new().status(TaskStatus::Running);
     assert_eq!(
         ids(&list(q).await.tasks),
         newest_first(&|i, _| i % 3 == 1),
         "list: by status"
     );
-    let q = TaskQuery::tenant("acme")
+    let q = TaskQuery::new()
         .status(TaskStatus::Queued)
         .status(TaskStatus::Succeeded);
     assert_eq!(
@@ -345,19 +439,19 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
         newest_first(&|i, _| i % 3 != 1),
         "list: by statuses"
     );
-    let q = TaskQuery::tenant("acme").template("train");
+    let q = TaskQuery::new().template("train");
     assert_eq!(
         ids(&list(q).await.tasks),
         newest_first(&|i, _| i % 2 == 1),
         "list: by template"
     );
-    let q = TaskQuery::tenant("acme").label("kind", "k2");
+    let q = TaskQuery::new().label("kind", "k2");
     assert_eq!(
         ids(&list(q).await.tasks),
         newest_first(&|i, _| i % 3 == 2),
         "list: by label"
     );
-    let q = TaskQuery::tenant("acme")
+    let q = TaskQuery::new()
         .label("kind", "k0")
         .label("project", "apollo");
     assert_eq!(
@@ -365,9 +459,9 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
         newest_first(&|i, _| i % 15 == 0),
         "list: by two labels"
     );
-    let q = TaskQuery::tenant("acme").label("kind", "nope");
+    let q = TaskQuery::new().label("kind", "nope");
     assert!(list(q).await.tasks.is_empty(), "list: unknown label value");
-    let q = TaskQuery::tenant("acme").submitted_between(
+    let q = TaskQuery::new().submitted_between(
         Some(base + chrono::Duration::seconds(5)),
         Some(base + chrono::Duration::seconds(15)),
     );
@@ -376,7 +470,7 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
         newest_first(&|i, _| (5..15).contains(&i)),
         "list: by submission time [after, before)"
     );
-    let q = TaskQuery::tenant("acme")
+    let q = TaskQuery::new()
         .template("render")
         .status(TaskStatus::Queued)
         .label("kind", "k0")
@@ -388,16 +482,13 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
     );
 
     // Pages of 7: together, every task once, in order.
-    for query in [
-        TaskQuery::tenant("acme"),
-        TaskQuery::tenant("acme").template("render"),
-    ] {
+    for query in [TaskQuery::new(), TaskQuery::new().template("render")] {
         let mut seen = Vec::new();
         let mut cursor = None;
         let mut pages = 0;
         loop {
             let page = store
-                .list(&query.clone().limit(7).after(cursor))
+                .list(acme_tenant, &query.clone().limit(7).after(cursor))
                 .await
                 .expect("page");
             assert!(page.tasks.len() <= 7);
@@ -413,15 +504,21 @@ pub async fn list_filters_and_pages(store: &dyn HistoryStore) {
         assert_eq!(seen, everything, "list: pages together");
     }
     let page = store
-        .list(&TaskQuery::tenant("acme").limit(10))
+        .list(acme_tenant, &TaskQuery::new().limit(10))
         .await
         .expect("list");
     assert_eq!(page.tasks.len(), 10);
     assert!(page.next_cursor.is_some(), "list: a full page has a cursor");
     let err = store
-        .list(&TaskQuery::tenant("acme").after(Some("not-a-cursor".into())))
+        .list(
+            acme_tenant,
+            &TaskQuery::new().after(Some("not-a-cursor".into())),
+        )
         .await;
-    assert!(err.is_err(), "list: an invalid cursor is an error");
+    assert!(
+        matches!(err, Err(Error::InvalidCursor { .. })),
+        "list: an invalid cursor is an error"
+    );
 }
 
 /// The state machine is enforced, transitions are compare-and-set, and the events and
@@ -946,7 +1043,7 @@ pub async fn prune_deletes_finished_tasks(store: &dyn HistoryStore) {
         "prune: oldest finished first, at most `batch`"
     );
     assert_eq!(first[0].task_dir, expired[4].spec.task_dir);
-    assert_eq!(first[0].tenant, Tenant::new("acme"));
+    assert_eq!(first[0].tenant, tenant("acme"));
     let mut total = first.len();
     loop {
         let more = store.prune(cutoff, 2).await.expect("prune");
@@ -962,7 +1059,7 @@ pub async fn prune_deletes_finished_tasks(store: &dyn HistoryStore) {
         assert!(store.outputs(r.id).await.expect("outputs").is_empty());
     }
     let labelled = store
-        .list(&TaskQuery::tenant("acme").label("kind", "old"))
+        .list(&tenant("acme"), &TaskQuery::new().label("kind", "old"))
         .await
         .expect("list");
     assert_eq!(ids(&labelled.tasks), [recent.id], "prune: labels too");
@@ -1106,8 +1203,8 @@ pub async fn stats_per_template(store: &dyn HistoryStore) {
     records.push(other);
     insert(store, &records, None).await;
 
-    let query = StatsQuery::tenant("acme").since(at(0)).until(at(600));
-    let stats = store.stats(&query).await.expect("stats");
+    let query = StatsQuery::new().since(at(0)).until(at(600));
+    let stats = store.stats(&tenant("acme"), &query).await.expect("stats");
     let names: Vec<(&str, &str)> = stats
         .iter()
         .map(|s| (s.tenant.as_str(), s.template.as_str()))
@@ -1161,11 +1258,11 @@ pub async fn stats_per_template(store: &dyn HistoryStore) {
     assert_eq!((train.wait_max, train.run_mean), (secs(1), secs(1)));
 
     let all = store
-        .stats(&StatsQuery::tenant("acme"))
+        .stats(&tenant("acme"), &StatsQuery::new())
         .await
         .expect("stats");
     let render_all = all.iter().find(|s| s.template == "render").expect("render");
     assert_eq!(render_all.tasks, 6, "stats: no window, every task");
-    let nobody = store.stats(&StatsQuery::tenant("nobody")).await;
+    let nobody = store.stats(&tenant("nobody"), &StatsQuery::new()).await;
     assert_eq!(nobody.expect("stats"), [], "stats: unknown tenant");
 }

@@ -13,7 +13,7 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// A checked path relative to a tenant's storage, such as `frames/0001.png`.
 ///
 /// ```
-/// use ops_storage::ObjectPath;
+/// use ops_core::ObjectPath;
 ///
 /// assert_eq!(ObjectPath::parse("frames/0001.png")?.as_str(), "frames/0001.png");
 /// let err = ObjectPath::parse("../other-tenant/secret").unwrap_err();
@@ -22,7 +22,7 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// let err = ObjectPath::parse("/a/%2e%2e/b\\c").unwrap_err();
 /// let text = err.to_string();
 /// assert!(text.contains("absolute") && text.contains("%2e") && text.contains("backslash"), "{text}");
-/// # Ok::<(), ops_storage::Error>(())
+/// # Ok::<(), ops_core::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectPath(String);
@@ -30,7 +30,7 @@ pub struct ObjectPath(String);
 impl ObjectPath {
     /// Checks `path`; every violation is listed in [`Error::InvalidPath`].
     pub fn parse(path: &str) -> Result<Self> {
-        let violations = violations(path, true);
+        let violations = violations(path);
         if violations.is_empty() {
             Ok(Self(path.to_owned()))
         } else {
@@ -67,24 +67,8 @@ impl fmt::Display for ObjectPath {
     }
 }
 
-/// Checks one name used as a single segment (a tenant or an environment).
-pub(crate) fn check_segment(what: &str, name: &str) -> Result<()> {
-    let mut v = violations(name, false);
-    if name.contains('/') {
-        v.push("contains '/' (must be a single segment)".to_owned());
-    }
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::InvalidPath {
-            path: format!("{what} {name}"),
-            violations: v,
-        })
-    }
-}
-
 /// Every rule `path` breaks.
-fn violations(path: &str, multi: bool) -> Vec<String> {
+fn violations(path: &str) -> Vec<String> {
     let mut v = Vec::new();
     if path.is_empty() {
         v.push("is empty".to_owned());
@@ -136,27 +120,23 @@ fn violations(path: &str, multi: bool) -> Vec<String> {
             v.push(format!("contains {what}"));
         }
     }
-    if multi {
-        let body = path.strip_prefix('/').unwrap_or(path);
-        for (i, seg) in body.split('/').enumerate() {
-            match seg {
-                "" if i > 0 || !body.is_empty() => {
-                    v.push("has an empty segment ('//' or a trailing '/')".to_owned())
-                }
-                "." => v.push("has a \".\" segment".to_owned()),
-                ".." => v.push("has a \"..\" segment".to_owned()),
-                s if s.len() > MAX_SEGMENT_BYTES => v.push(format!(
-                    "has a segment of {} bytes; at most {MAX_SEGMENT_BYTES}",
-                    s.len()
-                )),
-                s if s.trim_end_matches([' ', '.']).is_empty() => {
-                    v.push(format!("has a segment of only dots and spaces ({s:?})"))
-                }
-                _ => {}
+    let body = path.strip_prefix('/').unwrap_or(path);
+    for (i, seg) in body.split('/').enumerate() {
+        match seg {
+            "" if i > 0 || !body.is_empty() => {
+                v.push("has an empty segment ('//' or a trailing '/')".to_owned())
             }
+            "." => v.push("has a \".\" segment".to_owned()),
+            ".." => v.push("has a \"..\" segment".to_owned()),
+            s if s.len() > MAX_SEGMENT_BYTES => v.push(format!(
+                "has a segment of {} bytes; at most {MAX_SEGMENT_BYTES}",
+                s.len()
+            )),
+            s if s.trim_end_matches([' ', '.']).is_empty() => {
+                v.push(format!("has a segment of only dots and spaces ({s:?})"))
+            }
+            _ => {}
         }
-    } else if path == "." || path == ".." {
-        v.push(format!("is {path:?}"));
     }
     v.sort();
     v.dedup();
@@ -242,12 +222,5 @@ mod tests {
             "frames"
         );
         assert!(ObjectPath::parse_prefix("../").is_err());
-    }
-
-    #[test]
-    fn segments_are_single() {
-        assert!(check_segment("tenant", "acme").is_ok());
-        assert!(check_segment("tenant", "a/b").is_err());
-        assert!(check_segment("tenant", "..").is_err());
     }
 }

@@ -18,13 +18,12 @@ const CHUNK: usize = 64 * 1024;
 /// file to appear and for more bytes to be written, until `finished` resolves; then it
 /// yields what remains up to the end of the file and ends.
 ///
-/// Works for any executor whose logs are files (such as
-/// [`LocalExecutor::log_path`](crate::Executor::log_path)).
+/// Works for any executor whose logs are files (such as [`log_path`](super::log_path)).
 ///
 /// ```no_run
 /// # async fn demo(path: std::path::PathBuf, done: tokio::sync::oneshot::Receiver<()>) {
 /// use futures::StreamExt;
-/// let mut chunks = Box::pin(ops_tasks::local::follow_log(path, 0, async move {
+/// let mut chunks = Box::pin(ops_tasks::taskdir::follow_log(path, 0, async move {
 ///     let _ = done.await;
 /// }));
 /// while let Some(chunk) = chunks.next().await {

@@ -1,4 +1,6 @@
-//! Finding output files in a task directory.
+//! Finding output files in a task directory: the output globs, the walk that skips
+//! `.ops/` and follows no symlink out of the directory, and the scanner that reports
+//! each settled file once per attempt.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -8,8 +10,7 @@ use std::time::SystemTime;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use walkdir::WalkDir;
 
-use super::OPS_DIR;
-use crate::paths;
+use super::{OPS_DIR, open_append, paths};
 use crate::{Error, Result};
 
 /// Scans a task directory for files matching the output globs.
@@ -19,7 +20,7 @@ use crate::{Error, Result};
 /// the task ended. Reported paths are appended to `.ops/outputs-<attempt>.jsonl` so a
 /// coordinator that re-attaches does not report them again.
 #[derive(Debug)]
-pub(crate) struct OutputScanner {
+pub struct OutputScanner {
     root: PathBuf,
     globs: GlobSet,
     reported: HashSet<String>,
@@ -28,7 +29,7 @@ pub(crate) struct OutputScanner {
 }
 
 /// Builds the matcher for output globs, checking each with [`paths::check_glob`].
-pub(crate) fn build_globs(patterns: &[String]) -> Result<GlobSet> {
+pub fn build_globs(patterns: &[String]) -> Result<GlobSet> {
     let mut builder = GlobSetBuilder::new();
     for p in patterns {
         paths::check_glob(p)?;
@@ -41,14 +42,15 @@ pub(crate) fn build_globs(patterns: &[String]) -> Result<GlobSet> {
             })?;
         builder.add(glob);
     }
-    builder
-        .build()
-        .map_err(|e| Error::Config(format!("output globs: {e}")))
+    builder.build().map_err(|e| Error::PathEscape {
+        path: patterns.join(", "),
+        reason: format!("invalid output globs: {e}"),
+    })
 }
 
 /// A file under a task directory whose path matches the output globs.
 #[derive(Debug)]
-pub(crate) enum Matched {
+pub enum Matched {
     /// Its path relative to the task directory, and the walk's entry for it.
     File(String, walkdir::DirEntry),
     /// A matching file whose name is not UTF-8 (relative path).
@@ -57,7 +59,7 @@ pub(crate) enum Matched {
 
 /// Walks `root` (not its `.ops/`) for the files whose relative path matches `globs`,
 /// giving walk errors as they come. Shared by the output scanner and staging.
-pub(crate) fn matching<'a>(
+pub fn matching<'a>(
     root: &'a Path,
     globs: &'a GlobSet,
 ) -> impl Iterator<Item = walkdir::Result<Matched>> + 'a {
@@ -87,7 +89,7 @@ pub(crate) fn matching<'a>(
 
 /// The regular file a matched entry stands for, with its metadata. A symlink counts
 /// only when it resolves inside `root` (to its target); anything else is `None`.
-pub(crate) fn regular_file(
+pub fn regular_file(
     root: &Path,
     rel: &str,
     entry: &walkdir::DirEntry,
@@ -172,7 +174,7 @@ impl OutputScanner {
 
     fn remember(&self, path: &str) {
         let line = serde_json::to_string(path).unwrap_or_default();
-        let file = super::open_append(&self.record);
+        let file = open_append(&self.record);
         if let Ok(mut f) = file {
             let _ = writeln!(f, "{line}");
         }

@@ -1,4 +1,4 @@
-//! The conformance suite every storage backend passes (feature `testkit`).
+//! The conformance suite every storage backend passes.
 //!
 //! Each check takes a [`Storage`], works in a tenant of its own (a fresh, unique name)
 //! and panics with a message naming the backend when the backend misbehaves. Checks
@@ -8,7 +8,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let storage = ops_storage::Storage::open("memory://").unwrap();
-//! ops_storage::testkit::run_all(&storage).await;
+//! ops_storage::testkit::backend::run_all(&storage).await;
 //! # }
 //! ```
 
@@ -19,10 +19,16 @@ use bytes::Bytes;
 use futures::stream;
 use sha2::{Digest, Sha256};
 
+use ops_core::{Environment, Tenant};
+
 use crate::{Error, Scoped, Storage};
 
 /// The environment every check writes to.
 const ENVIRONMENT: &str = "production";
+
+fn environment(name: &str) -> Environment {
+    Environment::parse(name).expect("a valid environment name")
+}
 
 /// Runs every check of the suite on `storage`.
 pub async fn run_all(storage: &Storage) {
@@ -36,22 +42,21 @@ pub async fn run_all(storage: &Storage) {
 }
 
 /// A tenant name no other check (in this or another process) uses.
-pub fn unique_tenant(what: &str) -> String {
+pub fn unique_tenant(what: &str) -> Tenant {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    format!(
+    let name = format!(
         "{what}-{}-{nanos:x}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    );
+    Tenant::parse(name).expect("a generated tenant name is valid")
 }
 
 fn scope(storage: &Storage, what: &str) -> Scoped {
-    storage
-        .scope(&unique_tenant(what), ENVIRONMENT)
-        .expect("a generated tenant name is valid")
+    storage.scope(&unique_tenant(what), &environment(ENVIRONMENT))
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -102,7 +107,7 @@ pub async fn put_get_head_list_delete(storage: &Storage) {
 
     let entry = storage
         .catalog()
-        .get(t.tenant(), ENVIRONMENT, "frames/0001.png")
+        .get(t.tenant().as_str(), ENVIRONMENT, "frames/0001.png")
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("{url}: a put object is recorded"));
@@ -151,7 +156,7 @@ pub async fn overwrite_replaces_object_and_record(storage: &Storage) {
     assert_eq!(t.get("a.txt").await.unwrap(), "second", "{url}");
     let entry = storage
         .catalog()
-        .get(t.tenant(), ENVIRONMENT, "a.txt")
+        .get(t.tenant().as_str(), ENVIRONMENT, "a.txt")
         .await
         .unwrap()
         .unwrap();
@@ -168,10 +173,10 @@ pub async fn tenants_are_isolated(storage: &Storage) {
     let url = storage.url();
     let tenant = unique_tenant("owner");
     let other = unique_tenant("other");
-    let owner = storage.scope(&tenant, ENVIRONMENT).unwrap();
+    let owner = storage.scope(&tenant, &environment(ENVIRONMENT));
     owner.put("secret", Bytes::from_static(b"s")).await.unwrap();
-    let neighbour = storage.scope(&other, ENVIRONMENT).unwrap();
-    let staging = storage.scope(&tenant, "staging").unwrap();
+    let neighbour = storage.scope(&other, &environment(ENVIRONMENT));
+    let staging = storage.scope(&tenant, &environment("staging"));
     assert!(paths(&neighbour, None).await.is_empty(), "{url}");
     assert!(paths(&staging, None).await.is_empty(), "{url}");
     assert!(
@@ -190,9 +195,10 @@ pub async fn tenants_are_isolated(storage: &Storage) {
             "{url}: {attempt}: {err}"
         );
     }
-    assert!(storage.scope(&format!("../{tenant}"), ENVIRONMENT).is_err());
-    assert!(storage.scope(&tenant, "a/b").is_err());
-    assert!(storage.scope("", ENVIRONMENT).is_err());
+    // Names that could leave a tenant's prefix cannot even be made.
+    assert!(Tenant::parse(format!("../{tenant}")).is_err());
+    assert!(Environment::parse("a/b").is_err());
+    assert!(Tenant::parse("").is_err());
     owner.delete("secret").await.unwrap();
 }
 
@@ -250,7 +256,7 @@ struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique_tenant("ops-storage-testkit"));
+        let dir = std::env::temp_dir().join(unique_tenant("ops-storage-testkit").as_str());
         std::fs::create_dir_all(&dir).expect("create a scratch directory");
         Self(dir)
     }
@@ -289,7 +295,7 @@ pub async fn large_stream_round_trip(storage: &Storage) {
     assert_eq!(sha256(&got), expected, "{url}: get");
     let entry = storage
         .catalog()
-        .get(t.tenant(), ENVIRONMENT, "checkpoints/model.bin")
+        .get(t.tenant().as_str(), ENVIRONMENT, "checkpoints/model.bin")
         .await
         .unwrap()
         .unwrap();
@@ -352,7 +358,7 @@ pub async fn interrupted_stream_leaves_nothing(storage: &Storage) {
     assert!(
         storage
             .catalog()
-            .get(t.tenant(), ENVIRONMENT, "partial.bin")
+            .get(t.tenant().as_str(), ENVIRONMENT, "partial.bin")
             .await
             .unwrap()
             .is_none(),
@@ -374,7 +380,7 @@ pub async fn delete_removes_the_record(storage: &Storage) {
     let catalog = storage.catalog();
     assert!(
         catalog
-            .get(t.tenant(), ENVIRONMENT, "a/b.txt")
+            .get(t.tenant().as_str(), ENVIRONMENT, "a/b.txt")
             .await
             .unwrap()
             .is_none(),
@@ -382,7 +388,7 @@ pub async fn delete_removes_the_record(storage: &Storage) {
     );
     assert!(
         catalog
-            .get(t.tenant(), ENVIRONMENT, "a/c.txt")
+            .get(t.tenant().as_str(), ENVIRONMENT, "a/c.txt")
             .await
             .unwrap()
             .is_some(),
