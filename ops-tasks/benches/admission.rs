@@ -133,7 +133,8 @@ fn request(rng: &mut Rng, tenants: usize) -> Request {
         ),
     };
     let priority = if rng.below(10) == 0 { 10 } else { 0 };
-    Request::new(tenant, "default", resources)
+    let tenant = ops_core::Tenant::parse(tenant).expect("a valid tenant");
+    Request::new(tenant, ops_core::Environment::default(), resources)
         .priority(priority)
         .scavenger(scavenger)
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use ops_core::{Event, Labels, TaskId, TaskStatus, event_types};
 use ops_tasks::history::{ChangeBatch, PostgresHistory};
-use ops_tasks::{HistoryStore, TaskQuery, TaskRecord, testkit};
+use ops_tasks::{HistoryReader, HistoryWriter, TaskQuery, TaskRecord, testkit};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Executor, QueryBuilder};
 
@@ -208,7 +208,7 @@ async fn history(url: &str, connections: u32) -> PostgresHistory {
 /// its `submitted` and `queued` events carrying the task's event data.
 fn submission(i: usize) -> (TaskRecord, Vec<Event>) {
     let tenant = format!("tenant-{:04}", i % TENANTS);
-    let mut r = testkit::record(&tenant, TaskStatus::Queued);
+    let mut r = testkit::history::record(&tenant, TaskStatus::Queued);
     r.template = "render".into();
     r.labels = Labels::from([
         ("kind".to_owned(), "render".to_owned()),
@@ -473,9 +473,10 @@ async fn time_queries(
     let mut found = 0;
     for _ in 0..samples {
         let tenant = format!("tenant-{:04}", rng.next() as usize % TENANTS);
-        let q = query(tenant);
+        let q = query(tenant.clone());
+        let tenant = ops_core::Tenant::parse(tenant).expect("a valid tenant");
         let began = Instant::now();
-        let page = store.list(&q).await.expect("list");
+        let page = store.list(&tenant, &q).await.expect("list");
         times.push(began.elapsed());
         found += page.tasks.len();
     }
@@ -532,7 +533,7 @@ async fn bench_list(server: &Server, a: &Args) {
             .expect("size");
 
     // Warm the cache and the pool.
-    let _ = time_queries(&store, 50, 1, |t| TaskQuery::tenant(t).limit(100)).await;
+    let _ = time_queries(&store, 50, 1, |_| TaskQuery::new().limit(100)).await;
 
     // Baseline: the bare index query, ids only.
     let mut rng = Lcg(7);
@@ -557,31 +558,31 @@ async fn bench_list(server: &Server, a: &Args) {
         base,
         0,
     )];
-    let (t, f) = time_queries(&store, a.samples, 7, |t| TaskQuery::tenant(t).limit(100)).await;
+    let (t, f) = time_queries(&store, a.samples, 7, |_| TaskQuery::new().limit(100)).await;
     results.push(("list(tenant).limit(100)".into(), t, f));
-    let (t, f) = time_queries(&store, a.samples, 8, |t| {
-        TaskQuery::tenant(t).status(TaskStatus::Failed).limit(100)
+    let (t, f) = time_queries(&store, a.samples, 8, |_| {
+        TaskQuery::new().status(TaskStatus::Failed).limit(100)
     })
     .await;
     results.push(("… .status(failed) (10% of rows)".into(), t, f));
-    let (t, f) = time_queries(&store, a.samples, 9, |t| {
-        TaskQuery::tenant(t).status(TaskStatus::Running).limit(100)
+    let (t, f) = time_queries(&store, a.samples, 9, |_| {
+        TaskQuery::new().status(TaskStatus::Running).limit(100)
     })
     .await;
     results.push(("… .status(running) (1% of rows)".into(), t, f));
-    let (t, f) = time_queries(&store, a.samples, 10, |t| {
-        TaskQuery::tenant(t).label("kind", "train").limit(100)
+    let (t, f) = time_queries(&store, a.samples, 10, |_| {
+        TaskQuery::new().label("kind", "train").limit(100)
     })
     .await;
     results.push(("… .label(kind=train) (25% of rows)".into(), t, f));
-    let (t, f) = time_queries(&store, a.samples, 11, |t| {
-        TaskQuery::tenant(t).label("project", "p7").limit(100)
+    let (t, f) = time_queries(&store, a.samples, 11, |_| {
+        TaskQuery::new().label("project", "p7").limit(100)
     })
     .await;
     results.push(("… .label(project=p7) (2% of rows)".into(), t, f));
-    let (t, f) = time_queries(&store, a.samples, 12, |t| {
+    let (t, f) = time_queries(&store, a.samples, 12, |_| {
         let now = chrono::Utc::now();
-        TaskQuery::tenant(t)
+        TaskQuery::new()
             .submitted_between(
                 Some(now - chrono::Duration::days(30)),
                 Some(now - chrono::Duration::days(29)),

@@ -28,7 +28,7 @@ use ops_core::{Resources, TaskId, TaskStatus, Tenant, event_types};
 use ops_events::sqlite::{SqliteOutbox, SqliteOutboxConfig, Synchronous};
 use ops_tasks::local::{CgroupMode, LocalExecutor, LocalExecutorConfig};
 use ops_tasks::template::{Catalogue, Format, TaskTemplate};
-use ops_tasks::{HistoryStore, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
+use ops_tasks::{SqliteHistory, SubmitRequest, Tasks, TasksConfig};
 use tokio::sync::broadcast::error::RecvError;
 
 /// Requests per `submit_many` call (one transaction each).
@@ -230,12 +230,17 @@ async fn status_counts(tasks: &Tasks) -> Vec<(TaskStatus, u64)> {
         .expect("count")
 }
 
+/// The tenant every bench task belongs to.
+fn tenant() -> ops_core::Tenant {
+    ops_core::Tenant::parse(TENANT).expect("a valid tenant")
+}
+
 // ------------------------------------------------------------------ 1. submission
 
 fn render_requests(n: usize) -> Vec<SubmitRequest> {
     (0..n)
         .map(|i| {
-            SubmitRequest::new(TENANT, "render")
+            SubmitRequest::new("render")
                 .parameters(serde_json::json!({
                     "scene": format!("projects/p{}/shot-{i}.blend", i % 100),
                     "end": 1 + i % 500,
@@ -257,7 +262,11 @@ async fn footprint() -> Footprint {
     let s = scratch(Synchronous::Normal, CgroupMode::None).await;
     s.tasks.admin().pause().expect("pause");
     for chunk in render_requests(2 * SUBMIT_BATCH).chunks(SUBMIT_BATCH) {
-        s.tasks.submit_many(chunk.to_vec()).await.expect("submit");
+        s.tasks
+            .tenant(&tenant())
+            .submit_many(chunk.to_vec())
+            .await
+            .expect("submit");
     }
     // Text columns plus ten numeric ones at 8 bytes.
     let (task_row,): (f64,) = sqlx::query_as(
@@ -336,7 +345,7 @@ async fn submit(
     let start = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for queue in queues {
-        let tasks = s.tasks.clone();
+        let tasks = s.tasks.tenant(&tenant());
         set.spawn(async move {
             for requests in queue {
                 if requests.len() == 1 {
@@ -566,9 +575,13 @@ async fn task_throughput(cgroups: CgroupMode, n: usize) -> f64 {
             }
         })
     };
-    let requests = vec![SubmitRequest::new(TENANT, "noop"); n];
+    let requests = vec![SubmitRequest::new("noop"); n];
     let start = Instant::now();
-    s.tasks.submit_many(requests).await.expect("submit");
+    s.tasks
+        .tenant(&tenant())
+        .submit_many(requests)
+        .await
+        .expect("submit");
     counter.await.expect("counter");
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(
