@@ -11,9 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ops_core::{TaskId, TaskStatus, Tenant, event_types};
-use ops_tasks::template::Catalogue;
-use ops_tasks::{HistoryStore, SubmitRequest, TaskQuery, Tasks, TasksConfig};
+use ops::core::{TaskId, TaskStatus, Tenant, event_types};
+use ops::tasks::{HistoryStore, SubmitRequest, TaskQuery, Tasks};
 
 struct Coordinator {
     id: String,
@@ -92,27 +91,29 @@ fn templates(dir: &Path, command: &str) -> PathBuf {
     t
 }
 
+/// A submit-only front end on the shared database, as an API process would run it.
 async fn client(db: &str, templates: &Path) -> (Tasks, Arc<dyn HistoryStore>) {
-    let backends = ops_tasks::backends::open(db, None).await.unwrap();
-    let tasks = Tasks::builder()
-        .catalogue(Catalogue::load_dir(templates).unwrap())
-        .history(backends.history.clone())
-        .config(TasksConfig::default())
+    let platform = ops::Platform::builder()
+        .history(db)
+        .templates(templates)
         .submit_only()
         .start()
         .await
         .unwrap();
-    (tasks, backends.history)
+    let history = platform.admin().history().clone();
+    (platform.tasks().clone(), history)
+}
+
+fn acme() -> Tenant {
+    Tenant::parse("acme").unwrap()
 }
 
 async fn submit(tasks: &Tasks, n: usize) -> Vec<TaskId> {
     let mut ids = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(500) {
         let k = 500.min(n - chunk * 500);
-        let requests = (0..k)
-            .map(|_| SubmitRequest::new("acme", "quick"))
-            .collect();
-        ids.extend(tasks.submit_many(requests).await.unwrap());
+        let requests = (0..k).map(|_| SubmitRequest::new("quick")).collect();
+        ids.extend(tasks.tenant(&acme()).submit_many(requests).await.unwrap());
     }
     ids
 }
@@ -160,12 +161,12 @@ async fn wait_finished(
 /// Every task ended exactly once, with a complete and consistent chain of
 /// transitions, nothing left leased; returns every event id.
 async fn check_tasks(history: &dyn HistoryStore, ids: &[TaskId]) -> HashSet<String> {
-    let tenant = Tenant::new("acme");
+    let tenant = acme();
     let mut listed = 0;
     let mut cursor = None;
     loop {
         let page = history
-            .list(&TaskQuery::tenant(tenant.clone()).limit(1000).after(cursor))
+            .list(&tenant, &TaskQuery::new().limit(1000).after(cursor))
             .await
             .unwrap();
         for t in &page.tasks {

@@ -8,10 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ops_core::{Reason, TaskStatus, Tenant};
+use ops::core::{Reason, TaskStatus, Tenant};
+use ops::tasks::SubmitRequest;
 use ops_kubesim::{KubeSim, SimConfig};
-use ops_tasks::template::Catalogue;
-use ops_tasks::{SubmitRequest, Tasks, TasksConfig};
 
 fn spawn(db: &str, dir: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -98,22 +97,21 @@ memory = "32Mi"
     )
     .unwrap();
 
-    let backends = ops_tasks::backends::open(&db, None).await.unwrap();
-    let front = Tasks::builder()
-        .catalogue(Catalogue::load_dir(root.join("templates")).unwrap())
-        .history(backends.history.clone())
-        .config(TasksConfig::default())
+    let platform = ops::Platform::builder()
+        .history(db.as_str())
+        .templates(root.join("templates"))
         .submit_only()
         .start()
         .await
         .unwrap();
+    let front = platform.tasks().clone();
     let mut coordinator = spawn(&db, root);
-    let tenant = Tenant::new("acme");
+    let tenant = Tenant::parse("acme").unwrap();
     let mut ids = Vec::new();
     for n in 0..6 {
-        let request = SubmitRequest::new("acme", "frame")
+        let request = SubmitRequest::new("frame")
             .parameters(serde_json::json!({ "n": n, "code": if n == 5 { 3 } else { 0 } }));
-        ids.push(front.submit(request).await.unwrap());
+        ids.push(front.tenant(&tenant).submit(request).await.unwrap());
     }
     // Wait until pods run, then crash the coordinator.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -132,7 +130,7 @@ memory = "32Mi"
     let mut coordinator = spawn(&db, root);
 
     for (n, id) in ids.iter().enumerate() {
-        let record = tokio::time::timeout(Duration::from_secs(60), front.wait(&tenant, *id))
+        let record = tokio::time::timeout(Duration::from_secs(60), front.tenant(&tenant).wait(*id))
             .await
             .expect("task ends")
             .unwrap();
@@ -143,11 +141,11 @@ memory = "32Mi"
         } else {
             assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
             assert_eq!(record.attempt, 1, "re-adopted, not retried: {record:?}");
-            let outputs = front.outputs(&tenant, *id).await.unwrap();
+            let outputs = front.tenant(&tenant).outputs(*id).await.unwrap();
             assert_eq!(outputs.len(), 1, "{outputs:?}");
             assert_eq!(outputs[0].path, "out/frame.txt");
         }
-        let events = front.events(&tenant, *id).await.unwrap();
+        let events = front.tenant(&tenant).events(*id).await.unwrap();
         let finals = events
             .iter()
             .filter(|e| e.ty == "ops.task.succeeded" || e.ty == "ops.task.failed")
@@ -168,5 +166,5 @@ memory = "32Mi"
     );
     let _ = coordinator.wait();
     front.shutdown().await;
-    backends.shutdown().await;
+    platform.shutdown().await;
 }

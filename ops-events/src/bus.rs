@@ -136,6 +136,14 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// How many deliveries of `subscription` are waiting to be acknowledged.
     async fn pending(&self, subscription: &str) -> Result<u64>;
+
+    /// How many events `subscription` has not acknowledged yet: those not fetched yet
+    /// plus the [`pending`](Self::pending) ones. Zero means the subscriber has caught
+    /// up with everything published. The provided implementation counts only the
+    /// pending ones (a lower bound) for backends that cannot see further.
+    async fn backlog(&self, subscription: &str) -> Result<u64> {
+        self.pending(subscription).await
+    }
 }
 
 #[async_trait]
@@ -162,6 +170,9 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
 
     async fn pending(&self, subscription: &str) -> Result<u64> {
         (**self).pending(subscription).await
+    }
+    async fn backlog(&self, subscription: &str) -> Result<u64> {
+        (**self).backlog(subscription).await
     }
 }
 

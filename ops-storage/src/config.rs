@@ -29,7 +29,9 @@ use ops_core::{Environment, ObjectPath, Tenant};
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct StorageConfig {
-    /// Where objects are stored (see [`Storage::open`](crate::Storage::open)).
+    /// Where objects are stored (see [`Storage::open`](crate::Storage::open)); a
+    /// platform picks a default directory when it is empty.
+    #[serde(default)]
     pub url: String,
     /// Every tenant's quota, unless `tenants` names another.
     #[serde(default)]

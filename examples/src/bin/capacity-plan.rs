@@ -9,7 +9,7 @@
 //! cargo run --release -p ops-examples --bin capacity-plan -- \
 //!     --nodes 1000 --gpus-per-node 8 --tenants 10 --tasks 100000 --add-nodes 50
 //!
-//! # A scenario file (an `ops_tasks::sim::Scenario` in TOML: nodes, admission, workload)
+//! # A scenario file (an `ops::tasks::sim::Scenario` in TOML: nodes, admission, workload)
 //! cargo run --release -p ops-examples --bin capacity-plan -- --scenario plan.toml --add-nodes 20
 //! ```
 //!
@@ -22,10 +22,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use ops_core::Resources;
-use ops_tasks::NodeGroup;
-use ops_tasks::duration::parse_duration;
-use ops_tasks::sim::{
+use ops::core::Resources;
+use ops::tasks::NodeGroup;
+use ops::tasks::duration::parse_duration;
+use ops::tasks::sim::{
     Scenario, SimReport, Simulation, Workload, WorkloadTemplate, WorkloadTenant, human_duration,
 };
 

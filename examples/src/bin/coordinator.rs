@@ -24,17 +24,14 @@
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use ops_events::{Dispatcher, DispatcherConfig, FunctionError, Trigger, function_fn};
-use ops_tasks::Executor;
-use ops_tasks::kube::{KubeExecutor, KubeExecutorConfig};
-use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
-use ops_tasks::template::Catalogue;
-use ops_tasks::{Tasks, TasksConfig};
+use ops::events::{Function, FunctionError, Trigger, function_fn};
+use ops::tasks::kube::KubeExecutorConfig;
+use ops::tasks::template::Catalogue;
+use ops::{Platform, PlatformConfig};
 
 /// Runs tasks from a shared history store on this machine.
 #[derive(Parser, Debug)]
@@ -59,13 +56,13 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     max_running: usize,
     /// Lease lifetime without renewal, e.g. 15s.
-    #[arg(long, default_value = "15s", value_parser = ops_tasks::duration::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = ops::tasks::duration::parse_duration)]
     lease_ttl: Duration,
     /// Lease renewal and take-over interval.
-    #[arg(long, default_value = "3s", value_parser = ops_tasks::duration::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = ops::tasks::duration::parse_duration)]
     heartbeat: Duration,
     /// How often unowned queued tasks are claimed.
-    #[arg(long, default_value = "500ms", value_parser = ops_tasks::duration::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = ops::tasks::duration::parse_duration)]
     poll: Duration,
     /// Record every event once in `ops_event_audit` (Postgres only).
     #[arg(long)]
@@ -85,46 +82,41 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    let catalogue = Catalogue::load_dir(&args.templates)?;
-    let backends = ops_tasks::backends::open(&args.history, args.events.as_deref()).await?;
-    let mut config = TasksConfig::default();
-    config.root = args.root.clone();
-    config.max_running = args.max_running;
-    config.coordinator.id = args.id.clone();
-    config.coordinator.lease_ttl = args.lease_ttl;
-    config.coordinator.heartbeat = args.heartbeat;
-    config.coordinator.poll = args.poll;
-    let executor: Arc<dyn Executor> = match &args.kube {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let kube: KubeExecutorConfig =
-                toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-            let executor = KubeExecutor::connect(kube).await?;
-            println!("running tasks on Kubernetes at {}", executor.server());
-            Arc::new(executor)
-        }
-        None => Arc::new(LocalExecutor::new(LocalExecutorConfig::default())?),
-    };
-    let tasks = Tasks::builder()
-        .catalogue(catalogue)
-        .history(backends.history.clone())
-        .executor(executor)
+    // What a builder sets by hand here, a config file could say as well.
+    let mut config = PlatformConfig::default();
+    config.history = args.history.clone();
+    config.events = args.events.clone();
+    config.tasks.root = args.root.clone();
+    config.tasks.max_running = args.max_running;
+    config.tasks.coordinator.id = args.id.clone();
+    config.tasks.coordinator.lease_ttl = args.lease_ttl;
+    config.tasks.coordinator.heartbeat = args.heartbeat;
+    config.tasks.coordinator.poll = args.poll;
+    if let Some(path) = &args.kube {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let kube: KubeExecutorConfig =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        config.kube = Some(kube);
+    }
+    // The audit function acknowledges within seconds; a crashed coordinator's
+    // unacknowledged deliveries go to another one soon.
+    config.dispatcher = ops::events::DispatcherConfig::default().ack_wait(Duration::from_secs(5));
+    let mut builder = Platform::builder()
         .config(config)
-        .start()
-        .await?;
-
-    let dispatcher = if args.audit {
-        Some(audit_dispatcher(&args.history, &backends).await?)
-    } else {
-        None
-    };
-
+        .catalogue(Catalogue::load_dir(&args.templates)?);
+    if args.audit {
+        builder = builder.function(Trigger::on("*"), audit_function(&args.history).await?);
+    }
+    let platform = builder.start().await?;
+    if args.kube.is_some() {
+        println!("running tasks on Kubernetes");
+    }
     println!(
         "coordinator {} ready: history {}, events {}",
-        tasks.coordinator_id().unwrap_or("?"),
-        backends.history_url,
-        backends.events_url.as_deref().unwrap_or("outbox")
+        platform.admin().coordinator_id().unwrap_or("?"),
+        platform.history_url(),
+        platform.events_url().unwrap_or("outbox")
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -132,19 +124,12 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     tracing::info!("stopping");
-    tasks.shutdown().await;
-    if let Some(d) = dispatcher {
-        d.shutdown().await;
-    }
-    backends.shutdown().await;
+    platform.shutdown().await;
     Ok(())
 }
 
 /// The audit function: one row per event id, however often it is delivered.
-async fn audit_dispatcher(
-    url: &str,
-    backends: &ops_tasks::backends::Backends,
-) -> anyhow::Result<ops_events::RunningDispatcher> {
+async fn audit_function(url: &str) -> anyhow::Result<impl Function> {
     if !url.starts_with("postgres") {
         bail!("--audit needs a postgres:// history store");
     }
@@ -155,7 +140,7 @@ async fn audit_dispatcher(
         .with_context(|| {
             format!(
                 "connecting to {} for the audit table",
-                ops_tasks::backends::redact_url(url)
+                ops::events::redact_url(url)
             )
         })?;
     sqlx::query(
@@ -191,9 +176,5 @@ async fn audit_dispatcher(
             Ok(())
         }
     });
-    let dispatcher = Dispatcher::builder(backends.events.clone())
-        .config(DispatcherConfig::default().ack_wait(Duration::from_secs(5)))
-        .route(Trigger::on("*"), audit)
-        .build()?;
-    Ok(dispatcher.start().await?)
+    Ok(audit)
 }

@@ -1,11 +1,15 @@
 //! The main job: a small compute platform on this machine, with embedded defaults.
 //!
-//! Loads `examples/local-platform/config.toml` and its template catalogue, starts the
-//! task service (SQLite history and event outbox, local executor with cgroup limits,
-//! task inputs and outputs staged through ops-storage with its catalog in the same
-//! database), wires two functions to the event stream, submits a demo workload for two
-//! tenants, shows progress and where outputs are stored, and prints a summary. Exits non-zero if any task ended differently
-//! from what the demo expects, so CI can run it as a smoke test.
+//! Loads `examples/local-platform/config.toml` (an `ops::PlatformConfig`) and starts the
+//! platform it describes through the `ops` facade — SQLite history and event outbox,
+//! the local executor with cgroup limits, task inputs and outputs staged through
+//! ops-storage with its catalog in the same database — with two functions on the event
+//! stream; submits a demo workload for three tenants, shows progress and where outputs
+//! are stored, and prints a summary. Exits non-zero if any task ended differently from
+//! what the demo expects, so CI can run it as a smoke test.
+//!
+//! What it still does by hand is what a builder would: make the executor (to show what
+//! it found on this machine), write the functions, submit the work and print it.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
@@ -13,17 +17,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use ops_core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
-use ops_events::{Dispatcher, Trigger, function_fn};
-use ops_storage::{Storage, StorageConfig};
-use ops_tasks::local::{LocalExecutor, LocalExecutorConfig};
-use ops_tasks::staging::StagingExecutor;
-use ops_tasks::template::Catalogue;
-use ops_tasks::{HistoryStore, SubmitRequest, TaskRecord, Tasks, TasksConfig};
-use serde::Deserialize;
+use ops::core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
+use ops::events::{FunctionError, Trigger, function_fn};
+use ops::storage::Storage;
+use ops::tasks::local::LocalExecutor;
+use ops::tasks::{SubmitRequest, TaskRecord, Tasks};
+use ops::{Platform, PlatformConfig};
 
 /// Runs a demo platform on this machine.
 #[derive(Parser, Debug)]
@@ -50,61 +52,6 @@ fn default_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("local-platform/config.toml")
 }
 
-/// `config.toml`: where state lives, the catalogue, and each component's settings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlatformConfig {
-    /// History store (and event outbox) URL: `sqlite://PATH` (relative to the config
-    /// file) or `postgres://…`.
-    history: String,
-    /// Event bus URL (`nats://…`); the history store's outbox when left out.
-    #[serde(default)]
-    events: Option<String>,
-    templates: PathBuf,
-    #[serde(default)]
-    tasks: TasksConfig,
-    #[serde(default)]
-    executor: LocalExecutorConfig,
-    /// Where task inputs and outputs are stored, quotas and retention. The URL is a
-    /// directory relative to the config file, `file:///abs`, or `s3://…`; the default
-    /// is `storage/` beside the task directories.
-    #[serde(default)]
-    storage: StorageConfig,
-}
-
-impl PlatformConfig {
-    fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let mut config: PlatformConfig =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(file) = sqlite_path(&config.history) {
-            config.history = format!("sqlite://{}", base.join(file).display());
-        }
-        config.templates = base.join(&config.templates);
-        config.tasks.root = base.join(&config.tasks.root);
-        if config.storage.url.is_empty() {
-            let data = config.tasks.root.parent().unwrap_or(base);
-            config.storage.url = format!("file://{}", data.join("storage").display());
-        } else if !config.storage.url.contains("://") {
-            config.storage.url = format!("file://{}", base.join(&config.storage.url).display());
-        }
-        Ok(config)
-    }
-}
-
-/// The file of a SQLite URL (`sqlite://PATH`, `sqlite:PATH` or a bare path).
-fn sqlite_path(url: &str) -> Option<PathBuf> {
-    if let Some(p) = url.strip_prefix("sqlite://") {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = url.strip_prefix("sqlite:") {
-        return Some(PathBuf::from(p));
-    }
-    (!url.contains("://")).then(|| PathBuf::from(url))
-}
-
 /// The directory of a `file://` storage URL.
 fn storage_dir(url: &str) -> Option<PathBuf> {
     url.strip_prefix("file://").map(PathBuf::from)
@@ -113,7 +60,7 @@ fn storage_dir(url: &str) -> Option<PathBuf> {
 /// Waits until a task runs.
 async fn wait_started(tasks: &Tasks, tenant: &Tenant, id: TaskId) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tasks.get(tenant, id).await?.status != TaskStatus::Running {
+    while tasks.tenant(tenant).get(id).await?.status != TaskStatus::Running {
         if Instant::now() > deadline {
             bail!("task {id} did not start within 30 s");
         }
@@ -134,7 +81,7 @@ fn expected(template: &str) -> (TaskStatus, Reason) {
 }
 
 /// Event id → (subject, type), as the counter function saw them.
-type SeenEvents = BTreeMap<ops_core::EventId, (Option<String>, String)>;
+type SeenEvents = BTreeMap<ops::core::EventId, (Option<String>, String)>;
 
 #[derive(Default)]
 struct Meter {
@@ -150,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // One file describes the platform; every problem in it is reported at once.
     let mut config = PlatformConfig::load(&args.config)?;
     if let Some(url) = &args.history {
         config.history = url.clone();
@@ -159,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.fresh {
         let _ = std::fs::remove_dir_all(&config.tasks.root);
-        match sqlite_path(&config.history) {
+        match ops::config::sqlite_file(&config.history) {
             Some(db) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let mut p = db.clone().into_os_string();
@@ -167,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
                     let _ = std::fs::remove_file(p);
                 }
                 // The storage catalog is in that database: its objects go with it.
-                if let Some(dir) = storage_dir(&config.storage.url) {
+                if let Some(dir) = config.storage.as_ref().and_then(|s| storage_dir(&s.url)) {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
@@ -177,46 +125,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // 1. The catalogue, the history store (with its event outbox), the executor.
-    let catalogue = Catalogue::load_dir(&config.templates)?;
-    println!(
-        "Loaded {} templates from {}: {}",
-        catalogue.len(),
-        config.templates.display(),
-        catalogue.names().collect::<Vec<_>>().join(", ")
-    );
-    let backends = ops_tasks::backends::open(&config.history, config.events.as_deref()).await?;
-    println!(
-        "History store: {}; events: {}",
-        backends.history_url,
-        backends
-            .events_url
-            .as_deref()
-            .unwrap_or("the history store's outbox")
-    );
-    let history = backends.history.clone();
-    // The catalog sits in the history's database: storage events share its outbox.
-    let storage = Storage::from_config(&config.storage, backends.storage_catalog.clone())?;
-    let quota = storage.quota("acme");
-    println!(
-        "Storage: {} (quota per tenant: {}, {} objects; {})",
-        storage.url(),
-        quota
-            .bytes
-            .map_or("unlimited".to_owned(), |b| format!("{} MiB", b >> 20)),
-        quota
-            .objects
-            .map_or("unlimited".to_owned(), |n| n.to_string()),
-        config
-            .storage
-            .retention
-            .iter()
-            .map(|r| format!("{}* kept {} days", r.prefix, r.days))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    // 1. The executor, made by hand to show what it found on this machine; the
+    //    platform wires the rest (history and outbox, storage with staging, functions).
     let executor = LocalExecutor::new(config.executor.clone())?;
-    let capacity = ops_core::Resources::clone(&ops_tasks::Executor::capacity(&executor));
+    let capacity = ops::tasks::Executor::capacity(&executor);
     println!(
         "Local executor: {} CPU, {} MiB, {} GPU(s); limits through cgroups: {}",
         capacity.cpu_millis as f64 / 1000.0,
@@ -224,15 +136,6 @@ async fn main() -> anyhow::Result<()> {
         capacity.gpus.count,
         executor.cgroup_mode().as_str()
     );
-    // Inputs are copied from storage before each attempt; outputs stored after it.
-    let executor = StagingExecutor::new(executor, storage.clone());
-    let tasks = Tasks::builder()
-        .catalogue(catalogue)
-        .history(history.clone())
-        .executor(executor)
-        .config(config.tasks.clone())
-        .start()
-        .await?;
 
     // 2. Functions react to events from the durable outbox (at least once, deduped).
     let meter = Arc::new(Mutex::new(Meter::default()));
@@ -241,9 +144,9 @@ async fn main() -> anyhow::Result<()> {
         function_fn("usage-meter", move |event| {
             let meter = meter.clone();
             async move {
-                let data: TaskEventData = event.data_as().map_err(|e| {
-                    ops_events::FunctionError::permanent(format!("not a task event: {e}"))
-                })?;
+                let data: TaskEventData = event
+                    .data_as()
+                    .map_err(|e| FunctionError::permanent(format!("not a task event: {e}")))?;
                 if let Some(usage) = data.usage {
                     let mut m = meter.lock().unwrap_or_else(|e| e.into_inner());
                     let entry = m.by_tenant.entry(data.tenant).or_default();
@@ -281,64 +184,110 @@ async fn main() -> anyhow::Result<()> {
     for t in &final_types[1..] {
         usage_trigger = usage_trigger.or_on(*t);
     }
-    let dispatcher = Dispatcher::builder(backends.events.clone())
-        .dead_letters(backends.dead_letters.clone())
-        .route(usage_trigger, usage_fn)
-        .route(Trigger::on("ops.task.*").or_on("ops.storage.*"), count_fn)
-        .build()?;
-    let running_dispatcher = dispatcher.start().await?;
-
+    let templates = config.templates.clone();
+    let environment = config.tasks.default_environment.clone();
+    let storage_config = config.storage.clone().unwrap_or_default();
+    let platform = Platform::builder()
+        .config(config)
+        .executor(executor)
+        .function(usage_trigger, usage_fn)
+        .function(Trigger::on("ops.task.*").or_on("ops.storage.*"), count_fn)
+        .start()
+        .await?;
+    let tasks = platform.tasks().clone();
+    println!(
+        "Loaded {} templates from {}: {}",
+        tasks.catalogue().len(),
+        templates.as_deref().unwrap_or(Path::new("-")).display(),
+        tasks.catalogue().names().collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "History store: {}; events: {}",
+        platform.history_url(),
+        platform
+            .events_url()
+            .unwrap_or("the history store's outbox")
+    );
+    let Some(storage) = platform.storage().cloned() else {
+        bail!("the demo needs [storage] in {}", args.config.display());
+    };
+    let quota = storage.quota(&Tenant::parse("acme")?);
+    println!(
+        "Storage: {} (quota per tenant: {}, {} objects; {})",
+        storage.url(),
+        quota
+            .bytes
+            .map_or("unlimited".to_owned(), |b| format!("{} MiB", b >> 20)),
+        quota
+            .objects
+            .map_or("unlimited".to_owned(), |n| n.to_string()),
+        storage_config
+            .retention
+            .iter()
+            .map(|r| format!("{}* kept {} days", r.prefix, r.days))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     // 3. The demo workload: two tenants, good and bad tasks, and refused requests.
+    let (acme, globex, folding) = (
+        Tenant::parse("acme")?,
+        Tenant::parse("globex")?,
+        Tenant::parse("folding")?,
+    );
     let mut requests = Vec::new();
-    for tenant in ["acme", "globex"] {
+    for tenant in [&acme, &globex] {
         for i in 0..args.renders {
-            requests.push(
-                SubmitRequest::new(tenant, "render")
+            requests.push((
+                tenant.clone(),
+                SubmitRequest::new("render")
                     .parameters(serde_json::json!({
                         "scene": format!("{tenant}-shot-{}", i + 1),
                         "frames": 4 + 2 * i,
                     }))
                     .label("project", "trailer"),
-            );
+            ));
         }
     }
     // End users control parameters; they reach the program as plain arguments.
-    requests.push(
-        SubmitRequest::new("globex", "render").parameters(
+    requests.push((
+        globex.clone(),
+        SubmitRequest::new("render").parameters(
             serde_json::json!({ "scene": "x; rm -rf ~ $(reboot) `halt`", "frames": 2 }),
         ),
-    );
-    requests.push(SubmitRequest::new("acme", "flaky-upload"));
-    requests.push(SubmitRequest::new("acme", "memory-hog"));
-    requests.push(SubmitRequest::new("globex", "slow-encode"));
-    requests.push(SubmitRequest::new("globex", "custom-tool"));
+    ));
+    requests.push((acme.clone(), SubmitRequest::new("flaky-upload")));
+    requests.push((acme.clone(), SubmitRequest::new("memory-hog")));
+    requests.push((globex.clone(), SubmitRequest::new("slow-encode")));
+    requests.push((globex.clone(), SubmitRequest::new("custom-tool")));
 
     let refused = vec![
-        ("unknown template", SubmitRequest::new("acme", "rendr")),
+        ("unknown template", &acme, SubmitRequest::new("rendr")),
         (
             "invalid parameters",
-            SubmitRequest::new("acme", "render")
+            &acme,
+            SubmitRequest::new("render")
                 .parameters(serde_json::json!({ "frames": 0, "colour": "red" })),
         ),
         (
             "larger than the machine",
-            SubmitRequest::new("acme", "gpu-train"),
+            &acme,
+            SubmitRequest::new("gpu-train"),
         ),
         (
             "over the tenant's quota (scavenger work only)",
-            SubmitRequest::new("folding", "render").parameters(serde_json::json!({ "scene": "s" })),
+            &folding,
+            SubmitRequest::new("render").parameters(serde_json::json!({ "scene": "s" })),
         ),
     ];
 
     // Each render reads its scene description from the tenant's storage (its
     // `inputs`); the platform's API would have taken these as uploads.
-    for req in &requests {
+    for (tenant, req) in &requests {
         if req.template == "render"
             && let Some(scene) = req.parameters.get("scene").and_then(|s| s.as_str())
         {
-            let env = config.tasks.default_environment.as_str();
             storage
-                .scope(req.tenant.as_str(), env)?
+                .scope(tenant, &environment)
                 .put(
                     &format!("scenes/{scene}.txt"),
                     format!("scene {scene:?}: a teapot on a checkered floor, lit from the left")
@@ -348,25 +297,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let mut live = tasks.subscribe_all();
+    let mut live = tasks.admin().subscribe_all();
     let started = Instant::now();
     let mut ids: Vec<(TaskId, Tenant)> = Vec::new();
     // Scavenger work first: it starts on the idle machine, and is preempted (SIGTERM,
     // grace, kill), requeued and resumed from its checkpoint around the real work.
-    let folding = tasks
-        .submit(SubmitRequest::new("folding", "folding"))
+    let scavenger = tasks
+        .tenant(&folding)
+        .submit(SubmitRequest::new("folding"))
         .await?;
-    ids.push((folding, Tenant::new("folding")));
-    wait_started(&tasks, &Tenant::new("folding"), folding).await?;
+    ids.push((scavenger, folding.clone()));
+    wait_started(&tasks, &folding, scavenger).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    println!("\nScavenger task {folding} (folding) started on idle capacity.");
-    for req in requests {
-        let tenant = req.tenant.clone();
-        ids.push((tasks.submit(req).await?, tenant));
+    println!("\nScavenger task {scavenger} (folding) started on idle capacity.");
+    for (tenant, req) in requests {
+        ids.push((tasks.tenant(&tenant).submit(req).await?, tenant));
     }
     println!("\nSubmitted {} tasks; refused at submission:", ids.len());
-    for (what, req) in refused {
-        match tasks.submit(req).await {
+    for (what, tenant, req) in refused {
+        match tasks.tenant(tenant).submit(req).await {
             Ok(id) => bail!("expected the {what} request to be refused, but it became task {id}"),
             Err(e) => println!("  - {what}: {e}"),
         }
@@ -374,8 +323,8 @@ async fn main() -> anyhow::Result<()> {
     // Why is a task waiting? (One held back by capacity if there is one.)
     let mut shown = None;
     for (id, tenant) in ids.iter().rev() {
-        if let Some(w) = tasks.explain(tenant, *id).await? {
-            let blocked = w.info.reason != ops_tasks::admission::WaitReason::Priority;
+        if let Some(w) = tasks.tenant(tenant).explain(*id).await? {
+            let blocked = w.info.reason != ops::tasks::admission::WaitReason::Priority;
             if shown.is_none() || blocked {
                 shown = Some((*id, w));
             }
@@ -478,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
     // 5. Let the functions catch up with every stored event.
     let mut total_events = 0;
     for (id, tenant) in &ids {
-        total_events += tasks.events(tenant, *id).await?.len() as u64;
+        total_events += tasks.tenant(tenant).events(*id).await?.len() as u64;
     }
     let ours: std::collections::HashSet<String> =
         ids.iter().map(|(id, _)| id.to_string()).collect();
@@ -495,9 +444,9 @@ async fn main() -> anyhow::Result<()> {
     // the function saw about them (their subject is `<environment>/tasks/<task id>/…`).
     let mut stored_outputs = 0u64;
     for (id, tenant) in &ids {
-        let env = tasks.get(tenant, *id).await?.environment;
+        let env = tasks.tenant(tenant).get(*id).await?.environment;
         stored_outputs += storage
-            .scope(tenant.as_str(), env.as_str())?
+            .scope(tenant, &env)
             .list(Some(&format!("tasks/{id}/")))
             .await?
             .len() as u64;
@@ -524,13 +473,13 @@ async fn main() -> anyhow::Result<()> {
     // 6. Summary.
     let mut records = Vec::new();
     for (id, tenant) in &ids {
-        records.push(tasks.get(tenant, *id).await?);
+        records.push(tasks.tenant(tenant).get(*id).await?);
     }
     print_summary(&tasks, &records, elapsed).await?;
     print_storage(&storage, &records).await?;
     println!(
         "\nEvents delivered to the `event-counter` function (from {}):",
-        backends.events_url.as_deref().unwrap_or("the outbox")
+        platform.events_url().unwrap_or("the outbox")
     );
     for (ty, n) in counts().iter() {
         println!("  {ty:<26} {n:>4}");
@@ -556,15 +505,13 @@ async fn main() -> anyhow::Result<()> {
             u.gpu_seconds
         );
     }
-    let stats = dispatcher.stats();
+    let stats = platform.dispatcher().map(|d| d.stats()).unwrap_or_default();
     println!(
         "  dispatcher: {} delivered, {} retried, {} dead letters",
         stats.delivered, stats.retried, stats.dead_lettered
     );
 
-    running_dispatcher.shutdown().await;
-    tasks.shutdown().await;
-    backends.shutdown().await;
+    platform.shutdown().await;
 
     let mut wrong = Vec::new();
     for r in &records {
@@ -600,7 +547,7 @@ async fn stored_outputs(storage: &Storage, data: &TaskEventData) -> anyhow::Resu
     let environment = data.environment.as_str();
     let prefix = format!("tasks/{}/", data.task_id);
     let objects = storage
-        .scope(&data.tenant, environment)?
+        .scope(&Tenant::parse(data.tenant.as_str())?, &environment.parse()?)
         .list(Some(&prefix))
         .await?;
     if objects.is_empty() {
@@ -638,8 +585,8 @@ async fn print_storage(storage: &Storage, records: &[TaskRecord]) -> anyhow::Res
     tenants.sort();
     tenants.dedup();
     for tenant in tenants {
-        let usage = storage.usage(tenant.as_str()).await?;
-        let quota = storage.quota(tenant.as_str());
+        let usage = storage.usage(tenant).await?;
+        let quota = storage.quota(tenant);
         println!(
             "  {:<8} {:>8} {:>10} {:>12}",
             tenant.as_str(),
@@ -663,7 +610,7 @@ async fn print_storage(storage: &Storage, records: &[TaskRecord]) -> anyhow::Res
 async fn count_final(tasks: &Tasks, ids: &[(TaskId, Tenant)]) -> anyhow::Result<usize> {
     let mut n = 0;
     for (id, tenant) in ids {
-        if tasks.get(tenant, *id).await?.status.is_final() {
+        if tasks.tenant(tenant).get(*id).await?.status.is_final() {
             n += 1;
         }
     }
@@ -697,7 +644,7 @@ async fn print_summary(
         "template", "tenant", "status", "reason", "try", "wall s", "outputs"
     );
     for r in records {
-        let outputs = tasks.outputs(&r.tenant, r.id).await?;
+        let outputs = tasks.tenant(&r.tenant).outputs(r.id).await?;
         println!(
             "  {:<13} {:<7} {:<10} {:<16} {:>4} {:>7.2} {:>8}  {}",
             r.template,
@@ -714,7 +661,7 @@ async fn print_summary(
         .iter()
         .find(|r| r.template == "render" && r.status == TaskStatus::Succeeded)
     {
-        let outputs = tasks.outputs(&r.tenant, r.id).await?;
+        let outputs = tasks.tenant(&r.tenant).outputs(r.id).await?;
         println!(
             "\nOutputs of render {} ({}): {}",
             r.id,
@@ -738,8 +685,8 @@ async fn print_summary(
     tenants.sort();
     tenants.dedup();
     for tenant in tenants {
-        let query = ops_tasks::history::StatsQuery::tenant(tenant.clone()).since(since);
-        for s in tasks.stats(&query).await? {
+        let query = ops::tasks::StatsQuery::new().since(since);
+        for s in tasks.tenant(tenant).stats(&query).await? {
             println!(
                 "  {:<8} {:<13} {:>5} {:>8.2}s {:>8.2}s {:>8.2}s {:>8.2}s",
                 s.tenant.as_str(),
@@ -752,7 +699,7 @@ async fn print_summary(
             );
         }
     }
-    let counts = tasks.history().count_by_status(None).await?;
+    let counts = tasks.admin().count_by_status(None).await?;
     println!(
         "\nHistory (all runs): {}",
         counts

@@ -13,7 +13,7 @@ use crate::{Error, Result};
 /// `initial × multiplier^(n-1)`, capped at `max`, until `max_attempts` calls were
 /// made. Durations are milliseconds in configuration files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryPolicy {
     /// Delay after the first failure.
@@ -97,7 +97,7 @@ impl RetryPolicy {
 /// Settings of a [`Dispatcher`](crate::Dispatcher); every field has a default and
 /// durations are milliseconds in configuration files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DispatcherConfig {
     /// Deliveries fetched (and acknowledged) per round trip to the bus.

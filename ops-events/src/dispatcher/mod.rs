@@ -6,6 +6,7 @@ mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ops_core::{Event, EventId};
 use tokio::sync::watch;
@@ -196,6 +197,9 @@ impl DispatcherBuilder {
     }
 }
 
+/// How often [`Dispatcher::drain`] looks at the backlog.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// The outcome of [`Dispatcher::replay_all`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -256,6 +260,40 @@ impl Dispatcher {
             .ok_or_else(|| Error::UnknownFunction {
                 name: function.to_owned(),
             })
+    }
+
+    /// Events published to the bus that the functions have not acknowledged yet, summed
+    /// over the functions (see [`EventBus::backlog`]).
+    pub async fn backlog(&self) -> Result<u64> {
+        let mut total = 0;
+        for route in &self.inner.routes {
+            total += self.inner.bus.backlog(&route.name).await?;
+        }
+        Ok(total)
+    }
+
+    /// Waits until every function has acknowledged everything published so far (its
+    /// backlog is empty), or `timeout` has passed; gives whether they caught up. For a
+    /// graceful stop: the functions handle what was committed before the dispatcher is
+    /// shut down. An event a function keeps failing on stays in the backlog until it is
+    /// dead-lettered.
+    pub async fn drain(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.backlog().await?;
+            if left == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    backlog = left,
+                    ?timeout,
+                    "functions did not catch up in time"
+                );
+                return Ok(false);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Creates (or resumes) every function's subscription and starts one worker per

@@ -245,4 +245,15 @@ impl EventBus for InMemoryBus {
     async fn pending(&self, subscription: &str) -> Result<u64> {
         self.with_sub(subscription, |sub| sub.pending.len() as u64)
     }
+
+    async fn backlog(&self, subscription: &str) -> Result<u64> {
+        let state = self.lock();
+        let published = state.log.len() as u64;
+        match state.subs.get(subscription) {
+            Some(sub) => Ok(published.saturating_sub(sub.cursor) + sub.pending.len() as u64),
+            None => Err(Error::UnknownSubscription {
+                name: subscription.to_owned(),
+            }),
+        }
+    }
 }

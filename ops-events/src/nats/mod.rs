@@ -757,4 +757,17 @@ impl EventBus for NatsBus {
             }
         }
     }
+
+    async fn backlog(&self, subscription: &str) -> Result<u64> {
+        let sub = self.sub(subscription).await?;
+        match self.consumer_info(&sub.consumer).await? {
+            Some(info) => Ok(info.num_pending + info.num_ack_pending as u64),
+            None => {
+                self.forget(subscription);
+                Err(Error::UnknownSubscription {
+                    name: subscription.to_owned(),
+                })
+            }
+        }
+    }
 }

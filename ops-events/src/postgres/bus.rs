@@ -310,4 +310,19 @@ impl EventBus for PostgresOutbox {
                 .map_err(Error::postgres)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    async fn backlog(&self, subscription: &str) -> Result<u64> {
+        self.exists(subscription).await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM ops_events e \
+                     WHERE (e.txid, e.seq) > (s.cursor_txid, s.cursor_seq)) \
+                  + (SELECT COUNT(*) FROM ops_event_deliveries d WHERE d.subscription = s.name) \
+             FROM ops_event_subscriptions s WHERE s.name = $1",
+        )
+        .bind(subscription)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::postgres)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }

@@ -79,6 +79,7 @@ where
     }
     check!(publish_fetch_order);
     check!(ack_removes);
+    check!(backlog_counts_what_is_not_acknowledged);
     check!(unacked_redelivered_after_ack_wait);
     check!(nack_redelivers_after_delay);
     check!(independent_subscriptions);
@@ -163,6 +164,37 @@ pub async fn ack_removes(bus: &dyn EventBus) {
     assert!(
         again.is_empty(),
         "ack_removes: acked events came back: {again:?}"
+    );
+}
+
+/// The backlog is what was published and not acknowledged yet: fetched or not.
+pub async fn backlog_counts_what_is_not_acknowledged(bus: &dyn EventBus) {
+    let name = "backlog";
+    bus.subscribe(name, opts(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(bus.backlog(name).await.unwrap(), 0, "backlog: starts empty");
+    bus.publish(&events(name, 3)).await.unwrap();
+    assert_eq!(bus.backlog(name).await.unwrap(), 3, "backlog: published");
+    let got = fetch_n(bus, name, 2).await;
+    assert_eq!(got.len(), 2, "backlog: fetched");
+    assert_eq!(
+        bus.backlog(name).await.unwrap(),
+        3,
+        "backlog: fetched but not acknowledged still counts"
+    );
+    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+    bus.ack(name, &tags).await.unwrap();
+    assert_eq!(bus.backlog(name).await.unwrap(), 1, "backlog: after ack");
+    let rest = fetch_n(bus, name, 1).await;
+    bus.ack(name, &[rest[0].tag]).await.unwrap();
+    assert_eq!(bus.backlog(name).await.unwrap(), 0, "backlog: caught up");
+    assert!(
+        matches!(
+            bus.backlog("nobody").await,
+            Err(Error::UnknownSubscription { .. })
+        ),
+        "backlog: unknown subscription"
     );
 }
 

@@ -43,6 +43,27 @@ impl Default for TasksConfig {
     }
 }
 
+impl TasksConfig {
+    /// Every problem with the settings that can be seen without an executor, each as
+    /// `field: what is wrong` (admission is checked against the executor's nodes when
+    /// the service starts).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.coordinator.validate();
+        if self.batch_size == 0 {
+            problems.push("batch_size: must be at least 1".to_owned());
+        }
+        if let Some(r) = &self.retention {
+            if r.interval.is_zero() {
+                problems.push("retention.interval: must be above zero".to_owned());
+            }
+            if r.batch == 0 {
+                problems.push("retention.batch: must be at least 1".to_owned());
+            }
+        }
+        problems
+    }
+}
+
 /// How a coordinator shares a history store with others: its id and its lease.
 ///
 /// Each coordinator holds a lease in the store and renews it every `heartbeat`; a

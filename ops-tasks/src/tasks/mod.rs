@@ -189,10 +189,7 @@ impl TasksBuilder {
         let missing = |what| Error::MissingPart { what };
         let catalogue = self.catalogue.ok_or_else(|| missing("a catalogue"))?;
         let history = self.history.ok_or_else(|| missing("a history store"))?;
-        let mut problems = self.config.coordinator.validate();
-        if self.config.batch_size == 0 {
-            problems.push("batch_size: must be at least 1".to_owned());
-        }
+        let problems = self.config.problems();
         if !problems.is_empty() {
             return Err(Error::InvalidConfig { problems });
         }

@@ -1,0 +1,74 @@
+use std::path::PathBuf;
+
+use ops_core::ErrorKind;
+
+/// Errors of the `ops` facade: a bad configuration (every problem at once), or an error
+/// of one of the parts. Every variant has a [`kind`](Error::kind).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The platform configuration is invalid. Each problem names the key path (such as
+    /// `tasks.retention.max_age`) and what is wrong or allowed.
+    #[error("{}{} configuration problem{}:\n  - {}",
+        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("\n  - "))]
+    Config {
+        /// The configuration file, when it came from one.
+        file: Option<PathBuf>,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// The task service failed.
+    #[error(transparent)]
+    Tasks(#[from] ops_tasks::Error),
+    /// The event spine failed.
+    #[error(transparent)]
+    Events(#[from] ops_events::Error),
+    /// Object storage failed.
+    #[error(transparent)]
+    Storage(#[from] ops_storage::Error),
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config { .. } => ErrorKind::InvalidInput,
+            Error::Tasks(e) => e.kind(),
+            Error::Events(e) => e.kind(),
+            Error::Storage(e) => e.kind(),
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+        }
+    }
+
+    /// Whether the same call may succeed if retried.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Tasks(e) => e.is_retryable(),
+            Error::Events(e) => e.is_retryable(),
+            Error::Storage(e) => e.is_retryable(),
+            Error::Config { .. } | Error::Io { .. } => false,
+        }
+    }
+
+    pub(crate) fn config(problems: Vec<String>) -> Self {
+        Error::Config {
+            file: None,
+            problems,
+        }
+    }
+}
+
+/// Result with [`enum@Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
