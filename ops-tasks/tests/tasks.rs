@@ -267,12 +267,89 @@ async fn outputs_produce_events_and_are_tenant_scoped() {
             .await,
         Err(Error::TaskNotFound(_))
     ));
-    let page = tasks
-        .tenant(&ops_core::Tenant::parse("globex").unwrap())
-        .list(&TaskQuery::new())
+    let globex_tasks = tasks.tenant(&globex);
+    let not_found = |what: &str, err: Option<Error>| match err {
+        Some(Error::TaskNotFound(id)) => assert_eq!(id, record.id, "{what}"),
+        Some(other) => panic!("{what}: expected TaskNotFound, got {other}"),
+        None => panic!("{what}: another tenant's task was answered"),
+    };
+    not_found(
+        "transitions",
+        globex_tasks.transitions(record.id).await.err(),
+    );
+    not_found("wait", globex_tasks.wait(record.id).await.err());
+    not_found("explain", globex_tasks.explain(record.id).await.err());
+    not_found(
+        "follow_logs",
+        globex_tasks
+            .follow_logs(record.id, LogStream::Stderr)
+            .await
+            .err(),
+    );
+    let err = globex_tasks.get(record.id).await.unwrap_err();
+    assert_eq!(err.kind(), ops_core::ErrorKind::NotFound);
+    assert_eq!(err.kind().http_status(), 404);
+    let page = globex_tasks.list(&TaskQuery::new()).await.unwrap();
+    assert!(page.tasks.is_empty());
+    // The owner still sees every door open.
+    let own = tasks.tenant(&acme());
+    assert_eq!(
+        own.transitions(record.id)
+            .await
+            .unwrap()
+            .last()
+            .map(|t| t.to),
+        Some(TaskStatus::Succeeded)
+    );
+    assert!(own.explain(record.id).await.unwrap().is_none());
+    tasks.shutdown().await;
+}
+
+#[tokio::test]
+async fn submit_many_is_all_or_nothing_and_names_the_bad_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tasks, _, _) = start(dir.path(), None).await;
+    let acme_tasks = tasks.tenant(&acme());
+    let err = acme_tasks
+        .submit_many(vec![
+            SubmitRequest::new("echo").parameters(serde_json::json!({ "text": "a" })),
+            SubmitRequest::new("frames").parameters(serde_json::json!({ "n": 0 })),
+            SubmitRequest::new("echo").parameters(serde_json::json!({ "text": "c" })),
+        ])
+        .await
+        .unwrap_err();
+    match &err {
+        Error::InvalidRequest { index, source } => {
+            assert_eq!(*index, 1, "{err}");
+            assert!(
+                matches!(**source, Error::InvalidParameters { .. }),
+                "{source}"
+            );
+        }
+        other => panic!("expected InvalidRequest, got {other}"),
+    }
+    assert_eq!(err.kind(), ops_core::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("request #1"), "{err}");
+    // Nothing of the batch was stored: the good requests were not half-submitted.
+    let page = acme_tasks.list(&TaskQuery::new()).await.unwrap();
+    assert!(page.tasks.is_empty(), "{:?}", page.tasks);
+
+    let ids = acme_tasks
+        .submit_many(vec![
+            SubmitRequest::new("echo").parameters(serde_json::json!({ "text": "a" })),
+            SubmitRequest::new("echo").parameters(serde_json::json!({ "text": "b" })),
+        ])
         .await
         .unwrap();
-    assert!(page.tasks.is_empty());
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        let record = tokio::time::timeout(Duration::from_secs(20), acme_tasks.wait(id))
+            .await
+            .expect("task did not finish in time")
+            .unwrap();
+        assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
+    }
+    assert!(acme_tasks.submit_many(Vec::new()).await.unwrap().is_empty());
     tasks.shutdown().await;
 }
 

@@ -76,7 +76,7 @@ pub struct AdmissionPolicy {
 
 impl AdmissionPolicy {
     /// Checks `config` against the executor's `nodes`; every problem is listed in one
-    /// [`Error::Config`].
+    /// [`Error::InvalidConfig`].
     pub fn new(config: AdmissionConfig, nodes: &[NodeGroup]) -> Result<Self> {
         let mut problems = Vec::new();
         if config.lookahead == 0 {

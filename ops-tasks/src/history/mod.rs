@@ -182,7 +182,7 @@ impl ChangeBatch {
     }
 }
 
-/// A task deleted by [`HistoryStore::prune`]: what the caller needs to clean up after
+/// A task deleted by [`HistoryWriter::prune`]: what the caller needs to clean up after
 /// it (the full record is not read back, so that pruning stays cheap).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -301,7 +301,7 @@ impl Lease {
     }
 }
 
-/// The answer to [`HistoryStore::renew_lease`].
+/// The answer to [`Leases::renew_lease`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Renewal {
@@ -309,7 +309,7 @@ pub struct Renewal {
     /// another incarnation took it; the coordinator must stop touching its tasks.
     pub alive: bool,
     /// Unfinished tasks owned by this coordinator whose cancellation was requested
-    /// through [`HistoryStore::request_cancel`] (repeated until they are final).
+    /// through [`Leases::request_cancel`] (repeated until they are final).
     pub cancel_requested: Vec<TaskId>,
 }
 

@@ -76,7 +76,7 @@ impl PostgresHistoryConfig {
     }
 }
 
-/// [`HistoryStore`] on PostgreSQL (13 or later), for several coordinators sharing one
+/// [`HistoryStore`](super::HistoryStore) on PostgreSQL (13 or later), for several coordinators sharing one
 /// database. Cheap to clone.
 ///
 /// ```no_run

@@ -30,7 +30,7 @@ const TASK_COLUMNS: &str = "id, tenant, environment, template, status, reason, m
     wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, started_at, finished_at, \
     not_before, updated_at, owner";
 
-/// [`HistoryStore`] on SQLite. Cheap to clone.
+/// [`HistoryStore`](super::HistoryStore) on SQLite. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SqliteHistory {
     outbox: SqliteOutbox,

@@ -163,7 +163,7 @@ impl TasksBuilder {
         self
     }
     /// The budget hook: asked before each admitted task starts; a refusal keeps the
-    /// task queued with the gate's reason (see [`Tasks::explain`]).
+    /// task queued with the gate's reason (see [`TenantTasks::explain`]).
     pub fn budget_gate(mut self, gate: impl BudgetGate) -> Self {
         self.budget = Some(Arc::new(gate));
         self

@@ -20,8 +20,8 @@
 //! `make` must return a fresh, empty store each time it is called. Each check is a
 //! public function too, so a backend can run them one by one; a failed check panics
 //! with a message that names it. [`events_reach_the_outbox`] also needs the store's
-//! outbox as an [`EventBus`](ops_events::EventBus), so backends call it themselves.
-//! A single-node store (one that keeps the provided [`Leases`](crate::Leases)
+//! outbox as an [`EventBus`], so backends call it themselves.
+//! A single-node store (one that keeps the provided [`Leases`]
 //! methods) runs [`run_single_node`] instead of [`run_all`].
 //!
 //! Lease checks use ttls of a few hundred milliseconds and sleep past them.
@@ -231,7 +231,7 @@ where
 }
 
 /// Runs the checks that do not need leases, each on a fresh store from `make`: for a
-/// single-node store that keeps the provided [`Leases`](crate::Leases) methods. Its
+/// single-node store that keeps the provided [`Leases`] methods. Its
 /// commits may ignore the batch's owner.
 pub async fn run_single_node<F, Fut>(make: F)
 where
