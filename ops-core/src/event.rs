@@ -11,11 +11,13 @@ use crate::{Error, EventId, Result};
 pub mod event_types {
     /// A task was accepted and stored.
     pub const TASK_SUBMITTED: &str = "ops.task.submitted";
-    /// A task passed admission and waits for a slot on an executor.
+    /// A task entered the queue and waits for admission (quota, priority, capacity,
+    /// the budget gate): right after `ops.task.submitted`, in the same transaction, and
+    /// again when a retry's backoff has elapsed. A preempted task goes back to the queue
+    /// with `ops.task.preempted` instead. Admission itself has no event of its own: the
+    /// task goes straight from queued to running, announced by `ops.task.started`.
     pub const TASK_QUEUED: &str = "ops.task.queued";
-    /// Admission granted resources to a task.
-    pub const TASK_ADMITTED: &str = "ops.task.admitted";
-    /// A task's process (or pod) started.
+    /// A task was admitted and its process (or pod) started.
     pub const TASK_STARTED: &str = "ops.task.started";
     /// A running task wrote a file matching its output globs.
     pub const TASK_OUTPUT_CREATED: &str = "ops.task.output.created";
@@ -42,7 +44,6 @@ pub mod event_types {
     pub const TASK_TYPES: &[&str] = &[
         TASK_SUBMITTED,
         TASK_QUEUED,
-        TASK_ADMITTED,
         TASK_STARTED,
         TASK_OUTPUT_CREATED,
         TASK_SUCCEEDED,
