@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use ops::events::{Function, FunctionError, Trigger, function_fn};
-use ops::tasks::kube::KubeExecutorConfig;
+use ops::tasks::kube::{KubeExecutor, KubeExecutorConfig};
 use ops::tasks::template::Catalogue;
 use ops::{Platform, PlatformConfig};
 
@@ -92,26 +92,27 @@ async fn main() -> anyhow::Result<()> {
     config.tasks.coordinator.lease_ttl = args.lease_ttl;
     config.tasks.coordinator.heartbeat = args.heartbeat;
     config.tasks.coordinator.poll = args.poll;
-    if let Some(path) = &args.kube {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let kube: KubeExecutorConfig =
-            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        config.kube = Some(kube);
-    }
     // The audit function acknowledges within seconds; a crashed coordinator's
     // unacknowledged deliveries go to another one soon.
     config.dispatcher = ops::events::DispatcherConfig::default().ack_wait(Duration::from_secs(5));
     let mut builder = Platform::builder()
         .config(config)
         .catalogue(Catalogue::load_dir(&args.templates)?);
+    // The Kubernetes executor is connected by hand (a `[kube]` section of a platform
+    // file would do the same) so that its API server can be reported.
+    if let Some(path) = &args.kube {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let kube: KubeExecutorConfig =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        let executor = KubeExecutor::connect(kube).await?;
+        println!("running tasks on Kubernetes at {}", executor.server());
+        builder = builder.executor(executor);
+    }
     if args.audit {
         builder = builder.function(Trigger::on("*"), audit_function(&args.history).await?);
     }
     let platform = builder.start().await?;
-    if args.kube.is_some() {
-        println!("running tasks on Kubernetes");
-    }
     println!(
         "coordinator {} ready: history {}, events {}",
         platform.admin().coordinator_id().unwrap_or("?"),
