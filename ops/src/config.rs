@@ -276,8 +276,15 @@ impl PlatformConfig {
             source,
         })?;
         let mut config = Self::parse(&text).map_err(|e| with_file(e, path))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // Paths resolve against the file's directory, made absolute so that a file
+        // given by a relative path still yields `file:///…` URLs and paths that do not
+        // change meaning when the process changes its directory.
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        config.resolve_paths(&base);
         let problems = config.problems();
         if problems.is_empty() {
             Ok(config)
@@ -682,6 +689,38 @@ mod tests {
             "file:///srv/platform/state/storage"
         );
         assert_eq!(config.dead_letters, DeadLetterStore::Durable);
+    }
+
+    #[test]
+    fn a_file_given_by_a_relative_path_resolves_to_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("platform.toml"),
+            "history = \"sqlite://state/ops.db\"\n[storage]\n",
+        )
+        .unwrap();
+        // The same file, named relative to the current directory.
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative = PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(dir.path().strip_prefix("/").unwrap());
+        relative.push("platform.toml");
+        let config = PlatformConfig::load(&relative).unwrap();
+        // Each path is absolute and lies two levels under the file's directory.
+        let home = dir.path().canonicalize().unwrap();
+        let storage = config.storage.unwrap().url;
+        for (key, path) in [
+            ("history", config.history.strip_prefix("sqlite://")),
+            ("tasks.root", config.tasks.root.to_str()),
+            ("storage.url", storage.strip_prefix("file://")),
+        ] {
+            let path = Path::new(path.unwrap_or_else(|| panic!("{key}: not a path")));
+            assert!(path.is_absolute(), "{key}: {}", path.display());
+            let grandparent = path.parent().and_then(Path::parent).unwrap();
+            assert_eq!(grandparent.canonicalize().unwrap(), home, "{key}");
+        }
     }
 
     #[test]

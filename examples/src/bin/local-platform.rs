@@ -48,7 +48,15 @@ struct Args {
     events: Option<String>,
 }
 
+/// `examples/local-platform/config.toml` of the checkout the command runs in (the
+/// README runs it from the repository's root), else of the checkout it was built in.
+/// The current directory comes first: a binary built in one clone and run from another
+/// (a shared target directory) must not read the first clone's files.
 fn default_config() -> PathBuf {
+    const IN_CHECKOUT: &str = "examples/local-platform/config.toml";
+    if Path::new(IN_CHECKOUT).is_file() {
+        return PathBuf::from(IN_CHECKOUT);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("local-platform/config.toml")
 }
 
