@@ -1,0 +1,57 @@
+//! # ops-billing
+//!
+//! From usage to money. This first part of the crate is its pure core, with no I/O:
+//!
+//! - [`Money`] and [`Currency`]: integer minor units of an ISO 4217 currency, never
+//!   floats; mixing currencies is [`Error::CurrencyMismatch`]; amounts computed from
+//!   rates stay exact [`Decimal`]s until rounded once, half to even.
+//! - [`PriceBook`] (TOML): prices per meter by environment, template and GPU model,
+//!   the most specific one applying; charge models per unit, graduated tiers, volume
+//!   tiers and packages ([`ChargeModel`]); a minimum charge per task and what failed,
+//!   timed-out, cancelled, preempted and scavenger attempts cost ([`ChargePolicy`]).
+//!   A book with problems is refused with every problem listed with its key path:
+//!   unknown meters and currencies, overlapping tiers or a gap above the last bound,
+//!   negative prices, two prices for the same place.
+//! - [`MeterSpec`]: meters a builder declares on any CloudEvent type, with a JSON path
+//!   to the quantity and an [`Aggregation`] (sum, count, max, latest, unique count,
+//!   time-weighted sum); a missing, negative or non-numeric quantity is
+//!   [`Error::InvalidQuantity`] naming the meter, the event and the value. The built-in
+//!   meters ([`meter::builtin`]) price task usage and storage.
+//!
+//! The ledger, metering on the event bus, reservations at admission, invoices and
+//! payment providers build on this core (see `docs/billing.md`).
+//!
+//! ```
+//! use ops_billing::{PriceBook, Selector};
+//! let book = PriceBook::parse(r#"
+//!     currency = "EUR"
+//!     [[prices]]
+//!     meter = "cpu_core_seconds"
+//!     graduated = [ { up_to = 36000, unit_price = "0.00002" }, { unit_price = "0.00001" } ]
+//! "#)?;
+//! // Ten core-hours at 0.072 EUR, the eleventh at half that.
+//! let cost = book.rate("cpu_core_seconds", &Selector::default(), "39600".parse().unwrap())?;
+//! assert_eq!(cost.to_string(), "0.76 EUR");
+//! # Ok::<(), ops_billing::Error>(())
+//! ```
+//!
+//! ## Features
+//!
+//! None yet: the crate depends on `ops-core` only, with rust_decimal for exact rates.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+pub mod meter;
+mod money;
+mod price;
+mod pricebook;
+
+pub use error::Error;
+pub use meter::{Aggregation, MeterSpec};
+pub use money::{Currency, Money};
+pub use price::{ChargeModel, Package, Tier};
+pub use pricebook::{Charge, ChargePolicy, PriceBook, PriceEntry, Selector};
+pub use rust_decimal::Decimal;
+
+/// A `Result` with ops-billing's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
