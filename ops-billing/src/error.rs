@@ -52,6 +52,39 @@ pub enum Error {
         /// Every problem found.
         problems: Vec<String>,
     },
+    /// Not a valid ledger account name.
+    #[error(
+        "invalid account {name:?}: expected tenant:<tenant>:<name> or platform:<name>, each name following the rule: {}",
+        ops_core::NAME_RULE
+    )]
+    InvalidAccount {
+        /// The name given.
+        name: String,
+    },
+    /// A posting that cannot be posted, every problem listed.
+    #[error("posting {key:?}: {}", problems.join("; "))]
+    InvalidPosting {
+        /// Its key.
+        key: String,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// A posting key already used for other entries.
+    #[error("posting {key:?} already exists with other entries; corrections are new postings")]
+    PostingConflict {
+        /// The key.
+        key: String,
+    },
+    /// The ledger's database failed.
+    #[error("ledger store ({}): {source}", source.backend())]
+    Store {
+        /// The database failure, classified.
+        #[source]
+        source: ops_events::StoreError,
+    },
+    /// The event outbox failed.
+    #[error("billing events: {0}")]
+    Events(#[from] ops_events::Error),
 }
 
 impl Error {
@@ -63,12 +96,21 @@ impl Error {
             | Error::UnknownCurrency { .. }
             | Error::CurrencyMismatch { .. }
             | Error::InvalidQuantity { .. }
-            | Error::InvalidPriceBook { .. } => ErrorKind::InvalidInput,
+            | Error::InvalidPriceBook { .. }
+            | Error::InvalidAccount { .. }
+            | Error::InvalidPosting { .. } => ErrorKind::InvalidInput,
+            Error::PostingConflict { .. } => ErrorKind::Conflict,
+            Error::Store { source } => source.kind(),
+            Error::Events(e) => e.kind(),
         }
     }
 
-    /// Whether retrying the same call may succeed (never, for these errors of input).
+    /// Whether retrying the same call may succeed: a busy or unreachable database.
     pub fn is_retryable(&self) -> bool {
-        false
+        match self {
+            Error::Store { source } => source.is_retryable(),
+            Error::Events(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 }

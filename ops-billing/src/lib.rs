@@ -37,14 +37,23 @@
 //!
 //! ## Features
 //!
-//! None yet: the crate depends on `ops-core` only, with rust_decimal for exact rates.
+//! - `sqlite` (default): the SQLite ledger ([`ledger::SqliteLedger`]), sharing its
+//!   database and transactions with an `ops-events` outbox.
+//! - `testkit`: the ledger conformance suite ([`testkit::ledger`]).
+//!
+//! Without default features the crate is the pure core and the in-memory ledger.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
+pub mod ledger;
 pub mod meter;
 mod money;
 mod price;
 mod pricebook;
+
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
 
 pub use error::Error;
 pub use meter::{Aggregation, MeterSpec};

@@ -1,0 +1,435 @@
+//! The double-entry ledger: every [`Posting`] balances (its entries sum to zero),
+//! balances are derived from entries, and corrections are new postings, never edits.
+//!
+//! Postings are idempotent by key: posting the same key with the same entries again
+//! changes nothing ([`Posted::AlreadyPosted`]); the same key with other entries is a
+//! [`Error::PostingConflict`]. A posting may carry events, written in the same
+//! transaction as its entries on the SQL ledgers.
+//!
+//! ```
+//! use ops_billing::ledger::{Account, Ledger, MemoryLedger, Posted, Posting};
+//! use ops_billing::{Currency, Money};
+//! use ops_core::Tenant;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let eur: Currency = "EUR".parse()?;
+//! let acme = Tenant::parse("acme")?;
+//! let ledger = MemoryLedger::new();
+//! let top_up = Posting::new("top-up:acme:1", "prepaid credit")
+//!     .entry(Account::platform("payments")?, Money::new(-10_00, eur))
+//!     .entry(Account::tenant(&acme, "prepaid")?, Money::new(10_00, eur));
+//! assert_eq!(ledger.post(&top_up).await?, Posted::New);
+//! assert_eq!(ledger.post(&top_up).await?, Posted::AlreadyPosted);
+//! let balance = ledger.balance(&Account::tenant(&acme, "prepaid")?, eur).await?;
+//! assert_eq!(balance.to_string(), "10.00 EUR");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ops_core::{Event, EventId, TaskId, Tenant};
+use serde::{Deserialize, Serialize};
+
+use crate::{Currency, Error, Money, Result};
+
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteLedger;
+
+/// A ledger account: `tenant:<tenant>:<name>` or `platform:<name>`, each name following
+/// the one name rule of tenants (`ops_core::NAME_RULE`), optionally with more
+/// `:`-separated segments (`tenant:acme:granted:promo-2026`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Account(String);
+
+impl Account {
+    /// A tenant's account, e.g. `tenant:acme:prepaid`.
+    pub fn tenant(tenant: &Tenant, name: &str) -> Result<Self> {
+        Self::parse(&format!("tenant:{tenant}:{name}"))
+    }
+
+    /// One of the platform's own accounts, e.g. `platform:revenue`.
+    pub fn platform(name: &str) -> Result<Self> {
+        Self::parse(&format!("platform:{name}"))
+    }
+
+    /// Checks an account name.
+    pub fn parse(name: &str) -> Result<Self> {
+        let segments: Vec<&str> = name.split(':').collect();
+        let shape_ok = match segments.first() {
+            Some(&"tenant") => segments.len() >= 3,
+            Some(&"platform") => segments.len() >= 2,
+            _ => false,
+        };
+        if shape_ok && segments[1..].iter().all(|s| Tenant::parse(*s).is_ok()) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(Error::InvalidAccount {
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The tenant of a tenant account.
+    pub fn tenant_name(&self) -> Option<&str> {
+        let mut parts = self.0.split(':');
+        (parts.next() == Some("tenant"))
+            .then(|| parts.next())
+            .flatten()
+    }
+}
+
+impl TryFrom<String> for Account {
+    type Error = Error;
+    fn try_from(name: String) -> Result<Self> {
+        Self::parse(&name)
+    }
+}
+
+impl From<Account> for String {
+    fn from(a: Account) -> String {
+        a.0
+    }
+}
+
+impl fmt::Display for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// One line of a posting: an amount to an account (positive debits it, negative
+/// credits it; the signs of a posting sum to zero).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The account.
+    pub account: Account,
+    /// The amount.
+    pub amount: Money,
+}
+
+/// A balanced set of entries, posted at once, idempotent by its key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Posting {
+    /// The idempotency key, e.g. `usage:<event id>:<meter>`.
+    pub key: String,
+    /// What it is for, for people.
+    pub memo: String,
+    /// When it happened (for usage, the event's time, so that postings do not depend
+    /// on when they were processed).
+    pub at: DateTime<Utc>,
+    /// The entries; at least two, summing to zero, in one currency.
+    pub entries: Vec<Entry>,
+    /// The task it is for, if any.
+    pub task_id: Option<TaskId>,
+    /// The event it came from, if any.
+    pub event_id: Option<EventId>,
+    /// Events written with it, in the same transaction (SQL ledgers).
+    pub events: Vec<Event>,
+}
+
+impl Posting {
+    /// An empty posting with a key and a memo, dated now.
+    pub fn new(key: impl Into<String>, memo: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            memo: memo.into(),
+            at: Utc::now(),
+            entries: Vec::new(),
+            task_id: None,
+            event_id: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Adds an entry.
+    pub fn entry(mut self, account: Account, amount: Money) -> Self {
+        self.entries.push(Entry { account, amount });
+        self
+    }
+
+    /// Sets when it happened.
+    pub fn at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = at;
+        self
+    }
+
+    /// Sets the task and the event it came from.
+    pub fn source(mut self, task_id: Option<TaskId>, event_id: Option<EventId>) -> Self {
+        self.task_id = task_id;
+        self.event_id = event_id;
+        self
+    }
+
+    /// Adds an event to write with it.
+    pub fn event(mut self, event: Event) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// Every reason it cannot be posted: an empty or overlong key, fewer than two
+    /// entries, a zero amount, two currencies, entries that do not sum to zero.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.key.trim().is_empty() || self.key.len() > 255 {
+            out.push("key: must be 1 to 255 bytes".to_owned());
+        }
+        if self.entries.len() < 2 {
+            out.push(format!(
+                "entries: a posting needs at least two, has {}",
+                self.entries.len()
+            ));
+        }
+        let currency = self.entries.first().map(|e| e.amount.currency);
+        let mut sum: i128 = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.amount.amount == 0 {
+                out.push(format!("entries[{i}]: zero amount to {}", e.account));
+            }
+            if Some(e.amount.currency) != currency {
+                out.push(format!(
+                    "entries[{i}]: currency {} in a {} posting",
+                    e.amount.currency,
+                    currency.map(|c| c.to_string()).unwrap_or_default()
+                ));
+            }
+            sum += i128::from(e.amount.amount);
+        }
+        if sum != 0 {
+            out.push(format!(
+                "entries: do not balance, they sum to {sum} minor units"
+            ));
+        }
+        out
+    }
+
+    /// Refuses a posting with problems.
+    pub(crate) fn check(&self) -> Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidPosting {
+                key: self.key.clone(),
+                problems,
+            })
+        }
+    }
+
+    /// The entries as stored, to tell a retry from a conflicting reuse of the key.
+    pub(crate) fn lines(&self) -> String {
+        serde_json::to_string(&self.entries).unwrap_or_default()
+    }
+}
+
+/// What [`Ledger::post`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posted {
+    /// The posting was written.
+    New,
+    /// A posting with that key and the same entries was already there; nothing changed.
+    AlreadyPosted,
+}
+
+/// An entry as stored, with its posting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The posting's key.
+    pub posting: String,
+    /// When the posting happened.
+    pub at: DateTime<Utc>,
+    /// The posting's memo.
+    pub memo: String,
+    /// The amount to the account.
+    pub amount: Money,
+    /// The task, if any.
+    pub task_id: Option<TaskId>,
+    /// The event, if any.
+    pub event_id: Option<EventId>,
+}
+
+/// A double-entry ledger.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Posts a balanced posting, or nothing if its key is already posted with the same
+    /// entries. Invalid postings are [`Error::InvalidPosting`] listing every problem;
+    /// a key reused with other entries is [`Error::PostingConflict`].
+    async fn post(&self, posting: &Posting) -> Result<Posted>;
+
+    /// An account's balance in `currency`: the sum of its entries.
+    async fn balance(&self, account: &Account, currency: Currency) -> Result<Money>;
+
+    /// Every account's balance (accounts with entries), sorted by account.
+    async fn balances(&self) -> Result<Vec<(Account, Money)>>;
+
+    /// An account's entries, oldest first.
+    async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>>;
+
+    /// Checks the ledger: every posting balances and every kept balance equals the sum
+    /// of its entries. Returns what is wrong (nothing, normally).
+    async fn audit(&self) -> Result<Vec<String>>;
+}
+
+/// An in-memory ledger, for tests and programs that keep nothing.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    postings: HashMap<String, (String, Posting)>,
+    order: Vec<String>,
+    balances: BTreeMap<(Account, Currency), i64>,
+}
+
+impl MemoryLedger {
+    /// An empty ledger.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn post(&self, posting: &Posting) -> Result<Posted> {
+        posting.check()?;
+        let lines = posting.lines();
+        let mut state = self.state();
+        if let Some((existing, _)) = state.postings.get(&posting.key) {
+            return if *existing == lines {
+                Ok(Posted::AlreadyPosted)
+            } else {
+                Err(Error::PostingConflict {
+                    key: posting.key.clone(),
+                })
+            };
+        }
+        // Compute every new balance (an account may appear on several lines) before
+        // changing any.
+        let mut next: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
+        for e in &posting.entries {
+            let key = (e.account.clone(), e.amount.currency);
+            let old = match next.get(&key) {
+                Some(b) => *b,
+                None => state.balances.get(&key).copied().unwrap_or(0),
+            };
+            let new = old
+                .checked_add(e.amount.amount)
+                .ok_or_else(|| Error::Overflow {
+                    what: format!("balance of {}", e.account),
+                })?;
+            next.insert(key, new);
+        }
+        for (key, new) in next {
+            state.balances.insert(key, new);
+        }
+        state
+            .postings
+            .insert(posting.key.clone(), (lines, posting.clone()));
+        state.order.push(posting.key.clone());
+        Ok(Posted::New)
+    }
+
+    async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {
+        let state = self.state();
+        let amount = state
+            .balances
+            .get(&(account.clone(), currency))
+            .copied()
+            .unwrap_or(0);
+        Ok(Money::new(amount, currency))
+    }
+
+    async fn balances(&self) -> Result<Vec<(Account, Money)>> {
+        let state = self.state();
+        Ok(state
+            .balances
+            .iter()
+            .map(|((a, c), b)| (a.clone(), Money::new(*b, *c)))
+            .collect())
+    }
+
+    async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>> {
+        let state = self.state();
+        let mut out = Vec::new();
+        for key in &state.order {
+            let Some((_, p)) = state.postings.get(key) else {
+                continue;
+            };
+            for e in p.entries.iter().filter(|e| &e.account == account) {
+                out.push(LedgerEntry {
+                    posting: p.key.clone(),
+                    at: p.at,
+                    memo: p.memo.clone(),
+                    amount: e.amount,
+                    task_id: p.task_id,
+                    event_id: p.event_id,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn audit(&self) -> Result<Vec<String>> {
+        let state = self.state();
+        let mut derived: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
+        let mut out = Vec::new();
+        for (_, p) in state.postings.values() {
+            if !p.problems().is_empty() {
+                out.push(format!("posting {}: {}", p.key, p.problems().join("; ")));
+            }
+            for e in &p.entries {
+                *derived
+                    .entry((e.account.clone(), e.amount.currency))
+                    .or_default() += e.amount.amount;
+            }
+        }
+        compare_balances(&derived, &state.balances, &mut out);
+        Ok(out)
+    }
+}
+
+/// Lists the accounts whose kept balance differs from the one derived from entries.
+pub(crate) fn compare_balances(
+    derived: &BTreeMap<(Account, Currency), i64>,
+    kept: &BTreeMap<(Account, Currency), i64>,
+    out: &mut Vec<String>,
+) {
+    for key in derived.keys().chain(kept.keys()) {
+        let d = derived.get(key).copied().unwrap_or(0);
+        let k = kept.get(key).copied().unwrap_or(0);
+        if d != k {
+            let line = format!(
+                "account {} ({}): kept balance {k}, entries sum to {d}",
+                key.0, key.1
+            );
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+}

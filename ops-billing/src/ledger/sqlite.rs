@@ -1,0 +1,252 @@
+//! The embedded ledger: SQLite, sharing its database (and its transactions) with an
+//! `ops-events` outbox, so that a posting and its events commit together.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ops_core::{EventId, TaskId};
+use ops_events::sqlite::SqliteOutbox;
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+
+use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances};
+use crate::{Currency, Error, Money, Result};
+
+/// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
+/// `ops_billing_balances`) sit beside the outbox's; a posting's events go into that
+/// outbox in the same transaction. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteLedger {
+    outbox: SqliteOutbox,
+    // SQLite has one writer; serialising this process's write transactions here
+    // avoids busy retries between them.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SqliteLedger {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain
+    /// path) with its outbox, and runs the ledger migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let outbox = SqliteOutbox::open(url).await?;
+        Self::from_outbox(outbox).await
+    }
+
+    /// Uses the database of an existing outbox (for example the task history's), running
+    /// the ledger migrations.
+    pub async fn from_outbox(outbox: SqliteOutbox) -> Result<Self> {
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(outbox.pool()).await.map_err(store)?;
+        Ok(Self {
+            outbox,
+            write_lock: Default::default(),
+        })
+    }
+
+    /// The outbox that holds its events (an `EventBus`).
+    pub fn outbox(&self) -> &SqliteOutbox {
+        &self.outbox
+    }
+
+    async fn write(&self, conn: &mut SqliteConnection, posting: &Posting) -> Result<Posted> {
+        let lines = posting.lines();
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT lines FROM ops_billing_postings WHERE key = ?")
+                .bind(&posting.key)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(store)?;
+        if let Some(existing) = existing {
+            return if existing == lines {
+                Ok(Posted::AlreadyPosted)
+            } else {
+                Err(Error::PostingConflict {
+                    key: posting.key.clone(),
+                })
+            };
+        }
+        let seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops_billing_postings")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(store)?;
+        sqlx::query(
+            "INSERT INTO ops_billing_postings (key, seq, at, memo, lines, task_id, event_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&posting.key)
+        .bind(seq)
+        .bind(posting.at.timestamp_millis())
+        .bind(&posting.memo)
+        .bind(&lines)
+        .bind(posting.task_id.map(|t| t.to_string()))
+        .bind(posting.event_id.map(|e| e.to_string()))
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?;
+        for (line, e) in posting.entries.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO ops_billing_entries (posting, line, account, currency, amount) \
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(&posting.key)
+            .bind(line as i64)
+            .bind(e.account.as_str())
+            .bind(e.amount.currency.code())
+            .bind(e.amount.amount)
+            .execute(&mut *conn)
+            .await
+            .map_err(store)?;
+            let old: Option<i64> = sqlx::query_scalar(
+                "SELECT balance FROM ops_billing_balances WHERE account = ? AND currency = ?",
+            )
+            .bind(e.account.as_str())
+            .bind(e.amount.currency.code())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(store)?;
+            let new = old
+                .unwrap_or(0)
+                .checked_add(e.amount.amount)
+                .ok_or_else(|| Error::Overflow {
+                    what: format!("balance of {}", e.account),
+                })?;
+            sqlx::query(
+                "INSERT INTO ops_billing_balances (account, currency, balance) VALUES (?, ?, ?) \
+                 ON CONFLICT (account, currency) DO UPDATE SET balance = excluded.balance",
+            )
+            .bind(e.account.as_str())
+            .bind(e.amount.currency.code())
+            .bind(new)
+            .execute(&mut *conn)
+            .await
+            .map_err(store)?;
+        }
+        if !posting.events.is_empty() {
+            SqliteOutbox::append(conn, &posting.events).await?;
+        }
+        Ok(Posted::New)
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn post(&self, posting: &Posting) -> Result<Posted> {
+        posting.check()?;
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        // An error drops `tx`, which rolls everything back: nothing half-posted.
+        let posted = self.write(&mut tx, posting).await?;
+        if posted == Posted::New {
+            tx.commit().await.map_err(store)?;
+            if !posting.events.is_empty() {
+                self.outbox.notify();
+            }
+        }
+        Ok(posted)
+    }
+
+    async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {
+        let balance: Option<i64> = sqlx::query_scalar(
+            "SELECT balance FROM ops_billing_balances WHERE account = ? AND currency = ?",
+        )
+        .bind(account.as_str())
+        .bind(currency.code())
+        .fetch_optional(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        Ok(Money::new(balance.unwrap_or(0), currency))
+    }
+
+    async fn balances(&self) -> Result<Vec<(Account, Money)>> {
+        let rows = sqlx::query(
+            "SELECT account, currency, balance FROM ops_billing_balances ORDER BY account, currency",
+        )
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        rows.iter()
+            .map(|r| {
+                let account = Account::parse(r.get::<&str, _>(0))?;
+                let currency: Currency = r.get::<&str, _>(1).parse()?;
+                Ok((account, Money::new(r.get(2), currency)))
+            })
+            .collect()
+    }
+
+    async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT p.key, p.at, p.memo, e.currency, e.amount, p.task_id, p.event_id \
+             FROM ops_billing_entries e JOIN ops_billing_postings p ON p.key = e.posting \
+             WHERE e.account = ? ORDER BY p.seq, e.line",
+        )
+        .bind(account.as_str())
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        rows.iter()
+            .map(|r| {
+                let currency: Currency = r.get::<&str, _>(3).parse()?;
+                Ok(LedgerEntry {
+                    posting: r.get(0),
+                    at: DateTime::<Utc>::from_timestamp_millis(r.get(1)).unwrap_or_default(),
+                    memo: r.get(2),
+                    amount: Money::new(r.get(4), currency),
+                    task_id: r
+                        .get::<Option<&str>, _>(5)
+                        .and_then(|t| t.parse::<TaskId>().ok()),
+                    event_id: r
+                        .get::<Option<&str>, _>(6)
+                        .and_then(|e| e.parse::<EventId>().ok()),
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(&self) -> Result<Vec<String>> {
+        let pool = self.outbox.pool();
+        let mut out = Vec::new();
+        let unbalanced = sqlx::query(
+            "SELECT posting, currency, SUM(amount) FROM ops_billing_entries \
+             GROUP BY posting, currency HAVING SUM(amount) != 0",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store)?;
+        for r in unbalanced {
+            out.push(format!(
+                "posting {}: entries in {} sum to {}",
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<i64, _>(2)
+            ));
+        }
+        let mut derived = BTreeMap::new();
+        for r in sqlx::query(
+            "SELECT account, currency, SUM(amount) FROM ops_billing_entries GROUP BY account, currency",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store)?
+        {
+            derived.insert(
+                (Account::parse(r.get::<&str, _>(0))?, r.get::<&str, _>(1).parse()?),
+                r.get::<i64, _>(2),
+            );
+        }
+        let mut kept = BTreeMap::new();
+        for (account, money) in self.balances().await? {
+            kept.insert((account, money.currency), money.amount);
+        }
+        compare_balances(&derived, &kept, &mut out);
+        Ok(out)
+    }
+}
+
+fn store(e: impl Into<ops_events::BoxError>) -> Error {
+    Error::Store {
+        source: ops_events::StoreError::new("sqlite", e),
+    }
+}

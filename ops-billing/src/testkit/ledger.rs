@@ -1,0 +1,214 @@
+//! The conformance suite every [`Ledger`] runs: balanced postings only, every problem
+//! of a bad posting listed with nothing written, idempotent retries, conflicting keys
+//! refused, entries with their posting's details, and a clean audit.
+//!
+//! ```no_run
+//! # async fn f() {
+//! ops_billing::testkit::ledger::run_all(|| async { ops_billing::ledger::MemoryLedger::new() }).await;
+//! # }
+//! ```
+//!
+//! `make` must return a fresh, empty ledger each time. A failed check panics with a
+//! message that names it.
+
+use std::future::Future;
+
+use ops_core::{ErrorKind, EventId, TaskId, Tenant};
+
+use crate::ledger::{Account, Ledger, Posted, Posting};
+use crate::{Currency, Error, Money};
+
+fn eur() -> Currency {
+    "EUR".parse().expect("EUR")
+}
+
+fn account(tenant: &str, name: &str) -> Account {
+    Account::tenant(&Tenant::parse(tenant).expect("tenant"), name).expect("account")
+}
+
+fn payments() -> Account {
+    Account::platform("payments").expect("account")
+}
+
+/// Runs every check, each on a fresh ledger from `make`.
+pub async fn run_all<F, Fut, L>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = L>,
+    L: Ledger,
+{
+    postings_move_money_and_balances_follow(&make().await).await;
+    bad_postings_list_every_problem_and_write_nothing(&make().await).await;
+    retries_change_nothing_and_reused_keys_conflict(&make().await).await;
+    entries_carry_their_posting(&make().await).await;
+}
+
+/// Balanced postings change balances by their entries; the audit finds nothing.
+pub async fn postings_move_money_and_balances_follow(ledger: &impl Ledger) {
+    let check = "postings_move_money_and_balances_follow";
+    let prepaid = account("acme", "prepaid");
+    let usage = Account::platform("revenue").expect("account");
+    let top_up = Posting::new("top-up:1", "top-up")
+        .entry(payments(), Money::new(-1000, eur()))
+        .entry(prepaid.clone(), Money::new(1000, eur()));
+    assert_eq!(
+        ledger.post(&top_up).await.expect(check),
+        Posted::New,
+        "{check}"
+    );
+    let charge = Posting::new("usage:1", "cpu")
+        .entry(prepaid.clone(), Money::new(-250, eur()))
+        .entry(usage.clone(), Money::new(125, eur()))
+        .entry(usage.clone(), Money::new(125, eur()));
+    assert_eq!(
+        ledger.post(&charge).await.expect(check),
+        Posted::New,
+        "{check}"
+    );
+    assert_eq!(
+        ledger.balance(&prepaid, eur()).await.expect(check),
+        Money::new(750, eur()),
+        "{check}"
+    );
+    assert_eq!(
+        ledger.balance(&usage, eur()).await.expect(check),
+        Money::new(250, eur()),
+        "{check}"
+    );
+    let usd: Currency = "USD".parse().expect("USD");
+    assert_eq!(
+        ledger.balance(&prepaid, usd).await.expect(check),
+        Money::zero(usd),
+        "{check}: another currency's balance"
+    );
+    let balances = ledger.balances().await.expect(check);
+    let total: i64 = balances.iter().map(|(_, m)| m.amount).sum();
+    assert_eq!(total, 0, "{check}: balances sum to zero: {balances:?}");
+    assert_eq!(balances.len(), 3, "{check}: {balances:?}");
+    assert!(
+        ledger.audit().await.expect(check).is_empty(),
+        "{check}: audit"
+    );
+}
+
+/// An unbalanced, one-sided, zero or mixed-currency posting is refused with every
+/// problem named, and changes nothing.
+pub async fn bad_postings_list_every_problem_and_write_nothing(ledger: &impl Ledger) {
+    let check = "bad_postings_list_every_problem_and_write_nothing";
+    let usd: Currency = "USD".parse().expect("USD");
+    let bad = Posting::new("bad:1", "bad")
+        .entry(payments(), Money::new(-1000, eur()))
+        .entry(account("acme", "prepaid"), Money::new(900, eur()))
+        .entry(account("acme", "other"), Money::new(0, eur()))
+        .entry(account("acme", "usd"), Money::new(5, usd));
+    let err = ledger.post(&bad).await.expect_err(check);
+    match &err {
+        Error::InvalidPosting { key, problems } => {
+            assert_eq!(key, "bad:1", "{check}");
+            let text = problems.join("\n");
+            for needle in [
+                "zero amount",
+                "currency USD in a EUR posting",
+                "do not balance",
+            ] {
+                assert!(
+                    text.contains(needle),
+                    "{check}: {needle:?} missing from {text}"
+                );
+            }
+        }
+        other => panic!("{check}: expected InvalidPosting, got {other}"),
+    }
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{check}");
+    let one_sided = Posting::new("bad:2", "one").entry(payments(), Money::new(0, eur()));
+    assert!(
+        matches!(
+            ledger.post(&one_sided).await,
+            Err(Error::InvalidPosting { .. })
+        ),
+        "{check}: one entry"
+    );
+    assert!(
+        ledger.balances().await.expect(check).is_empty(),
+        "{check}: nothing written"
+    );
+    // The refused key stays free for a correct posting.
+    let good = Posting::new("bad:1", "fixed")
+        .entry(payments(), Money::new(-900, eur()))
+        .entry(account("acme", "prepaid"), Money::new(900, eur()));
+    assert_eq!(
+        ledger.post(&good).await.expect(check),
+        Posted::New,
+        "{check}"
+    );
+}
+
+/// Posting a key again with the same entries changes nothing; with other entries it is
+/// a conflict, and changes nothing either.
+pub async fn retries_change_nothing_and_reused_keys_conflict(ledger: &impl Ledger) {
+    let check = "retries_change_nothing_and_reused_keys_conflict";
+    let prepaid = account("acme", "prepaid");
+    let p = Posting::new("top-up:7", "top-up")
+        .entry(payments(), Money::new(-500, eur()))
+        .entry(prepaid.clone(), Money::new(500, eur()));
+    assert_eq!(ledger.post(&p).await.expect(check), Posted::New, "{check}");
+    for _ in 0..3 {
+        assert_eq!(
+            ledger.post(&p).await.expect(check),
+            Posted::AlreadyPosted,
+            "{check}"
+        );
+    }
+    let other = Posting::new("top-up:7", "top-up")
+        .entry(payments(), Money::new(-600, eur()))
+        .entry(prepaid.clone(), Money::new(600, eur()));
+    let err = ledger.post(&other).await.expect_err(check);
+    assert!(
+        matches!(&err, Error::PostingConflict { key } if key == "top-up:7"),
+        "{check}: {err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{check}");
+    assert_eq!(
+        ledger.balance(&prepaid, eur()).await.expect(check),
+        Money::new(500, eur()),
+        "{check}"
+    );
+    assert_eq!(
+        ledger.entries(&prepaid).await.expect(check).len(),
+        1,
+        "{check}"
+    );
+}
+
+/// An account's entries come oldest first with their posting's key, memo, time, task
+/// and event.
+pub async fn entries_carry_their_posting(ledger: &impl Ledger) {
+    let check = "entries_carry_their_posting";
+    let prepaid = account("globex", "prepaid");
+    let task = TaskId::new();
+    let event = EventId::new();
+    let at =
+        chrono::DateTime::<chrono::Utc>::from_timestamp_millis(1_780_000_000_000).expect("time");
+    for (i, amount) in [300_i64, -120, -80].into_iter().enumerate() {
+        let p = Posting::new(format!("p:{i}"), format!("memo {i}"))
+            .entry(payments(), Money::new(-amount, eur()))
+            .entry(prepaid.clone(), Money::new(amount, eur()))
+            .at(at + chrono::Duration::seconds(i as i64))
+            .source((i == 1).then_some(task), (i == 1).then_some(event));
+        ledger.post(&p).await.expect(check);
+    }
+    let entries = ledger.entries(&prepaid).await.expect(check);
+    let amounts: Vec<i64> = entries.iter().map(|e| e.amount.amount).collect();
+    assert_eq!(amounts, [300, -120, -80], "{check}");
+    assert_eq!(entries[1].posting, "p:1", "{check}");
+    assert_eq!(entries[1].memo, "memo 1", "{check}");
+    assert_eq!(entries[1].task_id, Some(task), "{check}");
+    assert_eq!(entries[1].event_id, Some(event), "{check}");
+    assert_eq!(entries[0].task_id, None, "{check}");
+    assert_eq!(entries[2].at, at + chrono::Duration::seconds(2), "{check}");
+    assert_eq!(
+        ledger.balance(&prepaid, eur()).await.expect(check),
+        Money::new(100, eur()),
+        "{check}"
+    );
+}
