@@ -203,3 +203,76 @@ proptest! {
         });
     }
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::sync::Arc;
+
+    use ops_billing::ledger::{Account, Ledger, Posted, PostgresLedger, Posting};
+    use ops_billing::testkit::ledger::run_all;
+    use ops_billing::{Error, Money};
+
+    use super::eur;
+
+    #[tokio::test]
+    async fn postgres_ledger_conforms() {
+        if ops_testbed::postgres_database().is_none() {
+            return;
+        }
+        run_all(|| async {
+            let url = ops_testbed::postgres_database().expect("postgres");
+            PostgresLedger::connect(&url).await.unwrap()
+        })
+        .await;
+    }
+
+    /// Many processes' worth of concurrent postings on the same accounts: each key
+    /// posted once however many race for it, balances exact, no deadlock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_postings_are_exact_and_each_key_posts_once() {
+        let Some(url) = ops_testbed::postgres_database() else {
+            return;
+        };
+        let ledger = Arc::new(PostgresLedger::connect(&url).await.unwrap());
+        let a = Account::parse("tenant:acme:prepaid").unwrap();
+        let b = Account::parse("tenant:globex:prepaid").unwrap();
+        let pay = Account::platform("payments").unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let ledger = ledger.clone();
+            let (a, b, pay) = (a.clone(), b.clone(), pay.clone());
+            tasks.push(tokio::spawn(async move {
+                // Ten keys, each raced for by four tasks; lines in both orders.
+                let key = format!("race:{}", i % 10);
+                let (first, second) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let p = Posting::new(key, "race")
+                    .entry(pay.clone(), Money::new(-300, eur()))
+                    .entry(first.clone(), Money::new(100, eur()))
+                    .entry(second.clone(), Money::new(200, eur()));
+                ledger.post(&p).await
+            }));
+        }
+        let mut new = 0;
+        let mut conflicts = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(Posted::New) => new += 1,
+                Ok(Posted::AlreadyPosted) => {}
+                Err(Error::PostingConflict { .. }) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(new, 10, "each key posted once");
+        // Racers with the lines in the other order posted other entries under the
+        // same key: a conflict, never a second posting.
+        assert!(conflicts <= 30);
+        let total = ledger.balance(&a, eur()).await.unwrap().amount
+            + ledger.balance(&b, eur()).await.unwrap().amount;
+        assert_eq!(total, 3000);
+        assert_eq!(
+            ledger.balance(&pay, eur()).await.unwrap(),
+            Money::new(-3000, eur())
+        );
+        assert!(ledger.audit().await.unwrap().is_empty());
+    }
+}

@@ -37,6 +37,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Currency, Error, Money, Result};
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresLedger;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -410,6 +415,33 @@ impl Ledger for MemoryLedger {
         }
         compare_balances(&derived, &state.balances, &mut out);
         Ok(out)
+    }
+}
+
+/// The sum of a posting's lines per account and currency, in a fixed order (the
+/// order SQL ledgers lock balance rows in, so that concurrent postings cannot
+/// deadlock).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn net_by_account(posting: &Posting) -> Result<BTreeMap<(Account, Currency), i64>> {
+    let mut net: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
+    for e in &posting.entries {
+        let slot = net
+            .entry((e.account.clone(), e.amount.currency))
+            .or_default();
+        *slot = slot
+            .checked_add(e.amount.amount)
+            .ok_or_else(|| Error::Overflow {
+                what: format!("posting {} on {}", posting.key, e.account),
+            })?;
+    }
+    Ok(net)
+}
+
+/// A database failure of `backend`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn store(backend: &'static str, e: impl Into<ops_events::BoxError>) -> Error {
+    Error::Store {
+        source: ops_events::StoreError::new(backend, e),
     }
 }
 

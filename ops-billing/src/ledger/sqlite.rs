@@ -11,7 +11,7 @@ use ops_events::sqlite::SqliteOutbox;
 use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
-use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances};
+use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances, net_by_account};
 use crate::{Currency, Error, Money, Result};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -99,26 +99,30 @@ impl SqliteLedger {
             .execute(&mut *conn)
             .await
             .map_err(store)?;
+        }
+        // SQLite turns an integer overflow into a float, so each new balance is
+        // computed and checked here.
+        for ((account, currency), amount) in net_by_account(posting)? {
             let old: Option<i64> = sqlx::query_scalar(
                 "SELECT balance FROM ops_billing_balances WHERE account = ? AND currency = ?",
             )
-            .bind(e.account.as_str())
-            .bind(e.amount.currency.code())
+            .bind(account.as_str())
+            .bind(currency.code())
             .fetch_optional(&mut *conn)
             .await
             .map_err(store)?;
             let new = old
                 .unwrap_or(0)
-                .checked_add(e.amount.amount)
+                .checked_add(amount)
                 .ok_or_else(|| Error::Overflow {
-                    what: format!("balance of {}", e.account),
+                    what: format!("balance of {account}"),
                 })?;
             sqlx::query(
                 "INSERT INTO ops_billing_balances (account, currency, balance) VALUES (?, ?, ?) \
                  ON CONFLICT (account, currency) DO UPDATE SET balance = excluded.balance",
             )
-            .bind(e.account.as_str())
-            .bind(e.amount.currency.code())
+            .bind(account.as_str())
+            .bind(currency.code())
             .bind(new)
             .execute(&mut *conn)
             .await
@@ -246,7 +250,5 @@ impl Ledger for SqliteLedger {
 }
 
 fn store(e: impl Into<ops_events::BoxError>) -> Error {
-    Error::Store {
-        source: ops_events::StoreError::new("sqlite", e),
-    }
+    super::store("sqlite", e)
 }

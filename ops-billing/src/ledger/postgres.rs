@@ -1,0 +1,229 @@
+//! The scale-out ledger: PostgreSQL, sharing its database (and its transactions) with an
+//! `ops-events` outbox, for several processes posting at once.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ops_core::{EventId, TaskId};
+use ops_events::postgres::PostgresOutbox;
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+
+use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances, net_by_account};
+use crate::{Currency, Error, Money, Result};
+
+/// [`Ledger`] on PostgreSQL. Concurrent postings are safe: a key is claimed with
+/// `INSERT … ON CONFLICT DO NOTHING` (a second poster of the same key waits for the
+/// first and then compares entries), and balance rows are updated in one order, so
+/// postings on the same accounts cannot deadlock. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PostgresLedger {
+    outbox: PostgresOutbox,
+}
+
+impl PostgresLedger {
+    /// Connects to the database at `url` (`postgres://…`) with its outbox, and runs the
+    /// ledger migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let outbox = PostgresOutbox::connect(url).await?;
+        Self::from_outbox(outbox).await
+    }
+
+    /// Uses the database of an existing outbox (for example the task history's),
+    /// running the ledger migrations.
+    pub async fn from_outbox(outbox: PostgresOutbox) -> Result<Self> {
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(outbox.pool()).await.map_err(store)?;
+        Ok(Self { outbox })
+    }
+
+    /// The outbox that holds its events (an `EventBus`).
+    pub fn outbox(&self) -> &PostgresOutbox {
+        &self.outbox
+    }
+
+    async fn write(conn: &mut PgConnection, posting: &Posting) -> Result<Posted> {
+        let lines = posting.lines();
+        let claimed = sqlx::query(
+            "INSERT INTO ops_billing_postings (key, at, memo, lines, task_id, event_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&posting.key)
+        .bind(posting.at.timestamp_millis())
+        .bind(&posting.memo)
+        .bind(&lines)
+        .bind(posting.task_id.map(|t| t.to_string()))
+        .bind(posting.event_id.map(|e| e.to_string()))
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?
+        .rows_affected();
+        if claimed == 0 {
+            let existing: String =
+                sqlx::query_scalar("SELECT lines FROM ops_billing_postings WHERE key = $1")
+                    .bind(&posting.key)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(store)?;
+            return if existing == lines {
+                Ok(Posted::AlreadyPosted)
+            } else {
+                Err(Error::PostingConflict {
+                    key: posting.key.clone(),
+                })
+            };
+        }
+        for (line, e) in posting.entries.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO ops_billing_entries (posting, line, account, currency, amount) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&posting.key)
+            .bind(line as i32)
+            .bind(e.account.as_str())
+            .bind(e.amount.currency.code())
+            .bind(e.amount.amount)
+            .execute(&mut *conn)
+            .await
+            .map_err(store)?;
+        }
+        for ((account, currency), amount) in net_by_account(posting)? {
+            sqlx::query(
+                "INSERT INTO ops_billing_balances (account, currency, balance) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account, currency) \
+                 DO UPDATE SET balance = ops_billing_balances.balance + excluded.balance",
+            )
+            .bind(account.as_str())
+            .bind(currency.code())
+            .bind(amount)
+            .execute(&mut *conn)
+            .await
+            .map_err(store)?;
+        }
+        if !posting.events.is_empty() {
+            PostgresOutbox::append(conn, &posting.events).await?;
+        }
+        Ok(Posted::New)
+    }
+}
+
+#[async_trait]
+impl Ledger for PostgresLedger {
+    async fn post(&self, posting: &Posting) -> Result<Posted> {
+        posting.check()?;
+        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        // An error drops `tx`, which rolls everything back: nothing half-posted.
+        let posted = Self::write(&mut tx, posting).await?;
+        if posted == Posted::New {
+            tx.commit().await.map_err(store)?;
+        }
+        Ok(posted)
+    }
+
+    async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {
+        let balance: Option<i64> = sqlx::query_scalar(
+            "SELECT balance FROM ops_billing_balances WHERE account = $1 AND currency = $2",
+        )
+        .bind(account.as_str())
+        .bind(currency.code())
+        .fetch_optional(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        Ok(Money::new(balance.unwrap_or(0), currency))
+    }
+
+    async fn balances(&self) -> Result<Vec<(Account, Money)>> {
+        let rows = sqlx::query(
+            "SELECT account, currency, balance FROM ops_billing_balances \
+             ORDER BY account, currency",
+        )
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        rows.iter()
+            .map(|r| {
+                let account = Account::parse(r.get::<&str, _>(0))?;
+                let currency: Currency = r.get::<&str, _>(1).parse()?;
+                Ok((account, Money::new(r.get(2), currency)))
+            })
+            .collect()
+    }
+
+    async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT p.key, p.at, p.memo, e.currency, e.amount, p.task_id, p.event_id \
+             FROM ops_billing_entries e JOIN ops_billing_postings p ON p.key = e.posting \
+             WHERE e.account = $1 ORDER BY p.seq, e.line",
+        )
+        .bind(account.as_str())
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        rows.iter()
+            .map(|r| {
+                let currency: Currency = r.get::<&str, _>(3).parse()?;
+                Ok(LedgerEntry {
+                    posting: r.get(0),
+                    at: DateTime::<Utc>::from_timestamp_millis(r.get(1)).unwrap_or_default(),
+                    memo: r.get(2),
+                    amount: Money::new(r.get(4), currency),
+                    task_id: r
+                        .get::<Option<&str>, _>(5)
+                        .and_then(|t| t.parse::<TaskId>().ok()),
+                    event_id: r
+                        .get::<Option<&str>, _>(6)
+                        .and_then(|e| e.parse::<EventId>().ok()),
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(&self) -> Result<Vec<String>> {
+        let pool = self.outbox.pool();
+        let mut out = Vec::new();
+        let unbalanced = sqlx::query(
+            "SELECT posting, currency, SUM(amount)::BIGINT FROM ops_billing_entries \
+             GROUP BY posting, currency HAVING SUM(amount) <> 0",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store)?;
+        for r in unbalanced {
+            out.push(format!(
+                "posting {}: entries in {} sum to {}",
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<i64, _>(2)
+            ));
+        }
+        let mut derived = BTreeMap::new();
+        for r in sqlx::query(
+            "SELECT account, currency, SUM(amount)::BIGINT FROM ops_billing_entries \
+             GROUP BY account, currency",
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(store)?
+        {
+            derived.insert(
+                (
+                    Account::parse(r.get::<&str, _>(0))?,
+                    r.get::<&str, _>(1).parse()?,
+                ),
+                r.get::<i64, _>(2),
+            );
+        }
+        let mut kept = BTreeMap::new();
+        for (account, money) in self.balances().await? {
+            kept.insert((account, money.currency), money.amount);
+        }
+        compare_balances(&derived, &kept, &mut out);
+        Ok(out)
+    }
+}
+
+fn store(e: impl Into<ops_events::BoxError>) -> Error {
+    super::store("postgres", e)
+}
