@@ -47,6 +47,7 @@
 mod error;
 pub mod ledger;
 pub mod meter;
+pub mod metering;
 mod money;
 mod price;
 mod pricebook;
@@ -57,6 +58,7 @@ pub mod testkit;
 
 pub use error::Error;
 pub use meter::{Aggregation, MeterSpec};
+pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};
 pub use money::{Currency, Money};
 pub use price::{ChargeModel, Package, Tier};
 pub use pricebook::{Charge, ChargePolicy, PriceBook, PriceEntry, Selector};

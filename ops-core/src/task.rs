@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Labels, TaskId, Usage};
+use crate::{Error, Labels, Resources, TaskId, Usage};
 
 /// Where a task is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -244,6 +244,13 @@ pub struct TaskEventData {
     /// The task's labels.
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// What the task requested (CPU, memory, GPUs and their model), on started and
+    /// final events: what billing prices reserved resources by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Scavenger work, run on idle capacity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scavenger: bool,
 }
 
 impl TaskEventData {
@@ -270,6 +277,8 @@ impl TaskEventData {
             output: None,
             output_size: None,
             labels: Labels::new(),
+            resources: None,
+            scavenger: false,
         }
     }
 }

@@ -12,7 +12,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
 use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances, net_by_account};
-use crate::{Currency, Error, Money, Result};
+use crate::metering::usage_from_row;
+use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
 /// `ops_billing_balances`) sit beside the outbox's; a posting's events go into that
@@ -246,6 +247,56 @@ impl Ledger for SqliteLedger {
         }
         compare_balances(&derived, &kept, &mut out);
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl UsageStore for SqliteLedger {
+    async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        let mut new = 0;
+        for r in records {
+            new += sqlx::query(
+                "INSERT INTO ops_billing_usage (event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, meter) DO NOTHING",
+            )
+            .bind(r.event_id.to_string())
+            .bind(&r.meter)
+            .bind(&r.tenant)
+            .bind(&r.environment)
+            .bind(&r.template)
+            .bind(r.task_id.map(|t| t.to_string()))
+            .bind(&r.gpu_model)
+            .bind(r.outcome.map(|o| o.as_str()))
+            .bind(r.scavenger)
+            .bind(r.quantity.to_string())
+            .bind(r.at.timestamp_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store)?
+            .rows_affected() as usize;
+        }
+        tx.commit().await.map_err(store)?;
+        Ok(new)
+    }
+
+    async fn records(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>> {
+        let rows = sqlx::query(
+            "SELECT event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at FROM ops_billing_usage WHERE tenant = ? AND at >= ? AND at < ? \
+             ORDER BY at, event_id, meter",
+        )
+        .bind(tenant)
+        .bind(from.timestamp_millis())
+        .bind(to.timestamp_millis())
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        rows.iter().map(|r| usage_from_row("sqlite", r)).collect()
     }
 }
 

@@ -359,6 +359,10 @@ pub(crate) fn task_data(record: &TaskRecord) -> TaskEventData {
     if record.status.is_final() {
         data.usage = Some(record.usage);
     }
+    if record.status.is_final() || record.status == TaskStatus::Running {
+        data.resources = Some(record.spec.resources.clone());
+    }
+    data.scavenger = record.spec.scavenger;
     data
 }
 

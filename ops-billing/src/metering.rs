@@ -1,0 +1,458 @@
+//! Metering: events become usage records, idempotent by event id and meter.
+//!
+//! [`Metering::records`] reads one event:
+//! - a final task event (`ops.task.succeeded|failed|timed_out|cancelled`) gives one
+//!   record per built-in task meter, from the usage summed over the task's attempts
+//!   and the resources it requested: `cpu_core_seconds` (CPU time), `wall_seconds`,
+//!   `memory_gib_seconds` (requested memory × wall time; peak memory when nothing was
+//!   requested), `gpu_seconds` (with the GPU model requested) and `tasks` (1);
+//! - `ops.storage.object.created|deleted` gives a `storage_gb_months` record whose
+//!   quantity is the change in bytes stored (negative for a deletion), aggregated as a
+//!   time-weighted sum;
+//! - an event of a meter declared in the price book gives that meter's record.
+//!
+//! A [`UsageStore`] keeps records with `(event id, meter)` as their key, so the record
+//! is its own dedupe mark: a redelivered or replayed event changes nothing, and there
+//! is no window where an event is marked seen but its record is not written.
+//! [`MeteringFunction`] runs this on the event bus.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use ops_core::{Event, EventId, TaskEventData, TaskId, TaskStatus, event_types};
+use ops_events::{Function, FunctionError};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::meter::{Aggregation, builtin};
+use crate::pricebook::{Charge, PriceBook, Selector};
+use crate::{Error, Result};
+
+/// Bytes in a GiB.
+const GIB: u64 = 1 << 30;
+/// Bytes in a GB (storage is sold in decimal units).
+const GB: u64 = 1_000_000_000;
+/// Seconds in a billing month (30 days).
+const MONTH_SECONDS: i64 = 30 * 24 * 3600;
+
+/// One meter's quantity from one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The event it came from.
+    pub event_id: EventId,
+    /// The meter.
+    pub meter: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The environment, when the event has one.
+    pub environment: Option<String>,
+    /// The task's template, for task meters.
+    pub template: Option<String>,
+    /// The task, for task meters.
+    pub task_id: Option<TaskId>,
+    /// The GPU model requested, for `gpu_seconds`.
+    pub gpu_model: Option<String>,
+    /// How the task ended, for task meters.
+    pub outcome: Option<TaskStatus>,
+    /// Whether the task was scavenger work.
+    pub scavenger: bool,
+    /// The quantity (a change of level for time-weighted meters, which may be
+    /// negative).
+    pub quantity: Decimal,
+    /// When it happened (the event's time).
+    pub at: DateTime<Utc>,
+}
+
+impl UsageRecord {
+    /// Where it was used, to pick its price.
+    pub fn selector(&self) -> Selector<'_> {
+        Selector {
+            environment: self.environment.as_deref(),
+            template: self.template.as_deref(),
+            gpu_model: self.gpu_model.as_deref(),
+        }
+    }
+}
+
+/// Turns events into usage records under a price book, and prices them.
+#[derive(Clone, Debug)]
+pub struct Metering {
+    book: Arc<PriceBook>,
+}
+
+#[derive(Deserialize)]
+struct ObjectData {
+    tenant: String,
+    environment: String,
+    size: u64,
+}
+
+impl Metering {
+    /// Metering under `book` (its declared meters and its charge policy).
+    pub fn new(book: PriceBook) -> Self {
+        Self {
+            book: Arc::new(book),
+        }
+    }
+
+    /// The price book.
+    pub fn book(&self) -> &PriceBook {
+        &self.book
+    }
+
+    /// The usage records of `event` (none for events nothing meters). A task or
+    /// storage event whose data does not parse, or a declared meter's bad quantity, is
+    /// [`Error::InvalidQuantity`] naming the meter, the event and the value.
+    pub fn records(&self, event: &Event) -> Result<Vec<UsageRecord>> {
+        let mut out = Vec::new();
+        let ty = event.ty.as_str();
+        if [
+            event_types::TASK_SUCCEEDED,
+            event_types::TASK_FAILED,
+            event_types::TASK_TIMED_OUT,
+            event_types::TASK_CANCELLED,
+        ]
+        .contains(&ty)
+        {
+            out.extend(self.task_records(event)?);
+        } else if ty == event_types::STORAGE_OBJECT_CREATED
+            || ty == event_types::STORAGE_OBJECT_DELETED
+        {
+            let data: ObjectData =
+                serde_json::from_value(event.data.clone()).map_err(|e| Error::InvalidQuantity {
+                    meter: builtin::STORAGE_GB_MONTHS.to_owned(),
+                    event: event.id.to_string(),
+                    value: e.to_string(),
+                })?;
+            let bytes = Decimal::from(data.size);
+            out.push(UsageRecord {
+                event_id: event.id,
+                meter: builtin::STORAGE_GB_MONTHS.to_owned(),
+                tenant: data.tenant,
+                environment: Some(data.environment),
+                template: None,
+                task_id: None,
+                gpu_model: None,
+                outcome: None,
+                scavenger: false,
+                quantity: if ty == event_types::STORAGE_OBJECT_DELETED {
+                    -bytes
+                } else {
+                    bytes
+                },
+                at: event.time,
+            });
+        }
+        for spec in &self.book.meters {
+            if let Some(quantity) = spec.quantity(event)? {
+                out.push(UsageRecord {
+                    event_id: event.id,
+                    meter: spec.name.clone(),
+                    tenant: event.extension("tenant").unwrap_or_default().to_owned(),
+                    environment: None,
+                    template: None,
+                    task_id: None,
+                    gpu_model: None,
+                    outcome: None,
+                    scavenger: false,
+                    quantity,
+                    at: event.time,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn task_records(&self, event: &Event) -> Result<Vec<UsageRecord>> {
+        let invalid = |meter: &str, value: String| Error::InvalidQuantity {
+            meter: meter.to_owned(),
+            event: event.id.to_string(),
+            value,
+        };
+        let data: TaskEventData = event
+            .data_as()
+            .map_err(|e| invalid(builtin::TASKS, e.to_string()))?;
+        let usage = data.usage.unwrap_or_default();
+        let wall = decimal_secs(usage.wall_time.as_secs_f64());
+        let memory_bytes = match &data.resources {
+            Some(r) if r.memory_bytes > 0 => r.memory_bytes,
+            _ => usage.peak_memory_bytes,
+        };
+        let gib_seconds = Decimal::from(memory_bytes) / Decimal::from(GIB) * wall;
+        let gpu_model = data.resources.as_ref().and_then(|r| r.gpus.model.clone());
+        let quantities = [
+            (
+                builtin::CPU_CORE_SECONDS,
+                decimal_secs(usage.cpu_time.as_secs_f64()),
+            ),
+            (builtin::WALL_SECONDS, wall),
+            (builtin::MEMORY_GIB_SECONDS, gib_seconds.round_dp(6)),
+            (builtin::GPU_SECONDS, decimal_secs(usage.gpu_seconds)),
+            (builtin::TASKS, Decimal::ONE),
+        ];
+        Ok(quantities
+            .into_iter()
+            .map(|(meter, quantity)| UsageRecord {
+                event_id: event.id,
+                meter: meter.to_owned(),
+                tenant: data.tenant.clone(),
+                environment: Some(data.environment.clone()),
+                template: Some(data.template.clone()),
+                task_id: Some(data.task_id),
+                gpu_model: (meter == builtin::GPU_SECONDS)
+                    .then(|| gpu_model.clone())
+                    .flatten(),
+                outcome: Some(data.status),
+                scavenger: data.scavenger,
+                quantity,
+                at: event.time,
+            })
+            .collect())
+    }
+
+    /// Whether the charge policy charges `record` (scavenger work and failed,
+    /// timed-out or cancelled tasks may be free).
+    pub fn charged(&self, record: &UsageRecord) -> bool {
+        let policy = &self.book.charges;
+        if record.scavenger && policy.scavenger == Charge::Free {
+            return false;
+        }
+        let by_outcome = match record.outcome {
+            Some(TaskStatus::Failed) => policy.failed,
+            Some(TaskStatus::TimedOut) => policy.timed_out,
+            Some(TaskStatus::Cancelled) => policy.cancelled,
+            _ => Charge::Charge,
+        };
+        by_outcome == Charge::Charge
+    }
+}
+
+/// Seconds as an exact decimal, to the microsecond (a non-finite or negative value is
+/// zero).
+fn decimal_secs(secs: f64) -> Decimal {
+    if secs.is_finite() && secs > 0.0 {
+        Decimal::from_f64_retain((secs * 1e6).round())
+            .map(|micros| micros / Decimal::from(1_000_000))
+            .unwrap_or_default()
+    } else {
+        Decimal::ZERO
+    }
+}
+
+/// Aggregates `records` (of one meter) over `[from, to)` as `aggregation` says. For a
+/// time-weighted sum the records are changes of level (the level before `from` counts
+/// from `from`), and the result is level × seconds; `storage_gb_months` converts it to
+/// GB-months.
+pub fn aggregate(
+    records: &[UsageRecord],
+    aggregation: Aggregation,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Decimal {
+    let in_period = || records.iter().filter(|r| r.at >= from && r.at < to);
+    match aggregation {
+        Aggregation::Sum => in_period().map(|r| r.quantity).sum(),
+        Aggregation::Count => Decimal::from(in_period().count() as u64),
+        Aggregation::Max => in_period().map(|r| r.quantity).max().unwrap_or_default(),
+        Aggregation::Latest => in_period()
+            .max_by_key(|r| (r.at, r.event_id))
+            .map(|r| r.quantity)
+            .unwrap_or_default(),
+        Aggregation::UniqueCount => {
+            let distinct: HashSet<Decimal> = in_period().map(|r| r.quantity.normalize()).collect();
+            Decimal::from(distinct.len() as u64)
+        }
+        Aggregation::TimeWeightedSum => records
+            .iter()
+            .filter(|r| r.at < to)
+            .map(|r| {
+                let since = r.at.max(from);
+                r.quantity * Decimal::from((to - since).num_milliseconds()) / Decimal::ONE_THOUSAND
+            })
+            .sum(),
+    }
+}
+
+/// The aggregation of a meter: the built-in meters sum, except storage which is
+/// time-weighted; declared meters say theirs.
+pub fn aggregation_of(book: &PriceBook, meter: &str) -> Aggregation {
+    if meter == builtin::STORAGE_GB_MONTHS {
+        return Aggregation::TimeWeightedSum;
+    }
+    book.meters
+        .iter()
+        .find(|m| m.name == meter)
+        .map_or(Aggregation::Sum, |m| m.aggregation)
+}
+
+/// Converts a time-weighted byte-seconds quantity into GB-months.
+pub fn gb_months(byte_seconds: Decimal) -> Decimal {
+    byte_seconds / Decimal::from(GB) / Decimal::from(MONTH_SECONDS)
+}
+
+/// Where usage records are kept, keyed by `(event id, meter)`.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Stores the records whose key is new and ignores the others (an event metered
+    /// again); returns how many were new. All or nothing.
+    async fn record(&self, records: &[UsageRecord]) -> Result<usize>;
+
+    /// A tenant's records with `from <= at < to`, oldest first.
+    async fn records(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>>;
+}
+
+/// Usage records in memory.
+#[derive(Debug, Default)]
+pub struct MemoryUsageStore {
+    records: Mutex<BTreeMap<(EventId, String), UsageRecord>>,
+}
+
+impl MemoryUsageStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryUsageStore {
+    async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
+        let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new = 0;
+        for r in records {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                map.entry((r.event_id, r.meter.clone()))
+            {
+                slot.insert(r.clone());
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
+
+    async fn records(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageRecord>> {
+        let map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<UsageRecord> = map
+            .values()
+            .filter(|r| r.tenant == tenant && r.at >= from && r.at < to)
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| (r.at, r.event_id, r.meter.clone()));
+        Ok(out)
+    }
+}
+
+/// Meters every event it is given into a [`UsageStore`]: the function to register on
+/// the event bus (with a trigger on `ops.task.*`, `ops.storage.*` and the declared
+/// meters' types, or on everything).
+///
+/// An event that cannot be metered (a bad quantity) is a permanent failure: the
+/// dispatcher sends it to the dead letters with the reason, to be replayed once the
+/// price book or the producer is fixed. A store failure is retried when it may pass.
+#[derive(Clone)]
+pub struct MeteringFunction {
+    metering: Metering,
+    store: Arc<dyn UsageStore>,
+}
+
+impl std::fmt::Debug for MeteringFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteringFunction").finish_non_exhaustive()
+    }
+}
+
+impl MeteringFunction {
+    /// The function's name (its durable subscription and dead letters).
+    pub const NAME: &'static str = "ops-billing-metering";
+
+    /// Meters into `store` under `metering`.
+    pub fn new(metering: Metering, store: Arc<dyn UsageStore>) -> Self {
+        Self { metering, store }
+    }
+}
+
+#[async_trait]
+impl Function for MeteringFunction {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn call(&self, event: &Event) -> std::result::Result<(), FunctionError> {
+        let records = self
+            .metering
+            .records(event)
+            .map_err(|e| FunctionError::permanent(e.to_string()))?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.store.record(&records).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_retryable() => Err(FunctionError::retryable(e.to_string())),
+            Err(e) => Err(FunctionError::permanent(e.to_string())),
+        }
+    }
+}
+
+/// A usage record from a row of `event_id, meter, tenant, environment, template,
+/// task_id, gpu_model, outcome, scavenger, quantity, at`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_from_row<'r, R>(backend: &'static str, r: &'r R) -> Result<UsageRecord>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let corrupt = |what: &str, value: &str| Error::InvalidQuantity {
+        meter: "usage record".to_owned(),
+        event: String::new(),
+        value: format!("{what} {value:?}"),
+    };
+    let event_id: &str = r.try_get(0).map_err(|e| crate::ledger::store(backend, e))?;
+    let quantity: &str = r.try_get(9).map_err(|e| crate::ledger::store(backend, e))?;
+    let outcome: Option<&str> = r.try_get(7).map_err(|e| crate::ledger::store(backend, e))?;
+    let task_id: Option<&str> = r.try_get(5).map_err(|e| crate::ledger::store(backend, e))?;
+    let get = |i: usize| -> Result<Option<String>> {
+        let v: Option<&str> = r.try_get(i).map_err(|e| crate::ledger::store(backend, e))?;
+        Ok(v.map(str::to_owned))
+    };
+    Ok(UsageRecord {
+        event_id: event_id
+            .parse()
+            .map_err(|_| corrupt("event id", event_id))?,
+        meter: get(1)?.unwrap_or_default(),
+        tenant: get(2)?.unwrap_or_default(),
+        environment: get(3)?,
+        template: get(4)?,
+        task_id: task_id
+            .map(|t| t.parse().map_err(|_| corrupt("task id", t)))
+            .transpose()?,
+        gpu_model: get(6)?,
+        outcome: outcome
+            .map(|o| o.parse().map_err(|_| corrupt("outcome", o)))
+            .transpose()?,
+        scavenger: r.try_get(8).map_err(|e| crate::ledger::store(backend, e))?,
+        quantity: quantity
+            .parse()
+            .map_err(|_| corrupt("quantity", quantity))?,
+        at: DateTime::<Utc>::from_timestamp_millis(
+            r.try_get(10)
+                .map_err(|e| crate::ledger::store(backend, e))?,
+        )
+        .unwrap_or_default(),
+    })
+}

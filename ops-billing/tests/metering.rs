@@ -1,0 +1,284 @@
+//! Metering: task, storage and declared-meter events into usage records, exactly once,
+//! priced under the book's charge policy; bad quantities fail for good (dead letters).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ops_billing::metering::{aggregate, aggregation_of, gb_months};
+use ops_billing::{
+    Aggregation, MemoryUsageStore, Metering, MeteringFunction, PriceBook, UsageStore,
+};
+use ops_core::{Event, Resources, TaskEventData, TaskId, TaskStatus, Usage, event_types};
+use ops_events::Function;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+const BOOK: &str = r#"
+currency = "EUR"
+
+[[meters]]
+name = "tokens"
+event = "com.acme.llm.completed"
+quantity = "$.usage.tokens"
+aggregation = "sum"
+
+[[prices]]
+meter = "cpu_core_seconds"
+unit_price = "0.0001"
+
+[[prices]]
+meter = "gpu_seconds"
+gpu_model = "a100"
+unit_price = "0.001"
+
+[charges]
+failed = "free"
+"#;
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn at(day: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, 0, 0, 0).unwrap()
+}
+
+fn task_event(status: TaskStatus, scavenger: bool) -> Event {
+    let ty = match status {
+        TaskStatus::Succeeded => event_types::TASK_SUCCEEDED,
+        TaskStatus::Failed => event_types::TASK_FAILED,
+        _ => event_types::TASK_CANCELLED,
+    };
+    let mut data = TaskEventData::new(TaskId::new(), "acme", "production", "train", status, 1);
+    // 100 s on 2 GPUs: 200 GPU-seconds.
+    data.usage = Some(Usage::new(
+        Duration::from_secs(100),
+        Duration::from_millis(150_500),
+        1 << 29,
+        2,
+    ));
+    data.resources =
+        Some(Resources::new(2000, 2 << 30).with_gpus(2, Some("NVIDIA-A100-SXM4-80GB".into())));
+    data.scavenger = scavenger;
+    Event::builder(ty, "/tasks")
+        .tenant("acme")
+        .time(at(2))
+        .data(&data)
+        .unwrap()
+        .build()
+}
+
+#[tokio::test]
+async fn a_task_event_is_metered_once_however_often_it_comes() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let event = task_event(TaskStatus::Succeeded, false);
+    let records = metering.records(&event).unwrap();
+    let by_meter = |m: &str| {
+        records
+            .iter()
+            .find(|r| r.meter == m)
+            .unwrap_or_else(|| panic!("no {m}"))
+    };
+    assert_eq!(by_meter("cpu_core_seconds").quantity, d("150.5"));
+    assert_eq!(by_meter("wall_seconds").quantity, d("100"));
+    assert_eq!(by_meter("memory_gib_seconds").quantity, d("200"));
+    assert_eq!(by_meter("gpu_seconds").quantity, d("200"));
+    assert_eq!(
+        by_meter("gpu_seconds").gpu_model.as_deref(),
+        Some("NVIDIA-A100-SXM4-80GB")
+    );
+    assert_eq!(by_meter("tasks").quantity, Decimal::ONE);
+    assert_eq!(records.len(), 5);
+    let gpu = by_meter("gpu_seconds");
+    assert_eq!(
+        metering
+            .book()
+            .rate(&gpu.meter, &gpu.selector(), gpu.quantity)
+            .unwrap()
+            .to_string(),
+        "0.20 EUR"
+    );
+
+    let store = Arc::new(MemoryUsageStore::new());
+    let function = MeteringFunction::new(metering, store.clone());
+    for _ in 0..3 {
+        function.call(&event).await.unwrap();
+    }
+    let kept = store.records("acme", at(1), at(3)).await.unwrap();
+    assert_eq!(kept.len(), 5, "redelivery adds nothing: {kept:?}");
+    assert_eq!(store.record(&records).await.unwrap(), 0);
+    assert!(
+        store
+            .records("globex", at(1), at(3))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_charge_policy_decides_what_is_charged() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let charged = |status, scavenger| {
+        let records = metering.records(&task_event(status, scavenger)).unwrap();
+        records.iter().all(|r| metering.charged(r))
+    };
+    assert!(charged(TaskStatus::Succeeded, false));
+    assert!(
+        !charged(TaskStatus::Failed, false),
+        "failed = free in this book"
+    );
+    assert!(
+        charged(TaskStatus::Cancelled, false),
+        "cancelled: charged by default"
+    );
+    assert!(
+        !charged(TaskStatus::Succeeded, true),
+        "scavenger work: free by default"
+    );
+}
+
+#[test]
+fn storage_is_metered_in_gb_months_over_time() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let object = |ty: &str, size: u64, time| {
+        Event::builder(ty, "/storage")
+            .tenant("acme")
+            .time(time)
+            .json(json!({
+                "tenant": "acme", "environment": "production", "path": "tasks/x/out.bin",
+                "size": size, "sha256": "00", "created_at": "2026-11-01T00:00:00Z"
+            }))
+            .build()
+    };
+    let mut records = Vec::new();
+    // 4 GB stored before the period, 2 GB of it deleted halfway through a 30-day one.
+    for e in [
+        object(event_types::STORAGE_OBJECT_CREATED, 2_000_000_000, at(1)),
+        object(event_types::STORAGE_OBJECT_CREATED, 2_000_000_000, at(1)),
+        object(event_types::STORAGE_OBJECT_DELETED, 2_000_000_000, at(16)),
+    ] {
+        records.extend(metering.records(&e).unwrap());
+    }
+    assert_eq!(records[2].quantity, d("-2000000000"));
+    let book = metering.book();
+    let aggregation = aggregation_of(book, "storage_gb_months");
+    assert_eq!(aggregation, Aggregation::TimeWeightedSum);
+    let from = at(1);
+    let to = from + chrono::Duration::days(30);
+    let byte_seconds = aggregate(&records, aggregation, from, to);
+    // 4 GB for 15 days and 2 GB for 15 days: 3 GB-months.
+    assert_eq!(gb_months(byte_seconds), d("3"));
+    // A period that starts after the deletion counts the 2 GB left for all of it.
+    let later = aggregate(
+        &records,
+        aggregation,
+        at(20),
+        at(20) + chrono::Duration::days(30),
+    );
+    assert_eq!(gb_months(later), d("2"));
+}
+
+#[tokio::test]
+async fn declared_meters_read_their_quantity_and_bad_ones_go_to_dead_letters() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let llm = |tokens: serde_json::Value| {
+        Event::builder("com.acme.llm.completed", "/llm")
+            .tenant("acme")
+            .json(json!({ "usage": { "tokens": tokens } }))
+            .build()
+    };
+    let records = metering.records(&llm(json!(1234))).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].meter, "tokens");
+    assert_eq!(records[0].tenant, "acme");
+    assert_eq!(records[0].quantity, d("1234"));
+
+    let store = Arc::new(MemoryUsageStore::new());
+    let function = MeteringFunction::new(metering, store.clone());
+    for bad in [json!(-5), json!("NaN"), json!("lots")] {
+        let event = llm(bad.clone());
+        let err = function.call(&event).await.unwrap_err();
+        assert!(!err.is_retryable(), "{bad}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("meter tokens"), "{text}");
+        assert!(text.contains(&event.id.to_string()), "{text}");
+    }
+    // Nothing half-recorded for the refused events.
+    assert!(
+        store
+            .records("acme", at(1), Utc::now() + chrono::Duration::days(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn aggregations_over_a_period() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let mut records = Vec::new();
+    for (day, tokens) in [(1, 5), (2, 9), (3, 5), (5, 7)] {
+        let e = Event::builder("com.acme.llm.completed", "/llm")
+            .tenant("acme")
+            .time(at(day))
+            .json(json!({ "usage": { "tokens": tokens } }))
+            .build();
+        records.extend(metering.records(&e).unwrap());
+    }
+    let (from, to) = (at(1), at(4));
+    assert_eq!(aggregate(&records, Aggregation::Sum, from, to), d("19"));
+    assert_eq!(aggregate(&records, Aggregation::Count, from, to), d("3"));
+    assert_eq!(aggregate(&records, Aggregation::Max, from, to), d("9"));
+    assert_eq!(aggregate(&records, Aggregation::Latest, from, to), d("5"));
+    assert_eq!(
+        aggregate(&records, Aggregation::UniqueCount, from, to),
+        d("2")
+    );
+    // Order does not matter.
+    records.reverse();
+    assert_eq!(aggregate(&records, Aggregation::Latest, from, to), d("5"));
+    assert_eq!(aggregate(&records, Aggregation::Sum, from, to), d("19"));
+}
+
+async fn the_store_keeps_each_event_and_meter_once(store: &dyn UsageStore) {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let event = task_event(TaskStatus::Succeeded, true);
+    let records = metering.records(&event).unwrap();
+    assert_eq!(store.record(&records).await.unwrap(), 5);
+    assert_eq!(store.record(&records).await.unwrap(), 0);
+    let kept = store.records("acme", at(1), at(3)).await.unwrap();
+    let mut expected = records.clone();
+    expected.sort_by(|a, b| a.meter.cmp(&b.meter));
+    let mut kept_sorted = kept.clone();
+    kept_sorted.sort_by(|a, b| a.meter.cmp(&b.meter));
+    assert_eq!(kept_sorted, expected, "records round-trip exactly");
+    assert!(
+        store
+            .records("acme", at(3), at(4))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn usage_stores_keep_records_exactly_once() {
+    the_store_keeps_each_event_and_meter_once(&MemoryUsageStore::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = ops_billing::ledger::SqliteLedger::open(&format!(
+        "sqlite://{}/ops.db",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    the_store_keeps_each_event_and_meter_once(&sqlite).await;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ops_testbed::postgres_database() {
+        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
+            .await
+            .unwrap();
+        the_store_keeps_each_event_and_meter_once(&pg).await;
+    }
+}
