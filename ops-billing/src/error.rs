@@ -75,6 +75,17 @@ pub enum Error {
         /// The key.
         key: String,
     },
+    /// A posting would take an account below its floor (a reservation larger than the
+    /// credit available); nothing was posted.
+    #[error("{account}: needs {needed}, {available} available")]
+    InsufficientFunds {
+        /// The account.
+        account: String,
+        /// What the posting takes from it.
+        needed: crate::Money,
+        /// What it has above its floor.
+        available: crate::Money,
+    },
     /// The ledger's database failed.
     #[error("ledger store ({}): {source}", source.backend())]
     Store {
@@ -100,6 +111,7 @@ impl Error {
             | Error::InvalidAccount { .. }
             | Error::InvalidPosting { .. } => ErrorKind::InvalidInput,
             Error::PostingConflict { .. } => ErrorKind::Conflict,
+            Error::InsufficientFunds { .. } => ErrorKind::ResourceExhausted,
             Error::Store { source } => source.kind(),
             Error::Events(e) => e.kind(),
         }

@@ -44,6 +44,7 @@
 //! Without default features the crate is the pure core and the in-memory ledger.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod budget;
 mod error;
 pub mod ledger;
 pub mod meter;
@@ -56,6 +57,7 @@ mod pricebook;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
+pub use budget::{BillingFunction, Budgets, HoldRequest, Reservation};
 pub use error::Error;
 pub use meter::{Aggregation, MeterSpec};
 pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};

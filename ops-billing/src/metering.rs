@@ -229,6 +229,25 @@ impl Metering {
     }
 }
 
+impl Metering {
+    /// What `records` (one event's) cost: the charged ones at their prices, at least
+    /// the minimum per task when a task is charged, rounded once to the minor unit.
+    pub fn charge(&self, records: &[UsageRecord]) -> Result<crate::Money> {
+        let mut total = Decimal::ZERO;
+        let mut charged_task = false;
+        for r in records.iter().filter(|r| self.charged(r)) {
+            total += self
+                .book
+                .amount(&r.meter, &r.selector(), r.quantity.max(Decimal::ZERO))?;
+            charged_task |= r.task_id.is_some();
+        }
+        if charged_task {
+            total = total.max(self.book.charges.minimum_per_task);
+        }
+        crate::Money::from_decimal(total, self.book.currency)
+    }
+}
+
 /// Seconds as an exact decimal, to the microsecond (a non-finite or negative value is
 /// zero).
 fn decimal_secs(secs: f64) -> Decimal {

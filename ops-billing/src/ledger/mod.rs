@@ -150,6 +150,11 @@ pub struct Posting {
     pub event_id: Option<EventId>,
     /// Events written with it, in the same transaction (SQL ledgers).
     pub events: Vec<Event>,
+    /// Balances the posting must leave at or above a floor, checked atomically with
+    /// the posting (a reservation must not overdraw prepaid credit, however many are
+    /// made at once); otherwise nothing is posted and the answer is
+    /// [`Error::InsufficientFunds`].
+    pub floors: Vec<(Account, Money)>,
 }
 
 impl Posting {
@@ -163,6 +168,29 @@ impl Posting {
             task_id: None,
             event_id: None,
             events: Vec::new(),
+            floors: Vec::new(),
+        }
+    }
+
+    /// Refuses the posting unless it leaves `account`'s balance at least `floor`.
+    pub fn floor(mut self, account: Account, floor: Money) -> Self {
+        self.floors.push((account, floor));
+        self
+    }
+
+    /// The error for a floor that the posting would break: `balance` is the account's
+    /// balance before the posting.
+    pub(crate) fn insufficient(&self, account: &Account, floor: Money, balance: i64) -> Error {
+        let delta: i64 = self
+            .entries
+            .iter()
+            .filter(|e| &e.account == account && e.amount.currency == floor.currency)
+            .map(|e| e.amount.amount)
+            .sum();
+        Error::InsufficientFunds {
+            account: account.to_string(),
+            needed: Money::new(-delta, floor.currency),
+            available: Money::new(balance.saturating_sub(floor.amount), floor.currency),
         }
     }
 
@@ -348,6 +376,14 @@ impl Ledger for MemoryLedger {
                     what: format!("balance of {}", e.account),
                 })?;
             next.insert(key, new);
+        }
+        for (account, floor) in &posting.floors {
+            let key = (account.clone(), floor.currency);
+            let before = state.balances.get(&key).copied().unwrap_or(0);
+            let after = next.get(&key).copied().unwrap_or(before);
+            if after < floor.amount {
+                return Err(posting.insufficient(account, *floor, before));
+            }
         }
         for (key, new) in next {
             state.balances.insert(key, new);

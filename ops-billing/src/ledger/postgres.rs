@@ -103,6 +103,27 @@ impl PostgresLedger {
             .await
             .map_err(store)?;
         }
+        // Floors are checked after the balances changed, in the same transaction (on
+        // Postgres the updated rows stay locked until commit), so concurrent postings
+        // cannot together pass a floor.
+        for (account, floor) in &posting.floors {
+            let after: Option<i64> = sqlx::query_scalar(
+                "SELECT balance FROM ops_billing_balances WHERE account = $1 AND currency = $2",
+            )
+            .bind(account.as_str())
+            .bind(floor.currency.code())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(store)?;
+            let after = after.unwrap_or(0);
+            if after < floor.amount {
+                let delta = net_by_account(posting)?
+                    .get(&(account.clone(), floor.currency))
+                    .copied()
+                    .unwrap_or(0);
+                return Err(posting.insufficient(account, *floor, after - delta));
+            }
+        }
         if !posting.events.is_empty() {
             PostgresOutbox::append(conn, &posting.events).await?;
         }

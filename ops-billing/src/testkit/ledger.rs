@@ -41,6 +41,65 @@ where
     bad_postings_list_every_problem_and_write_nothing(&make().await).await;
     retries_change_nothing_and_reused_keys_conflict(&make().await).await;
     entries_carry_their_posting(&make().await).await;
+    floors_hold_and_refused_postings_change_nothing(&make().await).await;
+}
+
+/// A posting that would take an account below its floor is refused with what it needs
+/// and what is available, and changes nothing.
+pub async fn floors_hold_and_refused_postings_change_nothing(ledger: &impl Ledger) {
+    let check = "floors_hold_and_refused_postings_change_nothing";
+    let prepaid = account("acme", "prepaid");
+    let reserved = account("acme", "reserved");
+    let top_up = Posting::new("top-up", "top-up")
+        .entry(payments(), Money::new(-1000, eur()))
+        .entry(prepaid.clone(), Money::new(1000, eur()));
+    ledger.post(&top_up).await.expect(check);
+    let hold = |key: &str| {
+        Posting::new(key, "hold")
+            .entry(prepaid.clone(), Money::new(-600, eur()))
+            .entry(reserved.clone(), Money::new(600, eur()))
+            .floor(prepaid.clone(), Money::zero(eur()))
+    };
+    assert_eq!(
+        ledger.post(&hold("hold:1")).await.expect(check),
+        Posted::New,
+        "{check}"
+    );
+    let err = ledger.post(&hold("hold:2")).await.expect_err(check);
+    match &err {
+        Error::InsufficientFunds {
+            account,
+            needed,
+            available,
+        } => {
+            assert_eq!(account, "tenant:acme:prepaid", "{check}");
+            assert_eq!(*needed, Money::new(600, eur()), "{check}");
+            assert_eq!(*available, Money::new(400, eur()), "{check}");
+        }
+        other => panic!("{check}: expected InsufficientFunds, got {other}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "tenant:acme:prepaid: needs 6.00 EUR, 4.00 EUR available",
+        "{check}"
+    );
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{check}");
+    assert_eq!(
+        ledger.balance(&prepaid, eur()).await.expect(check),
+        Money::new(400, eur()),
+        "{check}: unchanged"
+    );
+    // The refused key is free: a smaller hold under it fits.
+    let smaller = Posting::new("hold:2", "hold")
+        .entry(prepaid.clone(), Money::new(-400, eur()))
+        .entry(reserved.clone(), Money::new(400, eur()))
+        .floor(prepaid.clone(), Money::zero(eur()));
+    assert_eq!(
+        ledger.post(&smaller).await.expect(check),
+        Posted::New,
+        "{check}"
+    );
+    assert!(ledger.audit().await.expect(check).is_empty(), "{check}");
 }
 
 /// Balanced postings change balances by their entries; the audit finds nothing.

@@ -1,0 +1,328 @@
+//! Prepaid credit and reservations: a task starts only once its worst-case cost is
+//! held from its tenant's credit, and its final event settles the hold to the real
+//! cost.
+//!
+//! Accounts: a tenant's credit is `tenant:<t>:prepaid`; a task's hold is
+//! `tenant:<t>:held:<task id>`; charges go to `platform:revenue`; top-ups come from
+//! `platform:payments`. A hold is a posting from prepaid to the task's hold account
+//! with a floor of zero on prepaid, checked in the same transaction: however many
+//! tasks are admitted at once, holds never add up to more than the credit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ops_core::{EventId, Resources, TaskId, Tenant};
+use rust_decimal::Decimal;
+
+use crate::ledger::{Account, Ledger, Posted, Posting};
+use crate::meter::builtin;
+use crate::pricebook::{Charge, PriceBook, Selector};
+use crate::{Error, Money, Result};
+
+/// What a task asks to hold before it starts.
+#[derive(Clone, Debug)]
+pub struct HoldRequest<'a> {
+    /// The task.
+    pub task_id: TaskId,
+    /// The attempt about to start.
+    pub attempt: u32,
+    /// Who pays.
+    pub tenant: &'a Tenant,
+    /// Its environment.
+    pub environment: &'a str,
+    /// Its template.
+    pub template: &'a str,
+    /// What it will hold while it runs.
+    pub resources: &'a Resources,
+    /// Its timeout: the longest it can run.
+    pub timeout: Option<Duration>,
+    /// Scavenger work.
+    pub scavenger: bool,
+}
+
+/// The answer to [`Budgets::reserve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// The worst case is held (`added` now, `held` in all for the task).
+    Held {
+        /// Held by this call.
+        added: Money,
+        /// Held for the task in all.
+        held: Money,
+    },
+    /// Nothing to hold: the task costs nothing under the price book.
+    Free,
+    /// The credit does not cover the worst case; nothing was held.
+    Insufficient {
+        /// The worst case still to hold.
+        needed: Money,
+        /// The tenant's credit.
+        available: Money,
+    },
+}
+
+/// Credit, holds and settlements over a [`Ledger`], priced by a [`PriceBook`].
+#[derive(Clone)]
+pub struct Budgets {
+    ledger: Arc<dyn Ledger>,
+    book: Arc<PriceBook>,
+    default_hold: Duration,
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budgets")
+            .field("currency", &self.book.currency)
+            .field("default_hold", &self.default_hold)
+            .finish_non_exhaustive()
+    }
+}
+
+fn prepaid(tenant: &Tenant) -> Result<Account> {
+    Account::tenant(tenant, "prepaid")
+}
+
+fn held(tenant: &Tenant, task: TaskId) -> Result<Account> {
+    Account::parse(&format!("tenant:{tenant}:held:{task}"))
+}
+
+impl Budgets {
+    /// Budgets on `ledger` with `book`'s prices. A task without a timeout is held for
+    /// one hour of its resources (see [`default_hold`](Self::default_hold)).
+    pub fn new(ledger: Arc<dyn Ledger>, book: Arc<PriceBook>) -> Self {
+        Self {
+            ledger,
+            book,
+            default_hold: Duration::from_secs(3600),
+        }
+    }
+
+    /// How long a task without a timeout is held for. Its real cost is settled at the
+    /// end in any case; a task that runs longer than it held takes the rest from the
+    /// credit then.
+    pub fn default_hold(mut self, hold: Duration) -> Self {
+        self.default_hold = hold;
+        self
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// The price book.
+    pub fn book(&self) -> &PriceBook {
+        &self.book
+    }
+
+    /// The most a task can cost: its resources for its whole timeout at the prices that
+    /// apply to it, with the minimum charge; nothing for free scavenger work.
+    pub fn worst_case(&self, task: &HoldRequest<'_>) -> Result<Money> {
+        if task.scavenger && self.book.charges.scavenger == Charge::Free {
+            return Ok(Money::zero(self.book.currency));
+        }
+        let longest = task.timeout.unwrap_or(self.default_hold);
+        let secs = Decimal::from(longest.as_millis() as u64) / Decimal::ONE_THOUSAND;
+        let r = task.resources;
+        let cores = Decimal::new(r.cpu_millis as i64, 3);
+        let gib = Decimal::from(r.memory_bytes) / Decimal::from(1u64 << 30);
+        let selector = Selector {
+            environment: Some(task.environment),
+            template: Some(task.template),
+            gpu_model: r.gpus.model.as_deref(),
+        };
+        let quantities = [
+            (builtin::CPU_CORE_SECONDS, cores * secs),
+            (builtin::WALL_SECONDS, secs),
+            (builtin::MEMORY_GIB_SECONDS, gib * secs),
+            (builtin::GPU_SECONDS, Decimal::from(r.gpus.count) * secs),
+            (builtin::TASKS, Decimal::ONE),
+        ];
+        let mut total = Decimal::ZERO;
+        for (meter, quantity) in quantities {
+            total += self.book.amount(meter, &selector, quantity)?;
+        }
+        let total = total.max(self.book.charges.minimum_per_task);
+        // Round up, so that the hold covers the worst case.
+        let digits = self.book.currency.minor_digits();
+        let up = total.round_dp_with_strategy(digits, rust_decimal::RoundingStrategy::AwayFromZero);
+        Money::from_decimal(up, self.book.currency)
+    }
+
+    /// Holds the task's worst case from its tenant's credit (topping up what an earlier
+    /// attempt already holds), atomically with the check that the credit covers it.
+    pub async fn reserve(&self, task: &HoldRequest<'_>) -> Result<Reservation> {
+        let worst = self.worst_case(task)?;
+        if worst.amount == 0 {
+            return Ok(Reservation::Free);
+        }
+        let hold_account = held(task.tenant, task.task_id)?;
+        let already = self.ledger.balance(&hold_account, worst.currency).await?;
+        let added = worst.checked_sub(already)?;
+        if added.amount <= 0 {
+            return Ok(Reservation::Held {
+                added: Money::zero(worst.currency),
+                held: already,
+            });
+        }
+        let prepaid = prepaid(task.tenant)?;
+        let posting = Posting::new(
+            format!("hold:{}:{}", task.task_id, task.attempt),
+            format!("hold for task {} attempt {}", task.task_id, task.attempt),
+        )
+        .entry(prepaid.clone(), Money::new(-added.amount, added.currency))
+        .entry(hold_account, added)
+        .source(Some(task.task_id), None)
+        .floor(prepaid, Money::zero(worst.currency));
+        match self.ledger.post(&posting).await {
+            Ok(_) => Ok(Reservation::Held { added, held: worst }),
+            Err(Error::InsufficientFunds {
+                needed, available, ..
+            }) => Ok(Reservation::Insufficient { needed, available }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Settles a task that ended: `charge` goes to revenue, its hold is released, and
+    /// the difference returns to (or, if it cost more than it held, comes from) its
+    /// tenant's credit. Idempotent: settling a task again changes nothing.
+    pub async fn settle(
+        &self,
+        tenant: &Tenant,
+        task: TaskId,
+        charge: Money,
+        event: Option<EventId>,
+    ) -> Result<Posted> {
+        let hold_account = held(tenant, task)?;
+        let holding = self.ledger.balance(&hold_account, charge.currency).await?;
+        let back = holding.checked_sub(charge)?;
+        let mut posting = Posting::new(format!("settle:{task}"), format!("task {task}"))
+            .source(Some(task), event);
+        if holding.amount != 0 {
+            posting = posting.entry(hold_account, Money::new(-holding.amount, holding.currency));
+        }
+        if charge.amount != 0 {
+            posting = posting.entry(Account::platform("revenue")?, charge);
+        }
+        if back.amount != 0 {
+            posting = posting.entry(prepaid(tenant)?, back);
+        }
+        if posting.entries.is_empty() {
+            return Ok(Posted::AlreadyPosted);
+        }
+        match self.ledger.post(&posting).await {
+            // Settled before (its hold is gone, so the entries differ): nothing to do.
+            Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
+            other => other,
+        }
+    }
+
+    /// Adds prepaid credit to a tenant (a payment received, or a grant), idempotent by
+    /// `key`.
+    pub async fn top_up(&self, tenant: &Tenant, amount: Money, key: &str) -> Result<Posted> {
+        if amount.currency != self.book.currency {
+            return Err(Error::CurrencyMismatch {
+                expected: self.book.currency,
+                found: amount.currency,
+            });
+        }
+        let posting = Posting::new(format!("top-up:{key}"), format!("credit for {tenant}"))
+            .entry(
+                Account::platform("payments")?,
+                Money::new(-amount.amount, amount.currency),
+            )
+            .entry(prepaid(tenant)?, amount);
+        self.ledger.post(&posting).await
+    }
+
+    /// A tenant's credit, not counting what is held for running tasks.
+    pub async fn available(&self, tenant: &Tenant) -> Result<Money> {
+        self.ledger
+            .balance(&prepaid(tenant)?, self.book.currency)
+            .await
+    }
+
+    /// What is held for a task.
+    pub async fn held(&self, tenant: &Tenant, task: TaskId) -> Result<Money> {
+        self.ledger
+            .balance(&held(tenant, task)?, self.book.currency)
+            .await
+    }
+}
+
+/// Metering and settlement on the event bus: every event's usage records are stored
+/// (once), and a task's final event settles its hold to the real cost, both idempotent,
+/// so a redelivered event changes nothing. A usage event that cannot be rated goes to
+/// the dead letters with the reason.
+#[derive(Clone)]
+pub struct BillingFunction {
+    metering: crate::Metering,
+    store: Arc<dyn crate::UsageStore>,
+    budgets: Budgets,
+}
+
+impl std::fmt::Debug for BillingFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BillingFunction")
+            .field("budgets", &self.budgets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BillingFunction {
+    /// The function's name (its durable subscription and dead letters).
+    pub const NAME: &'static str = "ops-billing";
+
+    /// Meters into `store` and settles through `budgets`.
+    pub fn new(
+        metering: crate::Metering,
+        store: Arc<dyn crate::UsageStore>,
+        budgets: Budgets,
+    ) -> Self {
+        Self {
+            metering,
+            store,
+            budgets,
+        }
+    }
+
+    /// Handles one event; what [`Function::call`](ops_events::Function::call) runs.
+    pub async fn handle(&self, event: &ops_core::Event) -> Result<()> {
+        let records = self.metering.records(event)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.store.record(&records).await?;
+        let Some(first) = records.iter().find(|r| r.task_id.is_some()) else {
+            return Ok(());
+        };
+        let (Some(task), Ok(tenant)) = (first.task_id, Tenant::parse(first.tenant.as_str())) else {
+            return Ok(());
+        };
+        let charge = self.metering.charge(&records)?;
+        self.budgets
+            .settle(&tenant, task, charge, Some(event.id))
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ops_events::Function for BillingFunction {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn call(
+        &self,
+        event: &ops_core::Event,
+    ) -> std::result::Result<(), ops_events::FunctionError> {
+        self.handle(event).await.map_err(|e| {
+            if e.is_retryable() {
+                ops_events::FunctionError::retryable(e.to_string())
+            } else {
+                ops_events::FunctionError::permanent(e.to_string())
+            }
+        })
+    }
+}

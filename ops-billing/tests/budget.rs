@@ -1,0 +1,201 @@
+//! Reservations hold at admission: concurrent holds never exceed the credit (SQLite
+//! and Postgres), settlement returns the rest exactly once, and the billing function
+//! settles a task from its final event however often it comes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ops_billing::ledger::{Ledger, MemoryLedger, SqliteLedger};
+use ops_billing::{
+    BillingFunction, Budgets, HoldRequest, MemoryUsageStore, Metering, Money, PriceBook,
+    Reservation,
+};
+use ops_core::{Event, Resources, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
+use ops_events::Function;
+
+const BOOK: &str = r#"
+currency = "EUR"
+[[prices]]
+meter = "cpu_core_seconds"
+unit_price = "0.001"
+[[prices]]
+meter = "tasks"
+unit_price = "0.01"
+"#;
+
+fn book() -> Arc<PriceBook> {
+    Arc::new(PriceBook::parse(BOOK).unwrap())
+}
+
+fn eur(amount: i64) -> Money {
+    Money::new(amount, "EUR".parse().unwrap())
+}
+
+fn acme() -> Tenant {
+    Tenant::parse("acme").unwrap()
+}
+
+/// 1 core for 100 s: 0.10 EUR of CPU + 0.01 per task = 0.11 EUR worst case.
+fn hold<'a>(task: TaskId, tenant: &'a Tenant, resources: &'a Resources) -> HoldRequest<'a> {
+    HoldRequest {
+        task_id: task,
+        attempt: 1,
+        tenant,
+        environment: "production",
+        template: "render",
+        resources,
+        timeout: Some(Duration::from_secs(100)),
+        scavenger: false,
+    }
+}
+
+async fn at_most_ten_of_a_hundred_start(ledger: Arc<dyn Ledger>) {
+    let budgets = Budgets::new(ledger.clone(), book());
+    let tenant = acme();
+    // Credit for exactly ten worst cases.
+    budgets.top_up(&tenant, eur(110), "initial").await.unwrap();
+    let resources = Resources::new(1000, 0);
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        let budgets = budgets.clone();
+        let tenant = tenant.clone();
+        let resources = resources.clone();
+        calls.push(tokio::spawn(async move {
+            budgets
+                .reserve(&hold(TaskId::new(), &tenant, &resources))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut held = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Reservation::Held { added, .. } => {
+                assert_eq!(added, eur(11));
+                held += 1;
+            }
+            Reservation::Insufficient { needed, available } => {
+                assert_eq!(needed, eur(11));
+                assert!(available.amount < 11, "{available}");
+            }
+            Reservation::Free => panic!("not free"),
+        }
+    }
+    assert_eq!(held, 10, "exactly the ten the credit covers");
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(0));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_holds_never_exceed_the_credit() {
+    at_most_ten_of_a_hundred_start(Arc::new(MemoryLedger::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
+        .await
+        .unwrap();
+    at_most_ten_of_a_hundred_start(Arc::new(sqlite)).await;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ops_testbed::postgres_database() {
+        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
+            .await
+            .unwrap();
+        at_most_ten_of_a_hundred_start(Arc::new(pg)).await;
+    }
+}
+
+fn final_event(task: TaskId, cpu_secs: u64) -> Event {
+    let mut data = TaskEventData::new(
+        task,
+        "acme",
+        "production",
+        "render",
+        TaskStatus::Succeeded,
+        1,
+    );
+    data.usage = Some(Usage::new(
+        Duration::from_secs(cpu_secs * 2),
+        Duration::from_secs(cpu_secs),
+        0,
+        0,
+    ));
+    data.resources = Some(Resources::new(1000, 0));
+    Event::builder(event_types::TASK_SUCCEEDED, "/tasks")
+        .tenant("acme")
+        .data(&data)
+        .unwrap()
+        .build()
+}
+
+#[tokio::test]
+async fn the_final_event_settles_the_hold_once() {
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let budgets = Budgets::new(ledger.clone(), book());
+    let tenant = acme();
+    budgets.top_up(&tenant, eur(100), "p1").await.unwrap();
+    let task = TaskId::new();
+    let resources = Resources::new(1000, 0);
+    let reserved = budgets
+        .reserve(&hold(task, &tenant, &resources))
+        .await
+        .unwrap();
+    assert_eq!(
+        reserved,
+        Reservation::Held {
+            added: eur(11),
+            held: eur(11)
+        }
+    );
+    // The next attempt's hold tops up nothing: the worst case is already held.
+    let mut second = hold(task, &tenant, &resources);
+    second.attempt = 2;
+    assert_eq!(
+        budgets.reserve(&second).await.unwrap(),
+        Reservation::Held {
+            added: eur(0),
+            held: eur(11)
+        }
+    );
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(89));
+
+    let function = BillingFunction::new(
+        Metering::new((*book()).clone()),
+        Arc::new(MemoryUsageStore::new()),
+        budgets.clone(),
+    );
+    // 30 CPU-seconds: 0.03 + 0.01 = 0.04 EUR; 0.07 returns to the credit.
+    let event = final_event(task, 30);
+    for _ in 0..3 {
+        function.call(&event).await.unwrap();
+    }
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(0));
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(96));
+    let revenue = ops_billing::ledger::Account::platform("revenue").unwrap();
+    assert_eq!(
+        ledger
+            .balance(&revenue, "EUR".parse().unwrap())
+            .await
+            .unwrap(),
+        eur(4)
+    );
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[test]
+fn worst_case_covers_the_timeout_and_rounds_up() {
+    let budgets = Budgets::new(Arc::new(MemoryLedger::new()), book());
+    let tenant = acme();
+    let resources = Resources::new(1500, 0);
+    let mut h = hold(TaskId::new(), &tenant, &resources);
+    h.timeout = Some(Duration::from_millis(100_001));
+    // 1.5 cores × 100.001 s × 0.001 = 0.1500015, + 0.01 = 0.1600015 → 0.17 EUR (rounded up).
+    assert_eq!(budgets.worst_case(&h).unwrap(), eur(17));
+    h.timeout = None;
+    // No timeout: the default hold of one hour (1.5 × 3600 × 0.001 + 0.01 = 5.41).
+    assert_eq!(budgets.worst_case(&h).unwrap(), eur(541));
+    h.scavenger = true;
+    assert_eq!(
+        budgets.worst_case(&h).unwrap(),
+        eur(0),
+        "scavenger work is free"
+    );
+}
