@@ -47,6 +47,11 @@ pub struct Backends {
     /// The object catalog of `ops-storage`, in the history database: its
     /// `ops.storage.object.*` events go into the same outbox as the task events.
     pub storage_catalog: Arc<dyn ops_storage::Catalog>,
+    /// The billing ledger of `ops-billing`, in the history database: postings and
+    /// their events share the outbox.
+    pub ledger: Arc<dyn ops_billing::ledger::Ledger>,
+    /// Where usage records are kept (the ledger's database).
+    pub usage: Arc<dyn ops_billing::UsageStore>,
     /// The history URL, password redacted (for logs).
     pub history_url: String,
     /// The event bus URL, password redacted (`None`: the outbox).
@@ -82,6 +87,10 @@ type Opened = (
     Arc<dyn EventBus>,
     Arc<dyn DeadLetters>,
     Arc<dyn ops_storage::Catalog>,
+    (
+        Arc<dyn ops_billing::ledger::Ledger>,
+        Arc<dyn ops_billing::UsageStore>,
+    ),
 );
 
 /// Opens the history store at `history_url` and, when `events_url` is given, the
@@ -89,22 +98,25 @@ type Opened = (
 /// an unknown scheme, a backend whose feature is off, an unreachable server.
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = ops_events::redact_url(history_url);
-    let (history, outbox, dead_letters, storage_catalog) = match scheme(history_url) {
-        None | Some("sqlite") => open_sqlite(history_url).await?,
-        Some("postgres" | "postgresql") => open_postgres(history_url).await?,
-        Some(other) => {
-            return Err(Error::config(vec![format!(
-                "history: unsupported scheme {other:?} in {redacted}; use sqlite://PATH or \
+    let (history, outbox, dead_letters, storage_catalog, (ledger, usage)) =
+        match scheme(history_url) {
+            None | Some("sqlite") => open_sqlite(history_url).await?,
+            Some("postgres" | "postgresql") => open_postgres(history_url).await?,
+            Some(other) => {
+                return Err(Error::config(vec![format!(
+                    "history: unsupported scheme {other:?} in {redacted}; use sqlite://PATH or \
                  postgres://HOST/DB"
-            )]));
-        }
-    };
+                )]));
+            }
+        };
     let mut backends = Backends {
         history,
         outbox: outbox.clone(),
         events: outbox,
         dead_letters,
         storage_catalog,
+        ledger,
+        usage,
         history_url: redacted,
         events_url: None,
         #[cfg(feature = "nats")]
@@ -123,7 +135,18 @@ async fn open_sqlite(url: &str) -> Result<Opened> {
     let dead_letters = Arc::new(history.outbox().dead_letters());
     let catalog =
         ops_storage::catalog::SqliteCatalog::from_outbox(history.outbox().clone()).await?;
-    Ok((Arc::new(history), outbox, dead_letters, Arc::new(catalog)))
+    let ledger = ops_billing::ledger::SqliteLedger::from_outbox(history.outbox().clone()).await?;
+    let billing = (
+        Arc::new(ledger.clone()) as Arc<dyn ops_billing::ledger::Ledger>,
+        Arc::new(ledger) as Arc<dyn ops_billing::UsageStore>,
+    );
+    Ok((
+        Arc::new(history),
+        outbox,
+        dead_letters,
+        Arc::new(catalog),
+        billing,
+    ))
 }
 
 #[cfg(not(feature = "sqlite"))]
@@ -141,7 +164,18 @@ async fn open_postgres(url: &str) -> Result<Opened> {
     let dead_letters = Arc::new(history.outbox().dead_letters());
     let catalog =
         ops_storage::catalog::PostgresCatalog::from_outbox(history.outbox().clone()).await?;
-    Ok((Arc::new(history), outbox, dead_letters, Arc::new(catalog)))
+    let ledger = ops_billing::ledger::PostgresLedger::from_outbox(history.outbox().clone()).await?;
+    let billing = (
+        Arc::new(ledger.clone()) as Arc<dyn ops_billing::ledger::Ledger>,
+        Arc::new(ledger) as Arc<dyn ops_billing::UsageStore>,
+    );
+    Ok((
+        Arc::new(history),
+        outbox,
+        dead_letters,
+        Arc::new(catalog),
+        billing,
+    ))
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -237,6 +237,35 @@ pub struct PlatformConfig {
     pub shutdown_grace: Duration,
     /// Webhook functions.
     pub webhooks: Vec<WebhookEntry>,
+    /// Billing: a price book, prepaid credit held at admission, settlement from
+    /// usage events. `None`: tasks are not billed.
+    pub billing: Option<BillingConfig>,
+}
+
+/// The `[billing]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BillingConfig {
+    /// The price book (TOML), relative to the config file.
+    pub prices: PathBuf,
+    /// How long a task without a timeout is held for at admission (default `1h`).
+    #[serde(default = "default_hold", with = "ops_tasks::duration::serde_duration")]
+    pub default_hold: Duration,
+}
+
+fn default_hold() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl BillingConfig {
+    /// Billing with the price book at `prices`.
+    pub fn new(prices: impl Into<PathBuf>) -> Self {
+        Self {
+            prices: prices.into(),
+            default_hold: default_hold(),
+        }
+    }
 }
 
 impl Default for PlatformConfig {
@@ -255,6 +284,7 @@ impl Default for PlatformConfig {
             dead_letters: DeadLetterStore::default(),
             shutdown_grace: Duration::from_secs(5),
             webhooks: Vec::new(),
+            billing: None,
         }
     }
 }
@@ -347,6 +377,9 @@ impl PlatformConfig {
         {
             kube.kubeconfig = Some(base.join(k));
         }
+        if let Some(billing) = &mut self.billing {
+            billing.prices = base.join(&billing.prices);
+        }
     }
 
     /// Every problem of a configuration that parsed, each naming its key path: URL
@@ -391,6 +424,20 @@ impl PlatformConfig {
         #[cfg(feature = "kube")]
         if let Some(kube) = &self.kube {
             out.extend(kube.problems().into_iter().map(|p| format!("kube.{p}")));
+        }
+        if let Some(billing) = &self.billing {
+            match ops_billing::PriceBook::load(&billing.prices) {
+                Ok(_) => {}
+                Err(ops_billing::Error::InvalidPriceBook { file, problems }) => {
+                    let file = file.unwrap_or_default();
+                    out.extend(
+                        problems
+                            .into_iter()
+                            .map(|p| format!("billing.prices ({file}): {p}")),
+                    );
+                }
+                Err(e) => out.push(format!("billing.prices: {e}")),
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, hook) in self.webhooks.iter().enumerate() {

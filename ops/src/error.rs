@@ -29,6 +29,9 @@ pub enum Error {
     /// Object storage failed.
     #[error(transparent)]
     Storage(#[from] ops_storage::Error),
+    /// Billing failed.
+    #[error(transparent)]
+    Billing(#[from] ops_billing::Error),
     /// A file could not be read.
     #[error("{}: {source}", path.display())]
     Io {
@@ -46,6 +49,7 @@ impl Error {
         match self {
             Error::Config { .. } => ErrorKind::InvalidInput,
             Error::Tasks(e) => e.kind(),
+            Error::Billing(e) => e.kind(),
             Error::Events(e) => e.kind(),
             Error::Storage(e) => e.kind(),
             Error::Io { source, .. } => ErrorKind::of_io(source),
@@ -58,6 +62,7 @@ impl Error {
             Error::Tasks(e) => e.is_retryable(),
             Error::Events(e) => e.is_retryable(),
             Error::Storage(e) => e.is_retryable(),
+            Error::Billing(e) => e.is_retryable(),
             Error::Config { .. } | Error::Io { .. } => false,
         }
     }

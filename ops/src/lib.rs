@@ -80,12 +80,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backends;
+pub mod billing;
 pub mod config;
 mod error;
 mod platform;
 pub mod staging;
 
-pub use config::{DeadLetterStore, PlatformConfig, WebhookEntry};
+pub use config::{BillingConfig, DeadLetterStore, PlatformConfig, WebhookEntry};
 pub use error::{Error, Result};
 pub use platform::{Platform, PlatformBuilder, STORAGE_RETENTION_INTERVAL};
 

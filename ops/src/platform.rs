@@ -30,6 +30,7 @@ pub const STORAGE_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Platform {
     tasks: Tasks,
     storage: Option<Storage>,
+    billing: Option<ops_billing::Budgets>,
     backends: Backends,
     dead_letters: Arc<dyn DeadLetters>,
     dispatcher: Option<(Dispatcher, RunningDispatcher)>,
@@ -86,6 +87,11 @@ impl Platform {
     /// Object storage, when configured.
     pub fn storage(&self) -> Option<&Storage> {
         self.storage.as_ref()
+    }
+
+    /// Prepaid credit, holds and settlement, when `[billing]` is configured.
+    pub fn billing(&self) -> Option<&ops_billing::Budgets> {
+        self.billing.as_ref()
     }
 
     /// The bus functions subscribe to: the history's outbox, or the external bus it
@@ -274,8 +280,35 @@ impl PlatformBuilder {
             .catalogue(catalogue)
             .history(backends.history.clone())
             .config(config.tasks.clone());
-        if let Some(gate) = self.budget {
-            tasks = tasks.budget_gate(gate);
+        let mut routes = self.functions;
+        let billing = match &config.billing {
+            Some(billing) => {
+                let book = Arc::new(ops_billing::PriceBook::load(&billing.prices)?);
+                let budgets = ops_billing::Budgets::new(backends.ledger.clone(), book.clone())
+                    .default_hold(billing.default_hold);
+                routes.push((
+                    Trigger::on("*"),
+                    Arc::new(ops_billing::BillingFunction::new(
+                        ops_billing::Metering::new((*book).clone()),
+                        backends.usage.clone(),
+                        budgets.clone(),
+                    )) as Arc<dyn Function>,
+                ));
+                Some(budgets)
+            }
+            None => None,
+        };
+        match (self.budget, &billing) {
+            (Some(gate), billing) => {
+                if billing.is_some() {
+                    tracing::warn!("a budget gate was given: it replaces [billing]'s credit check");
+                }
+                tasks = tasks.budget_gate(gate);
+            }
+            (None, Some(budgets)) => {
+                tasks = tasks.budget_gate(crate::billing::BillingGate(budgets.clone()));
+            }
+            (None, None) => {}
         }
         if self.submit_only {
             tasks = tasks.submit_only();
@@ -307,7 +340,6 @@ impl PlatformBuilder {
             DeadLetterStore::Durable => backends.dead_letters.clone(),
             DeadLetterStore::Memory => Arc::new(InMemoryDeadLetters::new()),
         };
-        let mut routes = self.functions;
         for hook in &config.webhooks {
             routes.push((hook.trigger(), webhook_function(hook)?));
         }
@@ -327,6 +359,7 @@ impl PlatformBuilder {
         Ok(Platform {
             tasks,
             storage,
+            billing,
             backends,
             dead_letters,
             dispatcher,

@@ -162,7 +162,12 @@ impl Ledger for SqliteLedger {
     async fn post(&self, posting: &Posting) -> Result<Posted> {
         posting.check()?;
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store)?;
         // An error drops `tx`, which rolls everything back: nothing half-posted.
         let posted = self.write(&mut tx, posting).await?;
         if posted == Posted::New {
@@ -275,7 +280,12 @@ impl Ledger for SqliteLedger {
 impl UsageStore for SqliteLedger {
     async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
         let _guard = self.write_lock.lock().await;
-        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store)?;
         let mut new = 0;
         for r in records {
             new += sqlx::query(

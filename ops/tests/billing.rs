@@ -1,0 +1,138 @@
+//! A billed platform end to end, on real processes and SQLite: a tenant whose credit
+//! cannot cover a task's worst case keeps it queued with the reason, a top-up lets it
+//! start, and each task's final event settles its hold to the real cost exactly once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ops::billing::Money;
+use ops::billing::ledger::Account;
+use ops::prelude::*;
+use ops::{BillingConfig, Platform};
+
+const TEMPLATE: &str = r#"
+name = "step"
+command = ["true"]
+timeout = "10s"
+[resources]
+cpu = 1
+memory = "16Mi"
+"#;
+
+/// A core-second costs 0.01 EUR and every task 0.01 EUR: a 10-second task holds
+/// 1 × 10 × 0.01 + 0.01 = 0.11 EUR, and `true` really costs 0.01 EUR.
+const PRICES: &str = r#"
+currency = "EUR"
+[[prices]]
+meter = "cpu_core_seconds"
+unit_price = "0.01"
+[[prices]]
+meter = "tasks"
+unit_price = "0.01"
+"#;
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn eur(amount: i64) -> Money {
+    Money::new(amount, "EUR".parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waits_for_credit_and_is_settled_to_its_real_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("templates/step.toml"), TEMPLATE);
+    write(&dir.path().join("prices.toml"), PRICES);
+    let mut config = PlatformConfig::default();
+    config.history = format!("sqlite://{}/ops.db", dir.path().display());
+    config.templates = Some(dir.path().join("templates"));
+    config.tasks.root = dir.path().join("tasks");
+    config.tasks.admission.budget_recheck = Duration::from_millis(200);
+    config.billing = Some(BillingConfig::new(dir.path().join("prices.toml")));
+    let platform = Platform::from_config(config).await.unwrap();
+    let budgets = platform.billing().expect("billing configured").clone();
+    let tenant = Tenant::parse("acme").unwrap();
+    budgets.top_up(&tenant, eur(5), "first").await.unwrap();
+
+    let acme = platform.tenant(&tenant);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(acme.submit(SubmitRequest::new("step")).await.unwrap());
+    }
+    // 0.05 EUR cannot hold 0.11: every task waits, saying why.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        if let Some(waiting) = acme.explain(ids[0]).await.unwrap()
+            && waiting.info.message.starts_with("budget:")
+        {
+            break waiting.info.message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task never waited for budget"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.starts_with("budget: needs 0.11 EUR, 0.05 EUR available (asked again at "),
+        "{reason}"
+    );
+    for id in &ids {
+        assert_eq!(acme.get(*id).await.unwrap().status, TaskStatus::Queued);
+    }
+
+    // A top-up covers them; they start at the next recheck and run.
+    budgets.top_up(&tenant, eur(100), "second").await.unwrap();
+    for id in &ids {
+        let task = tokio::time::timeout(Duration::from_secs(20), acme.wait(*id))
+            .await
+            .expect("task did not finish")
+            .unwrap();
+        assert_eq!(task.status, TaskStatus::Succeeded, "{task:?}");
+    }
+    let ledger = budgets.ledger().clone();
+    platform.shutdown().await;
+
+    // Each task cost 0.01 (its CPU time rounds away): 1.05 - 0.03 left, nothing held.
+    let currency = "EUR".parse().unwrap();
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(102));
+    for id in &ids {
+        assert_eq!(budgets.held(&tenant, *id).await.unwrap(), eur(0));
+    }
+    let revenue = Account::platform("revenue").unwrap();
+    assert_eq!(ledger.balance(&revenue, currency).await.unwrap(), eur(3));
+    assert!(ledger.audit().await.unwrap().is_empty());
+    // The settlement names its task.
+    let entries = ledger.entries(&revenue).await.unwrap();
+    let mut settled: Vec<_> = entries.iter().filter_map(|e| e.task_id).collect();
+    settled.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(settled, expected);
+}
+
+#[tokio::test]
+async fn a_bad_price_book_is_named_in_the_platform_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("prices.toml"),
+        "currency = \"EUR\"\n[[prices]]\nmeter = \"cpu\"\nunit_price = 1\n",
+    );
+    write(
+        &dir.path().join("platform.toml"),
+        "history = \"sqlite://state/ops.db\"\n[billing]\nprices = \"prices.toml\"\n",
+    );
+    let err = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("billing.prices"), "{text}");
+    assert!(
+        text.contains("prices[0].meter: unknown meter \"cpu\""),
+        "{text}"
+    );
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!dir.path().join("state").exists(), "nothing created");
+}
