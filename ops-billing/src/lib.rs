@@ -46,6 +46,7 @@
 
 pub mod budget;
 mod error;
+pub mod invoice;
 pub mod ledger;
 pub mod meter;
 pub mod metering;
@@ -59,6 +60,7 @@ pub mod testkit;
 
 pub use budget::{BillingFunction, Budgets, HoldRequest, Reservation};
 pub use error::Error;
+pub use invoice::{Invoice, InvoiceLine, InvoiceStatus};
 pub use meter::{Aggregation, MeterSpec};
 pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};
 pub use money::{Currency, Money};

@@ -1,0 +1,251 @@
+//! Invoices: one tenant, one period, from its usage records, every line traceable to
+//! the tasks and events behind it, and the same whatever order the events came in.
+//!
+//! Task usage is charged per task when the task ends (see
+//! [`Budgets::settle`](crate::Budgets::settle)); the invoice shows those charges by
+//! meter and price, with one `adjustments` line for what per-task rounding and the
+//! minimum charge per task add, so that its task total equals what was settled. Period
+//! meters (storage in GB-months, meters declared in the price book) are aggregated over
+//! the whole period and priced once, tiers applying to the period's quantity; they are
+//! what [`Invoice::period_charge`] returns, for posting when the invoice is finalized.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use ops_core::{EventId, TaskId};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::meter::{Aggregation, builtin};
+use crate::metering::{UsageRecord, aggregate, aggregation_of, gb_months};
+use crate::{Metering, Money, Result};
+
+/// Whether an invoice may still change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// The period, or its grace window for late events, has not ended.
+    Draft,
+    /// Past the grace window: final.
+    Finalized,
+}
+
+/// One line: a meter under one price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    /// The meter (`adjustments` for the rounding and minimum-charge line).
+    pub meter: String,
+    /// Where its price applies, e.g. `environment=staging template=render`; empty for
+    /// the default price.
+    pub price: String,
+    /// The quantity (GB-months for storage).
+    pub quantity: Decimal,
+    /// The amount.
+    pub amount: Money,
+    /// The tasks behind it, sorted.
+    pub tasks: Vec<TaskId>,
+    /// The events behind it, sorted.
+    pub events: Vec<EventId>,
+}
+
+/// A tenant's invoice for a period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// The tenant.
+    pub tenant: String,
+    /// The period's start (inclusive).
+    pub from: DateTime<Utc>,
+    /// The period's end (exclusive).
+    pub to: DateTime<Utc>,
+    /// Draft or finalized.
+    pub status: InvoiceStatus,
+    /// The lines, sorted by meter and price.
+    pub lines: Vec<InvoiceLine>,
+    /// What the tasks of the period cost (already settled from credit).
+    pub tasks_total: Money,
+    /// What the period meters cost (charged when the invoice is finalized).
+    pub period_total: Money,
+    /// Everything.
+    pub total: Money,
+}
+
+impl Invoice {
+    /// What finalizing the invoice charges beyond the settled tasks.
+    pub fn period_charge(&self) -> Money {
+        self.period_total
+    }
+
+    /// The invoice as a small, self-contained HTML page.
+    pub fn to_html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut rows = String::new();
+        for line in &self.lines {
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=n>{}</td><td class=n>{}</td><td>{} tasks, {} events</td></tr>\n",
+                esc(&line.meter),
+                esc(&line.price),
+                line.quantity.normalize(),
+                line.amount,
+                line.tasks.len(),
+                line.events.len()
+            ));
+        }
+        format!(
+            "<!doctype html>\n<html><head><meta charset=utf-8><title>Invoice {tenant}</title>\
+             <style>body{{font-family:sans-serif}}td,th{{padding:4px 8px}}.n{{text-align:right}}</style></head>\n\
+             <body><h1>Invoice for {tenant}</h1><p>{from} to {to} ({status:?})</p>\n\
+             <table><tr><th>meter</th><th>price</th><th>quantity</th><th>amount</th><th>from</th></tr>\n{rows}\
+             <tr><th colspan=3>total</th><th class=n>{total}</th><th></th></tr></table></body></html>\n",
+            tenant = esc(&self.tenant),
+            from = self.from.to_rfc3339(),
+            to = self.to.to_rfc3339(),
+            status = self.status,
+            total = self.total,
+        )
+    }
+}
+
+/// The description of the price a record falls under.
+fn price_label(metering: &Metering, record: &UsageRecord) -> String {
+    let Some(entry) = metering.book().price(&record.meter, &record.selector()) else {
+        return "unpriced".to_owned();
+    };
+    let mut parts = Vec::new();
+    if let Some(e) = &entry.environment {
+        parts.push(format!("environment={e}"));
+    }
+    if let Some(t) = &entry.template {
+        parts.push(format!("template={t}"));
+    }
+    if let Some(m) = &entry.gpu_model {
+        parts.push(format!("gpu_model={m}"));
+    }
+    parts.join(" ")
+}
+
+#[derive(Default)]
+struct Group {
+    quantity: Decimal,
+    amount: Decimal,
+    tasks: BTreeSet<TaskId>,
+    events: BTreeSet<EventId>,
+    records: Vec<UsageRecord>,
+}
+
+/// Builds `tenant`'s invoice for `[from, to)` from its usage records (any order; a
+/// record of another tenant is ignored). It is a draft until `now` is past `to` plus
+/// `grace`, the window for late events.
+pub fn invoice(
+    metering: &Metering,
+    tenant: &str,
+    records: &[UsageRecord],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Result<Invoice> {
+    let currency = metering.book().currency;
+    let mine: Vec<&UsageRecord> = records.iter().filter(|r| r.tenant == tenant).collect();
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut by_event: BTreeMap<EventId, Vec<UsageRecord>> = BTreeMap::new();
+    for r in &mine {
+        let period_meter = r.task_id.is_none();
+        // Task usage belongs to the period it ended in; a time-weighted meter counts
+        // the level reached before the period too.
+        let counts = if period_meter
+            && aggregation_of(metering.book(), &r.meter) == Aggregation::TimeWeightedSum
+        {
+            r.at < to
+        } else {
+            r.at >= from && r.at < to
+        };
+        if !counts {
+            continue;
+        }
+        let group = groups
+            .entry((r.meter.clone(), price_label(metering, r)))
+            .or_default();
+        group.events.insert(r.event_id);
+        if let Some(t) = r.task_id {
+            group.tasks.insert(t);
+        }
+        if period_meter {
+            group.records.push((*r).clone());
+        } else if metering.charged(r) {
+            group.quantity += r.quantity;
+            group.amount +=
+                metering
+                    .book()
+                    .amount(&r.meter, &r.selector(), r.quantity.max(Decimal::ZERO))?;
+            by_event.entry(r.event_id).or_default().push((*r).clone());
+        } else {
+            group.quantity += r.quantity;
+        }
+    }
+    let mut lines = Vec::new();
+    let mut lines_tasks = Money::zero(currency);
+    let mut period_total = Money::zero(currency);
+    for ((meter, price), group) in groups {
+        let (quantity, amount) = if group.records.is_empty() {
+            let amount = Money::from_decimal(group.amount, currency)?;
+            lines_tasks = lines_tasks.checked_add(amount)?;
+            (group.quantity, amount)
+        } else {
+            let aggregation = aggregation_of(metering.book(), &meter);
+            let mut quantity = aggregate(&group.records, aggregation, from, to);
+            if meter == builtin::STORAGE_GB_MONTHS {
+                quantity = gb_months(quantity).round_dp(6);
+            }
+            let first = &group.records[0];
+            let amount =
+                metering
+                    .book()
+                    .rate(&meter, &first.selector(), quantity.max(Decimal::ZERO))?;
+            period_total = period_total.checked_add(amount)?;
+            (quantity, amount)
+        };
+        lines.push(InvoiceLine {
+            meter,
+            price,
+            quantity,
+            amount,
+            tasks: group.tasks.into_iter().collect(),
+            events: group.events.into_iter().collect(),
+        });
+    }
+    // What was settled per task: the same charge settlement computed from each event.
+    let mut tasks_total = Money::zero(currency);
+    for records in by_event.values() {
+        tasks_total = tasks_total.checked_add(metering.charge(records)?)?;
+    }
+    let adjustment = tasks_total.checked_sub(lines_tasks)?;
+    if adjustment.amount != 0 {
+        lines.push(InvoiceLine {
+            meter: "adjustments".to_owned(),
+            price: "per-task rounding and minimum charge".to_owned(),
+            quantity: Decimal::from(by_event.len() as u64),
+            amount: adjustment,
+            tasks: Vec::new(),
+            events: by_event.keys().copied().collect(),
+        });
+    }
+    Ok(Invoice {
+        tenant: tenant.to_owned(),
+        from,
+        to,
+        status: if now >= to + grace {
+            InvoiceStatus::Finalized
+        } else {
+            InvoiceStatus::Draft
+        },
+        lines,
+        tasks_total,
+        period_total,
+        total: tasks_total.checked_add(period_total)?,
+    })
+}
