@@ -21,6 +21,9 @@
 //! [dispatcher]                            # how functions are called (ops-events)
 //! concurrency = 4
 //!
+//! # [billing]                             # credit held at admission (ops-billing)
+//! # prices = "prices.toml"
+//!
 //! [[webhooks]]                            # functions from configuration
 //! name = "billing"
 //! url = "https://billing.internal/ops-events"

@@ -12,12 +12,15 @@
 //! | [`events`] | `ops-events` | the event spine: buses, the outbox, functions, webhooks |
 //! | [`tasks`] | `ops-tasks` | templates, admission, executors, history, the task service |
 //! | [`storage`] | `ops-storage` | tenant-scoped object storage for inputs and outputs |
+//! | [`billing`] | `ops-billing` | money, price books, the ledger, metering, credit held at admission, invoices (plus [`billing::BillingGate`]) |
 //!
 //! and owns the wiring between them: a [`Platform`] from a [`PlatformBuilder`] or one
 //! TOML file ([`PlatformConfig`], every problem reported at once) — history, outbox,
-//! dead letters and the storage catalog in one database chosen by URL
+//! dead letters, the storage catalog and the billing ledger in one database chosen by URL
 //! ([`backends`]); the event bus by URL with its relay; storage with staging of task
-//! inputs and outputs ([`staging`]); the executor; functions and webhooks from code or
+//! inputs and outputs ([`staging`]); billing (`[billing]`: each task's worst case held
+//! from its tenant's credit before it starts, settled from its final event); the
+//! executor; functions and webhooks from code or
 //! configuration with durable dead letters; and one [`Platform::shutdown`].
 //!
 //! ```
@@ -65,10 +68,10 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `sqlite` | yes | SQLite history, outbox, dead letters and storage catalog |
+//! | `sqlite` | yes | SQLite history, outbox, dead letters, storage catalog and billing ledger |
 //! | `local` | yes | the local executor (Unix) |
 //! | `webhook` | yes | webhook functions (`[[webhooks]]`) |
-//! | `postgres` | no | PostgreSQL history, outbox, dead letters and storage catalog |
+//! | `postgres` | no | PostgreSQL history, outbox, dead letters, storage catalog and billing ledger |
 //! | `nats` | no | NATS JetStream as the event bus, fed by a relay from the outbox |
 //! | `kube` | no | the Kubernetes executor (`[kube]`) |
 //! | `s3` | no | S3-compatible object storage and signed URLs |
