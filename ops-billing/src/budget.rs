@@ -256,8 +256,7 @@ impl Budgets {
 /// the dead letters with the reason.
 #[derive(Clone)]
 pub struct BillingFunction {
-    metering: crate::Metering,
-    store: Arc<dyn crate::UsageStore>,
+    metering: crate::MeteringFunction,
     budgets: Budgets,
 }
 
@@ -280,26 +279,21 @@ impl BillingFunction {
         budgets: Budgets,
     ) -> Self {
         Self {
-            metering,
-            store,
+            metering: crate::MeteringFunction::new(metering, store),
             budgets,
         }
     }
 
     /// Handles one event; what [`Function::call`](ops_events::Function::call) runs.
     pub async fn handle(&self, event: &ops_core::Event) -> Result<()> {
-        let records = self.metering.records(event)?;
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.store.record(&records).await?;
+        let records = self.metering.meter(event).await?;
         let Some(first) = records.iter().find(|r| r.task_id.is_some()) else {
             return Ok(());
         };
         let (Some(task), Ok(tenant)) = (first.task_id, Tenant::parse(first.tenant.as_str())) else {
             return Ok(());
         };
-        let charge = self.metering.charge(&records)?;
+        let charge = self.metering.metering().charge(&records)?;
         self.budgets
             .settle(&tenant, task, charge, Some(event.id))
             .await?;
@@ -317,12 +311,6 @@ impl ops_events::Function for BillingFunction {
         &self,
         event: &ops_core::Event,
     ) -> std::result::Result<(), ops_events::FunctionError> {
-        self.handle(event).await.map_err(|e| {
-            if e.is_retryable() {
-                ops_events::FunctionError::retryable(e.to_string())
-            } else {
-                ops_events::FunctionError::permanent(e.to_string())
-            }
-        })
+        Ok(self.handle(event).await?)
     }
 }

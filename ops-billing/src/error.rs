@@ -126,3 +126,15 @@ impl Error {
         }
     }
 }
+
+/// For functions on the bus: a failure that may pass is retried, any other sends the
+/// event to the dead letters with the reason.
+impl From<Error> for ops_events::FunctionError {
+    fn from(e: Error) -> Self {
+        if e.is_retryable() {
+            ops_events::FunctionError::retryable(e.to_string())
+        } else {
+            ops_events::FunctionError::permanent(e.to_string())
+        }
+    }
+}

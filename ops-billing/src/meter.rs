@@ -152,7 +152,7 @@ impl MeterSpec {
             .parse::<Decimal>()
             .or_else(|_| Decimal::from_scientific(&text))
             .map_err(|_| invalid(text.clone()))?;
-        if quantity.is_sign_negative() && !quantity.is_zero() {
+        if quantity < Decimal::ZERO {
             return Err(invalid(text));
         }
         Ok(Some(quantity))

@@ -400,6 +400,21 @@ impl MeteringFunction {
     pub fn new(metering: Metering, store: Arc<dyn UsageStore>) -> Self {
         Self { metering, store }
     }
+
+    /// The metering it applies.
+    pub fn metering(&self) -> &Metering {
+        &self.metering
+    }
+
+    /// Meters `event` into the store (records already there are kept as they are) and
+    /// returns its records.
+    pub async fn meter(&self, event: &Event) -> Result<Vec<UsageRecord>> {
+        let records = self.metering.records(event)?;
+        if !records.is_empty() {
+            self.store.record(&records).await?;
+        }
+        Ok(records)
+    }
 }
 
 #[async_trait]
@@ -409,69 +424,68 @@ impl Function for MeteringFunction {
     }
 
     async fn call(&self, event: &Event) -> std::result::Result<(), FunctionError> {
-        let records = self
-            .metering
-            .records(event)
-            .map_err(|e| FunctionError::permanent(e.to_string()))?;
-        if records.is_empty() {
-            return Ok(());
-        }
-        match self.store.record(&records).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_retryable() => Err(FunctionError::retryable(e.to_string())),
-            Err(e) => Err(FunctionError::permanent(e.to_string())),
-        }
+        self.meter(event).await?;
+        Ok(())
     }
 }
 
-/// A usage record from a row of `event_id, meter, tenant, environment, template,
-/// task_id, gpu_model, outcome, scavenger, quantity, at`.
+/// A row of `event_id, meter, tenant, environment, template, task_id, gpu_model,
+/// outcome, scavenger, quantity, at`, as the SQL usage stores read it.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn usage_from_row<'r, R>(backend: &'static str, r: &'r R) -> Result<UsageRecord>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
+pub(crate) type UsageRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+    String,
+    i64,
+);
+
+/// A usage record from a [`UsageRow`]; a value that does not parse is named.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_from(row: UsageRow) -> Result<UsageRecord> {
+    let (
+        event_id,
+        meter,
+        tenant,
+        environment,
+        template,
+        task_id,
+        gpu_model,
+        outcome,
+        scavenger,
+        quantity,
+        at,
+    ) = row;
     let corrupt = |what: &str, value: &str| Error::InvalidQuantity {
         meter: "usage record".to_owned(),
         event: String::new(),
         value: format!("{what} {value:?}"),
     };
-    let event_id: &str = r.try_get(0).map_err(|e| crate::ledger::store(backend, e))?;
-    let quantity: &str = r.try_get(9).map_err(|e| crate::ledger::store(backend, e))?;
-    let outcome: Option<&str> = r.try_get(7).map_err(|e| crate::ledger::store(backend, e))?;
-    let task_id: Option<&str> = r.try_get(5).map_err(|e| crate::ledger::store(backend, e))?;
-    let get = |i: usize| -> Result<Option<String>> {
-        let v: Option<&str> = r.try_get(i).map_err(|e| crate::ledger::store(backend, e))?;
-        Ok(v.map(str::to_owned))
-    };
     Ok(UsageRecord {
         event_id: event_id
             .parse()
-            .map_err(|_| corrupt("event id", event_id))?,
-        meter: get(1)?.unwrap_or_default(),
-        tenant: get(2)?.unwrap_or_default(),
-        environment: get(3)?,
-        template: get(4)?,
+            .map_err(|_| corrupt("event id", &event_id))?,
+        meter,
+        tenant,
+        environment,
+        template,
         task_id: task_id
-            .map(|t| t.parse().map_err(|_| corrupt("task id", t)))
+            .map(|t| t.parse().map_err(|_| corrupt("task id", &t)))
             .transpose()?,
-        gpu_model: get(6)?,
+        gpu_model,
         outcome: outcome
-            .map(|o| o.parse().map_err(|_| corrupt("outcome", o)))
+            .map(|o| o.parse().map_err(|_| corrupt("outcome", &o)))
             .transpose()?,
-        scavenger: r.try_get(8).map_err(|e| crate::ledger::store(backend, e))?,
+        scavenger,
         quantity: quantity
             .parse()
-            .map_err(|_| corrupt("quantity", quantity))?,
-        at: DateTime::<Utc>::from_timestamp_millis(
-            r.try_get(10)
-                .map_err(|e| crate::ledger::store(backend, e))?,
-        )
-        .unwrap_or_default(),
+            .map_err(|_| corrupt("quantity", &quantity))?,
+        at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
     })
 }

@@ -103,7 +103,7 @@ impl ChargeModel {
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut out = Vec::new();
         let price = |out: &mut Vec<String>, key: String, value: Decimal| {
-            if value.is_sign_negative() && !value.is_zero() {
+            if value < Decimal::ZERO {
                 out.push(format!("{key}: {value} is negative"));
             }
         };

@@ -242,13 +242,12 @@ impl PriceBook {
                 ));
             }
         }
-        let known = |m: &str| builtin::ALL.contains(&m) || declared.contains(m);
         // (meter, environment, template, GPU model) → the first price there.
         type Place = (String, Option<String>, Option<String>, Option<String>);
         let mut places: BTreeMap<Place, usize> = BTreeMap::new();
         for (i, price) in self.prices.iter().enumerate() {
             let at = format!("prices[{i}]");
-            if !known(&price.meter) {
+            if !self.knows(&price.meter) {
                 let mut names: Vec<&str> = builtin::ALL.to_vec();
                 names.extend(self.meters.iter().map(|m| m.name.as_str()));
                 out.push(format!(
@@ -284,10 +283,15 @@ impl PriceBook {
             }
         }
         let min = self.charges.minimum_per_task;
-        if min.is_sign_negative() && !min.is_zero() {
+        if min < Decimal::ZERO {
             out.push(format!("charges.minimum_per_task: {min} is negative"));
         }
         out
+    }
+
+    /// Whether `meter` is a built-in meter or one declared in the book.
+    pub fn knows(&self, meter: &str) -> bool {
+        builtin::ALL.contains(&meter) || self.meters.iter().any(|m| m.name == meter)
     }
 
     /// The most specific price of `meter` that applies `on`, if any. Among equally
@@ -312,12 +316,12 @@ impl PriceBook {
     /// Like [`rate`](Self::rate), unrounded, in major units: for summing many small
     /// quantities before rounding once.
     pub fn amount(&self, meter: &str, on: &Selector<'_>, quantity: Decimal) -> Result<Decimal> {
-        if !builtin::ALL.contains(&meter) && !self.meters.iter().any(|m| m.name == meter) {
+        if !self.knows(meter) {
             return Err(Error::UnknownMeter {
                 meter: meter.to_owned(),
             });
         }
-        if quantity.is_sign_negative() && !quantity.is_zero() {
+        if quantity < Decimal::ZERO {
             return Err(Error::InvalidQuantity {
                 meter: meter.to_owned(),
                 event: String::new(),

@@ -128,6 +128,21 @@ pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backend
     Ok(backends)
 }
 
+/// One SQL ledger as both the ledger and the usage store of billing.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn billing<L>(
+    ledger: L,
+) -> (
+    Arc<dyn ops_billing::ledger::Ledger>,
+    Arc<dyn ops_billing::UsageStore>,
+)
+where
+    L: ops_billing::ledger::Ledger + ops_billing::UsageStore,
+{
+    let ledger = Arc::new(ledger);
+    (ledger.clone(), ledger)
+}
+
 #[cfg(feature = "sqlite")]
 async fn open_sqlite(url: &str) -> Result<Opened> {
     let history = ops_tasks::SqliteHistory::open(url).await?;
@@ -136,16 +151,12 @@ async fn open_sqlite(url: &str) -> Result<Opened> {
     let catalog =
         ops_storage::catalog::SqliteCatalog::from_outbox(history.outbox().clone()).await?;
     let ledger = ops_billing::ledger::SqliteLedger::from_outbox(history.outbox().clone()).await?;
-    let billing = (
-        Arc::new(ledger.clone()) as Arc<dyn ops_billing::ledger::Ledger>,
-        Arc::new(ledger) as Arc<dyn ops_billing::UsageStore>,
-    );
     Ok((
         Arc::new(history),
         outbox,
         dead_letters,
         Arc::new(catalog),
-        billing,
+        billing(ledger),
     ))
 }
 
@@ -165,16 +176,12 @@ async fn open_postgres(url: &str) -> Result<Opened> {
     let catalog =
         ops_storage::catalog::PostgresCatalog::from_outbox(history.outbox().clone()).await?;
     let ledger = ops_billing::ledger::PostgresLedger::from_outbox(history.outbox().clone()).await?;
-    let billing = (
-        Arc::new(ledger.clone()) as Arc<dyn ops_billing::ledger::Ledger>,
-        Arc::new(ledger) as Arc<dyn ops_billing::UsageStore>,
-    );
     Ok((
         Arc::new(history),
         outbox,
         dead_letters,
         Arc::new(catalog),
-        billing,
+        billing(ledger),
     ))
 }
 

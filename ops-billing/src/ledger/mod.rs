@@ -178,9 +178,9 @@ impl Posting {
         self
     }
 
-    /// The error for a floor that the posting would break: `balance` is the account's
-    /// balance before the posting.
-    pub(crate) fn insufficient(&self, account: &Account, floor: Money, balance: i64) -> Error {
+    /// The error for a floor that the posting breaks: `after` is the account's balance
+    /// with the posting applied.
+    pub(crate) fn insufficient(&self, account: &Account, floor: Money, after: i64) -> Error {
         let delta: i64 = self
             .entries
             .iter()
@@ -190,7 +190,10 @@ impl Posting {
         Error::InsufficientFunds {
             account: account.to_string(),
             needed: Money::new(-delta, floor.currency),
-            available: Money::new(balance.saturating_sub(floor.amount), floor.currency),
+            available: Money::new(
+                after.saturating_sub(delta).saturating_sub(floor.amount),
+                floor.currency,
+            ),
         }
     }
 
@@ -379,10 +382,13 @@ impl Ledger for MemoryLedger {
         }
         for (account, floor) in &posting.floors {
             let key = (account.clone(), floor.currency);
-            let before = state.balances.get(&key).copied().unwrap_or(0);
-            let after = next.get(&key).copied().unwrap_or(before);
+            let after = next
+                .get(&key)
+                .or_else(|| state.balances.get(&key))
+                .copied()
+                .unwrap_or(0);
             if after < floor.amount {
-                return Err(posting.insufficient(account, *floor, before));
+                return Err(posting.insufficient(account, *floor, after));
             }
         }
         for (key, new) in next {
@@ -479,6 +485,79 @@ pub(crate) fn store(backend: &'static str, e: impl Into<ops_events::BoxError>) -
     Error::Store {
         source: ops_events::StoreError::new(backend, e),
     }
+}
+
+/// A row of `account, currency, amount` (a balance, or a sum of entries), or of
+/// `posting, currency, sum` for the audit's unbalanced postings.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) type BalanceRow = (String, String, i64);
+
+/// A row of `p.key, p.at, p.memo, e.currency, e.amount, p.task_id, p.event_id`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) type EntryRow = (
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+);
+
+/// Balances from rows of `account, currency, balance`, as the SQL ledgers read them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn balances_from(rows: Vec<BalanceRow>) -> Result<Vec<(Account, Money)>> {
+    rows.into_iter()
+        .map(|(account, currency, amount)| {
+            Ok((
+                Account::parse(&account)?,
+                Money::new(amount, currency.parse()?),
+            ))
+        })
+        .collect()
+}
+
+/// An account's entries from the SQL ledgers' rows, in their order.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn entries_from(rows: Vec<EntryRow>) -> Result<Vec<LedgerEntry>> {
+    rows.into_iter()
+        .map(|(posting, at, memo, currency, amount, task_id, event_id)| {
+            Ok(LedgerEntry {
+                posting,
+                at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
+                memo,
+                amount: Money::new(amount, currency.parse()?),
+                task_id: task_id.and_then(|t| t.parse::<TaskId>().ok()),
+                event_id: event_id.and_then(|e| e.parse::<EventId>().ok()),
+            })
+        })
+        .collect()
+}
+
+/// The SQL ledgers' audit from what they read: postings whose entries do not sum to
+/// zero, each account's sum of entries, and the balances they keep.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn audit_from(
+    unbalanced: Vec<BalanceRow>,
+    sums: Vec<BalanceRow>,
+    kept: Vec<(Account, Money)>,
+) -> Result<Vec<String>> {
+    let mut out: Vec<String> = unbalanced
+        .into_iter()
+        .map(|(posting, currency, sum)| {
+            format!("posting {posting}: entries in {currency} sum to {sum}")
+        })
+        .collect();
+    let derived = balances_from(sums)?
+        .into_iter()
+        .map(|(account, money)| ((account, money.currency), money.amount))
+        .collect();
+    let kept = kept
+        .into_iter()
+        .map(|(account, money)| ((account, money.currency), money.amount))
+        .collect();
+    compare_balances(&derived, &kept, &mut out);
+    Ok(out)
 }
 
 /// Lists the accounts whose kept balance differs from the one derived from entries.

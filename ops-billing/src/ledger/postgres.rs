@@ -1,17 +1,16 @@
 //! The scale-out ledger: PostgreSQL, sharing its database (and its transactions) with an
 //! `ops-events` outbox, for several processes posting at once.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ops_core::{EventId, TaskId};
 use ops_events::postgres::PostgresOutbox;
-use sqlx::Row;
 use sqlx::postgres::PgConnection;
 
-use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances, net_by_account};
-use crate::metering::usage_from_row;
+use super::{
+    Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
+    net_by_account,
+};
+use crate::metering::{UsageRow, usage_from};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on PostgreSQL. Concurrent postings are safe: a key is claimed with
@@ -117,11 +116,7 @@ impl PostgresLedger {
             .map_err(store)?;
             let after = after.unwrap_or(0);
             if after < floor.amount {
-                let delta = net_by_account(posting)?
-                    .get(&(account.clone(), floor.currency))
-                    .copied()
-                    .unwrap_or(0);
-                return Err(posting.insufficient(account, *floor, after - delta));
+                return Err(posting.insufficient(account, *floor, after));
             }
         }
         if !posting.events.is_empty() {
@@ -157,24 +152,18 @@ impl Ledger for PostgresLedger {
     }
 
     async fn balances(&self) -> Result<Vec<(Account, Money)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT account, currency, balance FROM ops_billing_balances \
              ORDER BY account, currency",
         )
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter()
-            .map(|r| {
-                let account = Account::parse(r.get::<&str, _>(0))?;
-                let currency: Currency = r.get::<&str, _>(1).parse()?;
-                Ok((account, Money::new(r.get(2), currency)))
-            })
-            .collect()
+        balances_from(rows)
     }
 
     async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT p.key, p.at, p.memo, e.currency, e.amount, p.task_id, p.event_id \
              FROM ops_billing_entries e JOIN ops_billing_postings p ON p.key = e.posting \
              WHERE e.account = $1 ORDER BY p.seq, e.line",
@@ -183,66 +172,26 @@ impl Ledger for PostgresLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter()
-            .map(|r| {
-                let currency: Currency = r.get::<&str, _>(3).parse()?;
-                Ok(LedgerEntry {
-                    posting: r.get(0),
-                    at: DateTime::<Utc>::from_timestamp_millis(r.get(1)).unwrap_or_default(),
-                    memo: r.get(2),
-                    amount: Money::new(r.get(4), currency),
-                    task_id: r
-                        .get::<Option<&str>, _>(5)
-                        .and_then(|t| t.parse::<TaskId>().ok()),
-                    event_id: r
-                        .get::<Option<&str>, _>(6)
-                        .and_then(|e| e.parse::<EventId>().ok()),
-                })
-            })
-            .collect()
+        entries_from(rows)
     }
 
     async fn audit(&self) -> Result<Vec<String>> {
         let pool = self.outbox.pool();
-        let mut out = Vec::new();
-        let unbalanced = sqlx::query(
+        let unbalanced = sqlx::query_as(
             "SELECT posting, currency, SUM(amount)::BIGINT FROM ops_billing_entries \
              GROUP BY posting, currency HAVING SUM(amount) <> 0",
         )
         .fetch_all(pool)
         .await
         .map_err(store)?;
-        for r in unbalanced {
-            out.push(format!(
-                "posting {}: entries in {} sum to {}",
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<i64, _>(2)
-            ));
-        }
-        let mut derived = BTreeMap::new();
-        for r in sqlx::query(
+        let sums = sqlx::query_as(
             "SELECT account, currency, SUM(amount)::BIGINT FROM ops_billing_entries \
              GROUP BY account, currency",
         )
         .fetch_all(pool)
         .await
-        .map_err(store)?
-        {
-            derived.insert(
-                (
-                    Account::parse(r.get::<&str, _>(0))?,
-                    r.get::<&str, _>(1).parse()?,
-                ),
-                r.get::<i64, _>(2),
-            );
-        }
-        let mut kept = BTreeMap::new();
-        for (account, money) in self.balances().await? {
-            kept.insert((account, money.currency), money.amount);
-        }
-        compare_balances(&derived, &kept, &mut out);
-        Ok(out)
+        .map_err(store)?;
+        audit_from(unbalanced, sums, self.balances().await?)
     }
 }
 
@@ -281,7 +230,7 @@ impl UsageStore for PostgresLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
-        let rows = sqlx::query(
+        let rows: Vec<UsageRow> = sqlx::query_as(
             "SELECT event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at FROM ops_billing_usage WHERE tenant = $1 AND at >= $2 AND at < $3 \
              ORDER BY at, event_id, meter",
         )
@@ -291,7 +240,7 @@ impl UsageStore for PostgresLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter().map(|r| usage_from_row("postgres", r)).collect()
+        rows.into_iter().map(usage_from).collect()
     }
 }
 

@@ -1,18 +1,18 @@
 //! The embedded ledger: SQLite, sharing its database (and its transactions) with an
 //! `ops-events` outbox, so that a posting and its events commit together.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ops_core::{EventId, TaskId};
 use ops_events::sqlite::SqliteOutbox;
-use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
 
-use super::{Account, Ledger, LedgerEntry, Posted, Posting, compare_balances, net_by_account};
-use crate::metering::usage_from_row;
+use super::{
+    Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
+    net_by_account,
+};
+use crate::metering::{UsageRow, usage_from};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -143,11 +143,7 @@ impl SqliteLedger {
             .map_err(store)?;
             let after = after.unwrap_or(0);
             if after < floor.amount {
-                let delta = net_by_account(posting)?
-                    .get(&(account.clone(), floor.currency))
-                    .copied()
-                    .unwrap_or(0);
-                return Err(posting.insufficient(account, *floor, after - delta));
+                return Err(posting.insufficient(account, *floor, after));
             }
         }
         if !posting.events.is_empty() {
@@ -192,23 +188,18 @@ impl Ledger for SqliteLedger {
     }
 
     async fn balances(&self) -> Result<Vec<(Account, Money)>> {
-        let rows = sqlx::query(
-            "SELECT account, currency, balance FROM ops_billing_balances ORDER BY account, currency",
+        let rows = sqlx::query_as(
+            "SELECT account, currency, balance FROM ops_billing_balances \
+             ORDER BY account, currency",
         )
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter()
-            .map(|r| {
-                let account = Account::parse(r.get::<&str, _>(0))?;
-                let currency: Currency = r.get::<&str, _>(1).parse()?;
-                Ok((account, Money::new(r.get(2), currency)))
-            })
-            .collect()
+        balances_from(rows)
     }
 
     async fn entries(&self, account: &Account) -> Result<Vec<LedgerEntry>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT p.key, p.at, p.memo, e.currency, e.amount, p.task_id, p.event_id \
              FROM ops_billing_entries e JOIN ops_billing_postings p ON p.key = e.posting \
              WHERE e.account = ? ORDER BY p.seq, e.line",
@@ -217,62 +208,26 @@ impl Ledger for SqliteLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter()
-            .map(|r| {
-                let currency: Currency = r.get::<&str, _>(3).parse()?;
-                Ok(LedgerEntry {
-                    posting: r.get(0),
-                    at: DateTime::<Utc>::from_timestamp_millis(r.get(1)).unwrap_or_default(),
-                    memo: r.get(2),
-                    amount: Money::new(r.get(4), currency),
-                    task_id: r
-                        .get::<Option<&str>, _>(5)
-                        .and_then(|t| t.parse::<TaskId>().ok()),
-                    event_id: r
-                        .get::<Option<&str>, _>(6)
-                        .and_then(|e| e.parse::<EventId>().ok()),
-                })
-            })
-            .collect()
+        entries_from(rows)
     }
 
     async fn audit(&self) -> Result<Vec<String>> {
         let pool = self.outbox.pool();
-        let mut out = Vec::new();
-        let unbalanced = sqlx::query(
+        let unbalanced = sqlx::query_as(
             "SELECT posting, currency, SUM(amount) FROM ops_billing_entries \
              GROUP BY posting, currency HAVING SUM(amount) != 0",
         )
         .fetch_all(pool)
         .await
         .map_err(store)?;
-        for r in unbalanced {
-            out.push(format!(
-                "posting {}: entries in {} sum to {}",
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<i64, _>(2)
-            ));
-        }
-        let mut derived = BTreeMap::new();
-        for r in sqlx::query(
-            "SELECT account, currency, SUM(amount) FROM ops_billing_entries GROUP BY account, currency",
+        let sums = sqlx::query_as(
+            "SELECT account, currency, SUM(amount) FROM ops_billing_entries \
+             GROUP BY account, currency",
         )
         .fetch_all(pool)
         .await
-        .map_err(store)?
-        {
-            derived.insert(
-                (Account::parse(r.get::<&str, _>(0))?, r.get::<&str, _>(1).parse()?),
-                r.get::<i64, _>(2),
-            );
-        }
-        let mut kept = BTreeMap::new();
-        for (account, money) in self.balances().await? {
-            kept.insert((account, money.currency), money.amount);
-        }
-        compare_balances(&derived, &kept, &mut out);
-        Ok(out)
+        .map_err(store)?;
+        audit_from(unbalanced, sums, self.balances().await?)
     }
 }
 
@@ -317,7 +272,7 @@ impl UsageStore for SqliteLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
-        let rows = sqlx::query(
+        let rows: Vec<UsageRow> = sqlx::query_as(
             "SELECT event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at FROM ops_billing_usage WHERE tenant = ? AND at >= ? AND at < ? \
              ORDER BY at, event_id, meter",
         )
@@ -327,7 +282,7 @@ impl UsageStore for SqliteLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.iter().map(|r| usage_from_row("sqlite", r)).collect()
+        rows.into_iter().map(usage_from).collect()
     }
 }
 
