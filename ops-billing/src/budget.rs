@@ -165,15 +165,7 @@ impl Budgets {
                 held: already,
             });
         }
-        let prepaid = prepaid(task.tenant)?;
-        let posting = Posting::new(
-            format!("hold:{}:{}", task.task_id, task.attempt),
-            format!("hold for task {} attempt {}", task.task_id, task.attempt),
-        )
-        .entry(prepaid.clone(), Money::new(-added.amount, added.currency))
-        .entry(hold_account, added)
-        .source(Some(task.task_id), None)
-        .floor(prepaid, Money::zero(worst.currency));
+        let posting = self.hold_posting(task, hold_account, added)?;
         match self.ledger.post(&posting).await {
             Ok(_) => Ok(Reservation::Held { added, held: worst }),
             Err(Error::InsufficientFunds {
@@ -181,6 +173,94 @@ impl Budgets {
             }) => Ok(Reservation::Insufficient { needed, available }),
             Err(e) => Err(e),
         }
+    }
+
+    /// Reserves for many tasks at once, each as [`reserve`](Self::reserve) would in
+    /// that order (the credit the earlier ones took is gone for the later ones), with
+    /// one read of their holds and one [`Ledger::post_many`]: how the coordinator's
+    /// budget check of an admission pass costs one transaction, not one per task.
+    pub async fn reserve_many(
+        &self,
+        tasks: &[HoldRequest<'_>],
+    ) -> Result<Vec<Result<Reservation>>> {
+        let currency = self.book.currency;
+        let accounts = tasks
+            .iter()
+            .map(|t| held(t.tenant, t.task_id))
+            .collect::<Result<Vec<_>>>()?;
+        let holdings = self.ledger.balances_of(&accounts, currency).await?;
+        let mut out: Vec<Option<Result<Reservation>>> = Vec::with_capacity(tasks.len());
+        let mut postings = Vec::new();
+        let mut wanted = Vec::new();
+        for ((task, account), already) in tasks.iter().zip(accounts).zip(holdings) {
+            let planned = self.worst_case(task).and_then(|worst| {
+                if worst.amount == 0 {
+                    return Ok(Err(Reservation::Free));
+                }
+                let added = worst.checked_sub(already)?;
+                if added.amount <= 0 {
+                    return Ok(Err(Reservation::Held {
+                        added: Money::zero(currency),
+                        held: already,
+                    }));
+                }
+                Ok(Ok((self.hold_posting(task, account, added)?, added, worst)))
+            });
+            match planned {
+                Ok(Ok((posting, added, worst))) => {
+                    postings.push(posting);
+                    wanted.push((added, worst));
+                    out.push(None);
+                }
+                Ok(Err(done)) => out.push(Some(Ok(done))),
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut posted = self
+            .ledger
+            .post_many(&postings)
+            .await?
+            .into_iter()
+            .zip(wanted);
+        Ok(out
+            .into_iter()
+            .map(|slot| match slot {
+                Some(done) => done,
+                None => match posted.next() {
+                    Some((Ok(_), (added, worst))) => Ok(Reservation::Held { added, held: worst }),
+                    Some((
+                        Err(Error::InsufficientFunds {
+                            needed, available, ..
+                        }),
+                        _,
+                    )) => Ok(Reservation::Insufficient { needed, available }),
+                    Some((Err(e), _)) => Err(e),
+                    None => Err(Error::InvalidPosting {
+                        key: "hold".to_owned(),
+                        problems: vec!["the ledger answered fewer postings than asked".to_owned()],
+                    }),
+                },
+            })
+            .collect())
+    }
+
+    /// The posting that holds `added` more for `task` on `hold_account`, refused unless
+    /// the tenant's credit stays at or above zero.
+    fn hold_posting(
+        &self,
+        task: &HoldRequest<'_>,
+        hold_account: Account,
+        added: Money,
+    ) -> Result<Posting> {
+        let prepaid = prepaid(task.tenant)?;
+        Ok(Posting::new(
+            format!("hold:{}:{}", task.task_id, task.attempt),
+            format!("hold for task {} attempt {}", task.task_id, task.attempt),
+        )
+        .entry(prepaid.clone(), Money::new(-added.amount, added.currency))
+        .entry(hold_account, added)
+        .source(Some(task.task_id), None)
+        .floor(prepaid, Money::zero(added.currency)))
     }
 
     /// Settles a task that ended: `charge` goes to revenue, its hold is released, and
@@ -195,6 +275,68 @@ impl Budgets {
     ) -> Result<Posted> {
         let hold_account = held(tenant, task)?;
         let holding = self.ledger.balance(&hold_account, charge.currency).await?;
+        let Some(posting) = Self::settlement(tenant, task, charge, event, holding)? else {
+            return Ok(Posted::AlreadyPosted);
+        };
+        match self.ledger.post(&posting).await {
+            // Settled before (its hold is gone, so the entries differ): nothing to do.
+            Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
+            other => other,
+        }
+    }
+
+    /// Settles many ended tasks at once — `(tenant, task, charge, final event)` — with
+    /// one read of their holds and one [`Ledger::post_many`]; each as
+    /// [`settle`](Self::settle) would.
+    pub async fn settle_many(
+        &self,
+        tasks: &[(Tenant, TaskId, Money, Option<EventId>)],
+    ) -> Result<Vec<Result<Posted>>> {
+        let accounts = tasks
+            .iter()
+            .map(|(tenant, task, ..)| held(tenant, *task))
+            .collect::<Result<Vec<_>>>()?;
+        let holdings = self
+            .ledger
+            .balances_of(&accounts, self.book.currency)
+            .await?;
+        let mut postings = Vec::with_capacity(tasks.len());
+        let mut slots = Vec::with_capacity(tasks.len());
+        for ((tenant, task, charge, event), holding) in tasks.iter().zip(holdings) {
+            slots.push(
+                match Self::settlement(tenant, *task, *charge, *event, holding) {
+                    Ok(Some(p)) => {
+                        postings.push(p);
+                        None
+                    }
+                    Ok(None) => Some(Ok(Posted::AlreadyPosted)),
+                    Err(e) => Some(Err(e)),
+                },
+            );
+        }
+        let mut posted = self.ledger.post_many(&postings).await?.into_iter();
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(done) => done,
+                None => match posted.next() {
+                    Some(Err(Error::PostingConflict { .. })) => Ok(Posted::AlreadyPosted),
+                    Some(other) => other,
+                    None => Ok(Posted::AlreadyPosted),
+                },
+            })
+            .collect())
+    }
+
+    /// The posting that settles `task` holding `holding`, or nothing to post.
+    fn settlement(
+        tenant: &Tenant,
+        task: TaskId,
+        charge: Money,
+        event: Option<EventId>,
+        holding: Money,
+    ) -> Result<Option<Posting>> {
+        let hold_account = held(tenant, task)?;
         let back = holding.checked_sub(charge)?;
         let mut posting = Posting::new(format!("settle:{task}"), format!("task {task}"))
             .source(Some(task), event);
@@ -207,14 +349,7 @@ impl Budgets {
         if back.amount != 0 {
             posting = posting.entry(prepaid(tenant)?, back);
         }
-        if posting.entries.is_empty() {
-            return Ok(Posted::AlreadyPosted);
-        }
-        match self.ledger.post(&posting).await {
-            // Settled before (its hold is gone, so the entries differ): nothing to do.
-            Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
-            other => other,
-        }
+        Ok((!posting.entries.is_empty()).then_some(posting))
     }
 
     /// Adds prepaid credit to a tenant (a payment received, or a grant), idempotent by
@@ -298,6 +433,56 @@ impl BillingFunction {
             .settle(&tenant, task, charge, Some(event.id))
             .await?;
         Ok(())
+    }
+
+    /// Handles many events at once, each as [`handle`](Self::handle) would: their
+    /// usage records stored in one write, their tasks settled with one
+    /// [`Budgets::settle_many`]. For rating a backlog or a replay at volume (the bus
+    /// calls [`handle`](Self::handle) per event). The outer error is a store failure
+    /// (the batch can be retried whole: both steps are idempotent); the inner results
+    /// are per event, in order — an event that cannot be rated fails alone.
+    pub async fn handle_many(&self, events: &[ops_core::Event]) -> Result<Vec<Result<()>>> {
+        let metering = self.metering.metering();
+        let mut results: Vec<Result<()>> = Vec::with_capacity(events.len());
+        let mut records = Vec::new();
+        let mut settle = Vec::new();
+        let mut settle_of = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let rated = metering.records(event).and_then(|recs| {
+                let task = recs
+                    .iter()
+                    .find(|r| r.task_id.is_some())
+                    .and_then(|r| Some((r.task_id?, Tenant::parse(r.tenant.as_str()).ok()?)));
+                let charge = match task {
+                    Some(_) => Some(metering.charge(&recs)?),
+                    None => None,
+                };
+                Ok((recs, task.zip(charge)))
+            });
+            match rated {
+                Ok((recs, task)) => {
+                    records.extend(recs);
+                    if let Some(((task, tenant), charge)) = task {
+                        settle.push((tenant, task, charge, Some(event.id)));
+                        settle_of.push(i);
+                    }
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if !records.is_empty() {
+            self.metering.store().record(&records).await?;
+        }
+        for (i, settled) in settle_of
+            .into_iter()
+            .zip(self.budgets.settle_many(&settle).await?)
+        {
+            if let Err(e) = settled {
+                results[i] = Err(e);
+            }
+        }
+        Ok(results)
     }
 }
 

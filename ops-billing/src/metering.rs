@@ -406,6 +406,11 @@ impl MeteringFunction {
         &self.metering
     }
 
+    /// The store it meters into.
+    pub fn store(&self) -> &Arc<dyn UsageStore> {
+        &self.store
+    }
+
     /// Meters `event` into the store (records already there are kept as they are) and
     /// returns its records.
     pub async fn meter(&self, event: &Event) -> Result<Vec<UsageRecord>> {

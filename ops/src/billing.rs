@@ -13,28 +13,45 @@ use ops_tasks::admission::{BudgetDecision, BudgetGate, BudgetRequest};
 #[derive(Clone, Debug)]
 pub struct BillingGate(pub Budgets);
 
+fn hold_of(task: &BudgetRequest) -> HoldRequest<'_> {
+    HoldRequest {
+        task_id: task.task_id,
+        attempt: task.attempt,
+        tenant: &task.tenant,
+        environment: task.environment.as_str(),
+        template: &task.template,
+        resources: &task.resources,
+        timeout: task.timeout,
+        scavenger: task.scavenger,
+    }
+}
+
+fn decision(reservation: Result<Reservation>) -> BudgetDecision {
+    match reservation {
+        Ok(Reservation::Held { .. } | Reservation::Free) => BudgetDecision::Allow,
+        Ok(Reservation::Insufficient { needed, available }) => {
+            BudgetDecision::refuse(format!("budget: needs {needed}, {available} available"))
+        }
+        // The coordinator keeps the task queued with this reason and asks again.
+        Err(e) => BudgetDecision::refuse(format!("budget: the ledger failed ({e})")),
+    }
+}
+
 #[async_trait]
 impl BudgetGate for BillingGate {
     async fn check(&self, task: &BudgetRequest) -> ops_tasks::Result<BudgetDecision> {
-        let hold = HoldRequest {
-            task_id: task.task_id,
-            attempt: task.attempt,
-            tenant: &task.tenant,
-            environment: task.environment.as_str(),
-            template: &task.template,
-            resources: &task.resources,
-            timeout: task.timeout,
-            scavenger: task.scavenger,
-        };
-        match self.0.reserve(&hold).await {
-            Ok(Reservation::Held { .. } | Reservation::Free) => Ok(BudgetDecision::Allow),
-            Ok(Reservation::Insufficient { needed, available }) => Ok(BudgetDecision::refuse(
-                format!("budget: needs {needed}, {available} available"),
-            )),
-            // The coordinator keeps the task queued with this reason and asks again.
-            Err(e) => Ok(BudgetDecision::refuse(format!(
-                "budget: the ledger failed ({e})"
-            ))),
+        Ok(decision(self.0.reserve(&hold_of(task)).await))
+    }
+
+    /// Holds for the whole admission pass with one ledger transaction.
+    async fn check_many(&self, tasks: &[BudgetRequest]) -> Vec<ops_tasks::Result<BudgetDecision>> {
+        let holds: Vec<HoldRequest<'_>> = tasks.iter().map(hold_of).collect();
+        match self.0.reserve_many(&holds).await {
+            Ok(answers) => answers.into_iter().map(|r| Ok(decision(r))).collect(),
+            Err(e) => {
+                let refusal = decision(Err(e));
+                tasks.iter().map(|_| Ok(refusal.clone())).collect()
+            }
         }
     }
 }

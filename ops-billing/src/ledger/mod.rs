@@ -323,6 +323,132 @@ pub trait Ledger: Send + Sync + 'static {
     /// Checks the ledger: every posting balances and every kept balance equals the sum
     /// of its entries. Returns what is wrong (nothing, normally).
     async fn audit(&self) -> Result<Vec<String>>;
+
+    /// Posts many postings, each applied or refused on its own exactly as
+    /// [`post`](Self::post) would in that order (a floor is checked against the
+    /// balances the earlier postings of the batch left). The outer error is a store
+    /// failure; the inner results say what happened to each posting.
+    ///
+    /// The SQL ledgers write the whole batch in one transaction with multi-row
+    /// statements: nothing of it is written if the store fails, and it is how usage is
+    /// rated at volume ([`BillingFunction::handle_many`](crate::BillingFunction::handle_many)).
+    /// The default posts one at a time.
+    async fn post_many(&self, postings: &[Posting]) -> Result<Vec<Result<Posted>>> {
+        let mut out = Vec::with_capacity(postings.len());
+        for p in postings {
+            match self.post(p).await {
+                Err(e @ Error::Store { .. }) => return Err(e),
+                other => out.push(other),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The balances of `accounts` in `currency`, in their order. The SQL ledgers read
+    /// them with one query per thousand accounts; the default asks one at a time.
+    async fn balances_of(&self, accounts: &[Account], currency: Currency) -> Result<Vec<Money>> {
+        let mut out = Vec::with_capacity(accounts.len());
+        for a in accounts {
+            out.push(self.balance(a, currency).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// What a batch of postings does, decided in order against the balances it starts
+/// from: the SQL ledgers read the keys and balances a batch touches, plan it here, and
+/// write what was accepted.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) struct Plan<'a> {
+    /// One result per posting.
+    pub results: Vec<Result<Posted>>,
+    /// The new postings to write, in order.
+    pub accepted: Vec<&'a Posting>,
+    /// The new balance of every account the accepted postings change.
+    pub balances: BTreeMap<(Account, Currency), i64>,
+}
+
+/// Every account a batch names (entries and floors), once.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn touched(postings: &[Posting]) -> Vec<Account> {
+    let set: std::collections::BTreeSet<&Account> = postings
+        .iter()
+        .flat_map(|p| {
+            p.entries
+                .iter()
+                .map(|e| &e.account)
+                .chain(p.floors.iter().map(|(a, _)| a))
+        })
+        .collect();
+    set.into_iter().cloned().collect()
+}
+
+/// Plans `postings` in order: `existing` holds the stored lines of the keys already
+/// posted, `start` the stored balances of the accounts they touch (missing ones are
+/// zero).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn plan<'a>(
+    postings: &'a [Posting],
+    existing: &HashMap<String, String>,
+    start: &HashMap<(Account, Currency), i64>,
+) -> Plan<'a> {
+    let mut results = Vec::with_capacity(postings.len());
+    let mut accepted = Vec::new();
+    let mut balances: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
+    let mut seen: HashMap<&str, String> = HashMap::new();
+    for posting in postings {
+        let result = (|| {
+            posting.check()?;
+            let lines = posting.lines();
+            if let Some(stored) = existing
+                .get(&posting.key)
+                .or_else(|| seen.get(posting.key.as_str()))
+            {
+                return if *stored == lines {
+                    Ok(Posted::AlreadyPosted)
+                } else {
+                    Err(Error::PostingConflict {
+                        key: posting.key.clone(),
+                    })
+                };
+            }
+            let current = |key: &(Account, Currency), next: &BTreeMap<_, i64>| {
+                next.get(key)
+                    .or_else(|| balances.get(key))
+                    .or_else(|| start.get(key))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let mut next: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
+            for e in &posting.entries {
+                let key = (e.account.clone(), e.amount.currency);
+                let new = current(&key, &next)
+                    .checked_add(e.amount.amount)
+                    .ok_or_else(|| Error::Overflow {
+                        what: format!("balance of {}", e.account),
+                    })?;
+                next.insert(key, new);
+            }
+            for (account, floor) in &posting.floors {
+                let after = current(&(account.clone(), floor.currency), &next);
+                if after < floor.amount {
+                    return Err(posting.insufficient(account, *floor, after));
+                }
+            }
+            balances.extend(next);
+            seen.insert(posting.key.as_str(), lines);
+            Ok(Posted::New)
+        })();
+        if result.as_ref().is_ok_and(|p| *p == Posted::New) {
+            accepted.push(posting);
+        }
+        results.push(result);
+    }
+    Plan {
+        results,
+        accepted,
+        balances,
+    }
 }
 
 /// An in-memory ledger, for tests and programs that keep nothing.

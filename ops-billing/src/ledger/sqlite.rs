@@ -8,9 +8,13 @@ use chrono::{DateTime, Utc};
 use ops_events::sqlite::SqliteOutbox;
 use sqlx::sqlite::SqliteConnection;
 
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Sqlite};
+
 use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
-    net_by_account,
+    net_by_account, plan, touched,
 };
 use crate::metering::{UsageRow, usage_from};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
@@ -153,8 +157,175 @@ impl SqliteLedger {
     }
 }
 
+/// Rows per multi-row statement (SQLite allows 32,766 bound values).
+const CHUNK: usize = 1000;
+
+impl SqliteLedger {
+    /// Reads the stored lines of `keys` that are posted.
+    async fn existing(
+        conn: &mut SqliteConnection,
+        keys: &[&str],
+    ) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT key, lines FROM ops_billing_postings WHERE key IN (");
+            let mut list = q.separated(", ");
+            for k in chunk {
+                list.push_bind(*k);
+            }
+            q.push(")");
+            let rows: Vec<(String, String)> = q
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store)?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Reads the stored balances of `accounts` (every currency).
+    async fn stored_balances(
+        conn: &mut SqliteConnection,
+        accounts: &[Account],
+    ) -> Result<HashMap<(Account, Currency), i64>> {
+        let mut out = HashMap::new();
+        for chunk in accounts.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT account, currency, balance FROM ops_billing_balances WHERE account IN (",
+            );
+            let mut list = q.separated(", ");
+            for a in chunk {
+                list.push_bind(a.as_str());
+            }
+            q.push(")");
+            let rows: Vec<super::BalanceRow> = q
+                .build_query_as()
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store)?;
+            for (account, money) in balances_from(rows)? {
+                out.insert((account, money.currency), money.amount);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Plans and writes a batch in the open transaction `conn`.
+    async fn write_many(
+        conn: &mut SqliteConnection,
+        postings: &[Posting],
+    ) -> Result<(Vec<Result<Posted>>, bool)> {
+        let keys: Vec<&str> = postings.iter().map(|p| p.key.as_str()).collect();
+        let existing = Self::existing(conn, &keys).await?;
+        let start = Self::stored_balances(conn, &touched(postings)).await?;
+        let planned = plan(postings, &existing, &start);
+        if planned.accepted.is_empty() {
+            return Ok((planned.results, false));
+        }
+        let first_seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops_billing_postings")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(store)?;
+        for (n, chunk) in planned.accepted.chunks(CHUNK).enumerate() {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO ops_billing_postings (key, seq, at, memo, lines, task_id, event_id) ",
+            );
+            q.push_values(chunk.iter().enumerate(), |mut row, (i, p)| {
+                row.push_bind(p.key.as_str())
+                    .push_bind(first_seq + (n * CHUNK + i) as i64)
+                    .push_bind(p.at.timestamp_millis())
+                    .push_bind(p.memo.as_str())
+                    .push_bind(p.lines())
+                    .push_bind(p.task_id.map(|t| t.to_string()))
+                    .push_bind(p.event_id.map(|e| e.to_string()));
+            });
+            q.build().execute(&mut *conn).await.map_err(store)?;
+        }
+        let entries: Vec<(&str, usize, &super::Entry)> = planned
+            .accepted
+            .iter()
+            .flat_map(|p| {
+                p.entries
+                    .iter()
+                    .enumerate()
+                    .map(|(line, e)| (p.key.as_str(), line, e))
+            })
+            .collect();
+        for chunk in entries.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO ops_billing_entries (posting, line, account, currency, amount) ",
+            );
+            q.push_values(chunk, |mut row, (key, line, e)| {
+                row.push_bind(*key)
+                    .push_bind(*line as i64)
+                    .push_bind(e.account.as_str())
+                    .push_bind(e.amount.currency.code())
+                    .push_bind(e.amount.amount);
+            });
+            q.build().execute(&mut *conn).await.map_err(store)?;
+        }
+        let balances: Vec<_> = planned.balances.iter().collect();
+        for chunk in balances.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO ops_billing_balances (account, currency, balance) ");
+            q.push_values(chunk, |mut row, ((account, currency), balance)| {
+                row.push_bind(account.as_str())
+                    .push_bind(currency.code())
+                    .push_bind(**balance);
+            });
+            q.push(" ON CONFLICT (account, currency) DO UPDATE SET balance = excluded.balance");
+            q.build().execute(&mut *conn).await.map_err(store)?;
+        }
+        let events: Vec<ops_core::Event> = planned
+            .accepted
+            .iter()
+            .flat_map(|p| p.events.iter().cloned())
+            .collect();
+        if !events.is_empty() {
+            SqliteOutbox::append(conn, &events).await?;
+        }
+        Ok((planned.results, !events.is_empty()))
+    }
+}
+
 #[async_trait]
 impl Ledger for SqliteLedger {
+    async fn post_many(&self, postings: &[Posting]) -> Result<Vec<Result<Posted>>> {
+        if postings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store)?;
+        let (results, notify) = Self::write_many(&mut tx, postings).await?;
+        tx.commit().await.map_err(store)?;
+        if notify {
+            self.outbox.notify();
+        }
+        Ok(results)
+    }
+
+    async fn balances_of(&self, accounts: &[Account], currency: Currency) -> Result<Vec<Money>> {
+        let mut conn = self.outbox.pool().acquire().await.map_err(store)?;
+        let stored = Self::stored_balances(&mut conn, accounts).await?;
+        Ok(accounts
+            .iter()
+            .map(|a| {
+                Money::new(
+                    stored.get(&(a.clone(), currency)).copied().unwrap_or(0),
+                    currency,
+                )
+            })
+            .collect())
+    }
+
     async fn post(&self, posting: &Posting) -> Result<Posted> {
         posting.check()?;
         let _guard = self.write_lock.lock().await;
@@ -242,25 +413,31 @@ impl UsageStore for SqliteLedger {
             .await
             .map_err(store)?;
         let mut new = 0;
-        for r in records {
-            new += sqlx::query(
-                "INSERT INTO ops_billing_usage (event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id, meter) DO NOTHING",
-            )
-            .bind(r.event_id.to_string())
-            .bind(&r.meter)
-            .bind(&r.tenant)
-            .bind(&r.environment)
-            .bind(&r.template)
-            .bind(r.task_id.map(|t| t.to_string()))
-            .bind(&r.gpu_model)
-            .bind(r.outcome.map(|o| o.as_str()))
-            .bind(r.scavenger)
-            .bind(r.quantity.to_string())
-            .bind(r.at.timestamp_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(store)?
-            .rows_affected() as usize;
+        for chunk in records.chunks(CHUNK / 2) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO ops_billing_usage (event_id, meter, tenant, environment, template, \
+                 task_id, gpu_model, outcome, scavenger, quantity, at) ",
+            );
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(r.event_id.to_string())
+                    .push_bind(r.meter.as_str())
+                    .push_bind(r.tenant.as_str())
+                    .push_bind(r.environment.as_deref())
+                    .push_bind(r.template.as_deref())
+                    .push_bind(r.task_id.map(|t| t.to_string()))
+                    .push_bind(r.gpu_model.as_deref())
+                    .push_bind(r.outcome.map(|o| o.as_str()))
+                    .push_bind(r.scavenger)
+                    .push_bind(r.quantity.to_string())
+                    .push_bind(r.at.timestamp_millis());
+            });
+            q.push(" ON CONFLICT (event_id, meter) DO NOTHING");
+            new += q
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(store)?
+                .rows_affected() as usize;
         }
         tx.commit().await.map_err(store)?;
         Ok(new)

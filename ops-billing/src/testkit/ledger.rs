@@ -42,6 +42,108 @@ where
     retries_change_nothing_and_reused_keys_conflict(&make().await).await;
     entries_carry_their_posting(&make().await).await;
     floors_hold_and_refused_postings_change_nothing(&make().await).await;
+    batches_post_as_one_at_a_time_would(&make().await).await;
+}
+
+/// [`Ledger::post_many`] decides each posting as [`Ledger::post`] would in that order:
+/// a floor sees what earlier postings of the batch took, a key repeated with the same
+/// entries is already posted and with others conflicts, a bad posting fails alone, and
+/// a whole batch posted again changes nothing.
+pub async fn batches_post_as_one_at_a_time_would(ledger: &impl Ledger) {
+    let check = "batches_post_as_one_at_a_time_would";
+    let prepaid = account("acme", "prepaid");
+    let held = |n: u32| account("acme", &format!("held:t{n}"));
+    let hold = |n: u32, amount: i64| {
+        Posting::new(format!("hold:{n}"), "hold")
+            .entry(prepaid.clone(), Money::new(-amount, eur()))
+            .entry(held(n), Money::new(amount, eur()))
+            .floor(prepaid.clone(), Money::zero(eur()))
+    };
+    let top_up = Posting::new("top-up", "top-up")
+        .entry(payments(), Money::new(-1000, eur()))
+        .entry(prepaid.clone(), Money::new(1000, eur()));
+    let bad = Posting::new("bad", "one entry").entry(prepaid.clone(), Money::new(5, eur()));
+    let batch = vec![
+        top_up.clone(),
+        hold(1, 400),
+        hold(2, 400),
+        hold(3, 400), // 200 left: refused
+        hold(1, 400), // the same again: already posted
+        hold(1, 300), // the same key, other entries
+        bad,
+        hold(4, 200), // fits exactly
+    ];
+    let results = ledger.post_many(&batch).await.expect(check);
+    assert_eq!(
+        results.len(),
+        batch.len(),
+        "{check}: one result per posting"
+    );
+    assert_eq!(results[0].as_ref().ok(), Some(&Posted::New), "{check}");
+    assert_eq!(results[1].as_ref().ok(), Some(&Posted::New), "{check}");
+    assert_eq!(results[2].as_ref().ok(), Some(&Posted::New), "{check}");
+    match &results[3] {
+        Err(Error::InsufficientFunds {
+            needed, available, ..
+        }) => {
+            assert_eq!(*needed, Money::new(400, eur()), "{check}");
+            assert_eq!(*available, Money::new(200, eur()), "{check}");
+        }
+        other => panic!("{check}: expected InsufficientFunds, got {other:?}"),
+    }
+    assert_eq!(
+        results[4].as_ref().ok(),
+        Some(&Posted::AlreadyPosted),
+        "{check}"
+    );
+    assert!(
+        matches!(results[5], Err(Error::PostingConflict { .. })),
+        "{check}: {:?}",
+        results[5]
+    );
+    assert!(
+        matches!(results[6], Err(Error::InvalidPosting { .. })),
+        "{check}: {:?}",
+        results[6]
+    );
+    assert_eq!(results[7].as_ref().ok(), Some(&Posted::New), "{check}");
+    let balance = |a: Account| async move { ledger.balance(&a, eur()).await.expect(check) };
+    assert_eq!(
+        balance(prepaid.clone()).await,
+        Money::zero(eur()),
+        "{check}"
+    );
+    assert_eq!(balance(held(1)).await, Money::new(400, eur()), "{check}");
+    assert_eq!(balance(held(3)).await, Money::zero(eur()), "{check}");
+    assert_eq!(balance(held(4)).await, Money::new(200, eur()), "{check}");
+    let read = ledger
+        .balances_of(&[held(2), held(3), prepaid.clone()], eur())
+        .await
+        .expect(check);
+    assert_eq!(
+        read,
+        vec![
+            Money::new(400, eur()),
+            Money::zero(eur()),
+            Money::zero(eur())
+        ],
+        "{check}: balances_of in order, zero for unknown accounts"
+    );
+    // The whole batch again: every new posting is already posted, nothing moves.
+    let again = ledger.post_many(&batch).await.expect(check);
+    for i in [0, 1, 2, 4, 7] {
+        assert_eq!(
+            again[i].as_ref().ok(),
+            Some(&Posted::AlreadyPosted),
+            "{check}: posting {i} again"
+        );
+    }
+    assert_eq!(balance(prepaid).await, Money::zero(eur()), "{check}");
+    assert!(
+        ledger.post_many(&[]).await.expect(check).is_empty(),
+        "{check}"
+    );
+    assert!(ledger.audit().await.expect(check).is_empty(), "{check}");
 }
 
 /// A posting that would take an account below its floor is refused with what it needs

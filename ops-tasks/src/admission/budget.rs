@@ -83,11 +83,23 @@ impl BudgetDecision {
 pub trait BudgetGate: Send + Sync + 'static {
     /// Whether `task` may start now.
     async fn check(&self, task: &BudgetRequest) -> Result<BudgetDecision>;
+
+    /// Whether each of `tasks` (one admission pass, in admission order) may start now,
+    /// one answer per task in order. The coordinator asks this; the default asks
+    /// [`check`](Self::check) for each, concurrently. A gate that reserves money
+    /// implements it with one write for the whole pass (the billing gate does).
+    async fn check_many(&self, tasks: &[BudgetRequest]) -> Vec<Result<BudgetDecision>> {
+        futures::future::join_all(tasks.iter().map(|t| self.check(t))).await
+    }
 }
 
 #[async_trait]
 impl<T: BudgetGate + ?Sized> BudgetGate for std::sync::Arc<T> {
     async fn check(&self, task: &BudgetRequest) -> Result<BudgetDecision> {
         (**self).check(task).await
+    }
+
+    async fn check_many(&self, tasks: &[BudgetRequest]) -> Vec<Result<BudgetDecision>> {
+        (**self).check_many(tasks).await
     }
 }

@@ -739,7 +739,13 @@ impl Coordinator {
                 attempt: r.attempt + 1,
             })
             .collect();
-        let decisions = futures::future::join_all(requests.iter().map(|req| gate.check(req))).await;
+        let mut decisions = gate.check_many(&requests).await;
+        // A gate that answers fewer tasks than asked refuses the rest: no task is lost.
+        while decisions.len() < launches.len() {
+            decisions.push(Ok(BudgetDecision::refuse(
+                "the budget gate gave no answer for this task",
+            )));
+        }
         let recheck = self.admission.policy().config().budget_recheck;
         let now = Utc::now();
         let mut allowed = Vec::with_capacity(launches.len());
