@@ -1075,3 +1075,134 @@ impl CostReport {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn node(cores: u32, memory_gib: u32, gpus: u32) -> NodeCost {
+        NodeCost {
+            name: "n".into(),
+            count: 1,
+            cores,
+            memory_gib: Decimal::from(memory_gib),
+            gpus,
+            gpu_model: (gpus > 0).then(|| "a100".to_owned()),
+            hourly: Some(Decimal::ONE),
+            owned: None,
+            split: None,
+        }
+    }
+
+    #[test]
+    fn an_owned_node_is_amortized_over_730_hours_a_month_plus_running_cost() {
+        let owned = OwnedCost {
+            price: d("25000"),
+            months: 36,
+            hourly_running: d("0.08"),
+        };
+        // 25000 / (36 × 730) = 0.95129375951… + 0.08
+        assert_eq!(owned.hourly().unwrap().round_dp(6), d("1.031294"));
+        let round = OwnedCost {
+            price: d("262800"),
+            months: 36,
+            hourly_running: d("2"),
+        };
+        assert_eq!(round.hourly().unwrap(), d("12"));
+        let never = OwnedCost {
+            months: 0,
+            ..round.clone()
+        };
+        assert_eq!(never.hourly(), None);
+        let mut n = node(8, 32, 0);
+        n.hourly = None;
+        n.owned = Some(round);
+        assert_eq!(n.hourly(), Some(d("12")));
+        n.hourly = Some(Decimal::ONE);
+        assert_eq!(n.hourly(), None, "both given is no cost");
+    }
+
+    #[test]
+    fn default_weights_split_like_opencost() {
+        let w = SplitWeights::default();
+        assert_eq!(
+            (w.cpu, w.memory, w.gpu),
+            (d("0.031611"), d("0.004237"), d("0.95"))
+        );
+        // 8 cores × 0.031611 = 0.252888 and 32 GiB × 0.004237 = 0.135584, of 0.388472.
+        let s = node(8, 32, 0).shares(&w);
+        assert_eq!(s.cpu.round_dp(6), d("0.650981"));
+        assert_eq!(s.memory.round_dp(6), d("0.349019"));
+        assert_eq!(s.gpu, Decimal::ZERO);
+        // One GPU (0.95) with 8 cores and 64 GiB (0.271168): the GPU takes 64 %.
+        let s = node(8, 64, 1).shares(&w);
+        assert_eq!(s.gpu.round_dp(6), d("0.644480"));
+        assert_eq!(s.cpu.round_dp(6), d("0.171559"));
+        assert_eq!(s.memory.round_dp(6), d("0.183960"));
+        // Equal weights split by units alone; a split given wins.
+        let even = SplitWeights {
+            cpu: Decimal::ONE,
+            memory: Decimal::ONE,
+            gpu: Decimal::ONE,
+        };
+        assert_eq!(node(3, 1, 0).shares(&even).cpu, d("0.75"));
+        let mut fixed = node(3, 1, 0);
+        fixed.split = Some(CostSplit {
+            cpu: d("0.5"),
+            memory: d("0.5"),
+            gpu: Decimal::ZERO,
+        });
+        assert_eq!(fixed.shares(&even).cpu, d("0.5"));
+        let none = SplitWeights {
+            cpu: Decimal::ZERO,
+            memory: Decimal::ZERO,
+            gpu: Decimal::ONE,
+        };
+        assert_eq!(node(3, 1, 0).shares(&none), CostSplit::default());
+    }
+
+    #[test]
+    fn gpu_classes_match_like_prices_the_longest_first() {
+        let mut rates = CostRates::default();
+        for model in ["a100", "a100-80gb", "h100"] {
+            rates.gpus.insert(model.to_owned(), ClassRate::default());
+        }
+        assert_eq!(rates.gpu_class("NVIDIA-A100-SXM4-40GB"), Some("a100"));
+        assert_eq!(rates.gpu_class("NVIDIA-A100-80GB-PCIe"), Some("a100-80gb"));
+        assert_eq!(rates.gpu_class("NVIDIA-H100-80GB-HBM3"), Some("h100"));
+        assert_eq!(rates.gpu_class("Tesla-T4"), None);
+    }
+
+    #[test]
+    fn a_book_built_in_code_is_checked_before_use() {
+        let book = CostBook {
+            currency: "EUR".parse().unwrap(),
+            weights: SplitWeights::default(),
+            nodes: vec![node(0, 1, 0)],
+        };
+        let err = book.rates().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("nodes[0].cores: a node has at least one core"),
+            "{err}"
+        );
+        assert_eq!(err.kind(), ops_core::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn margin_percent_is_rounded_and_absent_without_revenue() {
+        let eur: Currency = "EUR".parse().unwrap();
+        let m = Margin::new(1, Money::new(389, eur), d("2.555")).unwrap();
+        // 2.555 rounds half to even to 2.56; (3.89 − 2.56) / 3.89 = 34.190…%
+        assert_eq!(m.cost, Money::new(256, eur));
+        assert_eq!(m.margin, Money::new(133, eur));
+        assert_eq!(m.margin_percent, Some(d("34.19")));
+        let free = Margin::new(1, Money::zero(eur), d("0.5")).unwrap();
+        assert_eq!(free.margin, Money::new(-50, eur));
+        assert_eq!(free.margin_percent, None);
+    }
+}
