@@ -906,7 +906,13 @@ impl CostReport {
                     vec![
                         name.clone(),
                         n.count.to_string(),
-                        n.hourly.round_dp(4).normalize().to_string(),
+                        {
+                            let mut hourly = n.hourly.round_dp(4).normalize();
+                            if hourly.scale() < 2 {
+                                hourly.rescale(2);
+                            }
+                            hourly.to_string()
+                        },
                         money(&n.cost),
                     ]
                 })
@@ -963,16 +969,20 @@ impl CostReport {
                 })
                 .collect()
         };
-        let header = vec!["", "tasks", "revenue", "cost", "margin", "margin %"];
+        let header = |key| vec![key, "tasks", "revenue", "cost", "margin", "margin %"];
         let named = |map: &BTreeMap<String, Margin>| {
             margins(map.iter().map(|(k, m)| (k.clone(), m)).collect())
         };
-        out.push(("By tenant", header.clone(), named(&self.by_tenant)));
-        out.push(("By template", header.clone(), named(&self.by_template)));
-        out.push(("By GPU model", header.clone(), named(&self.by_gpu_model)));
+        out.push(("By tenant", header("tenant"), named(&self.by_tenant)));
+        out.push(("By template", header("template"), named(&self.by_template)));
+        out.push((
+            "By GPU model",
+            header("GPU model"),
+            named(&self.by_gpu_model),
+        ));
         out.push((
             "By task",
-            header,
+            header("task"),
             margins(
                 self.by_task
                     .iter()
