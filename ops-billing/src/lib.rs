@@ -44,7 +44,7 @@
 //!
 //! - `sqlite` (default): the SQLite ledger ([`ledger::SqliteLedger`]), sharing its
 //!   database and transactions with an `ops-events` outbox.
-//! - `testkit`: the ledger conformance suite ([`testkit::ledger`]).
+//! - `testkit`: the ledger conformance suite (`testkit::ledger`).
 //!
 //! Without default features the crate is the pure core and the in-memory ledger.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -79,8 +79,9 @@ fn eur() -> Currency {
     "EUR".parse().unwrap()
 }
 
-fn cents(amount: i64) -> Money {
-    Money::new(amount, eur())
+/// An amount in EUR, e.g. `money("8.71")`.
+fn money(amount: &str) -> Money {
+    Money::from_decimal(d(amount), eur()).unwrap()
 }
 
 fn at(hour: u32) -> DateTime<Utc> {
@@ -211,10 +212,10 @@ fn a_small_period_by_hand() {
     let report = CostReport::build(&book, &metering(), &records, at(0), at(10)).unwrap();
 
     assert_eq!(report.hours, d("10"));
-    assert_eq!(report.nodes["cpu"].cost, cents(160_00));
-    assert_eq!(report.nodes["a100"].cost, cents(240_00));
+    assert_eq!(report.nodes["cpu"].cost, money("160.00"));
+    assert_eq!(report.nodes["a100"].cost, money("240.00"));
     assert_eq!(report.nodes["a100"].hourly, d("12"));
-    assert_eq!(report.nodes["h100"].cost, cents(240_00));
+    assert_eq!(report.nodes["h100"].cost, money("240.00"));
 
     // Fleet 10 h × 64.00; allocated 13 core-h, 160 GiB-h, 2 A100-h, 1 H100-h.
     let class = |name: &str| report.classes[name].clone();
@@ -224,66 +225,108 @@ fn a_small_period_by_hand() {
     );
     assert_eq!(class("cpu").capacity, d("18720000"));
     assert_eq!(class("cpu").allocated, d("46800"));
-    assert_eq!(class("cpu").fleet_cost, cents(156_00));
-    assert_eq!(class("cpu").allocated_cost, cents(39));
-    assert_eq!(class("cpu").idle_cost, cents(155_61));
-    assert_eq!(class("memory").fleet_cost, cents(100_00));
-    assert_eq!(class("memory").allocated_cost, cents(40));
-    assert_eq!(class("memory").idle_cost, cents(99_60));
-    assert_eq!(class("gpu:a100").fleet_cost, cents(192_00));
-    assert_eq!(class("gpu:a100").allocated_cost, cents(2_40));
-    assert_eq!(class("gpu:a100").idle_cost, cents(189_60));
-    assert_eq!(class("gpu:h100").allocated_cost, cents(2_40));
-    assert_eq!(class("gpu:h100").idle_cost, cents(189_60));
-    assert_eq!(report.fleet_cost, cents(640_00));
-    assert_eq!(report.allocated_cost, cents(5_59));
-    assert_eq!(report.idle_cost, cents(634_41));
-    assert_eq!(report.overcommitted_cost, cents(0));
+    assert_eq!(class("cpu").fleet_cost, money("156.00"));
+    assert_eq!(class("cpu").allocated_cost, money("0.39"));
+    assert_eq!(class("cpu").idle_cost, money("155.61"));
+    assert_eq!(class("memory").fleet_cost, money("100.00"));
+    assert_eq!(class("memory").allocated_cost, money("0.40"));
+    assert_eq!(class("memory").idle_cost, money("99.60"));
+    assert_eq!(class("gpu:a100").fleet_cost, money("192.00"));
+    assert_eq!(class("gpu:a100").allocated_cost, money("2.40"));
+    assert_eq!(class("gpu:a100").idle_cost, money("189.60"));
+    assert_eq!(class("gpu:h100").allocated_cost, money("2.40"));
+    assert_eq!(class("gpu:h100").idle_cost, money("189.60"));
+    assert_eq!(report.fleet_cost, money("640.00"));
+    assert_eq!(report.allocated_cost, money("5.59"));
+    assert_eq!(report.idle_cost, money("634.41"));
+    assert_eq!(report.overcommitted_cost, money("0"));
 
     // Revenue 1.08 + 3.89 + 3.74 = 8.71; margin 8.71 − 5.59 = 3.12 (35.82 %).
-    assert_eq!(report.revenue, cents(8_71));
-    assert_eq!(report.margin, cents(3_12));
+    assert_eq!(report.revenue, money("8.71"));
+    assert_eq!(report.margin, money("3.12"));
     assert_eq!(report.margin_percent, Some(d("35.82")));
-    assert_eq!(report.net, cents(8_71 - 640_00));
+    assert_eq!(report.net, money("-631.29"));
 
     let task_id = |r: &[UsageRecord]| r[0].task_id.unwrap();
     let row = |m: &ops_billing::Margin| (m.tasks, m.revenue, m.cost, m.margin, m.margin_percent);
     assert_eq!(report.by_task.len(), 3);
     assert_eq!(
         row(&report.by_task[&task_id(&r1)]),
-        (1, cents(1_08), cents(55), cents(53), Some(d("49.07")))
+        (
+            1,
+            money("1.08"),
+            money("0.55"),
+            money("0.53"),
+            Some(d("49.07"))
+        )
     );
     assert_eq!(
         row(&report.by_task[&task_id(&r2)]),
-        (1, cents(3_89), cents(2_56), cents(1_33), Some(d("34.19")))
+        (
+            1,
+            money("3.89"),
+            money("2.56"),
+            money("1.33"),
+            Some(d("34.19"))
+        )
     );
     assert_eq!(
         row(&report.by_task[&task_id(&r3)]),
-        (1, cents(3_74), cents(2_48), cents(1_26), Some(d("33.69")))
+        (
+            1,
+            money("3.74"),
+            money("2.48"),
+            money("1.26"),
+            Some(d("33.69"))
+        )
     );
     assert_eq!(
         row(&report.by_template["render"]),
-        (1, cents(1_08), cents(55), cents(53), Some(d("49.07")))
+        (
+            1,
+            money("1.08"),
+            money("0.55"),
+            money("0.53"),
+            Some(d("49.07"))
+        )
     );
     assert_eq!(
         row(&report.by_template["train"]),
-        (2, cents(7_63), cents(5_04), cents(2_59), Some(d("33.94")))
+        (
+            2,
+            money("7.63"),
+            money("5.04"),
+            money("2.59"),
+            Some(d("33.94"))
+        )
     );
     assert_eq!(
         row(&report.by_tenant["acme"]),
-        (2, cents(4_97), cents(3_11), cents(1_86), Some(d("37.42")))
+        (
+            2,
+            money("4.97"),
+            money("3.11"),
+            money("1.86"),
+            Some(d("37.42"))
+        )
     );
     assert_eq!(
         row(&report.by_tenant["globex"]),
-        (1, cents(3_74), cents(2_48), cents(1_26), Some(d("33.69")))
+        (
+            1,
+            money("3.74"),
+            money("2.48"),
+            money("1.26"),
+            Some(d("33.69"))
+        )
     );
     assert_eq!(
         report.by_gpu_model.keys().collect::<Vec<_>>(),
         ["a100", "h100", NO_GPU]
     );
-    assert_eq!(row(&report.by_gpu_model["a100"]).3, cents(1_33));
-    assert_eq!(row(&report.by_gpu_model["h100"]).3, cents(1_26));
-    assert_eq!(row(&report.by_gpu_model[NO_GPU]).3, cents(53));
+    assert_eq!(row(&report.by_gpu_model["a100"]).3, money("1.33"));
+    assert_eq!(row(&report.by_gpu_model["h100"]).3, money("1.26"));
+    assert_eq!(row(&report.by_gpu_model[NO_GPU]).3, money("0.53"));
     assert!(report.notes.is_empty(), "{:?}", report.notes);
 
     // The same report from the records in any order, through JSON and back.
@@ -338,16 +381,16 @@ fn free_work_costs_what_it_uses_and_unknown_gpus_cost_the_fleet_average() {
             sweep.margin,
             sweep.margin_percent
         ),
-        (cents(0), cents(1_20), cents(-1_20), None)
+        (money("0"), money("1.20"), money("-1.20"), None)
     );
     let infer = &report.by_template["infer"];
-    assert_eq!((infer.revenue, infer.cost), (cents(0), cents(3_20)));
-    assert_eq!(report.classes["gpu:a100"].allocated_cost, cents(2_80));
-    assert_eq!(report.classes["gpu:h100"].allocated_cost, cents(1_60));
+    assert_eq!((infer.revenue, infer.cost), (money("0"), money("3.20")));
+    assert_eq!(report.classes["gpu:a100"].allocated_cost, money("2.80"));
+    assert_eq!(report.classes["gpu:h100"].allocated_cost, money("1.60"));
     assert_eq!(report.by_gpu_model["a100"].tasks, 1);
-    assert_eq!(report.by_gpu_model["Tesla-T4"].cost, cents(3_20));
-    assert_eq!(report.revenue, cents(0));
-    assert_eq!(report.margin, cents(-4_40));
+    assert_eq!(report.by_gpu_model["Tesla-T4"].cost, money("3.20"));
+    assert_eq!(report.revenue, money("0"));
+    assert_eq!(report.margin, money("-4.40"));
     assert_eq!(report.margin_percent, None);
     assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
     assert!(
@@ -367,12 +410,12 @@ fn allocation_beyond_capacity_is_overcommitted_never_negative_idle() {
     };
     let report = CostReport::build(&book, &metering(), &greedy.records(), at(0), at(10)).unwrap();
     let h100 = &report.classes["gpu:h100"];
-    assert_eq!(h100.allocated_cost, cents(480_00));
-    assert_eq!(h100.idle_cost, cents(0));
-    assert_eq!(h100.overcommitted_cost, cents(288_00));
-    assert_eq!(report.overcommitted_cost, cents(288_00));
+    assert_eq!(h100.allocated_cost, money("480.00"));
+    assert_eq!(h100.idle_cost, money("0"));
+    assert_eq!(h100.overcommitted_cost, money("288.00"));
+    assert_eq!(report.overcommitted_cost, money("288.00"));
     // cpu 156 + memory 100 + a100 192 stand idle.
-    assert_eq!(report.idle_cost, cents(448_00));
+    assert_eq!(report.idle_cost, money("448.00"));
     assert_eq!(
         report.idle_cost.checked_add(report.allocated_cost).unwrap(),
         report
@@ -600,8 +643,8 @@ proptest! {
         let records: Vec<UsageRecord> = tasks.iter().flat_map(|(r, _)| r.clone()).collect();
         let report = CostReport::build(&book, &metering, &records, at(0), at(10)).unwrap();
 
-        prop_assert_eq!(report.fleet_cost, cents(640_00));
-        prop_assert_eq!(report.overcommitted_cost, cents(0));
+        prop_assert_eq!(report.fleet_cost, money("640.00"));
+        prop_assert_eq!(report.overcommitted_cost, money("0"));
         prop_assert_eq!(report.idle_cost.checked_add(report.allocated_cost).unwrap(), report.fleet_cost);
         for (name, class) in &report.classes {
             prop_assert!(!class.idle_cost.is_negative(), "{}", name);
@@ -612,7 +655,7 @@ proptest! {
         prop_assert!((report.allocated_cost.amount - Money::from_decimal(by_hand, eur()).unwrap().amount).abs() <= classes);
 
         let charged = tasks.iter().map(|(r, _)| metering.charge(r).unwrap())
-            .try_fold(cents(0), Money::checked_add).unwrap();
+            .try_fold(money("0"), Money::checked_add).unwrap();
         prop_assert_eq!(report.revenue, charged);
         prop_assert_eq!(report.margin, report.revenue.checked_sub(report.allocated_cost).unwrap());
         prop_assert_eq!(report.net, report.revenue.checked_sub(report.fleet_cost).unwrap());
