@@ -52,6 +52,22 @@ pub enum Error {
         /// Every problem found.
         problems: Vec<String>,
     },
+    /// A cost book with problems, every one listed with its key path.
+    #[error("cost book{}: {}", file.as_ref().map(|f| format!(" {f}")).unwrap_or_default(), problems.join("; "))]
+    InvalidCostBook {
+        /// The file, when loaded from one.
+        file: Option<String>,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// A period that ends before it starts, or is empty.
+    #[error("period {from} to {to}: the end must come after the start")]
+    InvalidPeriod {
+        /// Its start.
+        from: chrono::DateTime<chrono::Utc>,
+        /// Its end.
+        to: chrono::DateTime<chrono::Utc>,
+    },
     /// Not a valid ledger account name.
     #[error(
         "invalid account {name:?}: expected tenant:<tenant>:<name> or platform:<name>, each name following the rule: {}",
@@ -108,6 +124,8 @@ impl Error {
             | Error::CurrencyMismatch { .. }
             | Error::InvalidQuantity { .. }
             | Error::InvalidPriceBook { .. }
+            | Error::InvalidCostBook { .. }
+            | Error::InvalidPeriod { .. }
             | Error::InvalidAccount { .. }
             | Error::InvalidPosting { .. } => ErrorKind::InvalidInput,
             Error::PostingConflict { .. } => ErrorKind::Conflict,

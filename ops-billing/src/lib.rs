@@ -18,6 +18,11 @@
 //!   [`Error::InvalidQuantity`] naming the meter, the event and the value. The built-in
 //!   meters ([`meter::builtin`]) price task usage and storage.
 //!
+//! - [`CostBook`] and [`CostReport`] ([`cost`]): the seller's view. The fleet's cost per
+//!   node (configured, or an owned machine amortized), split into CPU, memory and GPU
+//!   shares the OpenCost way; fleet, allocated and idle cost per resource class over a
+//!   period, and revenue against cost per task, template, tenant and GPU model.
+//!
 //! The ledger, metering on the event bus, reservations at admission, invoices and
 //! payment providers build on this core (see `docs/billing.md`).
 //!
@@ -39,12 +44,13 @@
 //!
 //! - `sqlite` (default): the SQLite ledger ([`ledger::SqliteLedger`]), sharing its
 //!   database and transactions with an `ops-events` outbox.
-//! - `testkit`: the ledger conformance suite ([`testkit::ledger`]).
+//! - `testkit`: the ledger conformance suite (`testkit::ledger`).
 //!
 //! Without default features the crate is the pure core and the in-memory ledger.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod budget;
+pub mod cost;
 mod error;
 pub mod invoice;
 pub mod ledger;
@@ -59,6 +65,7 @@ mod pricebook;
 pub mod testkit;
 
 pub use budget::{BillingFunction, Budgets, HoldRequest, Reservation};
+pub use cost::{CostBook, CostRates, CostReport, Margin, NodeCost};
 pub use error::Error;
 pub use invoice::{Invoice, InvoiceLine, InvoiceStatus};
 pub use meter::{Aggregation, MeterSpec};
