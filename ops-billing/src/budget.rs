@@ -419,6 +419,11 @@ impl BillingFunction {
         }
     }
 
+    /// The budgets it settles through.
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
     /// Handles one event; what [`Function::call`](ops_events::Function::call) runs.
     pub async fn handle(&self, event: &ops_core::Event) -> Result<()> {
         let records = self.metering.meter(event).await?;

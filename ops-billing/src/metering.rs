@@ -311,11 +311,14 @@ pub fn gb_months(byte_seconds: Decimal) -> Decimal {
     byte_seconds / Decimal::from(GB) / Decimal::from(MONTH_SECONDS)
 }
 
-/// Where usage records are kept, keyed by `(event id, meter)`.
+/// Where usage records are kept, by event: an event is metered once, and its records
+/// are stored together (the SQL stores keep one row per event, which is also its dedupe
+/// mark, written in the same statement).
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// Stores the records whose key is new and ignores the others (an event metered
-    /// again); returns how many were new. All or nothing.
+    /// Stores the records of events not metered before and ignores those of events
+    /// already stored (an event metered again); returns how many records were new. All
+    /// or nothing.
     async fn record(&self, records: &[UsageRecord]) -> Result<usize>;
 
     /// A tenant's records with `from <= at < to`, oldest first.
@@ -344,8 +347,17 @@ impl MemoryUsageStore {
 impl UsageStore for MemoryUsageStore {
     async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
         let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let stored: HashSet<EventId> = records
+            .iter()
+            .map(|r| r.event_id)
+            .filter(|id| {
+                map.range((*id, String::new())..)
+                    .next()
+                    .is_some_and(|((e, _), _)| e == id)
+            })
+            .collect();
         let mut new = 0;
-        for r in records {
+        for r in records.iter().filter(|r| !stored.contains(&r.event_id)) {
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 map.entry((r.event_id, r.meter.clone()))
             {
@@ -434,63 +446,177 @@ impl Function for MeteringFunction {
     }
 }
 
-/// A row of `event_id, meter, tenant, environment, template, task_id, gpu_model,
-/// outcome, scavenger, quantity, at`, as the SQL usage stores read it.
+/// Where a record was used: what the records of one task event share.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) type UsageRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    bool,
-    String,
-    i64,
-);
+#[derive(Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+struct Place {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    scavenger: bool,
+}
 
-/// A usage record from a [`UsageRow`]; a value that does not parse is named.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn usage_from(row: UsageRow) -> Result<UsageRecord> {
-    let (
-        event_id,
-        meter,
-        tenant,
-        environment,
-        template,
-        task_id,
-        gpu_model,
-        outcome,
-        scavenger,
-        quantity,
-        at,
-    ) = row;
+impl Place {
+    fn of(r: &UsageRecord) -> Self {
+        Self {
+            environment: r.environment.clone(),
+            template: r.template.clone(),
+            task_id: r.task_id.map(|t| t.to_string()),
+            outcome: r.outcome.map(|o| o.as_str().to_owned()),
+            scavenger: r.scavenger,
+        }
+    }
+}
+
+/// One stored record: its meter (`n`), quantity (`q`), GPU model (`g`), and its place
+/// (`x`) when it differs from the event's.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(serde::Serialize, Deserialize)]
+struct StoredRecord {
+    n: String,
+    q: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    g: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<Place>,
+}
+
+/// The records of one event as the SQL usage stores keep them (a JSON object in the
+/// event's row): the place its records share, and each record — about 200 bytes for a
+/// task's five meters.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(serde::Serialize, Deserialize)]
+struct StoredEvent {
+    #[serde(flatten)]
+    place: Place,
+    m: Vec<StoredRecord>,
+}
+
+/// An event's row in the SQL usage stores: `event_id, tenant, at, records`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) type UsageRow = (String, String, i64, String);
+
+/// The rows of `records`, one per event (in the order of their first record), with how
+/// many records each holds. The records of one event belong to one tenant.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_rows(records: &[UsageRecord]) -> Result<Vec<(UsageRow, usize)>> {
+    let mut out: Vec<(UsageRow, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<EventId, (usize, StoredEvent)> =
+        std::collections::HashMap::new();
+    for r in records {
+        let slot = index.entry(r.event_id).or_insert_with(|| {
+            out.push((
+                (
+                    r.event_id.to_string(),
+                    r.tenant.clone(),
+                    r.at.timestamp_millis(),
+                    String::new(),
+                ),
+                0,
+            ));
+            (
+                out.len() - 1,
+                StoredEvent {
+                    place: Place::of(r),
+                    m: Vec::new(),
+                },
+            )
+        });
+        let row = &mut out[slot.0];
+        if r.tenant != row.0.1 {
+            return Err(Error::InvalidQuantity {
+                meter: r.meter.clone(),
+                event: r.event_id.to_string(),
+                value: format!(
+                    "tenant {:?} in an event of tenant {:?}: an event's usage belongs to one tenant",
+                    r.tenant, row.0.1
+                ),
+            });
+        }
+        row.1 += 1;
+        let shared = &slot.1.place;
+        let same = r.environment == shared.environment
+            && r.template == shared.template
+            && r.outcome.map(|o| o.as_str()) == shared.outcome.as_deref()
+            && r.scavenger == shared.scavenger
+            && match (r.task_id, &shared.task_id) {
+                (None, None) => true,
+                (Some(t), Some(s)) => t.to_string() == *s,
+                _ => false,
+            };
+        slot.1.m.push(StoredRecord {
+            n: r.meter.clone(),
+            q: r.quantity.to_string(),
+            g: r.gpu_model.clone(),
+            x: (!same).then(|| Place::of(r)),
+        });
+    }
+    for (_, (i, event)) in index {
+        out[i].0.3 = serde_json::to_string(&event).map_err(|e| Error::InvalidQuantity {
+            meter: "usage record".to_owned(),
+            event: out[i].0.0.clone(),
+            value: e.to_string(),
+        })?;
+    }
+    Ok(out)
+}
+
+/// The usage records of a [`UsageRow`]; a value that does not parse is named.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_from(row: UsageRow) -> Result<Vec<UsageRecord>> {
+    let (event_id, tenant, at, json) = row;
     let corrupt = |what: &str, value: &str| Error::InvalidQuantity {
         meter: "usage record".to_owned(),
-        event: String::new(),
+        event: event_id.clone(),
         value: format!("{what} {value:?}"),
     };
-    Ok(UsageRecord {
-        event_id: event_id
-            .parse()
-            .map_err(|_| corrupt("event id", &event_id))?,
-        meter,
-        tenant,
-        environment,
-        template,
-        task_id: task_id
-            .map(|t| t.parse().map_err(|_| corrupt("task id", &t)))
-            .transpose()?,
-        gpu_model,
-        outcome: outcome
-            .map(|o| o.parse().map_err(|_| corrupt("outcome", &o)))
-            .transpose()?,
-        scavenger,
-        quantity: quantity
-            .parse()
-            .map_err(|_| corrupt("quantity", &quantity))?,
-        at: DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default(),
-    })
+    let id: EventId = event_id
+        .parse()
+        .map_err(|_| corrupt("event id", &event_id))?;
+    let stored: StoredEvent =
+        serde_json::from_str(&json).map_err(|e| corrupt("records", &e.to_string()))?;
+    let at = DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default();
+    stored
+        .m
+        .into_iter()
+        .map(|r| {
+            let place = r.x.unwrap_or_else(|| stored.place.clone());
+            Ok(UsageRecord {
+                event_id: id,
+                meter: r.n,
+                tenant: tenant.clone(),
+                environment: place.environment,
+                template: place.template,
+                task_id: place
+                    .task_id
+                    .map(|t| t.parse().map_err(|_| corrupt("task id", &t)))
+                    .transpose()?,
+                gpu_model: r.g,
+                outcome: place
+                    .outcome
+                    .map(|o| o.parse().map_err(|_| corrupt("outcome", &o)))
+                    .transpose()?,
+                scavenger: place.scavenger,
+                quantity: r.q.parse().map_err(|_| corrupt("quantity", &r.q))?,
+                at,
+            })
+        })
+        .collect()
+}
+
+/// How many records the rows whose event ids came back from an insert hold.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn count_new(rows: &[(UsageRow, usize)], inserted: Vec<String>) -> usize {
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    rows.iter()
+        .filter(|((event_id, ..), _)| inserted.contains(event_id))
+        .map(|(_, n)| n)
+        .sum()
 }

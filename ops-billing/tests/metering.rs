@@ -245,9 +245,21 @@ fn aggregations_over_a_period() {
 async fn the_store_keeps_each_event_and_meter_once(store: &dyn UsageStore) {
     let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
     let event = task_event(TaskStatus::Succeeded, true);
-    let records = metering.records(&event).unwrap();
-    assert_eq!(store.record(&records).await.unwrap(), 5);
+    let mut records = metering.records(&event).unwrap();
+    // A declared meter's record of the same event has no task place of its own.
+    let mut declared = records[0].clone();
+    declared.meter = "tokens".to_owned();
+    declared.environment = None;
+    declared.template = None;
+    declared.task_id = None;
+    declared.outcome = None;
+    declared.scavenger = false;
+    declared.quantity = d("12.5");
+    records.push(declared);
+    assert_eq!(store.record(&records).await.unwrap(), 6);
     assert_eq!(store.record(&records).await.unwrap(), 0);
+    // An event already metered is not metered again, even with other records.
+    assert_eq!(store.record(&records[..2]).await.unwrap(), 0);
     let kept = store.records("acme", at(1), at(3)).await.unwrap();
     let mut expected = records.clone();
     expected.sort_by(|a, b| a.meter.cmp(&b.meter));
@@ -281,4 +293,59 @@ async fn usage_stores_keep_records_exactly_once() {
             .unwrap();
         the_store_keeps_each_event_and_meter_once(&pg).await;
     }
+}
+
+/// Records stored by the first release of the SQLite store (one row per event and
+/// meter) move to one row per event when the ledger opens, unchanged.
+#[tokio::test]
+async fn usage_rows_of_the_first_schema_move_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/ops.db", dir.path().display());
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let event = task_event(TaskStatus::Failed, true);
+    let records = metering.records(&event).unwrap();
+    {
+        use sqlx::ConnectOptions;
+        let mut conn = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!(
+            "../migrations/sqlite/20261203000002_usage.sql"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        for r in &records {
+            sqlx::query("INSERT INTO ops_billing_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(r.event_id.to_string())
+                .bind(&r.meter)
+                .bind(&r.tenant)
+                .bind(&r.environment)
+                .bind(&r.template)
+                .bind(r.task_id.map(|t| t.to_string()))
+                .bind(&r.gpu_model)
+                .bind(r.outcome.map(|o| o.as_str()))
+                .bind(r.scavenger)
+                .bind(r.quantity.to_string())
+                .bind(r.at.timestamp_millis())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let ledger = ops_billing::ledger::SqliteLedger::open(&url).await.unwrap();
+    let mut kept = ledger.records("acme", at(1), at(3)).await.unwrap();
+    kept.sort_by(|a, b| a.meter.cmp(&b.meter));
+    let mut expected = records.clone();
+    expected.sort_by(|a, b| a.meter.cmp(&b.meter));
+    assert_eq!(kept, expected);
+    assert_eq!(
+        ledger.record(&records).await.unwrap(),
+        0,
+        "still metered once"
+    );
 }

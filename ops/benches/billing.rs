@@ -36,13 +36,13 @@ const BOOK: &str = r#"
 currency = "EUR"
 [[prices]]
 meter = "cpu_core_seconds"
-unit_price = "0.00002"
+unit_price = "0.0002"
 [[prices]]
 meter = "memory_gib_seconds"
 unit_price = "0.000002"
 [[prices]]
 meter = "tasks"
-unit_price = "0.001"
+unit_price = "0.01"
 "#;
 
 const BATCH: usize = 5000;
@@ -155,6 +155,17 @@ async fn rate(function: &BillingFunction, events: usize, tenants: usize) -> Dura
         let results = function.handle_many(&batch).await.expect("rating");
         spent += t.elapsed();
         assert!(results.iter().all(|r| r.is_ok()), "every event rated");
+        if done == 0 {
+            let revenue = ops::billing::ledger::Account::platform("revenue").expect("account");
+            let eur = "EUR".parse().expect("EUR");
+            let earned = function
+                .budgets()
+                .ledger()
+                .balance(&revenue, eur)
+                .await
+                .expect("balance");
+            assert!(earned.amount > 0, "tasks are charged: {earned}");
+        }
         done += n;
         if done % 200_000 == 0 {
             eprintln!("  rated {done} events");

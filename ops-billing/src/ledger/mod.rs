@@ -362,8 +362,8 @@ pub trait Ledger: Send + Sync + 'static {
 pub(crate) struct Plan<'a> {
     /// One result per posting.
     pub results: Vec<Result<Posted>>,
-    /// The new postings to write, in order.
-    pub accepted: Vec<&'a Posting>,
+    /// The new postings to write, in order, with their stored lines.
+    pub accepted: Vec<(&'a Posting, String)>,
     /// The new balance of every account the accepted postings change.
     pub balances: BTreeMap<(Account, Currency), i64>,
 }
@@ -405,7 +405,7 @@ pub(crate) fn plan<'a>(
                 .or_else(|| seen.get(posting.key.as_str()))
             {
                 return if *stored == lines {
-                    Ok(Posted::AlreadyPosted)
+                    Ok(None)
                 } else {
                     Err(Error::PostingConflict {
                         key: posting.key.clone(),
@@ -436,13 +436,17 @@ pub(crate) fn plan<'a>(
                 }
             }
             balances.extend(next);
-            seen.insert(posting.key.as_str(), lines);
-            Ok(Posted::New)
+            seen.insert(posting.key.as_str(), lines.clone());
+            Ok(Some(lines))
         })();
-        if result.as_ref().is_ok_and(|p| *p == Posted::New) {
-            accepted.push(posting);
-        }
-        results.push(result);
+        results.push(match result {
+            Ok(None) => Ok(Posted::AlreadyPosted),
+            Ok(Some(lines)) => {
+                accepted.push((posting, lines));
+                Ok(Posted::New)
+            }
+            Err(e) => Err(e),
+        });
     }
     Plan {
         results,

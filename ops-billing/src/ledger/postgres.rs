@@ -5,12 +5,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ops_events::postgres::PostgresOutbox;
 use sqlx::postgres::PgConnection;
+use sqlx::{Postgres, QueryBuilder};
 
 use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
     net_by_account,
 };
-use crate::metering::{UsageRow, usage_from};
+use crate::metering::{UsageRow, usage_from, usage_rows};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on PostgreSQL. Concurrent postings are safe: a key is claimed with
@@ -198,27 +199,29 @@ impl Ledger for PostgresLedger {
 #[async_trait]
 impl UsageStore for PostgresLedger {
     async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
+        let rows = usage_rows(records)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let mut tx = self.outbox.pool().begin().await.map_err(store)?;
         let mut new = 0;
-        for r in records {
-            new += sqlx::query(
-                "INSERT INTO ops_billing_usage (event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id, meter) DO NOTHING",
-            )
-            .bind(r.event_id.to_string())
-            .bind(&r.meter)
-            .bind(&r.tenant)
-            .bind(&r.environment)
-            .bind(&r.template)
-            .bind(r.task_id.map(|t| t.to_string()))
-            .bind(&r.gpu_model)
-            .bind(r.outcome.map(|o| o.as_str()))
-            .bind(r.scavenger)
-            .bind(r.quantity.to_string())
-            .bind(r.at.timestamp_millis())
-            .execute(&mut *tx)
-            .await
-            .map_err(store)?
-            .rows_affected() as usize;
+        for chunk in rows.chunks(1000) {
+            let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+                "INSERT INTO ops_billing_usage_events (event_id, tenant, at, records) ",
+            );
+            q.push_values(chunk, |mut row, ((event_id, tenant, at, json), _)| {
+                row.push_bind(event_id.as_str())
+                    .push_bind(tenant.as_str())
+                    .push_bind(*at)
+                    .push_bind(json.as_str());
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let inserted: Vec<String> = q
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store)?;
+            new += crate::metering::count_new(chunk, inserted);
         }
         tx.commit().await.map_err(store)?;
         Ok(new)
@@ -231,8 +234,8 @@ impl UsageStore for PostgresLedger {
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at FROM ops_billing_usage WHERE tenant = $1 AND at >= $2 AND at < $3 \
-             ORDER BY at, event_id, meter",
+            "SELECT event_id, tenant, at, records FROM ops_billing_usage_events \
+             WHERE tenant = $1 AND at >= $2 AND at < $3 ORDER BY at, event_id",
         )
         .bind(tenant)
         .bind(from.timestamp_millis())
@@ -240,7 +243,12 @@ impl UsageStore for PostgresLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.into_iter().map(usage_from).collect()
+        let mut out = Vec::new();
+        for row in rows {
+            out.extend(usage_from(row)?);
+        }
+        out.sort_by(|a, b| (a.at, a.event_id, &a.meter).cmp(&(b.at, b.event_id, &b.meter)));
+        Ok(out)
     }
 }
 

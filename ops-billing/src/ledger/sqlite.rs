@@ -16,7 +16,7 @@ use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
     net_by_account, plan, touched,
 };
-use crate::metering::{UsageRow, usage_from};
+use crate::metering::{UsageRow, usage_from, usage_rows};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -233,12 +233,12 @@ impl SqliteLedger {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO ops_billing_postings (key, seq, at, memo, lines, task_id, event_id) ",
             );
-            q.push_values(chunk.iter().enumerate(), |mut row, (i, p)| {
+            q.push_values(chunk.iter().enumerate(), |mut row, (i, (p, lines))| {
                 row.push_bind(p.key.as_str())
                     .push_bind(first_seq + (n * CHUNK + i) as i64)
                     .push_bind(p.at.timestamp_millis())
                     .push_bind(p.memo.as_str())
-                    .push_bind(p.lines())
+                    .push_bind(lines.as_str())
                     .push_bind(p.task_id.map(|t| t.to_string()))
                     .push_bind(p.event_id.map(|e| e.to_string()));
             });
@@ -247,7 +247,7 @@ impl SqliteLedger {
         let entries: Vec<(&str, usize, &super::Entry)> = planned
             .accepted
             .iter()
-            .flat_map(|p| {
+            .flat_map(|(p, _)| {
                 p.entries
                     .iter()
                     .enumerate()
@@ -282,7 +282,7 @@ impl SqliteLedger {
         let events: Vec<ops_core::Event> = planned
             .accepted
             .iter()
-            .flat_map(|p| p.events.iter().cloned())
+            .flat_map(|(p, _)| p.events.iter().cloned())
             .collect();
         if !events.is_empty() {
             SqliteOutbox::append(conn, &events).await?;
@@ -405,6 +405,10 @@ impl Ledger for SqliteLedger {
 #[async_trait]
 impl UsageStore for SqliteLedger {
     async fn record(&self, records: &[UsageRecord]) -> Result<usize> {
+        let rows = usage_rows(records)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let _guard = self.write_lock.lock().await;
         let mut tx = self
             .outbox
@@ -413,31 +417,23 @@ impl UsageStore for SqliteLedger {
             .await
             .map_err(store)?;
         let mut new = 0;
-        for chunk in records.chunks(CHUNK / 2) {
+        for chunk in rows.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO ops_billing_usage (event_id, meter, tenant, environment, template, \
-                 task_id, gpu_model, outcome, scavenger, quantity, at) ",
+                "INSERT INTO ops_billing_usage_events (event_id, tenant, at, records) ",
             );
-            q.push_values(chunk, |mut row, r| {
-                row.push_bind(r.event_id.to_string())
-                    .push_bind(r.meter.as_str())
-                    .push_bind(r.tenant.as_str())
-                    .push_bind(r.environment.as_deref())
-                    .push_bind(r.template.as_deref())
-                    .push_bind(r.task_id.map(|t| t.to_string()))
-                    .push_bind(r.gpu_model.as_deref())
-                    .push_bind(r.outcome.map(|o| o.as_str()))
-                    .push_bind(r.scavenger)
-                    .push_bind(r.quantity.to_string())
-                    .push_bind(r.at.timestamp_millis());
+            q.push_values(chunk, |mut row, ((event_id, tenant, at, json), _)| {
+                row.push_bind(event_id.as_str())
+                    .push_bind(tenant.as_str())
+                    .push_bind(*at)
+                    .push_bind(json.as_str());
             });
-            q.push(" ON CONFLICT (event_id, meter) DO NOTHING");
-            new += q
-                .build()
-                .execute(&mut *tx)
+            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let inserted: Vec<String> = q
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
                 .await
-                .map_err(store)?
-                .rows_affected() as usize;
+                .map_err(store)?;
+            new += crate::metering::count_new(chunk, inserted);
         }
         tx.commit().await.map_err(store)?;
         Ok(new)
@@ -450,8 +446,8 @@ impl UsageStore for SqliteLedger {
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT event_id, meter, tenant, environment, template, task_id, gpu_model, outcome, scavenger, quantity, at FROM ops_billing_usage WHERE tenant = ? AND at >= ? AND at < ? \
-             ORDER BY at, event_id, meter",
+            "SELECT event_id, tenant, at, records FROM ops_billing_usage_events \
+             WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, event_id",
         )
         .bind(tenant)
         .bind(from.timestamp_millis())
@@ -459,7 +455,12 @@ impl UsageStore for SqliteLedger {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(store)?;
-        rows.into_iter().map(usage_from).collect()
+        let mut out = Vec::new();
+        for row in rows {
+            out.extend(usage_from(row)?);
+        }
+        out.sort_by(|a, b| (a.at, a.event_id, &a.meter).cmp(&(b.at, b.event_id, &b.meter)));
+        Ok(out)
     }
 }
 
