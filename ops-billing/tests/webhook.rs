@@ -132,10 +132,7 @@ fn malformed_and_unsigned_headers_are_named() {
             "{header}: {err}"
         );
         assert!(err.to_string().contains(expect), "{header}: {err}");
-        assert!(
-            err.to_string().contains("Stripe-Signature header"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("Stripe-Signature header"), "{err}");
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
     // Only the old test-mode scheme: no v1 to check.
@@ -207,7 +204,13 @@ fn signed_payload_that_is_not_an_event_is_malformed() {
         .verify(body, &header, now())
         .unwrap_err();
     assert!(
-        matches!(err, Error::WebhookMalformed { what: "payload", .. }),
+        matches!(
+            err,
+            Error::WebhookMalformed {
+                what: "payload",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(parse_event(PAYLOAD).is_ok());
