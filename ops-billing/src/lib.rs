@@ -38,13 +38,13 @@
 //!
 //! ## Features
 //!
-//! - `sqlite` (default): the SQLite ledger ([`ledger::SqliteLedger`]), sharing its
+//! - `sqlite` (default): the SQLite ledger (`ledger::SqliteLedger`), sharing its
 //!   database and transactions with an `ops-events` outbox.
 //! - `stripe`: Stripe as the payment provider (`payment::stripe::StripeProvider`):
 //!   customers, Billing Meter events, invoices and payments through async-stripe 1.0
 //!   (a pinned release candidate). Without it the provider is [`NoPaymentProvider`]
 //!   (`none`), and webhook signatures are checked by [`WebhookVerifier`] either way.
-//! - `testkit`: the ledger conformance suite ([`testkit::ledger`]).
+//! - `testkit`: the ledger conformance suite (`testkit::ledger`).
 //!
 //! Without default features the crate is the pure core, the in-memory ledger, the
 //! `none` payment provider and webhook verification.
