@@ -247,6 +247,14 @@ pub enum Error {
         /// The period's end.
         to: chrono::DateTime<chrono::Utc>,
     },
+    /// A charge that cannot be made (zero or negative).
+    #[error("charge of {amount}: {reason}")]
+    InvalidCharge {
+        /// The amount asked.
+        amount: crate::Money,
+        /// What is wrong.
+        reason: String,
+    },
     /// The payment provider cannot do this (e.g. webhooks with the `none` provider).
     #[error("payment provider {provider} cannot {what}")]
     PaymentUnsupported {
@@ -272,7 +280,8 @@ impl Error {
             | Error::WebhookMalformed { .. }
             | Error::WebhookUnsigned { .. }
             | Error::PaymentConfig { .. }
-            | Error::PaymentRejected { .. } => ErrorKind::InvalidInput,
+            | Error::PaymentRejected { .. }
+            | Error::InvalidCharge { .. } => ErrorKind::InvalidInput,
             Error::PostingConflict { .. } | Error::InvoiceNotFinal { .. } => ErrorKind::Conflict,
             Error::InsufficientFunds { .. } | Error::PaymentDeclined { .. } => {
                 ErrorKind::ResourceExhausted

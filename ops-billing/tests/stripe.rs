@@ -821,6 +821,132 @@ async fn the_provider_verifies_webhooks_with_its_secrets() {
     assert!(matches!(err, Error::PaymentConfig { .. }), "{err}");
 }
 
+/// Stripe answering a customer with a default card and payment intents with `status`.
+async fn stripe_charging(status: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v1/customers/[^/]+$"))
+        .respond_with(answer_with(
+            "customer",
+            json!({"invoice_settings": {"custom_fields": null, "default_payment_method": "pm_card_visa",
+                "footer": null, "rendering_options": null}}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/payment_intents"))
+        .respond_with(answer_with("payment_intent", json!({ "status": status })))
+        .mount(&server)
+        .await;
+    server
+}
+
+fn charge_sent(key: &str) -> Vec<Sent> {
+    vec![
+        sent_one("GET", &format!("/v1/customers/{CUSTOMER}"), None, &[]),
+        sent_one(
+            "POST",
+            "/v1/payment_intents",
+            Some(&format!("ops-charge-{key}")),
+            &[
+                ("amount", "1000"),
+                ("confirm", "true"),
+                ("currency", "eur"),
+                ("customer", CUSTOMER),
+                ("description", &format!("Ops charge {key}")),
+                ("metadata[ops_key]", key),
+                ("off_session", "true"),
+                ("payment_method", "pm_card_visa"),
+            ],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_charge_confirms_one_payment_intent_per_key() {
+    let server = stripe_charging("succeeded").await;
+    let stripe = provider(&server);
+    let ten = Money::new(1000, eur());
+    let outcome = stripe.charge(&customer(), ten, "top-up-1").await.unwrap();
+    assert_eq!(outcome, PaymentOutcome::Paid);
+    // Retried: the same key, so Stripe answers the first intent instead of charging.
+    stripe.charge(&customer(), ten, "top-up-1").await.unwrap();
+    let mut expected = charge_sent("top-up-1");
+    expected.extend(charge_sent("top-up-1"));
+    assert_eq!(sent(&server).await, expected);
+    let err = stripe
+        .charge(&customer(), Money::new(-5, eur()), "top-up-2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidCharge { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_charge_that_does_not_succeed_is_never_paid() {
+    for (status, paid) in [
+        ("processing", PaymentOutcome::Processing),
+        (
+            "requires_payment_method",
+            PaymentOutcome::Failed {
+                reason: "payment intent pi_1PgafyB7WZ01zgkWSjxsAJo3 is requires_payment_method"
+                    .to_owned(),
+            },
+        ),
+    ] {
+        let server = stripe_charging(status).await;
+        let outcome = provider(&server)
+            .charge(&customer(), Money::new(1000, eur()), "k")
+            .await
+            .unwrap();
+        assert_eq!(outcome, paid);
+    }
+    for (code, requires_action) in [("card_declined", false), ("authentication_required", true)] {
+        let server = stripe_charging("succeeded").await;
+        Mock::given(method("POST"))
+            .and(path("/v1/payment_intents"))
+            .respond_with(stripe_error(
+                402,
+                json!({"type": "card_error", "code": code, "decline_code": "generic_decline",
+                    "message": "Your card was declined."}),
+            ))
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        let outcome = provider(&server)
+            .charge(&customer(), Money::new(1000, eur()), "k")
+            .await
+            .unwrap();
+        assert!(!outcome.is_paid());
+        if requires_action {
+            assert!(
+                matches!(outcome, PaymentOutcome::RequiresAction { .. }),
+                "{outcome:?}"
+            );
+        } else {
+            assert!(
+                matches!(&outcome, PaymentOutcome::Failed { reason } if reason.contains("generic_decline")),
+                "{outcome:?}"
+            );
+        }
+    }
+    // A customer without a payment method is not charged at all.
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/v1/customers/[^/]+$"))
+        .respond_with(answer("customer"))
+        .mount(&server)
+        .await;
+    let outcome = provider(&server)
+        .charge(&customer(), Money::new(1000, eur()), "k")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, PaymentOutcome::RequiresAction { reason } if reason.contains("no default payment method")),
+        "{outcome:?}"
+    );
+    assert_eq!(sent(&server).await.len(), 1);
+}
+
 /// The copies in `tests/fixtures/stripe/` are Stripe's objects, unchanged: checked
 /// against the shared `specs/stripe/fixtures3.json` when it is beside the repository.
 #[test]

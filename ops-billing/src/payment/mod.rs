@@ -1,7 +1,8 @@
 //! Payment providers: where invoices are collected.
 //!
 //! [`PaymentProvider`] is the contract: a customer per tenant, usage reported as it
-//! happens, finalized invoices sent, paid, and webhooks verified. Every call is
+//! happens, finalized invoices sent and paid, one-off charges (prepaid credit), and
+//! webhooks verified. Every call is
 //! idempotent, so a retried call never creates a second customer, counts usage twice,
 //! creates a second invoice or charges twice. A failed or errored payment is never
 //! [`PaymentOutcome::Paid`].
@@ -143,6 +144,18 @@ pub trait PaymentProvider: Send + Sync + 'static {
     /// [`PaymentOutcome::Failed`], never `Paid`; an error of the call is an `Err`.
     async fn pay(&self, invoice: &ProviderInvoice, attempt: u32) -> Result<PaymentOutcome>;
 
+    /// Charges `customer` `amount` now with its default payment method, e.g. to buy
+    /// prepaid credit: post the top-up only when the outcome is
+    /// [`PaymentOutcome::Paid`]. `key` is the caller's idempotency key (the top-up's
+    /// ledger key): the same key never charges twice. An amount that is not positive is
+    /// [`Error::InvalidCharge`].
+    async fn charge(
+        &self,
+        customer: &CustomerRef,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentOutcome>;
+
     /// Verifies a webhook delivery (raw body and signature header) and reads its event.
     fn verify_webhook(
         &self,
@@ -174,6 +187,15 @@ impl<T: PaymentProvider + ?Sized> PaymentProvider for Arc<T> {
         (**self).pay(invoice, attempt).await
     }
 
+    async fn charge(
+        &self,
+        customer: &CustomerRef,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentOutcome> {
+        (**self).charge(customer, amount, key).await
+    }
+
     fn verify_webhook(
         &self,
         payload: &[u8],
@@ -182,6 +204,17 @@ impl<T: PaymentProvider + ?Sized> PaymentProvider for Arc<T> {
     ) -> Result<WebhookEvent> {
         (**self).verify_webhook(payload, signature_header, now)
     }
+}
+
+/// Refuses an amount that is not positive.
+pub(crate) fn ensure_positive(amount: Money) -> Result<()> {
+    if amount.amount <= 0 {
+        return Err(Error::InvalidCharge {
+            amount,
+            reason: "a charge must be positive".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses a draft invoice.
@@ -249,6 +282,16 @@ impl PaymentProvider for NoPaymentProvider {
         Ok(PaymentOutcome::Manual)
     }
 
+    async fn charge(
+        &self,
+        _customer: &CustomerRef,
+        amount: Money,
+        _key: &str,
+    ) -> Result<PaymentOutcome> {
+        ensure_positive(amount)?;
+        Ok(PaymentOutcome::Manual)
+    }
+
     fn verify_webhook(
         &self,
         _payload: &[u8],
@@ -312,6 +355,17 @@ mod tests {
         let outcome = provider.pay(&sent, 1).await.unwrap();
         assert_eq!(outcome, PaymentOutcome::Manual);
         assert!(!outcome.is_paid());
+        let eur: crate::Currency = "EUR".parse().unwrap();
+        let outcome = provider
+            .charge(&customer, Money::new(1000, eur), "top-up-1")
+            .await
+            .unwrap();
+        assert!(!outcome.is_paid());
+        let err = provider
+            .charge(&customer, Money::new(0, eur), "top-up-2")
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[tokio::test]

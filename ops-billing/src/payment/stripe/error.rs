@@ -107,6 +107,14 @@ pub(super) fn outcome_of(e: Error) -> Result<PaymentOutcome> {
                 reason: e.to_string(),
             })
         }
+        Error::PaymentDeclined {
+            code: Some(ref code),
+            ..
+        } if code == ApiErrorsCode::AuthenticationRequired.as_str() => {
+            Ok(PaymentOutcome::RequiresAction {
+                reason: e.to_string(),
+            })
+        }
         Error::PaymentDeclined { .. } => Ok(PaymentOutcome::Failed {
             reason: e.to_string(),
         }),

@@ -7,6 +7,7 @@
 //! | [`report_usage`](PaymentProvider::report_usage) | `POST /v1/billing/meter_events`, one per record | `identifier` `<event id>:<meter>` (and the same as key) |
 //! | [`invoice`](PaymentProvider::invoice) | `POST /v1/invoices`, `POST /v1/invoiceitems` per line, `POST /v1/invoices/{id}/finalize` | keys `ops-invoice-<tenant>-<from>-<to>[-line-<n>\|-prepaid\|-finalize]` |
 //! | [`pay`](PaymentProvider::pay) | `POST /v1/invoices/{id}/pay` | key `ops-pay-<invoice>-<attempt>` |
+//! | [`charge`](PaymentProvider::charge) | `GET /v1/customers/{id}` (its default payment method), then `POST /v1/payment_intents` with `confirm=true`, `off_session=true` | key `ops-charge-<key>` |
 //!
 //! Every call goes through async-stripe's typed requests. Invoices are created with
 //! `auto_advance=false`, so Stripe never collects on its own beside
@@ -30,11 +31,15 @@ use stripe_billing::invoice::{
 };
 use stripe_billing::invoice_item::CreateInvoiceItem;
 use stripe_billing::{InvoiceCollectionMethod, InvoiceStatus};
-use stripe_core::customer::{CreateCustomer, SearchCustomer};
+use stripe_core::PaymentIntentStatus;
+use stripe_core::customer::{
+    CreateCustomer, RetrieveCustomer, RetrieveCustomerReturned, SearchCustomer,
+};
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
 
 use super::{
     CustomerDetails, CustomerRef, PaymentOutcome, PaymentProvider, ProviderInvoice, WebhookEvent,
-    WebhookVerifier, ensure_final,
+    WebhookVerifier, ensure_final, ensure_positive,
 };
 use crate::{Currency, Error, Invoice, Money, Result, UsageRecord};
 
@@ -224,6 +229,15 @@ fn money(call: &'static str, amount: i64, currency: &stripe_types::Currency) -> 
     Ok(Money::new(amount, currency))
 }
 
+fn stripe_currency(currency: Currency) -> stripe_types::Currency {
+    // Infallible: an unknown code becomes `Currency::Unknown` and is sent as is.
+    currency
+        .code()
+        .to_ascii_lowercase()
+        .parse()
+        .unwrap_or_default()
+}
+
 fn status_str(status: Option<&InvoiceStatus>) -> String {
     status.map_or_else(|| "unknown".to_owned(), |s| s.as_str().to_owned())
 }
@@ -318,13 +332,7 @@ impl PaymentProvider for StripeProvider {
     async fn invoice(&self, customer: &CustomerRef, invoice: &Invoice) -> Result<ProviderInvoice> {
         ensure_final(invoice)?;
         let key = invoice_key(invoice);
-        let currency: stripe_types::Currency = invoice
-            .total
-            .currency
-            .code()
-            .to_ascii_lowercase()
-            .parse()
-            .unwrap_or_default();
+        let currency = stripe_currency(invoice.total.currency);
         let period = format!(
             "{} to {}",
             invoice.from.format("%Y-%m-%d %H:%M UTC"),
@@ -442,6 +450,71 @@ impl PaymentProvider for StripeProvider {
             },
         };
         tracing::info!(tenant = %invoice.tenant, invoice = %invoice.id, attempt, ?outcome, "stripe payment");
+        Ok(outcome)
+    }
+
+    async fn charge(
+        &self,
+        customer: &CustomerRef,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentOutcome> {
+        ensure_positive(amount)?;
+        let strategy = strategy(format!("ops-charge-{key}"))?;
+        let found = RetrieveCustomer::new(customer.id.as_str())
+            .send(&self.client)
+            .await
+            .map_err(|e| self.error("retrieve customer", e))?;
+        let payment_method = match found {
+            RetrieveCustomerReturned::Customer(c) => c
+                .invoice_settings
+                .and_then(|s| s.default_payment_method)
+                .map(|pm| pm.id().to_string()),
+            RetrieveCustomerReturned::DeletedCustomer(_) => {
+                return Err(Error::PaymentRejected {
+                    provider: NAME,
+                    call: "retrieve customer",
+                    status: 404,
+                    param: None,
+                    code: Some("resource_missing".to_owned()),
+                    message: format!("customer {} was deleted", customer.id),
+                });
+            }
+        };
+        let Some(payment_method) = payment_method else {
+            return Ok(PaymentOutcome::RequiresAction {
+                reason: format!(
+                    "customer {} has no default payment method: the customer must add one",
+                    customer.id
+                ),
+            });
+        };
+        let answer = CreatePaymentIntent::new(amount.amount, stripe_currency(amount.currency))
+            .customer(customer.id.clone())
+            .payment_method(payment_method)
+            .confirm(true)
+            .off_session(CreatePaymentIntentOffSession::Bool(true))
+            .description(format!("Ops charge {key}"))
+            .metadata(HashMap::from([("ops_key".to_owned(), key.to_owned())]))
+            .customize()
+            .request_strategy(strategy)
+            .send(&self.client)
+            .await;
+        let intent = match answer {
+            Ok(intent) => intent,
+            Err(e) => return error::outcome_of(self.error("create payment intent", e)),
+        };
+        let outcome = match &intent.status {
+            PaymentIntentStatus::Succeeded => PaymentOutcome::Paid,
+            PaymentIntentStatus::Processing => PaymentOutcome::Processing,
+            PaymentIntentStatus::RequiresAction => PaymentOutcome::RequiresAction {
+                reason: format!("payment intent {} requires action", intent.id),
+            },
+            other => PaymentOutcome::Failed {
+                reason: format!("payment intent {} is {}", intent.id, other.as_str()),
+            },
+        };
+        tracing::info!(customer = %customer.id, key, ?outcome, "stripe charge");
         Ok(outcome)
     }
 
