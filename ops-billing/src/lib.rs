@@ -24,7 +24,8 @@
 //!   period, and revenue against cost per task, template, tenant and GPU model.
 //!
 //! The ledger, metering on the event bus, reservations at admission, invoices and
-//! payment providers build on this core (see `docs/billing.md`).
+//! payment providers ([`PaymentProvider`], see [`payment`]) build on this core (see
+//! `docs/billing.md` and `docs/billing-payments.md`).
 //!
 //! ```
 //! use ops_billing::{PriceBook, Selector};
@@ -42,11 +43,18 @@
 //!
 //! ## Features
 //!
-//! - `sqlite` (default): the SQLite ledger ([`ledger::SqliteLedger`]), sharing its
+//! - `sqlite` (default): the SQLite ledger (`ledger::SqliteLedger`), sharing its
 //!   database and transactions with an `ops-events` outbox.
+//! - `postgres`: the PostgreSQL ledger (`ledger::PostgresLedger`), for several
+//!   processes sharing one database, with the Postgres outbox.
+//! - `stripe`: Stripe as the payment provider (`payment::stripe::StripeProvider`):
+//!   customers, Billing Meter events, invoices and payments through async-stripe 1.0
+//!   (a pinned release candidate). Without it the provider is [`NoPaymentProvider`]
+//!   (`none`), and webhook signatures are checked by [`WebhookVerifier`] either way.
 //! - `testkit`: the ledger conformance suite (`testkit::ledger`).
 //!
-//! Without default features the crate is the pure core and the in-memory ledger.
+//! Without default features the crate is the pure core, the in-memory ledger, the
+//! `none` payment provider and webhook verification.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod budget;
@@ -57,6 +65,7 @@ pub mod ledger;
 pub mod meter;
 pub mod metering;
 mod money;
+pub mod payment;
 mod price;
 mod pricebook;
 
@@ -71,6 +80,10 @@ pub use invoice::{Invoice, InvoiceLine, InvoiceStatus};
 pub use meter::{Aggregation, MeterSpec};
 pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};
 pub use money::{Currency, Money};
+pub use payment::{
+    CustomerDetails, CustomerRef, NoPaymentProvider, PaymentOutcome, PaymentProvider,
+    ProviderInvoice, WebhookEvent, WebhookVerifier,
+};
 pub use price::{ChargeModel, Package, Tier};
 pub use pricebook::{Charge, ChargePolicy, PriceBook, PriceEntry, Selector};
 pub use rust_decimal::Decimal;
