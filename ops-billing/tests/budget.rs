@@ -86,6 +86,71 @@ async fn at_most_ten_of_a_hundred_start(ledger: Arc<dyn Ledger>) {
     assert!(ledger.audit().await.unwrap().is_empty());
 }
 
+/// The same through admission passes: ten passes of ten tasks at once, each pass one
+/// `reserve_many`, against a credit for ten.
+async fn at_most_ten_of_ten_passes_start(ledger: Arc<dyn Ledger>) {
+    let budgets = Budgets::new(ledger.clone(), book());
+    let tenant = acme();
+    budgets.top_up(&tenant, eur(110), "initial").await.unwrap();
+    let resources = Resources::new(1000, 0);
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let budgets = budgets.clone();
+        let tenant = tenant.clone();
+        let resources = resources.clone();
+        calls.push(tokio::spawn(async move {
+            let ids: Vec<TaskId> = (0..10).map(|_| TaskId::new()).collect();
+            let holds: Vec<HoldRequest<'_>> = ids
+                .iter()
+                .map(|id| hold(*id, &tenant, &resources))
+                .collect();
+            // A Postgres batch that lost a race on a key is retried whole.
+            loop {
+                match budgets.reserve_many(&holds).await {
+                    Ok(answers) => {
+                        break answers.into_iter().map(Result::unwrap).collect::<Vec<_>>();
+                    }
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let mut held = 0;
+    for call in calls {
+        for answer in call.await.unwrap() {
+            match answer {
+                Reservation::Held { added, .. } => {
+                    assert_eq!(added, eur(11));
+                    held += 1;
+                }
+                Reservation::Insufficient { needed, .. } => assert_eq!(needed, eur(11)),
+                Reservation::Free => panic!("not free"),
+            }
+        }
+    }
+    assert_eq!(held, 10, "exactly the ten the credit covers");
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(0));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_admission_passes_never_exceed_the_credit() {
+    at_most_ten_of_ten_passes_start(Arc::new(MemoryLedger::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
+        .await
+        .unwrap();
+    at_most_ten_of_ten_passes_start(Arc::new(sqlite)).await;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ops_testbed::postgres_database() {
+        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
+            .await
+            .unwrap();
+        at_most_ten_of_ten_passes_start(Arc::new(pg)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_holds_never_exceed_the_credit() {
     at_most_ten_of_a_hundred_start(Arc::new(MemoryLedger::new())).await;

@@ -7,9 +7,11 @@ use ops_events::postgres::PostgresOutbox;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
 
+use std::collections::{BTreeSet, HashMap};
+
 use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
-    net_by_account,
+    net_by_account, plan,
 };
 use crate::metering::{UsageRow, usage_from, usage_rows};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
@@ -127,8 +129,195 @@ impl PostgresLedger {
     }
 }
 
+impl PostgresLedger {
+    /// Plans and writes a batch in the open transaction `conn`: the balance rows it
+    /// touches are locked first, in one order (so batches and single postings on the
+    /// same accounts queue rather than deadlock), then decided in order and written
+    /// with one statement per table.
+    async fn write_many(
+        conn: &mut PgConnection,
+        postings: &[Posting],
+    ) -> Result<Vec<Result<Posted>>> {
+        let pairs: BTreeSet<(&str, &str)> = postings
+            .iter()
+            .flat_map(|p| {
+                p.entries
+                    .iter()
+                    .map(|e| (e.account.as_str(), e.amount.currency.code()))
+                    .chain(
+                        p.floors
+                            .iter()
+                            .map(|(a, f)| (a.as_str(), f.currency.code())),
+                    )
+            })
+            .collect();
+        let (accounts, currencies): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO ops_billing_balances (account, currency, balance) \
+             SELECT a, c, 0 FROM UNNEST($1::text[], $2::text[]) AS v(a, c) \
+             ORDER BY a, c ON CONFLICT (account, currency) DO NOTHING",
+        )
+        .bind(&accounts)
+        .bind(&currencies)
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?;
+        let rows: Vec<super::BalanceRow> = sqlx::query_as(
+            "SELECT b.account, b.currency, b.balance FROM ops_billing_balances b \
+             JOIN UNNEST($1::text[], $2::text[]) AS v(a, c) \
+             ON b.account = v.a AND b.currency = v.c \
+             ORDER BY b.account, b.currency FOR UPDATE OF b",
+        )
+        .bind(&accounts)
+        .bind(&currencies)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store)?;
+        let start: HashMap<(Account, Currency), i64> = balances_from(rows)?
+            .into_iter()
+            .map(|(a, m)| ((a, m.currency), m.amount))
+            .collect();
+        let keys: Vec<&str> = postings.iter().map(|p| p.key.as_str()).collect();
+        let existing: HashMap<String, String> = sqlx::query_as(
+            "SELECT key, lines FROM ops_billing_postings WHERE key = ANY($1::text[])",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(store)?
+        .into_iter()
+        .collect();
+        let planned = plan(postings, &existing, &start);
+        if planned.accepted.is_empty() {
+            return Ok(planned.results);
+        }
+        let accepted = &planned.accepted;
+        let keys: Vec<&str> = accepted.iter().map(|(p, _)| p.key.as_str()).collect();
+        let ats: Vec<i64> = accepted
+            .iter()
+            .map(|(p, _)| p.at.timestamp_millis())
+            .collect();
+        let memos: Vec<&str> = accepted.iter().map(|(p, _)| p.memo.as_str()).collect();
+        let lines: Vec<&str> = accepted.iter().map(|(_, l)| l.as_str()).collect();
+        let tasks: Vec<Option<String>> = accepted
+            .iter()
+            .map(|(p, _)| p.task_id.map(|t| t.to_string()))
+            .collect();
+        let sources: Vec<Option<String>> = accepted
+            .iter()
+            .map(|(p, _)| p.event_id.map(|e| e.to_string()))
+            .collect();
+        // In the batch's order (`seq` follows it).
+        let inserted = sqlx::query(
+            "INSERT INTO ops_billing_postings (key, at, memo, lines, task_id, event_id) \
+             SELECT k, a, m, l, t, e FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+             $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS v(k, a, m, l, t, e, n) \
+             ORDER BY n ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&keys)
+        .bind(&ats)
+        .bind(&memos)
+        .bind(&lines)
+        .bind(&tasks)
+        .bind(&sources)
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?
+        .rows_affected();
+        if inserted as usize != accepted.len() {
+            // Another writer posted one of these keys since they were read: nothing of
+            // the batch is kept, and a retry sees those postings.
+            return Err(store(format!(
+                "{} of the batch's postings were posted concurrently; retry the batch",
+                accepted.len() - inserted as usize
+            )));
+        }
+        let mut e_keys = Vec::new();
+        let mut e_lines = Vec::new();
+        let mut e_accounts = Vec::new();
+        let mut e_currencies = Vec::new();
+        let mut e_amounts = Vec::new();
+        for (p, _) in accepted {
+            for (line, e) in p.entries.iter().enumerate() {
+                e_keys.push(p.key.as_str());
+                e_lines.push(line as i32);
+                e_accounts.push(e.account.as_str());
+                e_currencies.push(e.amount.currency.code());
+                e_amounts.push(e.amount.amount);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO ops_billing_entries (posting, line, account, currency, amount) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[])",
+        )
+        .bind(&e_keys)
+        .bind(&e_lines)
+        .bind(&e_accounts)
+        .bind(&e_currencies)
+        .bind(&e_amounts)
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?;
+        let mut b_accounts = Vec::new();
+        let mut b_currencies = Vec::new();
+        let mut b_balances = Vec::new();
+        for ((account, currency), balance) in &planned.balances {
+            b_accounts.push(account.as_str());
+            b_currencies.push(currency.code());
+            b_balances.push(*balance);
+        }
+        sqlx::query(
+            "UPDATE ops_billing_balances b SET balance = v.balance \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS v(account, currency, balance) \
+             WHERE b.account = v.account AND b.currency = v.currency",
+        )
+        .bind(&b_accounts)
+        .bind(&b_currencies)
+        .bind(&b_balances)
+        .execute(&mut *conn)
+        .await
+        .map_err(store)?;
+        let events: Vec<ops_core::Event> = accepted
+            .iter()
+            .flat_map(|(p, _)| p.events.iter().cloned())
+            .collect();
+        if !events.is_empty() {
+            PostgresOutbox::append(conn, &events).await?;
+        }
+        Ok(planned.results)
+    }
+}
+
 #[async_trait]
 impl Ledger for PostgresLedger {
+    async fn post_many(&self, postings: &[Posting]) -> Result<Vec<Result<Posted>>> {
+        if postings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        let results = Self::write_many(&mut tx, postings).await?;
+        tx.commit().await.map_err(store)?;
+        Ok(results)
+    }
+
+    async fn balances_of(&self, accounts: &[Account], currency: Currency) -> Result<Vec<Money>> {
+        let names: Vec<&str> = accounts.iter().map(Account::as_str).collect();
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT account, balance FROM ops_billing_balances \
+             WHERE account = ANY($1::text[]) AND currency = $2",
+        )
+        .bind(&names)
+        .bind(currency.code())
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        let found: HashMap<String, i64> = rows.into_iter().collect();
+        Ok(accounts
+            .iter()
+            .map(|a| Money::new(found.get(a.as_str()).copied().unwrap_or(0), currency))
+            .collect())
+    }
+
     async fn post(&self, posting: &Posting) -> Result<Posted> {
         posting.check()?;
         let mut tx = self.outbox.pool().begin().await.map_err(store)?;
