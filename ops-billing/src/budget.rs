@@ -67,6 +67,9 @@ pub struct Budgets {
     ledger: Arc<dyn Ledger>,
     book: Arc<PriceBook>,
     default_hold: Duration,
+    thresholds: Vec<u32>,
+    // (tenant, credited) pairs whose exhaustion was published by this process.
+    exhausted: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
 }
 
 impl std::fmt::Debug for Budgets {
@@ -82,6 +85,12 @@ fn prepaid(tenant: &Tenant) -> Result<Account> {
     Account::tenant(tenant, "prepaid")
 }
 
+/// What a tenant was given in all: a memo account that top-ups add to (against
+/// `platform:credit-given`), the reference of the budget thresholds.
+fn credited(tenant: &Tenant) -> Result<Account> {
+    Account::tenant(tenant, "credited")
+}
+
 fn held(tenant: &Tenant, task: TaskId) -> Result<Account> {
     Account::parse(&format!("tenant:{tenant}:held:{task}"))
 }
@@ -94,7 +103,25 @@ impl Budgets {
             ledger,
             book,
             default_hold: Duration::from_secs(3600),
+            thresholds: vec![50, 80, 100],
+            exhausted: Default::default(),
         }
+    }
+
+    /// The shares of a tenant's credit used (in percent, 1 to 100) at which
+    /// `ops.billing.budget.threshold` is published (default 50, 80 and 100). The
+    /// credit is everything [`top_up`](Self::top_up) added; "used" is what holds and
+    /// charges took from it. The event is written with the hold that crosses the share,
+    /// in its transaction.
+    pub fn thresholds(mut self, percents: impl IntoIterator<Item = u32>) -> Self {
+        let mut t: Vec<u32> = percents
+            .into_iter()
+            .filter(|p| (1..=100).contains(p))
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        self.thresholds = t;
+        self
     }
 
     /// How long a task without a timeout is held for. Its real cost is settled at the
@@ -152,27 +179,10 @@ impl Budgets {
     /// Holds the task's worst case from its tenant's credit (topping up what an earlier
     /// attempt already holds), atomically with the check that the credit covers it.
     pub async fn reserve(&self, task: &HoldRequest<'_>) -> Result<Reservation> {
-        let worst = self.worst_case(task)?;
-        if worst.amount == 0 {
-            return Ok(Reservation::Free);
-        }
-        let hold_account = held(task.tenant, task.task_id)?;
-        let already = self.ledger.balance(&hold_account, worst.currency).await?;
-        let added = worst.checked_sub(already)?;
-        if added.amount <= 0 {
-            return Ok(Reservation::Held {
-                added: Money::zero(worst.currency),
-                held: already,
-            });
-        }
-        let posting = self.hold_posting(task, hold_account, added)?;
-        match self.ledger.post(&posting).await {
-            Ok(_) => Ok(Reservation::Held { added, held: worst }),
-            Err(Error::InsufficientFunds {
-                needed, available, ..
-            }) => Ok(Reservation::Insufficient { needed, available }),
-            Err(e) => Err(e),
-        }
+        self.reserve_many(std::slice::from_ref(task))
+            .await?
+            .pop()
+            .unwrap_or(Ok(Reservation::Free))
     }
 
     /// Reserves for many tasks at once, each as [`reserve`](Self::reserve) would in
@@ -184,27 +194,52 @@ impl Budgets {
         tasks: &[HoldRequest<'_>],
     ) -> Result<Vec<Result<Reservation>>> {
         let currency = self.book.currency;
-        let accounts = tasks
+        let hold_accounts = tasks
             .iter()
             .map(|t| held(t.tenant, t.task_id))
             .collect::<Result<Vec<_>>>()?;
-        let holdings = self.ledger.balances_of(&accounts, currency).await?;
+        // One read: every task's hold, and each tenant's credit and what it was given.
+        let mut tenants: Vec<&Tenant> = tasks.iter().map(|t| t.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        let mut accounts = hold_accounts.clone();
+        for t in &tenants {
+            accounts.push(prepaid(t)?);
+            accounts.push(credited(t)?);
+        }
+        let read = self.ledger.balances_of(&accounts, currency).await?;
+        let (holdings, credit) = read.split_at(tasks.len());
+        let mut wallets: std::collections::HashMap<&str, (i64, i64)> = tenants
+            .iter()
+            .zip(credit.chunks(2))
+            .map(|(t, c)| (t.as_str(), (c[0].amount, c[1].amount)))
+            .collect();
         let mut out: Vec<Option<Result<Reservation>>> = Vec::with_capacity(tasks.len());
         let mut postings = Vec::new();
         let mut wanted = Vec::new();
-        for ((task, account), already) in tasks.iter().zip(accounts).zip(holdings) {
+        for ((task, account), already) in tasks.iter().zip(hold_accounts).zip(holdings) {
             let planned = self.worst_case(task).and_then(|worst| {
                 if worst.amount == 0 {
                     return Ok(Err(Reservation::Free));
                 }
-                let added = worst.checked_sub(already)?;
+                let added = worst.checked_sub(*already)?;
                 if added.amount <= 0 {
                     return Ok(Err(Reservation::Held {
                         added: Money::zero(currency),
-                        held: already,
+                        held: *already,
                     }));
                 }
-                Ok(Ok((self.hold_posting(task, account, added)?, added, worst)))
+                let mut posting = self.hold_posting(task, account, added)?;
+                if let Some((available, given)) = wallets.get_mut(task.tenant.as_str()) {
+                    let after = *available - added.amount;
+                    if after >= 0 {
+                        for event in self.crossed(task, *given, *available, after) {
+                            posting = posting.event(event);
+                        }
+                        *available = after;
+                    }
+                }
+                Ok(Ok((posting, added, worst)))
             });
             match planned {
                 Ok(Ok((posting, added, worst))) => {
@@ -222,7 +257,7 @@ impl Budgets {
             .await?
             .into_iter()
             .zip(wanted);
-        Ok(out
+        let answers: Vec<Result<Reservation>> = out
             .into_iter()
             .map(|slot| match slot {
                 Some(done) => done,
@@ -241,7 +276,97 @@ impl Budgets {
                     }),
                 },
             })
-            .collect())
+            .collect();
+        self.publish_exhausted(tasks, &answers, &wallets).await?;
+        Ok(answers)
+    }
+
+    /// The threshold events a hold crosses, taking a tenant's credit from `before` to
+    /// `after` out of `given`.
+    fn crossed(
+        &self,
+        task: &HoldRequest<'_>,
+        given: i64,
+        before: i64,
+        after: i64,
+    ) -> Vec<ops_core::Event> {
+        if given <= 0 {
+            return Vec::new();
+        }
+        let used = |left: i64| (i128::from(given) - i128::from(left)) * 100;
+        let currency = self.book.currency;
+        self.thresholds
+            .iter()
+            .filter(|p| {
+                let bar = i128::from(**p) * i128::from(given);
+                used(before) < bar && used(after) >= bar
+            })
+            .map(|p| {
+                ops_core::Event::builder(
+                    ops_core::event_types::BILLING_BUDGET_THRESHOLD,
+                    "/billing",
+                )
+                .tenant(task.tenant.as_str())
+                .json(serde_json::json!({
+                    "tenant": task.tenant.as_str(),
+                    "percent": p,
+                    "available": Money::new(after, currency).to_string(),
+                    "credited": Money::new(given, currency).to_string(),
+                    "task_id": task.task_id.to_string(),
+                }))
+                .build()
+            })
+            .collect()
+    }
+
+    /// Publishes `ops.billing.budget.exhausted` for the tenants a reservation was refused
+    /// to, once per tenant and credit given (a top-up arms it again) in this process.
+    async fn publish_exhausted(
+        &self,
+        tasks: &[HoldRequest<'_>],
+        answers: &[Result<Reservation>],
+        wallets: &std::collections::HashMap<&str, (i64, i64)>,
+    ) -> Result<()> {
+        let mut events = Vec::new();
+        let mut marks = Vec::new();
+        for (task, answer) in tasks.iter().zip(answers) {
+            let Ok(Reservation::Insufficient { needed, available }) = answer else {
+                continue;
+            };
+            let given = wallets.get(task.tenant.as_str()).map_or(0, |w| w.1);
+            let mark = (task.tenant.as_str().to_owned(), given);
+            let fresh = {
+                let mut seen = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+                seen.insert(mark.clone())
+            };
+            if !fresh {
+                continue;
+            }
+            marks.push(mark);
+            events.push(
+                ops_core::Event::builder(
+                    ops_core::event_types::BILLING_BUDGET_EXHAUSTED,
+                    "/billing",
+                )
+                .tenant(task.tenant.as_str())
+                .json(serde_json::json!({
+                    "tenant": task.tenant.as_str(),
+                    "needed": needed.to_string(),
+                    "available": available.to_string(),
+                    "task_id": task.task_id.to_string(),
+                }))
+                .build(),
+            );
+        }
+        if let Err(e) = self.ledger.publish(&events).await {
+            // Not published: armed again, so that the next refusal tries again.
+            let mut seen = self.exhausted.lock().unwrap_or_else(|p| p.into_inner());
+            for m in &marks {
+                seen.remove(m);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The posting that holds `added` more for `task` on `hold_account`, refused unless
@@ -366,7 +491,12 @@ impl Budgets {
                 Account::platform("payments")?,
                 Money::new(-amount.amount, amount.currency),
             )
-            .entry(prepaid(tenant)?, amount);
+            .entry(prepaid(tenant)?, amount)
+            .entry(
+                Account::platform("credit-given")?,
+                Money::new(-amount.amount, amount.currency),
+            )
+            .entry(credited(tenant)?, amount);
         self.ledger.post(&posting).await
     }
 

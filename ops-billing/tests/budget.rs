@@ -264,3 +264,82 @@ fn worst_case_covers_the_timeout_and_rounds_up() {
         "scavenger work is free"
     );
 }
+
+async fn thresholds_and_exhaustion(ledger: Arc<dyn Ledger>) {
+    let budgets = Budgets::new(ledger.clone(), book()).thresholds([50, 80]);
+    let tenant = acme();
+    // 0.44 EUR: four holds of 0.11.
+    budgets.top_up(&tenant, eur(44), "p1").await.unwrap();
+    let resources = Resources::new(1000, 0);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(
+            budgets
+                .reserve(&hold(TaskId::new(), &tenant, &resources))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(matches!(answers[3], Reservation::Held { .. }));
+    assert!(matches!(answers[4], Reservation::Insufficient { .. }));
+    // Refused again: exhaustion is published once per credit given.
+    let again = budgets
+        .reserve(&hold(TaskId::new(), &tenant, &resources))
+        .await
+        .unwrap();
+    assert!(matches!(again, Reservation::Insufficient { .. }));
+}
+
+fn budget_events(events: &[Event]) -> Vec<(String, serde_json::Value)> {
+    events
+        .iter()
+        .filter(|e| e.ty.starts_with("ops.billing.budget."))
+        .map(|e| (e.ty.clone(), e.data.clone()))
+        .collect()
+}
+
+fn check_budget_events(events: Vec<(String, serde_json::Value)>) {
+    let kinds: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .map(|(ty, data)| (ty.as_str(), data["percent"].as_u64()))
+        .collect();
+    // 0.22 of 0.44 used: 50%; 0.44 used: 80% (crossed with 100% used); then refused once.
+    assert_eq!(
+        kinds,
+        vec![
+            (event_types::BILLING_BUDGET_THRESHOLD, Some(50)),
+            (event_types::BILLING_BUDGET_THRESHOLD, Some(80)),
+            (event_types::BILLING_BUDGET_EXHAUSTED, None),
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[0].1["available"], "0.22 EUR");
+    assert_eq!(events[0].1["credited"], "0.44 EUR");
+    assert_eq!(events[1].1["available"], "0.00 EUR");
+    assert_eq!(events[2].1["needed"], "0.11 EUR");
+    assert_eq!(events[2].1["available"], "0.00 EUR");
+    assert_eq!(events[2].1["tenant"], "acme");
+}
+
+#[tokio::test]
+async fn thresholds_and_exhaustion_are_published_once() {
+    let memory = Arc::new(MemoryLedger::new());
+    thresholds_and_exhaustion(memory.clone()).await;
+    check_budget_events(budget_events(&memory.events()));
+
+    // On SQLite the events are in the outbox, written with the holds.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
+        .await
+        .unwrap();
+    thresholds_and_exhaustion(Arc::new(sqlite.clone())).await;
+    let payloads: Vec<String> = sqlx::query_scalar("SELECT payload FROM ops_events ORDER BY seq")
+        .fetch_all(sqlite.outbox().pool())
+        .await
+        .unwrap();
+    let events: Vec<Event> = payloads
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    check_budget_events(budget_events(&events));
+}

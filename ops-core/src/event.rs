@@ -40,6 +40,12 @@ pub mod event_types {
     /// An object was deleted (by a user or a retention rule; `data.reason` says which).
     pub const STORAGE_OBJECT_DELETED: &str = "ops.storage.object.deleted";
 
+    /// A tenant's prepaid credit crossed a configured share used (`data.percent`).
+    pub const BILLING_BUDGET_THRESHOLD: &str = "ops.billing.budget.threshold";
+    /// A tenant's credit could not hold a task's worst case: its work waits for a
+    /// top-up (`data.needed`, `data.available`).
+    pub const BILLING_BUDGET_EXHAUSTED: &str = "ops.billing.budget.exhausted";
+
     /// Every `ops.task.*` type, in lifecycle order.
     pub const TASK_TYPES: &[&str] = &[
         TASK_SUBMITTED,

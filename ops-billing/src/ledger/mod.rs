@@ -324,6 +324,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// of its entries. Returns what is wrong (nothing, normally).
     async fn audit(&self) -> Result<Vec<String>>;
 
+    /// Publishes events that go with no posting (a budget exhausted), through the
+    /// ledger's outbox on the SQL ledgers; the memory ledger keeps them
+    /// ([`MemoryLedger::events`]).
+    async fn publish(&self, events: &[Event]) -> Result<()>;
+
     /// Posts many postings, each applied or refused on its own exactly as
     /// [`post`](Self::post) would in that order (a floor is checked against the
     /// balances the earlier postings of the batch left). The outer error is a store
@@ -463,6 +468,7 @@ pub struct MemoryLedger {
 
 #[derive(Debug, Default)]
 struct MemoryState {
+    events: Vec<Event>,
     postings: HashMap<String, (String, Posting)>,
     order: Vec<String>,
     balances: BTreeMap<(Account, Currency), i64>,
@@ -476,6 +482,11 @@ impl MemoryLedger {
 
     fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The events posted with its postings and published, in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.state().events.clone()
     }
 }
 
@@ -528,7 +539,13 @@ impl Ledger for MemoryLedger {
             .postings
             .insert(posting.key.clone(), (lines, posting.clone()));
         state.order.push(posting.key.clone());
+        state.events.extend(posting.events.iter().cloned());
         Ok(Posted::New)
+    }
+
+    async fn publish(&self, events: &[Event]) -> Result<()> {
+        self.state().events.extend(events.iter().cloned());
+        Ok(())
     }
 
     async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {

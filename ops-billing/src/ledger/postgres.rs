@@ -365,6 +365,17 @@ impl Ledger for PostgresLedger {
         entries_from(rows)
     }
 
+    async fn publish(&self, events: &[ops_core::Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.outbox.pool().begin().await.map_err(store)?;
+        PostgresOutbox::append(&mut tx, events).await?;
+        tx.commit().await.map_err(store)?;
+        self.outbox.notify();
+        Ok(())
+    }
+
     async fn audit(&self) -> Result<Vec<String>> {
         let pool = self.outbox.pool();
         let unbalanced = sqlx::query_as(

@@ -382,6 +382,23 @@ impl Ledger for SqliteLedger {
         entries_from(rows)
     }
 
+    async fn publish(&self, events: &[ops_core::Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store)?;
+        SqliteOutbox::append(&mut tx, events).await?;
+        tx.commit().await.map_err(store)?;
+        self.outbox.notify();
+        Ok(())
+    }
+
     async fn audit(&self) -> Result<Vec<String>> {
         let pool = self.outbox.pool();
         let unbalanced = sqlx::query_as(
