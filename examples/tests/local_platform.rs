@@ -28,7 +28,7 @@ fn run(args: &[&str]) -> String {
 fn assert_billed(stdout: &str) {
     for needle in [
         "prepaid credit: acme ",
-        "(thrifty) waits: budget — budget: needs 0.02 EUR, 0.01 EUR available (asked again at ",
+        "(thrifty) waits: budget: needs 0.02 EUR, 0.01 EUR available (asked again at ",
         "thrifty tops up 0.01 EUR",
         "▶ render (thrifty) started",
         "Invoice for acme from ",

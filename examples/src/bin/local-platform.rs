@@ -281,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // 3. The demo workload: two tenants, good and bad tasks, and refused requests.
+    // 3. The demo workload: tenants with good and bad tasks, and refused requests.
     let (acme, globex, folding, thrifty) = (
         Tenant::parse("acme")?,
         Tenant::parse("globex")?,
@@ -293,28 +293,28 @@ async fn main() -> anyhow::Result<()> {
     let billing = platform.billing().cloned();
     if let Some(budgets) = &billing {
         let currency = budgets.book().currency;
-        let eur = |amount: &str| -> anyhow::Result<Money> {
+        let money = |amount: &str| -> anyhow::Result<Money> {
             Ok(Money::from_decimal(amount.parse::<Decimal>()?, currency)?)
         };
         for tenant in [&acme, &globex] {
             let key = format!("local-platform:{tenant}:welcome");
-            budgets.top_up(tenant, eur("20")?, &key).await?;
+            budgets.top_up(tenant, money("20")?, &key).await?;
             if budgets
                 .available(tenant)
                 .await?
-                .checked_sub(eur("5")?)?
+                .checked_sub(money("5")?)?
                 .is_negative()
             {
                 let key = format!(
                     "local-platform:{tenant}:refill:{}",
                     period_start.to_rfc3339()
                 );
-                budgets.top_up(tenant, eur("20")?, &key).await?;
+                budgets.top_up(tenant, money("20")?, &key).await?;
             }
         }
         // A cent: not enough for a render's worst case.
         budgets
-            .top_up(&thrifty, eur("0.01")?, "local-platform:thrifty:welcome")
+            .top_up(&thrifty, money("0.01")?, "local-platform:thrifty:welcome")
             .await?;
         let mut credit = Vec::new();
         for tenant in [&acme, &globex, &thrifty] {
@@ -415,12 +415,17 @@ async fn main() -> anyhow::Result<()> {
     // thrifty's render: admitted, but its credit cannot hold its worst case.
     let thrifty_task = match thrifty_request {
         Some(req) => {
-            let id = tasks.tenant(&thrifty).submit(req).await?;
+            // (A configuration without `[tasks.admission.tenants.thrifty]` refuses it.)
+            let id = tasks
+                .tenant(&thrifty)
+                .submit(req)
+                .await
+                .with_context(|| format!("submitting {thrifty}'s render"))?;
             ids.push((id, thrifty.clone()));
             let waiting = wait_for_budget(&tasks, &thrifty, id).await?;
             println!(
-                "\nWhy task {id} ({thrifty}) waits: {} — {}",
-                waiting.info.reason, waiting.info.message
+                "\nWhy task {id} ({thrifty}) waits: {}",
+                waiting.info.message
             );
             Some(id)
         }
@@ -484,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
             budgets.top_up(&thrifty, missing, &key).await?;
         }
         println!(
-            "\n{thrifty} tops up {missing} (its task holds {worst}, {available} was available); task {id} starts at the next budget check"
+            "\n{thrifty} tops up {missing}, what its credit of {available} lacks for the task's hold of {worst}; task {id} starts at the next budget check"
         );
     }
     println!();
