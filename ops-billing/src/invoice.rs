@@ -10,6 +10,7 @@
 //! what [`Invoice::period_charge`] returns, for posting when the invoice is finalized.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use ops_core::{EventId, TaskId};
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::meter::{Aggregation, builtin};
 use crate::metering::{UsageRecord, aggregate, aggregation_of, gb_months};
-use crate::{Metering, Money, Result};
+use crate::{ChargeModel, Metering, Money, PriceBook, PriceEntry, Result};
 
 /// Whether an invoice may still change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +76,86 @@ impl Invoice {
         self.period_total
     }
 
+    /// The invoice as a plain-text table: each line's meter, where its price applies,
+    /// quantity, unit price (looked up in `book`, the price book it was built with;
+    /// tiers as `0.00002 to 3600, then 0.00001`), amount and number of tasks; then the
+    /// total.
+    pub fn to_text(&self, book: &PriceBook) -> String {
+        let header = [
+            "meter",
+            "price",
+            "quantity",
+            "unit price",
+            "amount",
+            "tasks",
+        ];
+        let mut rows: Vec<[String; 6]> = self
+            .lines
+            .iter()
+            .map(|line| {
+                let unit_price = book
+                    .prices
+                    .iter()
+                    .find(|e| e.meter == line.meter && entry_label(e) == line.price)
+                    .and_then(PriceEntry::model)
+                    .map_or_else(|| "-".to_owned(), |m| unit_price(&m));
+                [
+                    line.meter.clone(),
+                    line.price.clone(),
+                    line.quantity.round_dp(6).normalize().to_string(),
+                    unit_price,
+                    line.amount.to_string(),
+                    line.tasks.len().to_string(),
+                ]
+            })
+            .collect();
+        rows.push([
+            "total".to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            self.total.to_string(),
+            String::new(),
+        ]);
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: [&str; 6]| {
+            let mut text = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i < 2 {
+                    let _ = write!(text, "  {cell:<w$}");
+                } else {
+                    let _ = write!(text, "  {cell:>w$}");
+                }
+            }
+            text.trim_end().to_owned()
+        };
+        let mut out = format!(
+            "Invoice for {} from {} to {} ({})\n",
+            self.tenant,
+            self.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            match self.status {
+                InvoiceStatus::Draft => "draft",
+                InvoiceStatus::Finalized => "finalized",
+            }
+        );
+        let _ = writeln!(out, "{}", line(header));
+        for row in &rows {
+            let _ = writeln!(out, "{}", line(row.each_ref().map(String::as_str)));
+        }
+        let _ = writeln!(
+            out,
+            "  (tasks {} settled from credit; period meters {} charged when finalized)",
+            self.tasks_total, self.period_total
+        );
+        out
+    }
+
     /// The invoice as a small, self-contained HTML page.
     pub fn to_html(&self) -> String {
         let esc = |s: &str| {
@@ -110,11 +191,43 @@ impl Invoice {
     }
 }
 
+/// A charge model's price per unit, tiers in order.
+fn unit_price(model: &ChargeModel) -> String {
+    let tiers = |tiers: &[crate::Tier]| {
+        tiers
+            .iter()
+            .map(|t| {
+                let mut text = t.unit_price.normalize().to_string();
+                if !t.flat_fee.is_zero() {
+                    let _ = write!(text, " + {}", t.flat_fee.normalize());
+                }
+                if let Some(up_to) = t.up_to {
+                    let _ = write!(text, " to {}", up_to.normalize());
+                }
+                text
+            })
+            .collect::<Vec<_>>()
+            .join(", then ")
+    };
+    match model {
+        ChargeModel::PerUnit(p) => p.normalize().to_string(),
+        ChargeModel::Graduated(t) => tiers(t),
+        ChargeModel::Volume(t) => format!("all at {}", tiers(t)),
+        ChargeModel::Package(p) => format!("{} per {}", p.price.normalize(), p.size.normalize()),
+    }
+}
+
 /// The description of the price a record falls under.
 fn price_label(metering: &Metering, record: &UsageRecord) -> String {
-    let Some(entry) = metering.book().price(&record.meter, &record.selector()) else {
-        return "unpriced".to_owned();
-    };
+    match metering.book().price(&record.meter, &record.selector()) {
+        Some(entry) => entry_label(entry),
+        None => "unpriced".to_owned(),
+    }
+}
+
+/// Where a price applies, e.g. `environment=staging template=render`; empty for the
+/// default price.
+fn entry_label(entry: &PriceEntry) -> String {
     let mut parts = Vec::new();
     if let Some(e) = &entry.environment {
         parts.push(format!("environment={e}"));
@@ -248,4 +361,91 @@ pub fn invoice(
         period_total,
         total: tasks_total.checked_add(period_total)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn record(meter: &str, template: &str, task: TaskId, event: EventId, q: &str) -> UsageRecord {
+        UsageRecord {
+            event_id: event,
+            meter: meter.to_owned(),
+            tenant: "acme".to_owned(),
+            environment: Some("production".to_owned()),
+            template: Some(template.to_owned()),
+            task_id: Some(task),
+            gpu_model: None,
+            outcome: Some(ops_core::TaskStatus::Succeeded),
+            scavenger: false,
+            quantity: q.parse().unwrap(),
+            at: Utc.with_ymd_and_hms(2026, 11, 2, 12, 0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_text_table_shows_quantities_unit_prices_amounts_and_the_total() {
+        let book = PriceBook::parse(
+            r#"
+            currency = "EUR"
+            [[prices]]
+            meter = "cpu_core_seconds"
+            graduated = [ { up_to = 3600, unit_price = "0.0001" }, { unit_price = "0.00005" } ]
+            [[prices]]
+            meter = "tasks"
+            unit_price = "0.02"
+            [[prices]]
+            meter = "tasks"
+            template = "render"
+            unit_price = "0.01"
+            "#,
+        )
+        .unwrap();
+        let metering = Metering::new(book.clone());
+        let mut records = Vec::new();
+        for (template, cpu) in [("render", "7200"), ("render", "100"), ("encode", "40")] {
+            let (task, event) = (TaskId::new(), EventId::new());
+            records.push(record("cpu_core_seconds", template, task, event, cpu));
+            records.push(record("tasks", template, task, event, "1"));
+        }
+        let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let to = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        let invoice = invoice(
+            &metering,
+            "acme",
+            &records,
+            from,
+            to,
+            to,
+            chrono::Duration::days(3),
+        )
+        .unwrap();
+        let text = invoice.to_text(&book);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "Invoice for acme from 2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z (draft)"
+        );
+        let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(words(1), "meter price quantity unit price amount tasks");
+        // 3600 s at 0.0001 + 3600 at 0.00005, then 100 and 40 at 0.0001.
+        assert_eq!(
+            words(2),
+            "cpu_core_seconds 7340 0.0001 to 3600, then 0.00005 0.55 EUR 3"
+        );
+        assert_eq!(words(3), "tasks 1 0.02 0.02 EUR 1");
+        assert_eq!(words(4), "tasks template=render 2 0.01 0.02 EUR 2");
+        assert_eq!(words(5), "total 0.59 EUR");
+        assert_eq!(
+            words(6),
+            "(tasks 0.59 EUR settled from credit; period meters 0.00 EUR charged when finalized)"
+        );
+        // Columns line up: every amount ends where the header's `amount` does.
+        let end = lines[1].find("amount").unwrap() + "amount".len();
+        for line in &lines[2..=5] {
+            assert_eq!(&line[end - 3..end], "EUR", "{line:?}");
+        }
+    }
 }

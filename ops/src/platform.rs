@@ -94,6 +94,12 @@ impl Platform {
         self.billing.as_ref()
     }
 
+    /// The usage records billing meters (in the history database), for invoices and
+    /// cost reports, when `[billing]` is configured.
+    pub fn usage(&self) -> Option<&Arc<dyn ops_billing::UsageStore>> {
+        self.billing.as_ref().map(|_| &self.backends.usage)
+    }
+
     /// The bus functions subscribe to: the history's outbox, or the external bus it
     /// is relayed to.
     pub fn events(&self) -> &Arc<dyn EventBus> {

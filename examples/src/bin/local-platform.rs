@@ -5,8 +5,11 @@
 //! the local executor with cgroup limits, task inputs and outputs staged through
 //! ops-storage with its catalog in the same database — with two functions on the event
 //! stream; submits a demo workload for three tenants, shows progress and where outputs
-//! are stored, and prints a summary. Exits non-zero if any task ended differently from
-//! what the demo expects, so CI can run it as a smoke test.
+//! are stored, and prints a summary. Billing is on (`[billing]`, `prices.toml`): each
+//! tenant gets prepaid credit, except `thrifty`, whose task waits for credit until it
+//! tops up; the run ends with each tenant's invoice and credit, and the seller's view
+//! from `costs.toml`. Exits non-zero if any task ended differently from what the demo
+//! expects, so CI can run it as a smoke test.
 //!
 //! What it still does by hand is what a builder would: make the executor (to show what
 //! it found on this machine), write the functions, submit the work and print it.
@@ -17,9 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use ops::billing::{
+    Budgets, CostBook, CostReport, Decimal, HoldRequest, Metering, Money, UsageRecord, UsageStore,
+    invoice,
+};
 use ops::core::{Reason, TaskEventData, TaskId, TaskStatus, Tenant, Usage, event_types};
 use ops::events::{FunctionError, Trigger, function_fn};
 use ops::storage::Storage;
@@ -77,6 +85,26 @@ async fn wait_started(tasks: &Tasks, tenant: &Tenant, id: TaskId) -> anyhow::Res
     Ok(())
 }
 
+/// Waits until a task is kept queued by the budget gate, and says why.
+async fn wait_for_budget(
+    tasks: &Tasks,
+    tenant: &Tenant,
+    id: TaskId,
+) -> anyhow::Result<ops::tasks::Waiting> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tasks.tenant(tenant).explain(id).await? {
+            Some(w) if w.info.reason == ops::tasks::admission::WaitReason::Budget => return Ok(w),
+            Some(_) => {}
+            None => bail!("task {id} of {tenant} did not wait for credit"),
+        }
+        if Instant::now() > deadline {
+            bail!("task {id} of {tenant} was not refused by billing within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What the demo expects of each template's tasks.
 fn expected(template: &str) -> (TaskStatus, Reason) {
     match template {
@@ -113,8 +141,16 @@ async fn main() -> anyhow::Result<()> {
     if args.events.is_some() {
         config.events = args.events.clone();
     }
+    // Invoices and cost reports are written beside the task directories.
+    let invoices_dir = config
+        .tasks
+        .root
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("invoices");
     if args.fresh {
         let _ = std::fs::remove_dir_all(&config.tasks.root);
+        let _ = std::fs::remove_dir_all(&invoices_dir);
         match ops::config::sqlite_file(&config.history) {
             Some(db) => {
                 for suffix in ["", "-wal", "-shm"] {
@@ -128,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             None => println!(
-                "--fresh leaves a shared database alone; only the task directories were removed"
+                "--fresh leaves a shared database alone; only the task directories and invoices were removed"
             ),
         }
     }
@@ -193,6 +229,15 @@ async fn main() -> anyhow::Result<()> {
         usage_trigger = usage_trigger.or_on(*t);
     }
     let templates = config.templates.clone();
+    let prices = config.billing.as_ref().map(|b| b.prices.clone());
+    // The seller's cost book sits beside the config file (the platform does not read it).
+    let costs = args
+        .config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("costs.toml");
+    // The invoices' period: this run.
+    let period_start = Utc::now();
     let environment = config.tasks.default_environment.clone();
     let storage_config = config.storage.clone().unwrap_or_default();
     let platform = Platform::builder()
@@ -236,12 +281,51 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // 3. The demo workload: two tenants, good and bad tasks, and refused requests.
-    let (acme, globex, folding) = (
+    // 3. The demo workload: tenants with good and bad tasks, and refused requests.
+    let (acme, globex, folding, thrifty) = (
         Tenant::parse("acme")?,
         Tenant::parse("globex")?,
         Tenant::parse("folding")?,
+        Tenant::parse("thrifty")?,
     );
+    // Prepaid credit, as payments would add it. Keys make top-ups idempotent: a rerun
+    // on the same database adds nothing, unless a tenant's credit ran low.
+    let billing = platform.billing().cloned();
+    if let Some(budgets) = &billing {
+        let currency = budgets.book().currency;
+        let money = |amount: &str| -> anyhow::Result<Money> {
+            Ok(Money::from_decimal(amount.parse::<Decimal>()?, currency)?)
+        };
+        for tenant in [&acme, &globex] {
+            let key = format!("local-platform:{tenant}:welcome");
+            budgets.top_up(tenant, money("20")?, &key).await?;
+            if budgets
+                .available(tenant)
+                .await?
+                .checked_sub(money("5")?)?
+                .is_negative()
+            {
+                let key = format!(
+                    "local-platform:{tenant}:refill:{}",
+                    period_start.to_rfc3339()
+                );
+                budgets.top_up(tenant, money("20")?, &key).await?;
+            }
+        }
+        // A cent: not enough for a render's worst case.
+        budgets
+            .top_up(&thrifty, money("0.01")?, "local-platform:thrifty:welcome")
+            .await?;
+        let mut credit = Vec::new();
+        for tenant in [&acme, &globex, &thrifty] {
+            credit.push(format!("{tenant} {}", budgets.available(tenant).await?));
+        }
+        println!(
+            "Billing: prices from {}; prepaid credit: {}; {folding}: none (scavenger work is free)",
+            prices.as_deref().unwrap_or(Path::new("-")).display(),
+            credit.join(", ")
+        );
+    }
     let mut requests = Vec::new();
     for tenant in [&acme, &globex] {
         for i in 0..args.renders {
@@ -288,9 +372,19 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
 
+    // thrifty renders too, on one cent of credit (when billing is on).
+    let thrifty_request = billing.as_ref().map(|_| {
+        SubmitRequest::new("render")
+            .parameters(serde_json::json!({ "scene": "thrifty-teaser", "frames": 6 }))
+    });
+
     // Each render reads its scene description from the tenant's storage (its
     // `inputs`); the platform's API would have taken these as uploads.
-    for (tenant, req) in &requests {
+    for (tenant, req) in requests
+        .iter()
+        .map(|(t, r)| (t, r))
+        .chain(thrifty_request.iter().map(|r| (&thrifty, r)))
+    {
         if req.template == "render"
             && let Some(scene) = req.parameters.get("scene").and_then(|s| s.as_str())
         {
@@ -318,6 +412,25 @@ async fn main() -> anyhow::Result<()> {
     wait_started(&tasks, &folding, scavenger).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!("\nScavenger task {scavenger} (folding) started on idle capacity.");
+    // thrifty's render: admitted, but its credit cannot hold its worst case.
+    let thrifty_task = match thrifty_request {
+        Some(req) => {
+            // (A configuration without `[tasks.admission.tenants.thrifty]` refuses it.)
+            let id = tasks
+                .tenant(&thrifty)
+                .submit(req)
+                .await
+                .with_context(|| format!("submitting {thrifty}'s render"))?;
+            ids.push((id, thrifty.clone()));
+            let waiting = wait_for_budget(&tasks, &thrifty, id).await?;
+            println!(
+                "\nWhy task {id} ({thrifty}) waits: {}",
+                waiting.info.message
+            );
+            Some(id)
+        }
+        None => None,
+    };
     for (tenant, req) in requests {
         ids.push((tasks.tenant(&tenant).submit(req).await?, tenant));
     }
@@ -331,6 +444,9 @@ async fn main() -> anyhow::Result<()> {
     // Why is a task waiting? (One held back by capacity if there is one.)
     let mut shown = None;
     for (id, tenant) in ids.iter().rev() {
+        if Some(*id) == thrifty_task {
+            continue;
+        }
         if let Some(w) = tasks.tenant(tenant).explain(*id).await? {
             let blocked = w.info.reason != ops::tasks::admission::WaitReason::Priority;
             if shown.is_none() || blocked {
@@ -351,6 +467,29 @@ async fn main() -> anyhow::Result<()> {
             w.estimated_start
                 .map(|t| format!(", estimated start {}", t.format("%H:%M:%S")))
                 .unwrap_or_default()
+        );
+    }
+    // thrifty pays what its task's hold misses; the task starts at the next budget check.
+    if let (Some(budgets), Some(id)) = (&billing, thrifty_task) {
+        let record = tasks.tenant(&thrifty).get(id).await?;
+        let worst = budgets.worst_case(&HoldRequest {
+            task_id: id,
+            attempt: record.attempt + 1,
+            tenant: &thrifty,
+            environment: record.environment.as_str(),
+            template: &record.template,
+            resources: &record.spec.resources,
+            timeout: record.spec.timeout,
+            scavenger: record.spec.scavenger,
+        })?;
+        let available = budgets.available(&thrifty).await?;
+        let missing = worst.checked_sub(available)?;
+        if missing.amount > 0 {
+            let key = format!("local-platform:{thrifty}:{id}");
+            budgets.top_up(&thrifty, missing, &key).await?;
+        }
+        println!(
+            "\n{thrifty} tops up {missing}, what its credit of {available} lacks for the task's hold of {worst}; task {id} starts at the next budget check"
         );
     }
     println!();
@@ -390,6 +529,10 @@ async fn main() -> anyhow::Result<()> {
             continue;
         };
         match event.ty.as_str() {
+            event_types::TASK_STARTED if Some(data.task_id) == thrifty_task => say(format!(
+                "  ▶ {} ({}) started: the top-up covers its hold",
+                data.template, data.tenant
+            )),
             event_types::TASK_STARTED => bar.set_message(format!("{} started", data.template)),
             event_types::TASK_PREEMPTED => say(format!(
                 "  ⏸ {} ({}) attempt {} preempted to make room; queued again",
@@ -519,6 +662,27 @@ async fn main() -> anyhow::Result<()> {
         stats.delivered, stats.retried, stats.dead_lettered
     );
 
+    // 7. Billing: every final event settled, each tenant's invoice, the seller's view.
+    if let (Some(budgets), Some(usage)) = (platform.billing(), platform.usage()) {
+        if let Some(dispatcher) = platform.dispatcher()
+            && !dispatcher.drain(Duration::from_secs(30)).await?
+        {
+            println!("(billing has not caught up with every event within 30 s)");
+        }
+        let mut tenants: Vec<&Tenant> = records.iter().map(|r| &r.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        print_billing(
+            budgets,
+            usage.as_ref(),
+            &tenants,
+            (period_start, Utc::now()),
+            &invoices_dir,
+            &costs,
+        )
+        .await?;
+    }
+
     platform.shutdown().await;
 
     let mut wrong = Vec::new();
@@ -547,6 +711,112 @@ async fn main() -> anyhow::Result<()> {
         bail!("unexpected results:\n  {}", wrong.join("\n  "));
     }
     println!("\nAll {} tasks ended as expected.", records.len());
+    Ok(())
+}
+
+/// Each tenant's invoice for the run's period `[from, to)` as a table, with its credit
+/// left, written as HTML and JSON into `invoices_dir`; then the seller's view of the
+/// period from the cost book `costs`, when there is one.
+async fn print_billing(
+    budgets: &Budgets,
+    usage: &dyn UsageStore,
+    tenants: &[&Tenant],
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    invoices_dir: &Path,
+    costs: &Path,
+) -> anyhow::Result<()> {
+    let metering = Metering::new(budgets.book().clone());
+    let dir = invoices_dir.join(from.format("%Y%m%dT%H%M%SZ").to_string());
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    println!(
+        "\nInvoices for this run (drafts for an hour after it, the window for late events; \
+         task charges are already settled from credit):"
+    );
+    let mut all: Vec<UsageRecord> = Vec::new();
+    for tenant in tenants {
+        // From the start: storage is priced on the level reached before the period too.
+        let records = usage
+            .records(tenant.as_str(), DateTime::<Utc>::UNIX_EPOCH, to)
+            .await?;
+        let bill = invoice::invoice(
+            &metering,
+            tenant.as_str(),
+            &records,
+            from,
+            to,
+            Utc::now(),
+            chrono::Duration::hours(1),
+        )?;
+        println!();
+        for line in bill.to_text(budgets.book()).lines() {
+            println!("  {line}");
+        }
+        println!("    credit left: {}", budgets.available(tenant).await?);
+        let (html, json) = (
+            dir.join(format!("{tenant}.html")),
+            dir.join(format!("{tenant}.json")),
+        );
+        std::fs::write(&html, bill.to_html())
+            .with_context(|| format!("writing {}", html.display()))?;
+        std::fs::write(&json, serde_json::to_string_pretty(&bill)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        println!("    written to {} and {}", html.display(), json.display());
+        all.extend(records);
+    }
+
+    if !costs.is_file() {
+        println!("\nNo cost book at {}: no seller's view.", costs.display());
+        return Ok(());
+    }
+    let book = CostBook::load(costs)?;
+    let report = CostReport::build(&book, &metering, &all, from, to)?;
+    let html = dir.join("costs.html");
+    std::fs::write(&html, report.to_html())
+        .with_context(|| format!("writing {}", html.display()))?;
+    println!(
+        "\nThe seller's view of this run ({:.1} s; cost book {}):",
+        (to - from).as_seconds_f64(),
+        costs.display()
+    );
+    for (name, node) in &report.nodes {
+        println!(
+            "  node {name}: {} × {} {}/h",
+            node.count,
+            node.hourly.round_dp(4).normalize(),
+            report.currency
+        );
+    }
+    println!(
+        "  fleet cost {} = allocated {} + idle {}",
+        report.fleet_cost, report.allocated_cost, report.idle_cost
+    );
+    let percent = |p: Option<Decimal>| p.map_or_else(|| "-".to_owned(), |p| format!("{p}%"));
+    println!(
+        "  revenue {}, margin on what was sold {} ({}), net of the fleet's cost {}",
+        report.revenue,
+        report.margin,
+        percent(report.margin_percent),
+        report.net
+    );
+    println!(
+        "  {:<8} {:>5} {:>10} {:>10} {:>10} {:>8}",
+        "tenant", "tasks", "revenue", "cost", "margin", "margin %"
+    );
+    for (tenant, m) in &report.by_tenant {
+        println!(
+            "  {:<8} {:>5} {:>10} {:>10} {:>10} {:>8}",
+            tenant,
+            m.tasks,
+            m.revenue.to_string(),
+            m.cost.to_string(),
+            m.margin.to_string(),
+            percent(m.margin_percent)
+        );
+    }
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
+    println!("  full report (per task and template): {}", html.display());
     Ok(())
 }
 
