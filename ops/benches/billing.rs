@@ -131,7 +131,7 @@ fn human(rate: f64) -> String {
     let s = r.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -397,7 +397,7 @@ async fn reservations(a: &Args, dir: &std::path::Path, rows: &mut Vec<Row>) {
         .collect();
     for t in &tenants {
         budgets
-            .top_up(t, Money::new(1_000_000_00, eur), &format!("bench:{t}"))
+            .top_up(t, Money::new(100_000_000, eur), &format!("bench:{t}"))
             .await
             .expect("top up");
     }
@@ -528,7 +528,7 @@ async fn admission_run(dir: &std::path::Path, n: usize, billed: bool) -> Duratio
     if let Some(budgets) = platform.billing() {
         let eur = "EUR".parse().expect("EUR");
         budgets
-            .top_up(&tenant, Money::new(1_000_000_00, eur), "bench")
+            .top_up(&tenant, Money::new(100_000_000, eur), "bench")
             .await
             .expect("top up");
     }
