@@ -91,6 +91,20 @@ fn credited(tenant: &Tenant) -> Result<Account> {
     Account::tenant(tenant, "credited")
 }
 
+/// An invoice's period, as an account segment.
+fn invoice_id(invoice: &crate::Invoice) -> String {
+    format!(
+        "{}-{}",
+        invoice.from.format("%Y%m%dT%H%M%S"),
+        invoice.to.format("%Y%m%dT%H%M%S")
+    )
+}
+
+/// What credit notes may still give back on an invoice.
+fn creditable(tenant: &Tenant, invoice: &str) -> Result<Account> {
+    Account::tenant(tenant, &format!("invoice:{invoice}"))
+}
+
 fn held(tenant: &Tenant, task: TaskId) -> Result<Account> {
     Account::parse(&format!("tenant:{tenant}:held:{task}"))
 }
@@ -498,6 +512,110 @@ impl Budgets {
             )
             .entry(credited(tenant)?, amount);
         self.ledger.post(&posting).await
+    }
+
+    /// Posts a finalized invoice: its period charge (storage, declared meters — the
+    /// tasks were settled from credit as they ended) moves from the tenant's credit to
+    /// revenue, and its total becomes what credit notes may give back
+    /// (`tenant:<t>:invoice:<period>`, a memo account). Once per tenant and period:
+    /// posting it again changes nothing. A draft is [`Error::InvoiceNotFinal`]. The
+    /// period charge is taken even if it overdraws the credit (the tenant then owes it).
+    pub async fn post_invoice(&self, invoice: &crate::Invoice) -> Result<Posted> {
+        let tenant = Tenant::parse(invoice.tenant.as_str()).map_err(|_| Error::InvalidAccount {
+            name: format!("tenant:{}", invoice.tenant),
+        })?;
+        if invoice.status != crate::InvoiceStatus::Finalized {
+            return Err(Error::InvoiceNotFinal {
+                tenant: invoice.tenant.clone(),
+                from: invoice.from,
+                to: invoice.to,
+            });
+        }
+        for m in [invoice.total, invoice.period_charge()] {
+            self.same_currency(m)?;
+        }
+        let id = invoice_id(invoice);
+        let mut posting = Posting::new(
+            format!("invoice:{tenant}:{id}"),
+            format!("invoice of {tenant} for {} to {}", invoice.from, invoice.to),
+        )
+        .at(invoice.to);
+        let period = invoice.period_charge();
+        if period.amount != 0 {
+            posting = posting
+                .entry(
+                    prepaid(&tenant)?,
+                    Money::new(-period.amount, period.currency),
+                )
+                .entry(Account::platform("revenue")?, period);
+        }
+        if invoice.total.amount > 0 {
+            posting = posting
+                .entry(creditable(&tenant, &id)?, invoice.total)
+                .entry(
+                    Account::platform("creditable")?,
+                    Money::new(-invoice.total.amount, invoice.total.currency),
+                );
+        }
+        if posting.entries.is_empty() {
+            // Nothing to charge and nothing to credit back.
+            return Ok(Posted::AlreadyPosted);
+        }
+        self.ledger.post(&posting).await
+    }
+
+    /// Gives `amount` of a posted invoice back to its tenant's credit, from revenue: a
+    /// correction is a new posting, never an edit. Idempotent by `key`; the credit notes
+    /// of an invoice never add up to more than its total (the memo account it funded
+    /// has a floor of zero: more is [`Error::InsufficientFunds`]).
+    pub async fn credit_note(
+        &self,
+        invoice: &crate::Invoice,
+        amount: Money,
+        reason: &str,
+        key: &str,
+    ) -> Result<Posted> {
+        self.same_currency(amount)?;
+        if amount.amount <= 0 {
+            return Err(Error::InvalidPosting {
+                key: format!("credit-note:{key}"),
+                problems: vec![format!(
+                    "amount: a credit note gives back more than zero, not {amount}"
+                )],
+            });
+        }
+        let tenant = Tenant::parse(invoice.tenant.as_str()).map_err(|_| Error::InvalidAccount {
+            name: format!("tenant:{}", invoice.tenant),
+        })?;
+        let id = invoice_id(invoice);
+        let memo_account = creditable(&tenant, &id)?;
+        let posting = Posting::new(
+            format!("credit-note:{key}"),
+            format!("credit note on invoice {tenant}:{id}: {reason}"),
+        )
+        .entry(
+            Account::platform("revenue")?,
+            Money::new(-amount.amount, amount.currency),
+        )
+        .entry(prepaid(&tenant)?, amount)
+        .entry(
+            memo_account.clone(),
+            Money::new(-amount.amount, amount.currency),
+        )
+        .entry(Account::platform("creditable")?, amount)
+        .floor(memo_account, Money::zero(amount.currency));
+        self.ledger.post(&posting).await
+    }
+
+    fn same_currency(&self, m: Money) -> Result<()> {
+        if m.currency == self.book.currency {
+            Ok(())
+        } else {
+            Err(Error::CurrencyMismatch {
+                expected: self.book.currency,
+                found: m.currency,
+            })
+        }
     }
 
     /// A tenant's credit, not counting what is held for running tasks.

@@ -343,3 +343,101 @@ async fn thresholds_and_exhaustion_are_published_once() {
         .collect();
     check_budget_events(budget_events(&events));
 }
+
+fn finalized(period_charge: i64, total: i64) -> ops_billing::Invoice {
+    use chrono::TimeZone;
+    ops_billing::Invoice {
+        tenant: "acme".to_owned(),
+        from: chrono::Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
+        to: chrono::Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap(),
+        status: ops_billing::InvoiceStatus::Finalized,
+        lines: Vec::new(),
+        tasks_total: eur(total - period_charge),
+        period_total: eur(period_charge),
+        total: eur(total),
+    }
+}
+
+async fn invoices_post_once_and_credit_notes_correct(ledger: Arc<dyn Ledger>) {
+    let budgets = Budgets::new(ledger.clone(), book());
+    let tenant = acme();
+    budgets.top_up(&tenant, eur(1000), "p1").await.unwrap();
+    let mut draft = finalized(30, 130);
+    draft.status = ops_billing::InvoiceStatus::Draft;
+    let err = budgets.post_invoice(&draft).await.unwrap_err();
+    assert!(
+        matches!(err, ops_billing::Error::InvoiceNotFinal { .. }),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ops_core::ErrorKind::Conflict);
+
+    let invoice = finalized(30, 130);
+    assert_eq!(
+        budgets.post_invoice(&invoice).await.unwrap(),
+        ops_billing::ledger::Posted::New
+    );
+    assert_eq!(
+        budgets.post_invoice(&invoice).await.unwrap(),
+        ops_billing::ledger::Posted::AlreadyPosted
+    );
+    // The period charge came from the credit, once.
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(970));
+    let revenue = ops_billing::ledger::Account::platform("revenue").unwrap();
+    let currency = "EUR".parse().unwrap();
+    assert_eq!(ledger.balance(&revenue, currency).await.unwrap(), eur(30));
+
+    // Corrections are new postings: two notes of 0.60 fit the 1.30 invoiced, a third
+    // does not, and a retried note changes nothing.
+    for key in ["n1", "n2", "n2"] {
+        budgets
+            .credit_note(&invoice, eur(60), "render farm outage", key)
+            .await
+            .unwrap();
+    }
+    let err = budgets
+        .credit_note(&invoice, eur(60), "again", "n3")
+        .await
+        .unwrap_err();
+    match &err {
+        ops_billing::Error::InsufficientFunds {
+            needed, available, ..
+        } => {
+            assert_eq!(*needed, eur(60));
+            assert_eq!(*available, eur(10));
+        }
+        other => panic!("expected InsufficientFunds, got {other}"),
+    }
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(1090));
+    assert_eq!(ledger.balance(&revenue, currency).await.unwrap(), eur(-90));
+    let bad = budgets
+        .credit_note(&invoice, eur(0), "nothing", "n4")
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), ops_core::ErrorKind::InvalidInput, "{bad}");
+    let usd = budgets
+        .credit_note(&invoice, Money::new(5, "USD".parse().unwrap()), "usd", "n5")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(usd, ops_billing::Error::CurrencyMismatch { .. }),
+        "{usd}"
+    );
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invoices_post_once_and_credit_notes_never_exceed_them() {
+    invoices_post_once_and_credit_notes_correct(Arc::new(MemoryLedger::new())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
+        .await
+        .unwrap();
+    invoices_post_once_and_credit_notes_correct(Arc::new(sqlite)).await;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ops_testbed::postgres_database() {
+        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
+            .await
+            .unwrap();
+        invoices_post_once_and_credit_notes_correct(Arc::new(pg)).await;
+    }
+}

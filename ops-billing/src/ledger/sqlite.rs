@@ -17,6 +17,7 @@ use super::{
     net_by_account, plan, touched,
 };
 use crate::metering::{UsageRow, usage_from, usage_rows};
+
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -192,19 +193,23 @@ impl SqliteLedger {
     ) -> Result<HashMap<(Account, Currency), i64>> {
         let mut out = HashMap::new();
         for chunk in accounts.chunks(CHUNK) {
+            // One row holding them all: sqlx hands SQLite rows over one at a time
+            // between threads, which costs more than reading them.
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT account, currency, balance FROM ops_billing_balances WHERE account IN (",
+                "SELECT json_group_array(json_array(account, currency, balance)) \
+                 FROM ops_billing_balances WHERE account IN (",
             );
             let mut list = q.separated(", ");
             for a in chunk {
                 list.push_bind(a.as_str());
             }
             q.push(")");
-            let rows: Vec<super::BalanceRow> = q
-                .build_query_as()
-                .fetch_all(&mut *conn)
+            let json: String = q
+                .build_query_scalar()
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(store)?;
+            let rows: Vec<super::BalanceRow> = serde_json::from_str(&json).map_err(store)?;
             for (account, money) in balances_from(rows)? {
                 out.insert((account, money.currency), money.amount);
             }
@@ -435,22 +440,44 @@ impl UsageStore for SqliteLedger {
             .map_err(store)?;
         let mut new = 0;
         for chunk in rows.chunks(CHUNK) {
+            // The events of the chunk already stored (none, normally), read in one row;
+            // in this transaction nobody else inserts.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT json_group_array(event_id) FROM ops_billing_usage_events \
+                 WHERE event_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for ((event_id, ..), _) in chunk {
+                list.push_bind(event_id.as_str());
+            }
+            q.push(")");
+            let json: String = q
+                .build_query_scalar()
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store)?;
+            let stored: std::collections::HashSet<String> =
+                serde_json::from_str(&json).map_err(store)?;
+            let fresh: Vec<&(UsageRow, usize)> = chunk
+                .iter()
+                .filter(|((event_id, ..), _)| !stored.contains(event_id))
+                .collect();
+            if fresh.is_empty() {
+                continue;
+            }
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO ops_billing_usage_events (event_id, tenant, at, records) ",
             );
-            q.push_values(chunk, |mut row, ((event_id, tenant, at, json), _)| {
+            q.push_values(&fresh, |mut row, ((event_id, tenant, at, json), _)| {
                 row.push_bind(event_id.as_str())
                     .push_bind(tenant.as_str())
                     .push_bind(*at)
                     .push_bind(json.as_str());
             });
-            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-            let inserted: Vec<String> = q
-                .build_query_scalar()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store)?;
-            new += crate::metering::count_new(chunk, inserted);
+            // A repeated event within the chunk is stored once.
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(store)?;
+            new += fresh.iter().map(|(_, n)| n).sum::<usize>();
         }
         tx.commit().await.map_err(store)?;
         Ok(new)
@@ -462,16 +489,19 @@ impl UsageStore for SqliteLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
-        let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT event_id, tenant, at, records FROM ops_billing_usage_events \
-             WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, event_id",
+        // One row holding them all (see `stored_balances`).
+        let json: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(event_id, tenant, at, records)) FROM \
+             (SELECT event_id, tenant, at, records FROM ops_billing_usage_events \
+             WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, event_id)",
         )
         .bind(tenant)
         .bind(from.timestamp_millis())
         .bind(to.timestamp_millis())
-        .fetch_all(self.outbox.pool())
+        .fetch_one(self.outbox.pool())
         .await
         .map_err(store)?;
+        let rows: Vec<UsageRow> = serde_json::from_str(&json).map_err(store)?;
         let mut out = Vec::new();
         for row in rows {
             out.extend(usage_from(row)?);
