@@ -55,3 +55,62 @@ impl BudgetGate for BillingGate {
         }
     }
 }
+
+/// The `cancel` policy of `[billing] on_exhausted`: on `ops.billing.budget.exhausted`,
+/// cancels the tenant's running tasks (each is then settled to what it used). Tasks
+/// that ended meanwhile are left as they are.
+#[derive(Clone, Debug)]
+pub struct CancelOnExhausted {
+    tasks: std::sync::Arc<std::sync::OnceLock<ops_tasks::Tasks>>,
+}
+
+impl CancelOnExhausted {
+    /// The function's name (its durable subscription and dead letters).
+    pub const NAME: &'static str = "ops-billing-cancel-on-exhausted";
+
+    /// Cancels through `tasks` once it is set (the platform sets it when its task
+    /// service has started; events before that are retried).
+    pub fn new(tasks: std::sync::Arc<std::sync::OnceLock<ops_tasks::Tasks>>) -> Self {
+        Self { tasks }
+    }
+}
+
+#[async_trait]
+impl ops_events::Function for CancelOnExhausted {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    async fn call(&self, event: &ops_core::Event) -> Result<(), ops_events::FunctionError> {
+        if event.ty != ops_core::event_types::BILLING_BUDGET_EXHAUSTED {
+            return Ok(());
+        }
+        let Some(tasks) = self.tasks.get() else {
+            return Err(ops_events::FunctionError::retryable(
+                "the task service has not started yet",
+            ));
+        };
+        let tenant = event.data["tenant"]
+            .as_str()
+            .and_then(|t| ops_core::Tenant::parse(t).ok())
+            .ok_or_else(|| {
+                ops_events::FunctionError::permanent(format!("{}: no valid data.tenant", event.id))
+            })?;
+        let mine = tasks.tenant(&tenant);
+        let running = mine
+            .list(
+                &ops_tasks::TaskQuery::new()
+                    .status(ops_core::TaskStatus::Running)
+                    .limit(1000),
+            )
+            .await
+            .map_err(|e| ops_events::FunctionError::retryable(e.to_string()))?;
+        for task in running.tasks {
+            tracing::info!(tenant = %tenant, task_id = %task.id, "credit exhausted: cancelling");
+            if let Err(e) = mine.cancel(task.id).await {
+                tracing::warn!(task_id = %task.id, error = %e, "could not cancel");
+            }
+        }
+        Ok(())
+    }
+}

@@ -23,6 +23,7 @@
 //!
 //! # [billing]                             # credit held at admission (ops-billing)
 //! # prices = "prices.toml"
+//! # on_exhausted = "wait"                 # or "cancel": stop running work
 //!
 //! [[webhooks]]                            # functions from configuration
 //! name = "billing"
@@ -255,6 +256,24 @@ pub struct BillingConfig {
     /// How long a task without a timeout is held for at admission (default `1h`).
     #[serde(default = "default_hold", with = "ops_tasks::duration::serde_duration")]
     pub default_hold: Duration,
+    /// What happens to a tenant's running tasks when its credit cannot hold the next
+    /// one (`ops.billing.budget.exhausted`): `wait` (default: they run on, paid by their
+    /// holds, and new work waits) or `cancel` (they are cancelled, settled to what
+    /// they used).
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+/// The policy of `[billing] on_exhausted`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OnExhausted {
+    /// Running tasks run on; new work waits for a top-up.
+    #[default]
+    Wait,
+    /// The tenant's running tasks are cancelled ([`crate::billing::CancelOnExhausted`]).
+    Cancel,
 }
 
 fn default_hold() -> Duration {
@@ -267,6 +286,7 @@ impl BillingConfig {
         Self {
             prices: prices.into(),
             default_hold: default_hold(),
+            on_exhausted: OnExhausted::Wait,
         }
     }
 }

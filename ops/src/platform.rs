@@ -287,6 +287,8 @@ impl PlatformBuilder {
             .history(backends.history.clone())
             .config(config.tasks.clone());
         let mut routes = self.functions;
+        // Set once the task service has started, for functions that act on tasks.
+        let started: Arc<std::sync::OnceLock<Tasks>> = Arc::default();
         let billing = match &config.billing {
             Some(billing) => {
                 let book = Arc::new(ops_billing::PriceBook::load(&billing.prices)?);
@@ -300,6 +302,13 @@ impl PlatformBuilder {
                         budgets.clone(),
                     )) as Arc<dyn Function>,
                 ));
+                if billing.on_exhausted == crate::config::OnExhausted::Cancel {
+                    routes.push((
+                        Trigger::on(ops_core::event_types::BILLING_BUDGET_EXHAUSTED),
+                        Arc::new(crate::billing::CancelOnExhausted::new(started.clone()))
+                            as Arc<dyn Function>,
+                    ));
+                }
                 Some(budgets)
             }
             None => None,
@@ -332,6 +341,7 @@ impl PlatformBuilder {
             };
         }
         let tasks = tasks.start().await?;
+        let _ = started.set(tasks.clone());
         let retention = storage
             .as_ref()
             .filter(|_| {

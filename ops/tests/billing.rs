@@ -136,3 +136,56 @@ async fn a_bad_price_book_is_named_in_the_platform_config() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(!dir.path().join("state").exists(), "nothing created");
 }
+
+const SLEEPER: &str = r#"
+name = "sleeper"
+command = ["sleep", "30"]
+timeout = "60s"
+[resources]
+cpu = 1
+memory = "16Mi"
+"#;
+
+/// `on_exhausted = "cancel"`: when the credit cannot hold the next task, the tenant's
+/// running work is stopped (and settled to what it used).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_credit_cancels_running_work_by_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("templates/sleeper.toml"), SLEEPER);
+    write(&dir.path().join("prices.toml"), PRICES);
+    let mut config = PlatformConfig::default();
+    config.history = format!("sqlite://{}/ops.db", dir.path().display());
+    config.templates = Some(dir.path().join("templates"));
+    config.tasks.root = dir.path().join("tasks");
+    config.tasks.admission.budget_recheck = Duration::from_millis(200);
+    let mut billing = BillingConfig::new(dir.path().join("prices.toml"));
+    billing.on_exhausted = ops::OnExhausted::Cancel;
+    config.billing = Some(billing);
+    let platform = Platform::from_config(config).await.unwrap();
+    let budgets = platform.billing().unwrap().clone();
+    let tenant = Tenant::parse("acme").unwrap();
+    // One task holds 1 core × 60 s × 0.01 + 0.01 = 0.61 EUR: 1.00 covers one.
+    budgets.top_up(&tenant, eur(100), "first").await.unwrap();
+    let acme = platform.tenant(&tenant);
+    let first = acme.submit(SubmitRequest::new("sleeper")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while acme.get(first).await.unwrap().status != TaskStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = acme.submit(SubmitRequest::new("sleeper")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), acme.wait(first))
+        .await
+        .expect("the running task was not stopped")
+        .unwrap();
+    assert_eq!(ended.status, TaskStatus::Cancelled, "{ended:?}");
+    // Its final event settles it (on the bus): the hold comes back but for what it used.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while budgets.held(&tenant, first).await.unwrap() != eur(0) {
+        assert!(tokio::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(budgets.available(&tenant).await.unwrap().amount >= eur(37).amount);
+    acme.cancel(second).await.unwrap();
+    platform.shutdown().await;
+}
