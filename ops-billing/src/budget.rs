@@ -91,6 +91,27 @@ fn credited(tenant: &Tenant) -> Result<Account> {
     Account::tenant(tenant, "credited")
 }
 
+/// The answers of a batch: those decided without posting (`Some` slots) and, in the
+/// `None` slots in order, `answer` of the ledger's answers to the postings made.
+fn merge<T, U>(
+    slots: Vec<Option<Result<T>>>,
+    posted: impl IntoIterator<Item = U>,
+    answer: impl Fn(Option<U>) -> Result<T>,
+) -> Vec<Result<T>> {
+    let mut posted = posted.into_iter();
+    slots
+        .into_iter()
+        .map(|slot| slot.unwrap_or_else(|| answer(posted.next())))
+        .collect()
+}
+
+/// The tenant an invoice is for.
+fn invoice_tenant(invoice: &crate::Invoice) -> Result<Tenant> {
+    Tenant::parse(invoice.tenant.as_str()).map_err(|_| Error::InvalidAccount {
+        name: format!("tenant:{}", invoice.tenant),
+    })
+}
+
 /// An invoice's period, as an account segment.
 fn invoice_id(invoice: &crate::Invoice) -> String {
     format!(
@@ -265,32 +286,26 @@ impl Budgets {
                 Err(e) => out.push(Some(Err(e))),
             }
         }
-        let mut posted = self
+        let posted = self
             .ledger
             .post_many(&postings)
             .await?
             .into_iter()
             .zip(wanted);
-        let answers: Vec<Result<Reservation>> = out
-            .into_iter()
-            .map(|slot| match slot {
-                Some(done) => done,
-                None => match posted.next() {
-                    Some((Ok(_), (added, worst))) => Ok(Reservation::Held { added, held: worst }),
-                    Some((
-                        Err(Error::InsufficientFunds {
-                            needed, available, ..
-                        }),
-                        _,
-                    )) => Ok(Reservation::Insufficient { needed, available }),
-                    Some((Err(e), _)) => Err(e),
-                    None => Err(Error::InvalidPosting {
-                        key: "hold".to_owned(),
-                        problems: vec!["the ledger answered fewer postings than asked".to_owned()],
-                    }),
-                },
-            })
-            .collect();
+        let answers = merge(out, posted, |answer| match answer {
+            Some((Ok(_), (added, worst))) => Ok(Reservation::Held { added, held: worst }),
+            Some((
+                Err(Error::InsufficientFunds {
+                    needed, available, ..
+                }),
+                _,
+            )) => Ok(Reservation::Insufficient { needed, available }),
+            Some((Err(e), _)) => Err(e),
+            None => Err(Error::InvalidPosting {
+                key: "hold".to_owned(),
+                problems: vec!["the ledger answered fewer postings than asked".to_owned()],
+            }),
+        });
         self.publish_exhausted(tasks, &answers, &wallets).await?;
         Ok(answers)
     }
@@ -412,16 +427,10 @@ impl Budgets {
         charge: Money,
         event: Option<EventId>,
     ) -> Result<Posted> {
-        let hold_account = held(tenant, task)?;
-        let holding = self.ledger.balance(&hold_account, charge.currency).await?;
-        let Some(posting) = Self::settlement(tenant, task, charge, event, holding)? else {
-            return Ok(Posted::AlreadyPosted);
-        };
-        match self.ledger.post(&posting).await {
-            // Settled before (its hold is gone, so the entries differ): nothing to do.
-            Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
-            other => other,
-        }
+        self.settle_many(&[(tenant.clone(), task, charge, event)])
+            .await?
+            .pop()
+            .unwrap_or(Ok(Posted::AlreadyPosted))
     }
 
     /// Settles many ended tasks at once — `(tenant, task, charge, final event)` — with
@@ -453,18 +462,12 @@ impl Budgets {
                 },
             );
         }
-        let mut posted = self.ledger.post_many(&postings).await?.into_iter();
-        Ok(slots
-            .into_iter()
-            .map(|slot| match slot {
-                Some(done) => done,
-                None => match posted.next() {
-                    Some(Err(Error::PostingConflict { .. })) => Ok(Posted::AlreadyPosted),
-                    Some(other) => other,
-                    None => Ok(Posted::AlreadyPosted),
-                },
-            })
-            .collect())
+        let posted = self.ledger.post_many(&postings).await?;
+        Ok(merge(slots, posted, |answer| match answer {
+            // Settled before (its hold is gone, so the entries differ): nothing to do.
+            Some(Err(Error::PostingConflict { .. })) | None => Ok(Posted::AlreadyPosted),
+            Some(other) => other,
+        }))
     }
 
     /// The posting that settles `task` holding `holding`, or nothing to post.
@@ -494,12 +497,7 @@ impl Budgets {
     /// Adds prepaid credit to a tenant (a payment received, or a grant), idempotent by
     /// `key`.
     pub async fn top_up(&self, tenant: &Tenant, amount: Money, key: &str) -> Result<Posted> {
-        if amount.currency != self.book.currency {
-            return Err(Error::CurrencyMismatch {
-                expected: self.book.currency,
-                found: amount.currency,
-            });
-        }
+        self.same_currency(amount)?;
         let posting = Posting::new(format!("top-up:{key}"), format!("credit for {tenant}"))
             .entry(
                 Account::platform("payments")?,
@@ -521,9 +519,7 @@ impl Budgets {
     /// posting it again changes nothing. A draft is [`Error::InvoiceNotFinal`]. The
     /// period charge is taken even if it overdraws the credit (the tenant then owes it).
     pub async fn post_invoice(&self, invoice: &crate::Invoice) -> Result<Posted> {
-        let tenant = Tenant::parse(invoice.tenant.as_str()).map_err(|_| Error::InvalidAccount {
-            name: format!("tenant:{}", invoice.tenant),
-        })?;
+        let tenant = invoice_tenant(invoice)?;
         if invoice.status != crate::InvoiceStatus::Finalized {
             return Err(Error::InvoiceNotFinal {
                 tenant: invoice.tenant.clone(),
@@ -584,9 +580,7 @@ impl Budgets {
                 )],
             });
         }
-        let tenant = Tenant::parse(invoice.tenant.as_str()).map_err(|_| Error::InvalidAccount {
-            name: format!("tenant:{}", invoice.tenant),
-        })?;
+        let tenant = invoice_tenant(invoice)?;
         let id = invoice_id(invoice);
         let memo_account = creditable(&tenant, &id)?;
         let posting = Posting::new(
@@ -675,17 +669,28 @@ impl BillingFunction {
     /// Handles one event; what [`Function::call`](ops_events::Function::call) runs.
     pub async fn handle(&self, event: &ops_core::Event) -> Result<()> {
         let records = self.metering.meter(event).await?;
+        if let Some((tenant, task, charge)) = self.task_charge(&records)? {
+            self.budgets
+                .settle(&tenant, task, charge, Some(event.id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The task an event's records settle and what it is charged (none for events
+    /// that end no task).
+    fn task_charge(
+        &self,
+        records: &[crate::UsageRecord],
+    ) -> Result<Option<(Tenant, TaskId, Money)>> {
         let Some(first) = records.iter().find(|r| r.task_id.is_some()) else {
-            return Ok(());
+            return Ok(None);
         };
         let (Some(task), Ok(tenant)) = (first.task_id, Tenant::parse(first.tenant.as_str())) else {
-            return Ok(());
+            return Ok(None);
         };
-        let charge = self.metering.metering().charge(&records)?;
-        self.budgets
-            .settle(&tenant, task, charge, Some(event.id))
-            .await?;
-        Ok(())
+        let charge = self.metering.metering().charge(records)?;
+        Ok(Some((tenant, task, charge)))
     }
 
     /// Handles many events at once, each as [`handle`](Self::handle) would: their
@@ -702,20 +707,13 @@ impl BillingFunction {
         let mut settle_of = Vec::new();
         for (i, event) in events.iter().enumerate() {
             let rated = metering.records(event).and_then(|recs| {
-                let task = recs
-                    .iter()
-                    .find(|r| r.task_id.is_some())
-                    .and_then(|r| Some((r.task_id?, Tenant::parse(r.tenant.as_str()).ok()?)));
-                let charge = match task {
-                    Some(_) => Some(metering.charge(&recs)?),
-                    None => None,
-                };
-                Ok((recs, task.zip(charge)))
+                let task = self.task_charge(&recs)?;
+                Ok((recs, task))
             });
             match rated {
                 Ok((recs, task)) => {
                     records.extend(recs);
-                    if let Some(((task, tenant), charge)) = task {
+                    if let Some((tenant, task, charge)) = task {
                         settle.push((tenant, task, charge, Some(event.id)));
                         settle_of.push(i);
                     }

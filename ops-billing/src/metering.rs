@@ -612,7 +612,7 @@ pub(crate) fn usage_from(row: UsageRow) -> Result<Vec<UsageRecord>> {
 }
 
 /// How many records the rows whose event ids came back from an insert hold.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "postgres")]
 pub(crate) fn count_new(rows: &[(UsageRow, usize)], inserted: Vec<String>) -> usize {
     let inserted: HashSet<String> = inserted.into_iter().collect();
     rows.iter()

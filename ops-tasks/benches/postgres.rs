@@ -78,20 +78,6 @@ fn args() -> Args {
     }
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cpus} CPUs ({model})")
-}
-
 /// CPU seconds (user + system) used so far by this process (the client side; the
 /// server's work is not in it).
 fn cpu_secs() -> f64 {
@@ -782,7 +768,7 @@ fn main() {
         println!();
         println!(
             "Machine: {}. PostgreSQL {version} on the same machine ({}).",
-            machine(),
+            ops_testbed::machine(),
             settings
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))

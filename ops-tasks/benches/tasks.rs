@@ -127,20 +127,6 @@ fn args() -> Args {
     }
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cpus} CPUs ({model})")
-}
-
 /// CPU seconds (user + system) used so far by this process and the children it reaped.
 fn cpu_secs() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
@@ -957,7 +943,7 @@ fn main() {
     let mode = executor(CgroupMode::Auto).cgroup_mode();
     println!(
         "Machine: {}; tokio: 2 worker threads; local executor cgroups: auto -> {mode}{}",
-        machine(),
+        ops_testbed::machine(),
         if args.quick { "; --quick" } else { "" }
     );
     println!();

@@ -313,6 +313,22 @@ pub fn nats_url() -> Option<String> {
     }
 }
 
+/// This machine for a benchmark's header: its CPU count and model, e.g.
+/// `2 CPUs (AMD EPYC)`.
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} CPUs ({model})")
+}
+
 /// A prefix unique to this call, for stream/subscription names on a shared server.
 pub fn unique_name(prefix: &str) -> String {
     unique(prefix)

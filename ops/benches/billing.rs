@@ -70,20 +70,6 @@ fn args() -> Args {
     }
 }
 
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cpus} CPUs ({model})")
-}
-
 fn period() -> (DateTime<Utc>, DateTime<Utc>) {
     (
         Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap(),
@@ -146,14 +132,8 @@ fn book() -> Arc<PriceBook> {
 /// Rates `events` task events through `function`, in batches; returns the time spent
 /// in `handle_many` (making the events is not counted).
 async fn rate(function: &BillingFunction, events: usize, tenants: usize) -> Duration {
-    let mut spent = Duration::ZERO;
-    let mut done = 0;
-    while done < events {
-        let n = BATCH.min(events - done);
-        let batch: Vec<Event> = (done..done + n).map(|i| final_event(i, tenants)).collect();
-        let t = Instant::now();
+    timed_batches(events, tenants, async |done, batch| {
         let results = function.handle_many(&batch).await.expect("rating");
-        spent += t.elapsed();
         assert!(results.iter().all(|r| r.is_ok()), "every event rated");
         if done == 0 {
             let revenue = ops::billing::ledger::Account::platform("revenue").expect("account");
@@ -166,15 +146,63 @@ async fn rate(function: &BillingFunction, events: usize, tenants: usize) -> Dura
                 .expect("balance");
             assert!(earned.amount > 0, "tasks are charged: {earned}");
         }
-        done += n;
-        if done % 200_000 == 0 {
-            eprintln!("  rated {done} events");
+        if (done + batch.len()) % 200_000 == 0 {
+            eprintln!("  rated {} events", done + batch.len());
         }
+    })
+    .await
+}
+
+/// Makes `events` task events in batches and times `write` on each (making them is not
+/// timed); `write` gets the index of the batch's first event.
+async fn timed_batches(
+    events: usize,
+    tenants: usize,
+    mut write: impl AsyncFnMut(usize, Vec<Event>),
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    let mut done = 0;
+    while done < events {
+        let n = BATCH.min(events - done);
+        let batch: Vec<Event> = (done..done + n).map(|i| final_event(i, tenants)).collect();
+        let t = Instant::now();
+        write(done, batch).await;
+        spent += t.elapsed();
+        done += n;
     }
     spent
 }
 
-/// The baseline: one row per event, multi-row INSERTs, one transaction per batch.
+/// The baseline's table, and one batch of it: one row per event, multi-row INSERTs in
+/// one transaction.
+const RAW_TABLE: &str = "CREATE TABLE raw (event_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
+     quantity TEXT NOT NULL, at BIGINT NOT NULL)";
+
+async fn raw_batch<DB>(pool: &sqlx::Pool<DB>, batch: &[Event])
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut tx = pool.begin().await.expect("begin");
+    for chunk in batch.chunks(1000) {
+        let mut q: sqlx::QueryBuilder<DB> =
+            sqlx::QueryBuilder::new("INSERT INTO raw (event_id, tenant, quantity, at) ");
+        q.push_values(chunk, |mut row, e| {
+            row.push_bind(e.id.to_string())
+                .push_bind(e.extension("tenant").unwrap_or_default().to_owned())
+                .push_bind("30")
+                .push_bind(e.time.timestamp_millis());
+        });
+        q.build().execute(&mut *tx).await.expect("insert");
+    }
+    tx.commit().await.expect("commit");
+}
+
+/// The baseline on SQLite.
 async fn raw_sqlite(path: &str, events: usize, tenants: usize) -> Duration {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
@@ -187,38 +215,14 @@ async fn raw_sqlite(path: &str, events: usize, tenants: usize) -> Duration {
         )
         .await
         .expect("sqlite");
-    sqlx::query(
-        "CREATE TABLE raw (event_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
-         quantity TEXT NOT NULL, at INTEGER NOT NULL)",
-    )
-    .execute(&pool)
+    sqlx::query(RAW_TABLE).execute(&pool).await.expect("table");
+    timed_batches(events, tenants, async |_, batch| {
+        raw_batch(&pool, &batch).await
+    })
     .await
-    .expect("table");
-    let mut spent = Duration::ZERO;
-    let mut done = 0;
-    while done < events {
-        let n = BATCH.min(events - done);
-        let batch: Vec<Event> = (done..done + n).map(|i| final_event(i, tenants)).collect();
-        let t = Instant::now();
-        let mut tx = pool.begin().await.expect("begin");
-        for chunk in batch.chunks(1000) {
-            let mut q =
-                sqlx::QueryBuilder::new("INSERT INTO raw (event_id, tenant, quantity, at) ");
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(e.id.to_string())
-                    .push_bind(e.extension("tenant").unwrap_or_default().to_owned())
-                    .push_bind("30")
-                    .push_bind(e.time.timestamp_millis());
-            });
-            q.build().execute(&mut *tx).await.expect("insert");
-        }
-        tx.commit().await.expect("commit");
-        spent += t.elapsed();
-        done += n;
-    }
-    spent
 }
 
+/// The baseline on PostgreSQL.
 #[cfg(feature = "postgres")]
 async fn raw_postgres(url: &str, events: usize, tenants: usize) -> Duration {
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -226,36 +230,11 @@ async fn raw_postgres(url: &str, events: usize, tenants: usize) -> Duration {
         .connect(url)
         .await
         .expect("postgres");
-    sqlx::query(
-        "CREATE TABLE raw (event_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
-         quantity TEXT NOT NULL, at BIGINT NOT NULL)",
-    )
-    .execute(&pool)
+    sqlx::query(RAW_TABLE).execute(&pool).await.expect("table");
+    timed_batches(events, tenants, async |_, batch| {
+        raw_batch(&pool, &batch).await
+    })
     .await
-    .expect("table");
-    let mut spent = Duration::ZERO;
-    let mut done = 0;
-    while done < events {
-        let n = BATCH.min(events - done);
-        let batch: Vec<Event> = (done..done + n).map(|i| final_event(i, tenants)).collect();
-        let t = Instant::now();
-        let mut tx = pool.begin().await.expect("begin");
-        for chunk in batch.chunks(1000) {
-            let mut q =
-                sqlx::QueryBuilder::new("INSERT INTO raw (event_id, tenant, quantity, at) ");
-            q.push_values(chunk, |mut row, e| {
-                row.push_bind(e.id.to_string())
-                    .push_bind(e.extension("tenant").unwrap_or_default().to_owned())
-                    .push_bind("30")
-                    .push_bind(e.time.timestamp_millis());
-            });
-            q.build().execute(&mut *tx).await.expect("insert");
-        }
-        tx.commit().await.expect("commit");
-        spent += t.elapsed();
-        done += n;
-    }
-    spent
 }
 
 fn function_on<L: Ledger + UsageStore + Clone>(ledger: L) -> BillingFunction {
@@ -586,7 +565,7 @@ fn main() {
             if a.quick { " (quick)" } else { "" }
         );
         println!();
-        println!("Machine: {}.", machine());
+        println!("Machine: {}.", ops_testbed::machine());
         println!();
         let mut rows = Vec::new();
         rating_and_invoices(&a, dir.path(), &mut rows).await;

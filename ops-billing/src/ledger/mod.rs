@@ -361,9 +361,8 @@ pub trait Ledger: Send + Sync + 'static {
 }
 
 /// What a batch of postings does, decided in order against the balances it starts
-/// from: the SQL ledgers read the keys and balances a batch touches, plan it here, and
-/// write what was accepted.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+/// from: every ledger reads the keys and balances a batch touches, plans it here, and
+/// writes what was accepted.
 pub(crate) struct Plan<'a> {
     /// One result per posting.
     pub results: Vec<Result<Posted>>,
@@ -373,25 +372,40 @@ pub(crate) struct Plan<'a> {
     pub balances: BTreeMap<(Account, Currency), i64>,
 }
 
-/// Every account a batch names (entries and floors), once.
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-pub(crate) fn touched(postings: &[Posting]) -> Vec<Account> {
-    let set: std::collections::BTreeSet<&Account> = postings
+/// The answer to a batch of one posting.
+pub(crate) fn one(mut results: Vec<Result<Posted>>) -> Result<Posted> {
+    results.pop().unwrap_or(Ok(Posted::AlreadyPosted))
+}
+
+/// Every account and currency a batch names (entries and floors), once, in order.
+pub(crate) fn touched_pairs(
+    postings: &[Posting],
+) -> std::collections::BTreeSet<(&Account, Currency)> {
+    postings
         .iter()
         .flat_map(|p| {
             p.entries
                 .iter()
-                .map(|e| &e.account)
-                .chain(p.floors.iter().map(|(a, _)| a))
+                .map(|e| (&e.account, e.amount.currency))
+                .chain(p.floors.iter().map(|(a, f)| (a, f.currency)))
         })
+        .collect()
+}
+
+/// Every account a batch names (entries and floors), once.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) fn touched(postings: &[Posting]) -> Vec<Account> {
+    let mut accounts: Vec<Account> = touched_pairs(postings)
+        .into_iter()
+        .map(|(a, _)| a.clone())
         .collect();
-    set.into_iter().cloned().collect()
+    accounts.dedup();
+    accounts
 }
 
 /// Plans `postings` in order: `existing` holds the stored lines of the keys already
 /// posted, `start` the stored balances of the accounts they touch (missing ones are
 /// zero).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn plan<'a>(
     postings: &'a [Posting],
     existing: &HashMap<String, String>,
@@ -493,54 +507,36 @@ impl MemoryLedger {
 #[async_trait]
 impl Ledger for MemoryLedger {
     async fn post(&self, posting: &Posting) -> Result<Posted> {
-        posting.check()?;
-        let lines = posting.lines();
+        one(self.post_many(std::slice::from_ref(posting)).await?)
+    }
+
+    async fn post_many(&self, postings: &[Posting]) -> Result<Vec<Result<Posted>>> {
         let mut state = self.state();
-        if let Some((existing, _)) = state.postings.get(&posting.key) {
-            return if *existing == lines {
-                Ok(Posted::AlreadyPosted)
-            } else {
-                Err(Error::PostingConflict {
-                    key: posting.key.clone(),
-                })
-            };
+        let existing: HashMap<String, String> = postings
+            .iter()
+            .filter_map(|p| {
+                let (lines, _) = state.postings.get(&p.key)?;
+                Some((p.key.clone(), lines.clone()))
+            })
+            .collect();
+        let start: HashMap<(Account, Currency), i64> = touched_pairs(postings)
+            .into_iter()
+            .filter_map(|(a, c)| {
+                let key = (a.clone(), c);
+                let balance = *state.balances.get(&key)?;
+                Some((key, balance))
+            })
+            .collect();
+        let planned = plan(postings, &existing, &start);
+        for (posting, lines) in planned.accepted {
+            state
+                .postings
+                .insert(posting.key.clone(), (lines, posting.clone()));
+            state.order.push(posting.key.clone());
+            state.events.extend(posting.events.iter().cloned());
         }
-        // Compute every new balance (an account may appear on several lines) before
-        // changing any.
-        let mut next: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
-        for e in &posting.entries {
-            let key = (e.account.clone(), e.amount.currency);
-            let old = match next.get(&key) {
-                Some(b) => *b,
-                None => state.balances.get(&key).copied().unwrap_or(0),
-            };
-            let new = old
-                .checked_add(e.amount.amount)
-                .ok_or_else(|| Error::Overflow {
-                    what: format!("balance of {}", e.account),
-                })?;
-            next.insert(key, new);
-        }
-        for (account, floor) in &posting.floors {
-            let key = (account.clone(), floor.currency);
-            let after = next
-                .get(&key)
-                .or_else(|| state.balances.get(&key))
-                .copied()
-                .unwrap_or(0);
-            if after < floor.amount {
-                return Err(posting.insufficient(account, *floor, after));
-            }
-        }
-        for (key, new) in next {
-            state.balances.insert(key, new);
-        }
-        state
-            .postings
-            .insert(posting.key.clone(), (lines, posting.clone()));
-        state.order.push(posting.key.clone());
-        state.events.extend(posting.events.iter().cloned());
-        Ok(Posted::New)
+        state.balances.extend(planned.balances);
+        Ok(planned.results)
     }
 
     async fn publish(&self, events: &[Event]) -> Result<()> {
@@ -610,7 +606,7 @@ impl Ledger for MemoryLedger {
 /// The sum of a posting's lines per account and currency, in a fixed order (the
 /// order SQL ledgers lock balance rows in, so that concurrent postings cannot
 /// deadlock).
-#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+#[cfg(feature = "postgres")]
 pub(crate) fn net_by_account(posting: &Posting) -> Result<BTreeMap<(Account, Currency), i64>> {
     let mut net: BTreeMap<(Account, Currency), i64> = BTreeMap::new();
     for e in &posting.entries {

@@ -7,11 +7,11 @@ use ops_events::postgres::PostgresOutbox;
 use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
-    net_by_account, plan,
+    net_by_account, plan, touched_pairs,
 };
 use crate::metering::{UsageRow, usage_from, usage_rows};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
@@ -138,20 +138,11 @@ impl PostgresLedger {
         conn: &mut PgConnection,
         postings: &[Posting],
     ) -> Result<Vec<Result<Posted>>> {
-        let pairs: BTreeSet<(&str, &str)> = postings
-            .iter()
-            .flat_map(|p| {
-                p.entries
-                    .iter()
-                    .map(|e| (e.account.as_str(), e.amount.currency.code()))
-                    .chain(
-                        p.floors
-                            .iter()
-                            .map(|(a, f)| (a.as_str(), f.currency.code())),
-                    )
-            })
-            .collect();
-        let (accounts, currencies): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+        let pairs = touched_pairs(postings);
+        let (accounts, currencies): (Vec<&str>, Vec<String>) = pairs
+            .into_iter()
+            .map(|(a, c)| (a.as_str(), c.code().to_owned()))
+            .unzip();
         sqlx::query(
             "INSERT INTO ops_billing_balances (account, currency, balance) \
              SELECT a, c, 0 FROM UNNEST($1::text[], $2::text[]) AS v(a, c) \

@@ -1,23 +1,20 @@
 //! The embedded ledger: SQLite, sharing its database (and its transactions) with an
 //! `ops-events` outbox, so that a posting and its events commit together.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ops_events::sqlite::SqliteOutbox;
 use sqlx::sqlite::SqliteConnection;
-
-use std::collections::HashMap;
-
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::{
-    Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from,
-    net_by_account, plan, touched,
+    Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from, one,
+    plan, touched,
 };
 use crate::metering::{UsageRow, usage_from, usage_rows};
-
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -56,105 +53,22 @@ impl SqliteLedger {
         &self.outbox
     }
 
-    async fn write(&self, conn: &mut SqliteConnection, posting: &Posting) -> Result<Posted> {
-        let lines = posting.lines();
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT lines FROM ops_billing_postings WHERE key = ?")
-                .bind(&posting.key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(store)?;
-        if let Some(existing) = existing {
-            return if existing == lines {
-                Ok(Posted::AlreadyPosted)
-            } else {
-                Err(Error::PostingConflict {
-                    key: posting.key.clone(),
-                })
-            };
-        }
-        let seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM ops_billing_postings")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(store)?;
-        sqlx::query(
-            "INSERT INTO ops_billing_postings (key, seq, at, memo, lines, task_id, event_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&posting.key)
-        .bind(seq)
-        .bind(posting.at.timestamp_millis())
-        .bind(&posting.memo)
-        .bind(&lines)
-        .bind(posting.task_id.map(|t| t.to_string()))
-        .bind(posting.event_id.map(|e| e.to_string()))
-        .execute(&mut *conn)
-        .await
-        .map_err(store)?;
-        for (line, e) in posting.entries.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO ops_billing_entries (posting, line, account, currency, amount) \
-                 VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&posting.key)
-            .bind(line as i64)
-            .bind(e.account.as_str())
-            .bind(e.amount.currency.code())
-            .bind(e.amount.amount)
-            .execute(&mut *conn)
+    /// Takes this process's write lock and begins an IMMEDIATE transaction (SQLite's
+    /// write lock at once, rather than a busy failure on the first write).
+    async fn begin(
+        &self,
+    ) -> Result<(
+        tokio::sync::MutexGuard<'_, ()>,
+        sqlx::Transaction<'static, Sqlite>,
+    )> {
+        let guard = self.write_lock.lock().await;
+        let tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(store)?;
-        }
-        // SQLite turns an integer overflow into a float, so each new balance is
-        // computed and checked here.
-        for ((account, currency), amount) in net_by_account(posting)? {
-            let old: Option<i64> = sqlx::query_scalar(
-                "SELECT balance FROM ops_billing_balances WHERE account = ? AND currency = ?",
-            )
-            .bind(account.as_str())
-            .bind(currency.code())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(store)?;
-            let new = old
-                .unwrap_or(0)
-                .checked_add(amount)
-                .ok_or_else(|| Error::Overflow {
-                    what: format!("balance of {account}"),
-                })?;
-            sqlx::query(
-                "INSERT INTO ops_billing_balances (account, currency, balance) VALUES (?, ?, ?) \
-                 ON CONFLICT (account, currency) DO UPDATE SET balance = excluded.balance",
-            )
-            .bind(account.as_str())
-            .bind(currency.code())
-            .bind(new)
-            .execute(&mut *conn)
-            .await
-            .map_err(store)?;
-        }
-        // Floors are checked after the balances changed, in the same transaction (on
-        // Postgres the updated rows stay locked until commit), so concurrent postings
-        // cannot together pass a floor.
-        for (account, floor) in &posting.floors {
-            let after: Option<i64> = sqlx::query_scalar(
-                "SELECT balance FROM ops_billing_balances WHERE account = ? AND currency = ?",
-            )
-            .bind(account.as_str())
-            .bind(floor.currency.code())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(store)?;
-            let after = after.unwrap_or(0);
-            if after < floor.amount {
-                return Err(posting.insufficient(account, *floor, after));
-            }
-        }
-        if !posting.events.is_empty() {
-            SqliteOutbox::append(conn, &posting.events).await?;
-        }
-        Ok(Posted::New)
+        Ok((guard, tx))
     }
 }
 
@@ -162,6 +76,28 @@ impl SqliteLedger {
 const CHUNK: usize = 1000;
 
 impl SqliteLedger {
+    /// Runs `select` — a `SELECT json_group_array(…) … IN (` — over `values` and parses
+    /// its one row: sqlx hands SQLite rows over one at a time between threads, which
+    /// costs more than reading them.
+    async fn json_in<T: serde::de::DeserializeOwned>(
+        conn: &mut SqliteConnection,
+        select: &str,
+        values: &[&str],
+    ) -> Result<T> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(select);
+        let mut list = q.separated(", ");
+        for v in values {
+            list.push_bind(*v);
+        }
+        q.push(")");
+        let json: String = q
+            .build_query_scalar()
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store)?;
+        serde_json::from_str(&json).map_err(store)
+    }
+
     /// Reads the stored lines of `keys` that are posted.
     async fn existing(
         conn: &mut SqliteConnection,
@@ -169,18 +105,13 @@ impl SqliteLedger {
     ) -> Result<HashMap<String, String>> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT key, lines FROM ops_billing_postings WHERE key IN (");
-            let mut list = q.separated(", ");
-            for k in chunk {
-                list.push_bind(*k);
-            }
-            q.push(")");
-            let rows: Vec<(String, String)> = q
-                .build_query_as()
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(store)?;
+            let rows: Vec<(String, String)> = Self::json_in(
+                conn,
+                "SELECT json_group_array(json_array(key, lines)) FROM ops_billing_postings \
+                 WHERE key IN (",
+                chunk,
+            )
+            .await?;
             out.extend(rows);
         }
         Ok(out)
@@ -191,25 +122,16 @@ impl SqliteLedger {
         conn: &mut SqliteConnection,
         accounts: &[Account],
     ) -> Result<HashMap<(Account, Currency), i64>> {
+        let names: Vec<&str> = accounts.iter().map(Account::as_str).collect();
         let mut out = HashMap::new();
-        for chunk in accounts.chunks(CHUNK) {
-            // One row holding them all: sqlx hands SQLite rows over one at a time
-            // between threads, which costs more than reading them.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        for chunk in names.chunks(CHUNK) {
+            let rows: Vec<super::BalanceRow> = Self::json_in(
+                conn,
                 "SELECT json_group_array(json_array(account, currency, balance)) \
                  FROM ops_billing_balances WHERE account IN (",
-            );
-            let mut list = q.separated(", ");
-            for a in chunk {
-                list.push_bind(a.as_str());
-            }
-            q.push(")");
-            let json: String = q
-                .build_query_scalar()
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(store)?;
-            let rows: Vec<super::BalanceRow> = serde_json::from_str(&json).map_err(store)?;
+                chunk,
+            )
+            .await?;
             for (account, money) in balances_from(rows)? {
                 out.insert((account, money.currency), money.amount);
             }
@@ -302,13 +224,7 @@ impl Ledger for SqliteLedger {
         if postings.is_empty() {
             return Ok(Vec::new());
         }
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self
-            .outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(store)?;
+        let (_guard, mut tx) = self.begin().await?;
         let (results, notify) = Self::write_many(&mut tx, postings).await?;
         tx.commit().await.map_err(store)?;
         if notify {
@@ -332,23 +248,7 @@ impl Ledger for SqliteLedger {
     }
 
     async fn post(&self, posting: &Posting) -> Result<Posted> {
-        posting.check()?;
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self
-            .outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(store)?;
-        // An error drops `tx`, which rolls everything back: nothing half-posted.
-        let posted = self.write(&mut tx, posting).await?;
-        if posted == Posted::New {
-            tx.commit().await.map_err(store)?;
-            if !posting.events.is_empty() {
-                self.outbox.notify();
-            }
-        }
-        Ok(posted)
+        one(self.post_many(std::slice::from_ref(posting)).await?)
     }
 
     async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {
@@ -391,13 +291,7 @@ impl Ledger for SqliteLedger {
         if events.is_empty() {
             return Ok(());
         }
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self
-            .outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(store)?;
+        let (_guard, mut tx) = self.begin().await?;
         SqliteOutbox::append(&mut tx, events).await?;
         tx.commit().await.map_err(store)?;
         self.outbox.notify();
@@ -431,33 +325,19 @@ impl UsageStore for SqliteLedger {
         if rows.is_empty() {
             return Ok(0);
         }
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self
-            .outbox
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(store)?;
+        let (_guard, mut tx) = self.begin().await?;
         let mut new = 0;
         for chunk in rows.chunks(CHUNK) {
-            // The events of the chunk already stored (none, normally), read in one row;
-            // in this transaction nobody else inserts.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            // The events of the chunk already stored (none, normally); in this
+            // transaction nobody else inserts.
+            let ids: Vec<&str> = chunk.iter().map(|((id, ..), _)| id.as_str()).collect();
+            let stored: std::collections::HashSet<String> = Self::json_in(
+                &mut tx,
                 "SELECT json_group_array(event_id) FROM ops_billing_usage_events \
                  WHERE event_id IN (",
-            );
-            let mut list = q.separated(", ");
-            for ((event_id, ..), _) in chunk {
-                list.push_bind(event_id.as_str());
-            }
-            q.push(")");
-            let json: String = q
-                .build_query_scalar()
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store)?;
-            let stored: std::collections::HashSet<String> =
-                serde_json::from_str(&json).map_err(store)?;
+                &ids,
+            )
+            .await?;
             let fresh: Vec<&(UsageRow, usize)> = chunk
                 .iter()
                 .filter(|((event_id, ..), _)| !stored.contains(event_id))
