@@ -42,6 +42,7 @@ pub struct HoldRequest<'a> {
 
 /// The answer to [`Budgets::reserve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reservation {
     /// The worst case is held (`added` now, `held` in all for the task).
     Held {
@@ -59,6 +60,15 @@ pub enum Reservation {
         /// The tenant's credit.
         available: Money,
     },
+    /// A spending limit does not leave room for the worst case; nothing was held.
+    OverLimit {
+        /// The limit, for people ("200.00 EUR a month in dev").
+        limit: String,
+        /// The worst case still to hold.
+        needed: Money,
+        /// What is left under the limit in its period.
+        left: Money,
+    },
 }
 
 /// Credit, holds and settlements over a [`Ledger`], priced by a [`PriceBook`].
@@ -68,6 +78,10 @@ pub struct Budgets {
     book: Arc<PriceBook>,
     default_hold: Duration,
     thresholds: Vec<u32>,
+    limits: Arc<crate::limit::Limits>,
+    // The soonest grant expiry this process knows of (unix seconds; `i64::MIN` until
+    // the first sweep).
+    pub(crate) next_expiry: Arc<std::sync::atomic::AtomicI64>,
     // (tenant, credited) pairs whose exhaustion was published by this process.
     exhausted: Arc<std::sync::Mutex<std::collections::HashSet<(String, i64)>>>,
 }
@@ -81,13 +95,13 @@ impl std::fmt::Debug for Budgets {
     }
 }
 
-fn prepaid(tenant: &Tenant) -> Result<Account> {
+pub(crate) fn prepaid(tenant: &Tenant) -> Result<Account> {
     Account::tenant(tenant, "prepaid")
 }
 
 /// What a tenant was given in all: a memo account that top-ups add to (against
 /// `platform:credit-given`), the reference of the budget thresholds.
-fn credited(tenant: &Tenant) -> Result<Account> {
+pub(crate) fn credited(tenant: &Tenant) -> Result<Account> {
     Account::tenant(tenant, "credited")
 }
 
@@ -139,6 +153,8 @@ impl Budgets {
             book,
             default_hold: Duration::from_secs(3600),
             thresholds: vec![50, 80, 100],
+            limits: Default::default(),
+            next_expiry: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             exhausted: Default::default(),
         }
     }
@@ -157,6 +173,39 @@ impl Budgets {
         t.dedup();
         self.thresholds = t;
         self
+    }
+
+    /// Spending limits per tenant and environment (see [`crate::limit`]), checked at
+    /// once: a bad limit is [`Error::InvalidLimits`] listing every problem.
+    pub fn limits(mut self, limits: Vec<crate::limit::SpendingLimit>) -> Result<Self> {
+        self.limits = Arc::new(crate::limit::Limits::new(limits, self.book.currency)?);
+        Ok(self)
+    }
+
+    /// What is left under each spending limit that applies to a task of `tenant` in
+    /// `environment` now: `(limit, left)`.
+    pub async fn limits_left(
+        &self,
+        tenant: &Tenant,
+        environment: &str,
+    ) -> Result<Vec<(String, Money)>> {
+        let currency = self.book.currency;
+        let applied = self
+            .limits
+            .applied(tenant, environment, chrono::Utc::now(), currency)?;
+        let accounts: Vec<Account> = applied
+            .iter()
+            .flat_map(|a| [a.account.clone(), a.set.clone()])
+            .collect();
+        let read = self.ledger.balances_of(&accounts, currency).await?;
+        Ok(applied
+            .into_iter()
+            .zip(read.chunks(2))
+            .map(|(a, r)| {
+                let left = r[0].amount + (a.amount.amount - r[1].amount);
+                (a.describe, Money::new(left, currency))
+            })
+            .collect())
     }
 
     /// How long a task without a timeout is held for. Its real cost is settled at the
@@ -228,12 +277,28 @@ impl Budgets {
         &self,
         tasks: &[HoldRequest<'_>],
     ) -> Result<Vec<Result<Reservation>>> {
+        self.expire_due().await?;
         let currency = self.book.currency;
+        let now = chrono::Utc::now();
         let hold_accounts = tasks
             .iter()
             .map(|t| held(t.tenant, t.task_id))
             .collect::<Result<Vec<_>>>()?;
-        // One read: every task's hold, and each tenant's credit and what it was given.
+        let applied: Vec<Vec<crate::limit::Applied>> = if self.limits.is_empty() {
+            vec![Vec::new(); tasks.len()]
+        } else {
+            tasks
+                .iter()
+                .map(|t| self.limits.applied(t.tenant, t.environment, now, currency))
+                .collect::<Result<_>>()?
+        };
+        let mut limits: std::collections::BTreeMap<&Account, &crate::limit::Applied> =
+            std::collections::BTreeMap::new();
+        for a in applied.iter().flatten() {
+            limits.insert(&a.account, a);
+        }
+        // One read: every task's hold, each tenant's credit and what it was given, and
+        // what is left and was funded under each limit.
         let mut tenants: Vec<&Tenant> = tasks.iter().map(|t| t.tenant).collect();
         tenants.sort();
         tenants.dedup();
@@ -242,17 +307,26 @@ impl Budgets {
             accounts.push(prepaid(t)?);
             accounts.push(credited(t)?);
         }
+        for a in limits.values() {
+            accounts.push(a.account.clone());
+            accounts.push(a.set.clone());
+        }
         let read = self.ledger.balances_of(&accounts, currency).await?;
-        let (holdings, credit) = read.split_at(tasks.len());
+        let (holdings, rest) = read.split_at(tasks.len());
+        let (credit, limit_read) = rest.split_at(2 * tenants.len());
         let mut wallets: std::collections::HashMap<&str, (i64, i64)> = tenants
             .iter()
             .zip(credit.chunks(2))
             .map(|(t, c)| (t.as_str(), (c[0].amount, c[1].amount)))
             .collect();
+        let lefts = self.fund_limits(&limits, limit_read).await?;
+        let mut lefts: std::collections::HashMap<&Account, i64> = lefts;
         let mut out: Vec<Option<Result<Reservation>>> = Vec::with_capacity(tasks.len());
         let mut postings = Vec::new();
         let mut wanted = Vec::new();
-        for ((task, account), already) in tasks.iter().zip(hold_accounts).zip(holdings) {
+        for (((task, account), already), applied) in
+            tasks.iter().zip(hold_accounts).zip(holdings).zip(&applied)
+        {
             let planned = self.worst_case(task).and_then(|worst| {
                 if worst.amount == 0 {
                     return Ok(Err(Reservation::Free));
@@ -265,13 +339,33 @@ impl Budgets {
                     }));
                 }
                 let mut posting = self.hold_posting(task, account, added)?;
+                let mut fits = true;
+                for a in applied {
+                    posting = posting
+                        .entry(a.account.clone(), Money::new(-added.amount, currency))
+                        .entry(
+                            Account::parse(&format!(
+                                "{}:{}",
+                                held(task.tenant, task.task_id)?,
+                                a.part
+                            ))?,
+                            added,
+                        )
+                        .floor(a.account.clone(), Money::zero(currency));
+                    fits &= lefts.get(&a.account).is_some_and(|l| *l >= added.amount);
+                }
                 if let Some((available, given)) = wallets.get_mut(task.tenant.as_str()) {
                     let after = *available - added.amount;
-                    if after >= 0 {
+                    if after >= 0 && fits {
                         for event in self.crossed(task, *given, *available, after) {
                             posting = posting.event(event);
                         }
                         *available = after;
+                        for a in applied {
+                            if let Some(l) = lefts.get_mut(&a.account) {
+                                *l -= added.amount;
+                            }
+                        }
                     }
                 }
                 Ok(Ok((posting, added, worst)))
@@ -296,10 +390,19 @@ impl Budgets {
             Some((Ok(_), (added, worst))) => Ok(Reservation::Held { added, held: worst }),
             Some((
                 Err(Error::InsufficientFunds {
-                    needed, available, ..
+                    account,
+                    needed,
+                    available,
                 }),
                 _,
-            )) => Ok(Reservation::Insufficient { needed, available }),
+            )) => Ok(match limits.iter().find(|(a, _)| a.as_str() == account) {
+                Some((_, a)) => Reservation::OverLimit {
+                    limit: a.describe.clone(),
+                    needed,
+                    left: available,
+                },
+                None => Reservation::Insufficient { needed, available },
+            }),
             Some((Err(e), _)) => Err(e),
             None => Err(Error::InvalidPosting {
                 key: "hold".to_owned(),
@@ -308,6 +411,52 @@ impl Budgets {
         });
         self.publish_exhausted(tasks, &answers, &wallets).await?;
         Ok(answers)
+    }
+
+    /// Funds the limits whose period has not been funded to their amount yet (the
+    /// first hold of a period, or a limit changed), and returns what is left under
+    /// each. `read` holds each limit's balance and what was funded, in order.
+    async fn fund_limits<'a>(
+        &self,
+        limits: &std::collections::BTreeMap<&'a Account, &crate::limit::Applied>,
+        read: &[Money],
+    ) -> Result<std::collections::HashMap<&'a Account, i64>> {
+        let currency = self.book.currency;
+        let mut lefts = std::collections::HashMap::new();
+        let mut funding = Vec::new();
+        for ((account, a), r) in limits.iter().zip(read.chunks(2)) {
+            let delta = a.amount.amount - r[1].amount;
+            lefts.insert(*account, r[0].amount + delta);
+            if delta != 0 {
+                funding.push(
+                    Posting::new(
+                        // From what was funded to the limit: a retry or another
+                        // process funding the same change posts nothing more.
+                        format!("{}:{}>{}", a.set, r[1].amount, a.amount.amount),
+                        format!("spending limit {}", a.describe),
+                    )
+                    .entry((*account).clone(), Money::new(delta, currency))
+                    .entry(Account::platform("limits")?, Money::new(-delta, currency))
+                    .entry(a.set.clone(), Money::new(delta, currency))
+                    .entry(
+                        Account::platform("limits-set")?,
+                        Money::new(-delta, currency),
+                    ),
+                );
+            }
+        }
+        if !funding.is_empty() {
+            for r in self.ledger.post_many(&funding).await? {
+                match r {
+                    // Funded by another process at the same time (with the same or,
+                    // while a changed limit rolls out, another amount): the holds'
+                    // floors decide.
+                    Ok(_) | Err(Error::PostingConflict { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(lefts)
     }
 
     /// The threshold events a hold crosses, taking a tenant's credit from `before` to
@@ -450,17 +599,25 @@ impl Budgets {
             .await?;
         let mut postings = Vec::with_capacity(tasks.len());
         let mut slots = Vec::with_capacity(tasks.len());
+        let now = chrono::Utc::now();
         for ((tenant, task, charge, event), holding) in tasks.iter().zip(holdings) {
-            slots.push(
-                match Self::settlement(tenant, *task, *charge, *event, holding) {
-                    Ok(Some(p)) => {
-                        postings.push(p);
-                        None
-                    }
-                    Ok(None) => Some(Ok(Posted::AlreadyPosted)),
-                    Err(e) => Some(Err(e)),
-                },
-            );
+            let parts = if self.limits.any_for(tenant) {
+                self.ledger
+                    .balances_under(&format!("{}:limit:", held(tenant, *task)?))
+                    .await?
+            } else {
+                Vec::new()
+            };
+            let settled = Self::settlement(tenant, *task, *charge, *event, holding)
+                .and_then(|p| Self::limit_entries(p, tenant, *task, *charge, *event, &parts, now));
+            slots.push(match settled {
+                Ok(Some(p)) => {
+                    postings.push(p);
+                    None
+                }
+                Ok(None) => Some(Ok(Posted::AlreadyPosted)),
+                Err(e) => Some(Err(e)),
+            });
         }
         let posted = self.ledger.post_many(&postings).await?;
         Ok(merge(slots, posted, |answer| match answer {
@@ -468,6 +625,48 @@ impl Budgets {
             Some(Err(Error::PostingConflict { .. })) | None => Ok(Posted::AlreadyPosted),
             Some(other) => other,
         }))
+    }
+
+    /// Adds to a task's settlement what its limit parts need: each part goes back to
+    /// the period it was taken from, and the charge counts against the limit in the
+    /// current period.
+    fn limit_entries(
+        posting: Option<Posting>,
+        tenant: &Tenant,
+        task: TaskId,
+        charge: Money,
+        event: Option<EventId>,
+        parts: &[(Account, Money)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Posting>> {
+        if parts.is_empty() {
+            return Ok(posting);
+        }
+        let prefix = format!("{}:", held(tenant, task)?);
+        let mut posting = posting.unwrap_or_else(|| {
+            Posting::new(format!("settle:{task}"), format!("task {task}")).source(Some(task), event)
+        });
+        let mut counted = std::collections::BTreeSet::new();
+        for (account, part) in parts.iter().filter(|(_, m)| m.currency == charge.currency) {
+            let Some((then, current)) = account
+                .as_str()
+                .strip_prefix(&prefix)
+                .and_then(|p| crate::limit::part_accounts(tenant, p, now))
+            else {
+                continue;
+            };
+            if part.amount != 0 {
+                posting = posting
+                    .entry(account.clone(), Money::new(-part.amount, part.currency))
+                    .entry(then, *part);
+            }
+            if charge.amount != 0 && counted.insert(current.clone()) {
+                posting = posting
+                    .entry(current, Money::new(-charge.amount, charge.currency))
+                    .entry(Account::platform("limits-spent")?, charge);
+            }
+        }
+        Ok((!posting.entries.is_empty()).then_some(posting))
     }
 
     /// The posting that settles `task` holding `holding`, or nothing to post.

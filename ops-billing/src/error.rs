@@ -263,6 +263,22 @@ pub enum Error {
         /// The period's end.
         to: chrono::DateTime<chrono::Utc>,
     },
+    /// A grant of credit with problems, every one listed.
+    #[error("grant {id:?} to {tenant}: {}", problems.join("; "))]
+    InvalidGrant {
+        /// The tenant.
+        tenant: String,
+        /// The grant's id.
+        id: String,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// Spending limits with problems, every one listed with where it is.
+    #[error("spending limits: {}", problems.join("; "))]
+    InvalidLimits {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
     /// A charge that cannot be made (zero or negative).
     #[error("charge of {amount}: {reason}")]
     InvalidCharge {
@@ -299,7 +315,9 @@ impl Error {
             | Error::WebhookUnsigned { .. }
             | Error::PaymentConfig { .. }
             | Error::PaymentRejected { .. }
-            | Error::InvalidCharge { .. } => ErrorKind::InvalidInput,
+            | Error::InvalidCharge { .. }
+            | Error::InvalidGrant { .. }
+            | Error::InvalidLimits { .. } => ErrorKind::InvalidInput,
             Error::PostingConflict { .. } | Error::InvoiceNotFinal { .. } => ErrorKind::Conflict,
             Error::InsufficientFunds { .. } | Error::PaymentDeclined { .. } => {
                 ErrorKind::ResourceExhausted

@@ -59,9 +59,11 @@
 
 pub mod budget;
 pub mod cost;
+pub mod credit;
 mod error;
 pub mod invoice;
 pub mod ledger;
+pub mod limit;
 pub mod meter;
 pub mod metering;
 mod money;
@@ -75,8 +77,10 @@ pub mod testkit;
 
 pub use budget::{BillingFunction, Budgets, HoldRequest, Reservation};
 pub use cost::{CostBook, CostRates, CostReport, Margin, NodeCost};
+pub use credit::{ExpiredGrant, Grant, GrantStatus};
 pub use error::Error;
 pub use invoice::{Invoice, InvoiceLine, InvoiceStatus};
+pub use limit::{LimitPeriod, SpendingLimit};
 pub use meter::{Aggregation, MeterSpec};
 pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};
 pub use money::{Currency, Money};

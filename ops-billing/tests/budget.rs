@@ -78,7 +78,7 @@ async fn at_most_ten_of_a_hundred_start(ledger: Arc<dyn Ledger>) {
                 assert_eq!(needed, eur(11));
                 assert!(available.amount < 11, "{available}");
             }
-            Reservation::Free => panic!("not free"),
+            other => panic!("neither held nor short of credit: {other:?}"),
         }
     }
     assert_eq!(held, 10, "exactly the ten the credit covers");
@@ -125,7 +125,7 @@ async fn at_most_ten_of_ten_passes_start(ledger: Arc<dyn Ledger>) {
                     held += 1;
                 }
                 Reservation::Insufficient { needed, .. } => assert_eq!(needed, eur(11)),
-                Reservation::Free => panic!("not free"),
+                other => panic!("neither held nor short of credit: {other:?}"),
             }
         }
     }

@@ -45,6 +45,12 @@ pub mod event_types {
     /// A tenant's credit could not hold a task's worst case: its work waits for a
     /// top-up (`data.needed`, `data.available`).
     pub const BILLING_BUDGET_EXHAUSTED: &str = "ops.billing.budget.exhausted";
+    /// Credit was granted to a tenant (`data.grant`, `data.amount`, `data.priority`,
+    /// `data.expires_at`).
+    pub const BILLING_CREDIT_GRANTED: &str = "ops.billing.credit.granted";
+    /// What was left of a tenant's granted credit expired (`data.grant`,
+    /// `data.expired`: the amount that left the credit).
+    pub const BILLING_CREDIT_EXPIRED: &str = "ops.billing.credit.expired";
 
     /// Every `ops.task.*` type, in lifecycle order.
     pub const TASK_TYPES: &[&str] = &[

@@ -32,6 +32,14 @@ fn decision(reservation: Result<Reservation>) -> BudgetDecision {
         Ok(Reservation::Insufficient { needed, available }) => {
             BudgetDecision::refuse(format!("budget: needs {needed}, {available} available"))
         }
+        Ok(Reservation::OverLimit {
+            limit,
+            needed,
+            left,
+        }) => BudgetDecision::refuse(format!(
+            "budget: spending limit of {limit}: needs {needed}, {left} left"
+        )),
+        Ok(other) => BudgetDecision::refuse(format!("budget: not held ({other:?})")),
         // The coordinator keeps the task queued with this reason and asks again.
         Err(e) => BudgetDecision::refuse(format!("budget: the ledger failed ({e})")),
     }
@@ -113,4 +121,26 @@ impl ops_events::Function for CancelOnExhausted {
         }
         Ok(())
     }
+}
+
+/// Expires granted credit whose time has come, every `interval`, for grants made by
+/// other processes (a reservation expires those this process made when they are due).
+pub(crate) fn spawn_grant_expiry(
+    budgets: ops_billing::Budgets,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match budgets.expire_grants(chrono::Utc::now()).await {
+                Ok(expired) if !expired.is_empty() => {
+                    tracing::info!(grants = expired.len(), "granted credit expired");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "expiring granted credit failed"),
+            }
+        }
+    })
 }

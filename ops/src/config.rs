@@ -24,6 +24,10 @@
 //! # [billing]                             # credit held at admission (ops-billing)
 //! # prices = "prices.toml"
 //! # on_exhausted = "wait"                 # or "cancel": stop running work
+//! # [[billing.limits]]                    # spending limits, held at admission
+//! # environment = "dev"                   # (no tenant: every tenant, each apart)
+//! # amount = "50.00"
+//! # period = "month"                      # or "day", "total"
 //!
 //! [[webhooks]]                            # functions from configuration
 //! name = "billing"
@@ -262,6 +266,12 @@ pub struct BillingConfig {
     /// they used).
     #[serde(default)]
     pub on_exhausted: OnExhausted,
+    /// Spending limits per tenant and environment, held at admission like credit
+    /// (see [`ops_billing::limit`]): `[[billing.limits]]` with `tenant` (none: every
+    /// tenant), `environment` (none: all together), `amount` and `period` (`day`,
+    /// `month` or `total`).
+    #[serde(default)]
+    pub limits: Vec<ops_billing::SpendingLimit>,
 }
 
 /// The policy of `[billing] on_exhausted`.
@@ -287,6 +297,7 @@ impl BillingConfig {
             prices: prices.into(),
             default_hold: default_hold(),
             on_exhausted: OnExhausted::Wait,
+            limits: Vec::new(),
         }
     }
 }
@@ -450,7 +461,11 @@ impl PlatformConfig {
         }
         if let Some(billing) = &self.billing {
             match ops_billing::PriceBook::load(&billing.prices) {
-                Ok(_) => {}
+                Ok(book) => {
+                    for (i, l) in billing.limits.iter().enumerate() {
+                        out.extend(l.problems(&format!("billing.limits[{i}]"), book.currency));
+                    }
+                }
                 Err(ops_billing::Error::InvalidPriceBook { file, problems }) => {
                     let file = file.unwrap_or_default();
                     out.extend(

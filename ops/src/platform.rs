@@ -25,6 +25,10 @@ use crate::{Error, Result};
 /// How often storage retention rules are applied while the platform runs.
 pub const STORAGE_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How often granted credit is checked for expiry while the platform runs (each
+/// reservation also expires the grants this process knows are due).
+pub const GRANT_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A running platform: the task service, storage, the event spine and functions,
 /// built from a [`PlatformConfig`] and code. See the [crate documentation](crate).
 pub struct Platform {
@@ -35,6 +39,7 @@ pub struct Platform {
     dead_letters: Arc<dyn DeadLetters>,
     dispatcher: Option<(Dispatcher, RunningDispatcher)>,
     retention: Option<tokio::task::JoinHandle<()>>,
+    grant_expiry: Option<tokio::task::JoinHandle<()>>,
     shutdown_grace: Duration,
 }
 
@@ -143,6 +148,9 @@ impl Platform {
         self.backends.shutdown().await;
         if let Some(retention) = self.retention {
             retention.abort();
+        }
+        if let Some(expiry) = self.grant_expiry {
+            expiry.abort();
         }
         tracing::debug!("platform stopped");
     }
@@ -293,7 +301,8 @@ impl PlatformBuilder {
             Some(billing) => {
                 let book = Arc::new(ops_billing::PriceBook::load(&billing.prices)?);
                 let budgets = ops_billing::Budgets::new(backends.ledger.clone(), book.clone())
-                    .default_hold(billing.default_hold);
+                    .default_hold(billing.default_hold)
+                    .limits(billing.limits.clone())?;
                 routes.push((
                     Trigger::on("*"),
                     Arc::new(ops_billing::BillingFunction::new(
@@ -372,6 +381,9 @@ impl PlatformBuilder {
             let running = dispatcher.start().await?;
             Some((dispatcher, running))
         };
+        let grant_expiry = billing
+            .as_ref()
+            .map(|b| crate::billing::spawn_grant_expiry(b.clone(), GRANT_EXPIRY_INTERVAL));
         Ok(Platform {
             tasks,
             storage,
@@ -380,6 +392,7 @@ impl PlatformBuilder {
             dead_letters,
             dispatcher,
             retention,
+            grant_expiry,
             shutdown_grace: config.shutdown_grace,
         })
     }

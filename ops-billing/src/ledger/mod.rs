@@ -349,6 +349,18 @@ pub trait Ledger: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// The balances of every account whose name starts with `prefix` (usually ending
+    /// in `:`), sorted by account, zero balances included: how grants and a task's
+    /// hold parts are listed. The default filters [`balances`](Self::balances).
+    async fn balances_under(&self, prefix: &str) -> Result<Vec<(Account, Money)>> {
+        Ok(self
+            .balances()
+            .await?
+            .into_iter()
+            .filter(|(a, _)| a.as_str().starts_with(prefix))
+            .collect())
+    }
+
     /// The balances of `accounts` in `currency`, in their order. The SQL ledgers read
     /// them with one query per thousand accounts; the default asks one at a time.
     async fn balances_of(&self, accounts: &[Account], currency: Currency) -> Result<Vec<Money>> {
@@ -542,6 +554,16 @@ impl Ledger for MemoryLedger {
     async fn publish(&self, events: &[Event]) -> Result<()> {
         self.state().events.extend(events.iter().cloned());
         Ok(())
+    }
+
+    async fn balances_under(&self, prefix: &str) -> Result<Vec<(Account, Money)>> {
+        let state = self.state();
+        Ok(state
+            .balances
+            .iter()
+            .filter(|((a, _), _)| a.as_str().starts_with(prefix))
+            .map(|((a, c), b)| (a.clone(), Money::new(*b, *c)))
+            .collect())
     }
 
     async fn balance(&self, account: &Account, currency: Currency) -> Result<Money> {

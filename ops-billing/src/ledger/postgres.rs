@@ -332,6 +332,20 @@ impl Ledger for PostgresLedger {
         Ok(Money::new(balance.unwrap_or(0), currency))
     }
 
+    async fn balances_under(&self, prefix: &str) -> Result<Vec<(Account, Money)>> {
+        // Byte order ("C"), whatever the database's collation: every name with the
+        // prefix.
+        let rows = sqlx::query_as(
+            "SELECT account, currency, balance FROM ops_billing_balances \
+             WHERE starts_with(account, $1) ORDER BY account COLLATE \"C\", currency",
+        )
+        .bind(prefix)
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        balances_from(rows)
+    }
+
     async fn balances(&self) -> Result<Vec<(Account, Money)>> {
         let rows = sqlx::query_as(
             "SELECT account, currency, balance FROM ops_billing_balances \

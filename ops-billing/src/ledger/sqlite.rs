@@ -263,6 +263,20 @@ impl Ledger for SqliteLedger {
         Ok(Money::new(balance.unwrap_or(0), currency))
     }
 
+    async fn balances_under(&self, prefix: &str) -> Result<Vec<(Account, Money)>> {
+        // A range on the primary key (BINARY collation): every name with the prefix.
+        let rows = sqlx::query_as(
+            "SELECT account, currency, balance FROM ops_billing_balances \
+             WHERE account >= ? AND account < ? ORDER BY account, currency",
+        )
+        .bind(prefix)
+        .bind(format!("{prefix}\u{10ffff}"))
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        balances_from(rows)
+    }
+
     async fn balances(&self) -> Result<Vec<(Account, Money)>> {
         let rows = sqlx::query_as(
             "SELECT account, currency, balance FROM ops_billing_balances \

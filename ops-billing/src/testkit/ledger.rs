@@ -43,6 +43,76 @@ where
     entries_carry_their_posting(&make().await).await;
     floors_hold_and_refused_postings_change_nothing(&make().await).await;
     batches_post_as_one_at_a_time_would(&make().await).await;
+    prefixes_list_exactly_their_accounts(&make().await).await;
+}
+
+/// [`Ledger::balances_under`] lists every account whose name starts with the prefix,
+/// zero balances included, sorted, and no other (`_` is no wildcard, a longer name
+/// at the same level is not under the prefix).
+pub async fn prefixes_list_exactly_their_accounts(ledger: &impl Ledger) {
+    let names = [
+        "platform:grant:acme:b:p2:never",
+        "platform:grant:acme:a:p1:never",
+        "platform:grant:acme2:a:p1:never",
+        "platform:grant:ac_e:a:p1:never",
+        "platform:grants-open",
+    ];
+    let mut posting = Posting::new("prefixes", "accounts with a shared prefix");
+    for name in names {
+        posting = posting.entry(Account::parse(name).expect("account"), Money::new(1, eur()));
+    }
+    posting = posting.entry(payments(), Money::new(-(names.len() as i64), eur()));
+    ledger.post(&posting).await.expect("prefixes: post");
+    // Back to zero: still listed.
+    let zero = Posting::new("prefixes:zero", "one account back to zero")
+        .entry(
+            Account::parse("platform:grant:acme:b:p2:never").expect("account"),
+            Money::new(-1, eur()),
+        )
+        .entry(payments(), Money::new(1, eur()));
+    ledger.post(&zero).await.expect("prefixes: post zero");
+    let listed = |rows: Vec<(Account, Money)>| {
+        rows.into_iter()
+            .map(|(a, m)| (a.to_string(), m.amount))
+            .collect::<Vec<_>>()
+    };
+    let acme = listed(
+        ledger
+            .balances_under("platform:grant:acme:")
+            .await
+            .expect("prefixes: list"),
+    );
+    assert_eq!(
+        acme,
+        vec![
+            ("platform:grant:acme:a:p1:never".to_owned(), 1),
+            ("platform:grant:acme:b:p2:never".to_owned(), 0),
+        ],
+        "prefixes: one tenant's grants"
+    );
+    let all = listed(
+        ledger
+            .balances_under("platform:grant:")
+            .await
+            .expect("prefixes: list all"),
+    );
+    assert_eq!(
+        all.len(),
+        4,
+        "prefixes: every grant and nothing else: {all:?}"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].0 < w[1].0),
+        "prefixes: sorted: {all:?}"
+    );
+    assert!(
+        ledger
+            .balances_under("platform:nothing:")
+            .await
+            .expect("prefixes: none")
+            .is_empty(),
+        "prefixes: an unknown prefix lists nothing"
+    );
 }
 
 /// [`Ledger::post_many`] decides each posting as [`Ledger::post`] would in that order:
