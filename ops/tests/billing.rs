@@ -189,3 +189,96 @@ async fn exhausted_credit_cancels_running_work_by_policy() {
     acme.cancel(second).await.unwrap();
     platform.shutdown().await;
 }
+
+/// `[[billing.limits]]`: a tenant's spending limit keeps work queued with the limit
+/// named, however much credit it has; a grant adds credit like a top-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spending_limit_keeps_work_queued_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("templates/step.toml"), TEMPLATE);
+    write(&dir.path().join("prices.toml"), PRICES);
+    write(
+        &dir.path().join("platform.toml"),
+        r#"
+history = "sqlite://state/ops.db"
+templates = "templates"
+[tasks]
+root = "tasks"
+[tasks.admission]
+budget_recheck = "200ms"
+[billing]
+prices = "prices.toml"
+[[billing.limits]]
+environment = "default"
+amount = "0.11"
+period = "day"
+"#,
+    );
+    let platform = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap();
+    let budgets = platform.billing().unwrap().clone();
+    let tenant = Tenant::parse("acme").unwrap();
+    budgets
+        .grant(
+            &tenant,
+            &ops::billing::Grant::new("welcome", eur(5_00)).priority(1),
+        )
+        .await
+        .unwrap();
+    let acme = platform.tenant(&tenant);
+    let first = acme.submit(SubmitRequest::new("step")).await.unwrap();
+    let second = acme.submit(SubmitRequest::new("step")).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), acme.wait(first))
+        .await
+        .expect("the first task did not finish")
+        .unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    // The first cost 0.01 of the 0.11 a day: 0.10 left, short of a worst case.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        // (Asked again every 200 ms: while the first ran, nothing was left.)
+        let message = acme.explain(second).await.unwrap().map(|w| w.info.message);
+        if let Some(message) = &message
+            && message.contains("0.10 EUR left")
+        {
+            break message.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second task never waited for the limit: {message:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.starts_with(
+            "budget: spending limit of 0.11 EUR a day in default: needs 0.11 EUR, 0.10 EUR left"
+        ),
+        "{reason}"
+    );
+    assert_eq!(acme.get(second).await.unwrap().status, TaskStatus::Queued);
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(4_99));
+    platform.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_spending_limits_are_named_in_the_platform_config() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("prices.toml"), PRICES);
+    write(
+        &dir.path().join("platform.toml"),
+        "history = \"sqlite://state/ops.db\"\n[billing]\nprices = \"prices.toml\"\n\
+         [[billing.limits]]\ntenant = \"a b\"\namount = \"-1\"\nperiod = \"day\"\n",
+    );
+    let err = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("billing.limits[0].tenant:"), "{text}");
+    assert!(
+        text.contains("billing.limits[0].amount: -1 is negative"),
+        "{text}"
+    );
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!dir.path().join("state").exists(), "nothing created");
+}
