@@ -824,12 +824,63 @@ impl Budgets {
             .balance(&held(tenant, task)?, self.book.currency)
             .await
     }
+
+    /// Settles one preempted attempt that the charge policy charges: `charge` moves
+    /// from the task's hold to revenue (what the hold lacks comes from the tenant's
+    /// credit). The hold stays for the next attempt, whose reservation tops it back up
+    /// to the worst case; the task's final [`settle`](Self::settle) releases the rest.
+    /// Idempotent by task and attempt (key `settle:<task>:attempt:<n>`): settling the
+    /// attempt again changes nothing. A zero charge posts nothing.
+    pub async fn settle_attempt(
+        &self,
+        tenant: &Tenant,
+        task: TaskId,
+        attempt: u32,
+        charge: Money,
+        event: Option<EventId>,
+    ) -> Result<Posted> {
+        self.same_currency(charge)?;
+        let key = format!("settle:{task}:attempt:{attempt}");
+        if charge.amount < 0 {
+            return Err(Error::InvalidPosting {
+                key,
+                problems: vec![format!(
+                    "charge: an attempt costs zero or more, not {charge}"
+                )],
+            });
+        }
+        if charge.amount == 0 {
+            return Ok(Posted::AlreadyPosted);
+        }
+        let hold_account = held(tenant, task)?;
+        let holding = self.ledger.balance(&hold_account, charge.currency).await?;
+        let from_hold = holding.amount.clamp(0, charge.amount);
+        let mut posting = Posting::new(key, format!("task {task} attempt {attempt} (preempted)"))
+            .source(Some(task), event)
+            .entry(Account::platform("revenue")?, charge);
+        if from_hold != 0 {
+            posting = posting.entry(hold_account, Money::new(-from_hold, charge.currency));
+        }
+        if from_hold < charge.amount {
+            posting = posting.entry(
+                prepaid(tenant)?,
+                Money::new(from_hold - charge.amount, charge.currency),
+            );
+        }
+        match self.ledger.post(&posting).await {
+            // Settled before, when the hold held another amount: nothing to do.
+            Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
+            other => other,
+        }
+    }
 }
 
 /// Metering and settlement on the event bus: every event's usage records are stored
-/// (once), and a task's final event settles its hold to the real cost, both idempotent,
-/// so a redelivered event changes nothing. A usage event that cannot be rated goes to
-/// the dead letters with the reason.
+/// (once), a task's final event settles its hold to the real cost, and a preempted
+/// attempt that the charge policy charges is settled from its `ops.task.preempted`
+/// event ([`Budgets::settle_attempt`]; a free one posts nothing), all idempotent, so a
+/// redelivered event changes nothing. A usage event that cannot be rated goes to the
+/// dead letters with the reason.
 #[derive(Clone)]
 pub struct BillingFunction {
     metering: crate::MeteringFunction,
@@ -868,20 +919,27 @@ impl BillingFunction {
     /// Handles one event; what [`Function::call`](ops_events::Function::call) runs.
     pub async fn handle(&self, event: &ops_core::Event) -> Result<()> {
         let records = self.metering.meter(event).await?;
-        if let Some((tenant, task, charge)) = self.task_charge(&records)? {
-            self.budgets
-                .settle(&tenant, task, charge, Some(event.id))
-                .await?;
-        }
+        let Some(c) = self.task_charge(&records)? else {
+            return Ok(());
+        };
+        match c.attempt {
+            Some(attempt) => {
+                self.budgets
+                    .settle_attempt(&c.tenant, c.task, attempt, c.charge, Some(event.id))
+                    .await?
+            }
+            None => {
+                self.budgets
+                    .settle(&c.tenant, c.task, c.charge, Some(event.id))
+                    .await?
+            }
+        };
         Ok(())
     }
 
-    /// The task an event's records settle and what it is charged (none for events
-    /// that end no task).
-    fn task_charge(
-        &self,
-        records: &[crate::UsageRecord],
-    ) -> Result<Option<(Tenant, TaskId, Money)>> {
+    /// What an event's records settle: a task's final charge, or a charged preempted
+    /// attempt's (none for events that end no task and for free preempted attempts).
+    fn task_charge(&self, records: &[crate::UsageRecord]) -> Result<Option<TaskCharge>> {
         let Some(first) = records.iter().find(|r| r.task_id.is_some()) else {
             return Ok(None);
         };
@@ -889,13 +947,26 @@ impl BillingFunction {
             return Ok(None);
         };
         let charge = self.metering.metering().charge(records)?;
-        Ok(Some((tenant, task, charge)))
+        let attempt = match (first.preempted, first.attempt) {
+            // A free preempted attempt posts nothing: the hold stays as it is.
+            (true, _) if charge.amount == 0 => return Ok(None),
+            (true, Some(attempt)) => Some(attempt),
+            (true, None) => return Ok(None),
+            (false, _) => None,
+        };
+        Ok(Some(TaskCharge {
+            tenant,
+            task,
+            charge,
+            attempt,
+        }))
     }
 
     /// Handles many events at once, each as [`handle`](Self::handle) would: their
-    /// usage records stored in one write, their tasks settled with one
-    /// [`Budgets::settle_many`]. For rating a backlog or a replay at volume (the bus
-    /// calls [`handle`](Self::handle) per event). The outer error is a store failure
+    /// usage records stored in one write, charged preempted attempts settled one by
+    /// one, then their tasks settled with one [`Budgets::settle_many`]. For rating a
+    /// backlog or a replay at volume (the bus calls [`handle`](Self::handle) per
+    /// event). The outer error is a store failure
     /// (the batch can be retried whole: both steps are idempotent); the inner results
     /// are per event, in order — an event that cannot be rated fails alone.
     pub async fn handle_many(&self, events: &[ops_core::Event]) -> Result<Vec<Result<()>>> {
@@ -904,6 +975,7 @@ impl BillingFunction {
         let mut records = Vec::new();
         let mut settle = Vec::new();
         let mut settle_of = Vec::new();
+        let mut attempts = Vec::new();
         for (i, event) in events.iter().enumerate() {
             let rated = metering.records(event).and_then(|recs| {
                 let task = self.task_charge(&recs)?;
@@ -912,9 +984,14 @@ impl BillingFunction {
             match rated {
                 Ok((recs, task)) => {
                     records.extend(recs);
-                    if let Some((tenant, task, charge)) = task {
-                        settle.push((tenant, task, charge, Some(event.id)));
-                        settle_of.push(i);
+                    if let Some(c) = task {
+                        match c.attempt {
+                            Some(attempt) => attempts.push((i, attempt, c)),
+                            None => {
+                                settle.push((c.tenant, c.task, c.charge, Some(event.id)));
+                                settle_of.push(i);
+                            }
+                        }
                     }
                     results.push(Ok(()));
                 }
@@ -923,6 +1000,15 @@ impl BillingFunction {
         }
         if !records.is_empty() {
             self.metering.store().record(&records).await?;
+        }
+        for (i, attempt, c) in attempts {
+            let settled = self
+                .budgets
+                .settle_attempt(&c.tenant, c.task, attempt, c.charge, Some(events[i].id))
+                .await;
+            if let Err(e) = settled {
+                results[i] = Err(e);
+            }
         }
         for (i, settled) in settle_of
             .into_iter()
@@ -934,6 +1020,15 @@ impl BillingFunction {
         }
         Ok(results)
     }
+}
+
+/// What one event settles: a task (its final charge), or one of its preempted
+/// attempts (`attempt`).
+struct TaskCharge {
+    tenant: Tenant,
+    task: TaskId,
+    charge: Money,
+    attempt: Option<u32>,
 }
 
 #[async_trait::async_trait]

@@ -380,6 +380,8 @@ mod tests {
             gpu_model: None,
             outcome: Some(ops_core::TaskStatus::Succeeded),
             scavenger: false,
+            preempted: false,
+            attempt: None,
             quantity: q.parse().unwrap(),
             at: Utc.with_ymd_and_hms(2026, 11, 2, 12, 0, 0).unwrap(),
         }

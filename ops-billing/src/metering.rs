@@ -3,9 +3,16 @@
 //! [`Metering::records`] reads one event:
 //! - a final task event (`ops.task.succeeded|failed|timed_out|cancelled`) gives one
 //!   record per built-in task meter, from the usage summed over the task's attempts
-//!   and the resources it requested: `cpu_core_seconds` (CPU time), `wall_seconds`,
+//!   less what its preempted attempts used (`usage - preempted_usage`), and the
+//!   resources it requested: `cpu_core_seconds` (CPU time), `wall_seconds`,
 //!   `memory_gib_seconds` (requested memory × wall time; peak memory when nothing was
 //!   requested), `gpu_seconds` (with the GPU model requested) and `tasks` (1);
+//! - `ops.task.preempted` gives the same records but `tasks`, from the usage of the
+//!   attempt preempted (`attempt_usage`), marked [`preempted`](UsageRecord::preempted)
+//!   with their [`attempt`](UsageRecord::attempt): charged or free as the price book's
+//!   `charges.preempted` says, and never counted again with the final event (an event
+//!   written before attempts carried their usage gives no record; its final event
+//!   then counts the whole usage, as before);
 //! - `ops.storage.object.created|deleted` gives a `storage_gb_months` record whose
 //!   quantity is the change in bytes stored (negative for a deletion), aggregated as a
 //!   time-weighted sum;
@@ -54,10 +61,17 @@ pub struct UsageRecord {
     pub task_id: Option<TaskId>,
     /// The GPU model requested, for `gpu_seconds`.
     pub gpu_model: Option<String>,
-    /// How the task ended, for task meters.
+    /// How the task ended, for the task meters of a final event (`None` for a
+    /// preempted attempt's: the task did not end).
     pub outcome: Option<TaskStatus>,
     /// Whether the task was scavenger work.
     pub scavenger: bool,
+    /// Whether it is the usage of one preempted attempt (from `ops.task.preempted`),
+    /// charged as `charges.preempted` says.
+    pub preempted: bool,
+    /// The attempt, for a preempted attempt's records (`None` for a final event's,
+    /// which cover every attempt not preempted).
+    pub attempt: Option<u32>,
     /// The quantity (a change of level for time-weighted meters, which may be
     /// negative).
     pub quantity: Decimal,
@@ -115,6 +129,7 @@ impl Metering {
             event_types::TASK_CANCELLED,
         ]
         .contains(&ty)
+            || ty == event_types::TASK_PREEMPTED
         {
             out.extend(self.task_records(event)?);
         } else if ty == event_types::STORAGE_OBJECT_CREATED
@@ -137,6 +152,8 @@ impl Metering {
                 gpu_model: None,
                 outcome: None,
                 scavenger: false,
+                preempted: false,
+                attempt: None,
                 quantity: if ty == event_types::STORAGE_OBJECT_DELETED {
                     -bytes
                 } else {
@@ -157,6 +174,8 @@ impl Metering {
                     gpu_model: None,
                     outcome: None,
                     scavenger: false,
+                    preempted: false,
+                    attempt: None,
                     quantity,
                     at: event.time,
                 });
@@ -174,7 +193,19 @@ impl Metering {
         let data: TaskEventData = event
             .data_as()
             .map_err(|e| invalid(builtin::TASKS, e.to_string()))?;
-        let usage = data.usage.unwrap_or_default();
+        let preempted = event.ty == event_types::TASK_PREEMPTED;
+        let usage = if preempted {
+            // Written before attempts carried their usage: the final event counts it.
+            let Some(attempt) = data.attempt_usage else {
+                return Ok(Vec::new());
+            };
+            attempt
+        } else {
+            // What preempted attempts used was metered from their own events.
+            let total = data.usage.unwrap_or_default();
+            data.preempted_usage
+                .map_or(total, |part| total.saturating_sub(&part))
+        };
         let wall = decimal_secs(usage.wall_time.as_secs_f64());
         let memory_bytes = match &data.resources {
             Some(r) if r.memory_bytes > 0 => r.memory_bytes,
@@ -192,9 +223,15 @@ impl Metering {
             (builtin::GPU_SECONDS, decimal_secs(usage.gpu_seconds)),
             (builtin::TASKS, Decimal::ONE),
         ];
-        Ok(quantities
-            .into_iter()
-            .map(|(meter, quantity)| UsageRecord {
+        // A preempted attempt is not a task of its own: the final event counts it.
+        let meters = if preempted {
+            &quantities[..quantities.len() - 1]
+        } else {
+            &quantities[..]
+        };
+        Ok(meters
+            .iter()
+            .map(|&(meter, quantity)| UsageRecord {
                 event_id: event.id,
                 meter: meter.to_owned(),
                 tenant: data.tenant.clone(),
@@ -204,20 +241,25 @@ impl Metering {
                 gpu_model: (meter == builtin::GPU_SECONDS)
                     .then(|| gpu_model.clone())
                     .flatten(),
-                outcome: Some(data.status),
+                outcome: (!preempted).then_some(data.status),
                 scavenger: data.scavenger,
+                preempted,
+                attempt: preempted.then_some(data.attempt),
                 quantity,
                 at: event.time,
             })
             .collect())
     }
 
-    /// Whether the charge policy charges `record` (scavenger work and failed,
-    /// timed-out or cancelled tasks may be free).
+    /// Whether the charge policy charges `record` (scavenger work, preempted attempts
+    /// and failed, timed-out or cancelled tasks may be free).
     pub fn charged(&self, record: &UsageRecord) -> bool {
         let policy = &self.book.charges;
         if record.scavenger && policy.scavenger == Charge::Free {
             return false;
+        }
+        if record.preempted {
+            return policy.preempted == Charge::Charge;
         }
         let by_outcome = match record.outcome {
             Some(TaskStatus::Failed) => policy.failed,
@@ -231,7 +273,8 @@ impl Metering {
 
 impl Metering {
     /// What `records` (one event's) cost: the charged ones at their prices, at least
-    /// the minimum per task when a task is charged, rounded once to the minor unit.
+    /// the minimum per task when a task is charged, rounded once to the minor unit. The
+    /// minimum applies to the event that ends the task, not to a preempted attempt's.
     pub fn charge(&self, records: &[UsageRecord]) -> Result<crate::Money> {
         let mut total = Decimal::ZERO;
         let mut charged_task = false;
@@ -239,7 +282,7 @@ impl Metering {
             total += self
                 .book
                 .amount(&r.meter, &r.selector(), r.quantity.max(Decimal::ZERO))?;
-            charged_task |= r.task_id.is_some();
+            charged_task |= r.task_id.is_some() && !r.preempted;
         }
         if charged_task {
             total = total.max(self.book.charges.minimum_per_task);
@@ -446,7 +489,9 @@ impl Function for MeteringFunction {
     }
 }
 
-/// Where a record was used: what the records of one task event share.
+/// Where a record was used: what the records of one task event share, with whether
+/// they are a preempted attempt's and which (absent from rows stored before these
+/// existed, which read as a final event's).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[derive(Clone, Default, PartialEq, serde::Serialize, Deserialize)]
 struct Place {
@@ -460,6 +505,10 @@ struct Place {
     outcome: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     scavenger: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    preempted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -471,6 +520,8 @@ impl Place {
             task_id: r.task_id.map(|t| t.to_string()),
             outcome: r.outcome.map(|o| o.as_str().to_owned()),
             scavenger: r.scavenger,
+            preempted: r.preempted,
+            attempt: r.attempt,
         }
     }
 }
@@ -546,6 +597,8 @@ pub(crate) fn usage_rows(records: &[UsageRecord]) -> Result<Vec<(UsageRow, usize
             && r.template == shared.template
             && r.outcome.map(|o| o.as_str()) == shared.outcome.as_deref()
             && r.scavenger == shared.scavenger
+            && r.preempted == shared.preempted
+            && r.attempt == shared.attempt
             && match (r.task_id, &shared.task_id) {
                 (None, None) => true,
                 (Some(t), Some(s)) => t.to_string() == *s,
@@ -604,6 +657,8 @@ pub(crate) fn usage_from(row: UsageRow) -> Result<Vec<UsageRecord>> {
                     .map(|o| o.parse().map_err(|_| corrupt("outcome", &o)))
                     .transpose()?,
                 scavenger: place.scavenger,
+                preempted: place.preempted,
+                attempt: place.attempt,
                 quantity: r.q.parse().map_err(|_| corrupt("quantity", &r.q))?,
                 at,
             })

@@ -122,7 +122,9 @@ pub struct ChargePolicy {
     /// Cancelled tasks (default charged for what ran).
     #[serde(default)]
     pub cancelled: Charge,
-    /// Attempts preempted to make room (default free: the platform's choice).
+    /// Attempts preempted to make room (default free: the platform's choice). Each is
+    /// rated from its own `ops.task.preempted` event, apart from the final event, and
+    /// bears no minimum per task.
     #[serde(default = "free")]
     pub preempted: Charge,
     /// Scavenger tasks (default free: they ran on idle capacity).

@@ -1,6 +1,7 @@
 //! Reservations hold at admission: concurrent holds never exceed the credit (SQLite
 //! and Postgres), settlement returns the rest exactly once, and the billing function
-//! settles a task from its final event however often it comes.
+//! settles a task from its final event (and a charged preempted attempt from its own
+//! event) however often it comes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,6 +242,247 @@ async fn the_final_event_settles_the_hold_once() {
             .await
             .unwrap(),
         eur(4)
+    );
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+/// Attempt 1 of `task` (40 CPU-seconds) preempted, then attempt 2 (30 CPU-seconds)
+/// succeeded: the two events as ops-tasks writes them.
+fn preempted_then_succeeded(task: TaskId) -> (Event, Event) {
+    let usage = |cpu_secs| {
+        Usage::new(
+            Duration::from_secs(cpu_secs),
+            Duration::from_secs(cpu_secs),
+            0,
+            0,
+        )
+    };
+    let mut preempted =
+        TaskEventData::new(task, "acme", "production", "render", TaskStatus::Queued, 1);
+    preempted.reason = Some(ops_core::Reason::Preempted);
+    preempted.attempt_usage = Some(usage(40));
+    preempted.resources = Some(Resources::new(1000, 0));
+    let mut done = TaskEventData::new(
+        task,
+        "acme",
+        "production",
+        "render",
+        TaskStatus::Succeeded,
+        2,
+    );
+    done.usage = Some(usage(70));
+    done.attempt_usage = Some(usage(30));
+    done.preempted_usage = Some(usage(40));
+    done.resources = Some(Resources::new(1000, 0));
+    let event = |ty: &str, data: &TaskEventData| {
+        Event::builder(ty, "/tasks")
+            .tenant("acme")
+            .data(data)
+            .unwrap()
+            .build()
+    };
+    (
+        event(event_types::TASK_PREEMPTED, &preempted),
+        event(event_types::TASK_SUCCEEDED, &done),
+    )
+}
+
+/// The keys of the postings that reached revenue, with their amounts.
+async fn revenue(ledger: &dyn Ledger) -> Vec<(String, Money)> {
+    let account = ops_billing::ledger::Account::platform("revenue").unwrap();
+    let mut out: Vec<(String, Money)> = ledger
+        .entries(&account)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.posting, e.amount))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A budget, a billing function under `book`, credit of 1.00 EUR and the worst case of
+/// attempt 1 of a fresh task held.
+async fn preemption_setup(
+    book: &str,
+) -> (Arc<dyn Ledger>, Budgets, BillingFunction, Tenant, TaskId) {
+    let book = Arc::new(PriceBook::parse(book).unwrap());
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let budgets = Budgets::new(ledger.clone(), book.clone());
+    let tenant = acme();
+    budgets.top_up(&tenant, eur(100), "p1").await.unwrap();
+    let task = TaskId::new();
+    let resources = Resources::new(1000, 0);
+    budgets
+        .reserve(&hold(task, &tenant, &resources))
+        .await
+        .unwrap();
+    let function = BillingFunction::new(
+        Metering::new((*book).clone()),
+        Arc::new(MemoryUsageStore::new()),
+        budgets.clone(),
+    );
+    (ledger, budgets, function, tenant, task)
+}
+
+/// Holds the worst case of attempt 2 again, as admission does before it starts.
+async fn reserve_second(budgets: &Budgets, tenant: &Tenant, task: TaskId) -> Reservation {
+    let resources = Resources::new(1000, 0);
+    let mut second = hold(task, tenant, &resources);
+    second.attempt = 2;
+    budgets.reserve(&second).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_preempted_attempt_is_free_by_default() {
+    let (ledger, budgets, function, tenant, task) = preemption_setup(BOOK).await;
+    let (preempted, done) = preempted_then_succeeded(task);
+    for _ in 0..2 {
+        function.call(&preempted).await.unwrap();
+    }
+    assert_eq!(
+        budgets.held(&tenant, task).await.unwrap(),
+        eur(11),
+        "nothing posted"
+    );
+    assert!(revenue(&*ledger).await.is_empty());
+    assert_eq!(
+        reserve_second(&budgets, &tenant, task).await,
+        Reservation::Held {
+            added: eur(0),
+            held: eur(11)
+        }
+    );
+    for _ in 0..2 {
+        function.call(&done).await.unwrap();
+    }
+    // Only the last attempt: 30 CPU-seconds (0.03) + 0.01 per task.
+    assert_eq!(
+        revenue(&*ledger).await,
+        [(format!("settle:{task}"), eur(4))]
+    );
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(0));
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(96));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_charged_preempted_attempt_is_settled_once_at_its_event() {
+    let book = format!("{BOOK}[charges]\npreempted = \"charge\"\n");
+    let (ledger, budgets, function, tenant, task) = preemption_setup(&book).await;
+    let (preempted, done) = preempted_then_succeeded(task);
+    for _ in 0..3 {
+        function.call(&preempted).await.unwrap();
+    }
+    // 40 CPU-seconds: 0.04 from the hold to revenue; the hold stays for attempt 2.
+    let attempt_key = format!("settle:{task}:attempt:1");
+    assert_eq!(revenue(&*ledger).await, [(attempt_key.clone(), eur(4))]);
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(7));
+    assert_eq!(
+        reserve_second(&budgets, &tenant, task).await,
+        Reservation::Held {
+            added: eur(4),
+            held: eur(11)
+        },
+        "attempt 2 tops the hold back up to its worst case"
+    );
+    for _ in 0..2 {
+        function.call(&done).await.unwrap();
+    }
+    // Redelivered after the task was settled (its hold gone): still nothing new.
+    function.call(&preempted).await.unwrap();
+    // The rest, 30 CPU-seconds (0.03) + 0.01 per task, with the final event.
+    let settled = revenue(&*ledger).await;
+    assert_eq!(
+        settled,
+        [(format!("settle:{task}"), eur(4)), (attempt_key, eur(4))]
+    );
+    let entries = ledger
+        .entries(&ops_billing::ledger::Account::platform("revenue").unwrap())
+        .await
+        .unwrap();
+    let from_event = |key: &str| entries.iter().find(|e| e.posting == key).unwrap().event_id;
+    assert_eq!(
+        from_event(&format!("settle:{task}:attempt:1")),
+        Some(preempted.id)
+    );
+    assert_eq!(from_event(&format!("settle:{task}")), Some(done.id));
+    // Together what the whole usage costs rated at once (70 CPU-seconds + 0.01).
+    let whole = {
+        let mut data: TaskEventData = done.data_as().unwrap();
+        data.preempted_usage = None;
+        data.attempt_usage = None;
+        Event::builder(event_types::TASK_SUCCEEDED, "/tasks")
+            .tenant("acme")
+            .data(&data)
+            .unwrap()
+            .build()
+    };
+    let metering = Metering::new(PriceBook::parse(&book).unwrap());
+    let whole = metering.charge(&metering.records(&whole).unwrap()).unwrap();
+    assert_eq!(whole, eur(8));
+    assert_eq!(eur(settled.iter().map(|(_, m)| m.amount).sum()), whole);
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(0));
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(92));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn handle_many_settles_preempted_attempts_like_handle() {
+    let book = format!("{BOOK}[charges]\npreempted = \"charge\"\n");
+    let (ledger, budgets, function, tenant, task) = preemption_setup(&book).await;
+    let (preempted, done) = preempted_then_succeeded(task);
+    let events = [preempted.clone(), done.clone(), preempted, done];
+    for result in function.handle_many(&events).await.unwrap() {
+        result.unwrap();
+    }
+    assert_eq!(
+        revenue(&*ledger).await,
+        [
+            (format!("settle:{task}"), eur(4)),
+            (format!("settle:{task}:attempt:1"), eur(4))
+        ]
+    );
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(0));
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(92));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_attempt_charge_beyond_the_hold_comes_from_the_credit() {
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let budgets = Budgets::new(ledger.clone(), book());
+    let tenant = acme();
+    budgets.top_up(&tenant, eur(100), "p1").await.unwrap();
+    let task = TaskId::new();
+    let resources = Resources::new(1000, 0);
+    budgets
+        .reserve(&hold(task, &tenant, &resources))
+        .await
+        .unwrap();
+    // 0.15 against a hold of 0.11: the hold is emptied, 0.04 more from the credit.
+    let posted = budgets
+        .settle_attempt(&tenant, task, 1, eur(15), None)
+        .await
+        .unwrap();
+    assert_eq!(posted, ops_billing::ledger::Posted::New);
+    assert_eq!(budgets.held(&tenant, task).await.unwrap(), eur(0));
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(85));
+    assert_eq!(
+        budgets
+            .settle_attempt(&tenant, task, 1, eur(15), None)
+            .await
+            .unwrap(),
+        ops_billing::ledger::Posted::AlreadyPosted
+    );
+    assert_eq!(budgets.available(&tenant).await.unwrap(), eur(85));
+    // Nothing to charge: nothing posted.
+    assert_eq!(
+        budgets
+            .settle_attempt(&tenant, task, 2, eur(0), None)
+            .await
+            .unwrap(),
+        ops_billing::ledger::Posted::AlreadyPosted
     );
     assert!(ledger.audit().await.unwrap().is_empty());
 }

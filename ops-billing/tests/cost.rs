@@ -124,6 +124,8 @@ impl Task<'_> {
                 .flatten(),
             outcome: Some(TaskStatus::Succeeded),
             scavenger: self.scavenger,
+            preempted: false,
+            attempt: None,
             quantity: Decimal::from(quantity),
             at: at(self.hour),
         })

@@ -184,6 +184,83 @@ fn an_invoice_traces_its_lines_and_matches_what_was_settled() {
     assert_eq!(other.total.amount, 0);
 }
 
+/// A task whose attempt 1 (20 CPU-seconds) was preempted and whose attempt 2 (30
+/// CPU-seconds) succeeded: its two events.
+fn preempted_then_succeeded() -> [Event; 2] {
+    let id = TaskId::new();
+    let usage = |secs| Usage::new(Duration::from_secs(secs), Duration::from_secs(secs), 0, 0);
+    let mut preempted =
+        TaskEventData::new(id, "acme", "production", "render", TaskStatus::Queued, 1);
+    preempted.attempt_usage = Some(usage(20));
+    preempted.resources = Some(Resources::new(1000, 0));
+    let mut done = TaskEventData::new(id, "acme", "production", "render", TaskStatus::Succeeded, 2);
+    done.usage = Some(usage(50));
+    done.attempt_usage = Some(usage(30));
+    done.preempted_usage = Some(usage(20));
+    done.resources = Some(Resources::new(1000, 0));
+    [
+        (event_types::TASK_PREEMPTED, preempted, 2),
+        (event_types::TASK_SUCCEEDED, done, 3),
+    ]
+    .map(|(ty, data, day)| {
+        Event::builder(ty, "/tasks")
+            .tenant("acme")
+            .time(at(day, 12))
+            .data(&data)
+            .unwrap()
+            .build()
+    })
+}
+
+#[test]
+fn a_preempted_attempt_is_on_the_lines_and_charged_as_the_policy_says() {
+    let events = preempted_then_succeeded();
+    let (from, to) = (at(1, 0), at(1, 0) + chrono::Duration::days(30));
+    let grace = chrono::Duration::days(2);
+    for (book, settled) in [
+        // Free (the default): only the last attempt, 30 × 0.001 + 0.003 → 0.03.
+        (BOOK.to_owned(), 3),
+        // Charged: 20 × 0.001 = 0.02 at the preempted event (no minimum: it did not end
+        // the task), then 0.03 with the final one.
+        (format!("{BOOK}preempted = \"charge\"\n"), 5),
+    ] {
+        let metering = Metering::new(PriceBook::parse(&book).unwrap());
+        let records = records(&metering, &events);
+        let inv = invoice(&metering, "acme", &records, from, to, at(20, 0), grace).unwrap();
+        let per_event: i64 = events
+            .iter()
+            .map(|e| {
+                metering
+                    .charge(&metering.records(e).unwrap())
+                    .unwrap()
+                    .amount
+            })
+            .sum();
+        assert_eq!(per_event, settled, "{book}");
+        assert_eq!(inv.tasks_total.amount, settled, "{book}");
+        let cpu = inv
+            .lines
+            .iter()
+            .find(|l| l.meter == "cpu_core_seconds")
+            .unwrap();
+        // Both attempts are on the line, traced to the task and both events.
+        assert_eq!(cpu.quantity, Decimal::from(50));
+        assert_eq!(cpu.tasks.len(), 1);
+        let mut ids = events.iter().map(|e| e.id).collect::<Vec<_>>();
+        ids.sort();
+        assert_eq!(cpu.events, ids);
+        let tasks = inv.lines.iter().find(|l| l.meter == "tasks").unwrap();
+        assert_eq!(
+            tasks.quantity,
+            Decimal::ONE,
+            "one task, however many attempts"
+        );
+        assert_eq!(tasks.events, [events[1].id]);
+        let sum: i64 = inv.lines.iter().map(|l| l.amount.amount).sum();
+        assert_eq!(sum, inv.total.amount, "lines add up to the total");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 

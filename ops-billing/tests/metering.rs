@@ -1,5 +1,6 @@
 //! Metering: task, storage and declared-meter events into usage records, exactly once,
-//! priced under the book's charge policy; bad quantities fail for good (dead letters).
+//! priced under the book's charge policy (preempted attempts apart from the final
+//! event); bad quantities fail for good (dead letters).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +140,168 @@ fn the_charge_policy_decides_what_is_charged() {
     );
 }
 
+/// Attempt 1 of a task (40 s of CPU, 50 s on 2 GPUs) preempted, then attempt 2 (30 s
+/// of CPU, 20 s on 2 GPUs) ended the task as `status`: its two events.
+fn preempted_then(status: TaskStatus) -> (Event, Event) {
+    let task = TaskId::new();
+    let first = Usage::new(Duration::from_secs(50), Duration::from_secs(40), 1 << 30, 2);
+    let last = Usage::new(Duration::from_secs(20), Duration::from_secs(30), 1 << 29, 2);
+    let resources =
+        Resources::new(2000, 2 << 30).with_gpus(2, Some("NVIDIA-A100-SXM4-80GB".into()));
+    let event = |ty: &str, data: &TaskEventData| {
+        Event::builder(ty, "/tasks")
+            .tenant("acme")
+            .time(at(2))
+            .data(data)
+            .unwrap()
+            .build()
+    };
+    let mut preempted =
+        TaskEventData::new(task, "acme", "production", "train", TaskStatus::Queued, 1);
+    preempted.reason = Some(ops_core::Reason::Preempted);
+    preempted.attempt_usage = Some(first);
+    preempted.resources = Some(resources.clone());
+    let mut done = TaskEventData::new(task, "acme", "production", "train", status, 2);
+    let mut total = first;
+    total.accumulate(&last);
+    done.usage = Some(total);
+    done.attempt_usage = Some(last);
+    done.preempted_usage = Some(first);
+    done.resources = Some(resources);
+    let ty = if status == TaskStatus::Failed {
+        event_types::TASK_FAILED
+    } else {
+        event_types::TASK_SUCCEEDED
+    };
+    (
+        event(event_types::TASK_PREEMPTED, &preempted),
+        event(ty, &done),
+    )
+}
+
+fn quantity(records: &[ops_billing::UsageRecord], meter: &str) -> Option<Decimal> {
+    records
+        .iter()
+        .find(|r| r.meter == meter)
+        .map(|r| r.quantity)
+}
+
+#[test]
+fn a_preempted_attempt_is_metered_from_its_own_event_and_free_by_default() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let (preempted, done) = preempted_then(TaskStatus::Succeeded);
+
+    let attempt = metering.records(&preempted).unwrap();
+    assert_eq!(attempt.len(), 4, "no `tasks` record: {attempt:?}");
+    assert!(attempt.iter().all(|r| r.preempted && r.attempt == Some(1)));
+    assert!(
+        attempt
+            .iter()
+            .all(|r| r.outcome.is_none() && r.task_id.is_some())
+    );
+    assert_eq!(quantity(&attempt, "cpu_core_seconds"), Some(d("40")));
+    assert_eq!(quantity(&attempt, "gpu_seconds"), Some(d("100")));
+    assert_eq!(quantity(&attempt, "tasks"), None);
+    assert!(
+        attempt.iter().all(|r| !metering.charged(r)),
+        "charges.preempted is free by default"
+    );
+    assert_eq!(metering.charge(&attempt).unwrap().to_string(), "0.00 EUR");
+
+    // The final event rates what the preempted attempt did not use.
+    let last = metering.records(&done).unwrap();
+    assert!(last.iter().all(|r| !r.preempted && r.attempt.is_none()));
+    assert_eq!(quantity(&last, "cpu_core_seconds"), Some(d("30")));
+    assert_eq!(quantity(&last, "wall_seconds"), Some(d("20")));
+    assert_eq!(quantity(&last, "gpu_seconds"), Some(d("40")));
+    assert_eq!(quantity(&last, "memory_gib_seconds"), Some(d("40")));
+    assert_eq!(quantity(&last, "tasks"), Some(Decimal::ONE));
+    // 30 CPU-seconds at 0.0001 and 40 A100-seconds at 0.001: only the last attempt.
+    assert_eq!(metering.charge(&last).unwrap().to_string(), "0.04 EUR");
+}
+
+#[test]
+fn a_preempted_attempt_is_charged_when_the_book_says_so() {
+    let book = format!("{BOOK}preempted = \"charge\"\nminimum_per_task = \"0.05\"\n");
+    let metering = Metering::new(PriceBook::parse(&book).unwrap());
+    let (preempted, done) = preempted_then(TaskStatus::Succeeded);
+    let attempt = metering.records(&preempted).unwrap();
+    assert!(attempt.iter().all(|r| metering.charged(r)));
+    // 40 × 0.0001 + 100 × 0.001 = 0.104: no minimum, the attempt did not end the task.
+    assert_eq!(metering.charge(&attempt).unwrap().to_string(), "0.10 EUR");
+    // 0.003 + 0.04 = 0.043, raised to the minimum per task.
+    let last = metering.records(&done).unwrap();
+    assert_eq!(metering.charge(&last).unwrap().to_string(), "0.05 EUR");
+
+    // Scavenger work stays free, preempted or not.
+    let scavenger = |e: &Event| {
+        let mut data: TaskEventData = e.data_as().unwrap();
+        data.scavenger = true;
+        Event::builder(&e.ty, "/tasks")
+            .tenant("acme")
+            .data(&data)
+            .unwrap()
+            .build()
+    };
+    let free = metering.records(&scavenger(&preempted)).unwrap();
+    assert!(free.iter().all(|r| !metering.charged(r)));
+    // A failed task's final event follows `charges.failed` (free in this book); its
+    // preempted attempt follows `charges.preempted`.
+    let (preempted, failed) = preempted_then(TaskStatus::Failed);
+    assert!(
+        metering
+            .records(&failed)
+            .unwrap()
+            .iter()
+            .all(|r| !metering.charged(r))
+    );
+    assert!(
+        metering
+            .records(&preempted)
+            .unwrap()
+            .iter()
+            .all(|r| metering.charged(r))
+    );
+}
+
+#[test]
+fn events_written_before_attempt_usage_rate_as_before() {
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    // A final event as written before `attempt_usage` and `preempted_usage` existed:
+    // its whole usage is rated, as it always was.
+    let task = TaskId::new();
+    let resources = serde_json::to_value(
+        Resources::new(2000, 2 << 30).with_gpus(2, Some("NVIDIA-A100-SXM4-80GB".into())),
+    )
+    .unwrap();
+    let old_final = Event::builder(event_types::TASK_SUCCEEDED, "/tasks")
+        .tenant("acme")
+        .time(at(2))
+        .json(json!({
+            "task_id": task, "tenant": "acme", "environment": "production",
+            "template": "train", "status": "succeeded", "attempt": 2,
+            "usage": { "wall_time": 70.0, "cpu_time": 70.0, "peak_memory_bytes": 1073741824_u64, "gpu_seconds": 140.0 },
+            "resources": resources,
+        }))
+        .build();
+    let records = metering.records(&old_final).unwrap();
+    assert_eq!(records.len(), 5);
+    assert_eq!(quantity(&records, "cpu_core_seconds"), Some(d("70")));
+    assert_eq!(quantity(&records, "gpu_seconds"), Some(d("140")));
+    assert!(records.iter().all(|r| !r.preempted && r.attempt.is_none()));
+    // 0.007 + 0.14
+    assert_eq!(metering.charge(&records).unwrap().to_string(), "0.15 EUR");
+    // Its preempted event carried no usage: nothing to meter there.
+    let old_preempted = Event::builder(event_types::TASK_PREEMPTED, "/tasks")
+        .tenant("acme")
+        .json(json!({
+            "task_id": task, "tenant": "acme", "environment": "production",
+            "template": "train", "status": "queued", "attempt": 1, "reason": "Preempted",
+        }))
+        .build();
+    assert!(metering.records(&old_preempted).unwrap().is_empty());
+}
+
 #[test]
 fn storage_is_metered_in_gb_months_over_time() {
     let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
@@ -256,15 +419,18 @@ async fn the_store_keeps_each_event_and_meter_once(store: &dyn UsageStore) {
     declared.scavenger = false;
     declared.quantity = d("12.5");
     records.push(declared);
-    assert_eq!(store.record(&records).await.unwrap(), 6);
+    // A preempted attempt's records keep their mark and attempt.
+    let (preempted, _) = preempted_then(TaskStatus::Succeeded);
+    records.extend(metering.records(&preempted).unwrap());
+    assert_eq!(store.record(&records).await.unwrap(), 10);
     assert_eq!(store.record(&records).await.unwrap(), 0);
     // An event already metered is not metered again, even with other records.
     assert_eq!(store.record(&records[..2]).await.unwrap(), 0);
     let kept = store.records("acme", at(1), at(3)).await.unwrap();
     let mut expected = records.clone();
-    expected.sort_by(|a, b| a.meter.cmp(&b.meter));
+    expected.sort_by(|a, b| (&a.meter, a.event_id).cmp(&(&b.meter, b.event_id)));
     let mut kept_sorted = kept.clone();
-    kept_sorted.sort_by(|a, b| a.meter.cmp(&b.meter));
+    kept_sorted.sort_by(|a, b| (&a.meter, a.event_id).cmp(&(&b.meter, b.event_id)));
     assert_eq!(kept_sorted, expected, "records round-trip exactly");
     assert!(
         store

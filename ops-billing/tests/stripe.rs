@@ -208,6 +208,8 @@ fn record(event: &str, meter: &str, quantity: &str) -> UsageRecord {
         gpu_model: None,
         outcome: None,
         scavenger: false,
+        preempted: false,
+        attempt: None,
         quantity: quantity.parse().unwrap(),
         at: Utc.with_ymd_and_hms(2026, 11, 15, 12, 0, 0).unwrap(),
     }

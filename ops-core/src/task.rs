@@ -232,9 +232,20 @@ pub struct TaskEventData {
     /// Exit code, when the process exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Usage so far (all attempts), on final events.
+    /// Usage so far (all attempts, preempted ones included), on final events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The usage of the attempt that just ended, on the events that end one
+    /// (`ops.task.preempted`, `ops.task.retrying` and final events after a run).
+    /// Absent from events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_usage: Option<Usage>,
+    /// On final events, the part of `usage` that preempted attempts consumed (already
+    /// reported, attempt by attempt, by their `ops.task.preempted` events); absent
+    /// when no attempt was preempted. Billing rates a final event's `usage` less this,
+    /// so that a preempted attempt is never counted twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_usage: Option<Usage>,
     /// For `ops.task.output.created`: the path relative to the task's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
@@ -245,7 +256,8 @@ pub struct TaskEventData {
     #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// What the task requested (CPU, memory, GPUs and their model), on started and
-    /// final events: what billing prices reserved resources by.
+    /// final events and on those that end an attempt (`ops.task.preempted`,
+    /// `ops.task.retrying`): what billing prices reserved resources by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Scavenger work, run on idle capacity.
@@ -274,6 +286,8 @@ impl TaskEventData {
             message: None,
             exit_code: None,
             usage: None,
+            attempt_usage: None,
+            preempted_usage: None,
             output: None,
             output_size: None,
             labels: Labels::new(),
@@ -301,6 +315,22 @@ mod tests {
         for s in TaskStatus::ALL {
             assert_eq!(s.as_str().parse::<TaskStatus>().unwrap(), s);
         }
+    }
+
+    #[test]
+    fn event_data_without_attempt_usage_still_parses() {
+        let id = TaskId::new();
+        let old = serde_json::json!({
+            "task_id": id, "tenant": "acme", "environment": "production",
+            "template": "render", "status": "succeeded", "attempt": 2,
+            "usage": { "wall_time": 3.0, "cpu_time": 1.5, "peak_memory_bytes": 0, "gpu_seconds": 0.0 },
+        });
+        let data: TaskEventData = serde_json::from_value(old).unwrap();
+        assert_eq!(data.attempt_usage, None);
+        assert_eq!(data.preempted_usage, None);
+        assert_eq!(data.usage.unwrap().cpu_time.as_secs_f64(), 1.5);
+        let json = serde_json::to_value(&data).unwrap();
+        assert!(json.get("attempt_usage").is_none() && json.get("preempted_usage").is_none());
     }
 
     #[test]

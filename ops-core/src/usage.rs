@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// What a task consumed, carried in its final event and stored in history.
+/// What a task (or one of its attempts) consumed, carried in its events and stored in
+/// history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Usage {
@@ -35,6 +36,23 @@ impl Usage {
         self.cpu_time += other.cpu_time;
         self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
         self.gpu_seconds += other.gpu_seconds;
+    }
+
+    /// Whether nothing was consumed.
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+
+    /// This usage less `part` of it (e.g. a task's total less its preempted attempts):
+    /// times and GPU-seconds subtract, stopping at zero. The peak memory stays: a peak
+    /// cannot be taken apart.
+    pub fn saturating_sub(&self, part: &Usage) -> Usage {
+        Usage {
+            wall_time: self.wall_time.saturating_sub(part.wall_time),
+            cpu_time: self.cpu_time.saturating_sub(part.cpu_time),
+            peak_memory_bytes: self.peak_memory_bytes,
+            gpu_seconds: (self.gpu_seconds - part.gpu_seconds).max(0.0),
+        }
     }
 }
 
@@ -70,5 +88,21 @@ mod tests {
         total.accumulate(&u);
         assert_eq!(total.wall_time, Duration::from_secs(20));
         assert_eq!(total.peak_memory_bytes, 42);
+    }
+
+    #[test]
+    fn a_part_comes_off_and_never_below_zero() {
+        let first = Usage::new(Duration::from_secs(10), Duration::from_secs(3), 42, 2);
+        let second = Usage::new(Duration::from_secs(5), Duration::from_secs(4), 7, 2);
+        let mut total = first;
+        total.accumulate(&second);
+        let rest = total.saturating_sub(&first);
+        assert_eq!(rest.wall_time, Duration::from_secs(5));
+        assert_eq!(rest.cpu_time, Duration::from_secs(4));
+        assert_eq!(rest.gpu_seconds, 10.0);
+        assert_eq!(rest.peak_memory_bytes, 42, "a peak stays");
+        assert!(second.saturating_sub(&total).wall_time.is_zero());
+        assert!(Usage::default().is_zero());
+        assert!(!first.is_zero());
     }
 }

@@ -200,6 +200,56 @@ async fn sqlite_history_upgrades_in_place() {
     assert_eq!(history.get(task.id).await.unwrap(), Some(task));
 }
 
+#[tokio::test]
+async fn sqlite_tasks_written_before_preempted_usage_read_it_as_zero() {
+    // The schema as it was before the preempted-usage migration, with a task in it.
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("h.db").to_string_lossy().to_string();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for file in std::fs::read_dir(&all).unwrap() {
+        let file = file.unwrap();
+        if file.file_name().to_string_lossy().as_ref() < "20261204100001" {
+            std::fs::copy(file.path(), old.join(file.file_name())).unwrap();
+        }
+    }
+    let outbox = ops_events::sqlite::SqliteOutbox::open(&url).await.unwrap();
+    let mut before = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    before.set_ignore_missing(true);
+    before.run(outbox.pool()).await.unwrap();
+    let mut task = testkit::history::record("acme", TaskStatus::Succeeded);
+    task.usage = ops_core::Usage::new(Duration::from_secs(60), Duration::from_secs(30), 1 << 20, 1);
+    let micros = |t: DateTime<Utc>| t.timestamp_micros();
+    sqlx::query(
+        "INSERT INTO ops_tasks (id, tenant, environment, template, status, priority, attempt, \
+             max_attempts, labels, parameters, spec, retry, wall_secs, cpu_secs, peak_memory, \
+             gpu_secs, submitted_at, finished_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, 0, 1, 3, '{}', ?, ?, ?, 60, 30, ?, 60, ?, ?, ?)",
+    )
+    .bind(task.id.to_string())
+    .bind(task.tenant.as_str())
+    .bind(task.environment.to_string())
+    .bind(&task.template)
+    .bind(task.status.as_str())
+    .bind(task.parameters.to_string())
+    .bind(serde_json::to_string(&task.spec).unwrap())
+    .bind(serde_json::to_string(&task.retry).unwrap())
+    .bind(1_i64 << 20)
+    .bind(micros(task.submitted_at))
+    .bind(task.finished_at.map(micros))
+    .bind(micros(task.submitted_at))
+    .execute(outbox.pool())
+    .await
+    .unwrap();
+    drop(outbox);
+
+    let history = SqliteHistory::open(&url).await.unwrap();
+    let read = history.get(task.id).await.unwrap().unwrap();
+    assert!(read.preempted_usage.is_zero(), "{read:?}");
+    assert_eq!(read, task);
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_core::{Reason, Resources, TaskStatus, Tenant, event_types};
+use ops_core::{Event, Reason, Resources, TaskEventData, TaskStatus, Tenant, event_types};
 use ops_tasks::sim::{SimExecutor, SimExecutorConfig};
 use ops_tasks::template::{Catalogue, Format, TaskTemplate};
 use ops_tasks::{Executor, NodeGroup, SqliteHistory, SubmitRequest, Tasks, TasksConfig};
@@ -30,11 +30,14 @@ default = 0
     r#"
 name = "scav"
 command = ["backfill"]
-env = { OPS_SIM_DURATION = "24h" }
+env = { OPS_SIM_DURATION = "{{ d }}" }
 scavenger = true
 [resources]
 cpu = 2
 memory = "4Gi"
+[parameters.properties.d]
+type = "string"
+default = "24h"
 "#,
     r#"
 name = "gpu"
@@ -362,5 +365,94 @@ async fn scavengers_make_room_and_are_requeued() {
             "{types:?}"
         );
     }
+    tasks.shutdown().await;
+}
+
+fn data(e: &Event) -> TaskEventData {
+    e.data_as().unwrap_or_else(|err| panic!("{}: {err}", e.ty))
+}
+
+/// Seconds of a duration, to compare sums of durations that went through JSON.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempted_attempt_reports_its_usage_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    // One node of 2 cores, ten virtual minutes per real second, 30 s of grace.
+    let executor = Arc::new(
+        SimExecutor::new(
+            SimExecutorConfig::new(vec![NodeGroup::new(1, Resources::new(2_000, 8 << 30))])
+                .speedup(600.0),
+        )
+        .unwrap(),
+    );
+    let mut config = TasksConfig::default();
+    config.admission.scavenger.grace = Duration::from_secs(30);
+    let tasks = start_with(dir.path(), executor, config).await;
+    let batch = Tenant::parse("batch").unwrap();
+    let acme = Tenant::parse("acme").unwrap();
+    let scav = tasks
+        .tenant(&batch)
+        .submit(SubmitRequest::new("scav").parameters(json!({ "d": "10m" })))
+        .await
+        .unwrap();
+    wait_status(&tasks, &batch, scav, TaskStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let real = tasks
+        .tenant(&acme)
+        .submit(SubmitRequest::new("sim").parameters(json!({ "d": "1m" })))
+        .await
+        .unwrap();
+    let wait = |tenant: Tenant, id| {
+        let tasks = tasks.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), tasks.tenant(&tenant).wait(id))
+                .await
+                .expect("task did not finish in time")
+                .unwrap()
+        }
+    };
+    assert_eq!(wait(acme, real).await.status, TaskStatus::Succeeded);
+    let record = wait(batch.clone(), scav).await;
+    assert_eq!(record.status, TaskStatus::Succeeded, "{record:?}");
+    assert_eq!(record.attempt, 2, "{record:?}");
+
+    let events = tasks.tenant(&batch).events(scav).await.unwrap();
+    let one = |ty: &str| {
+        let mut of_type = events.iter().filter(|e| e.ty == ty);
+        let first = of_type.next().unwrap_or_else(|| panic!("no {ty}"));
+        assert!(of_type.next().is_none(), "one {ty}");
+        data(first)
+    };
+    let preempted = one(event_types::TASK_PREEMPTED);
+    assert_eq!(preempted.attempt, 1, "{preempted:?}");
+    assert_eq!(preempted.usage, None, "not final: {preempted:?}");
+    assert_eq!(
+        preempted.resources.as_ref().map(|r| r.cpu_millis),
+        Some(2000),
+        "billing prices the attempt by what it held: {preempted:?}"
+    );
+    let first = preempted
+        .attempt_usage
+        .expect("the preempted attempt's usage");
+    assert!(first.wall_time >= Duration::from_secs(30), "{first:?}");
+    assert!(first.wall_time < Duration::from_secs(600), "{first:?}");
+
+    let done = one(event_types::TASK_SUCCEEDED);
+    assert_eq!(done.attempt, 2, "{done:?}");
+    let second = done.attempt_usage.expect("the last attempt's usage");
+    assert_eq!(second.wall_time, Duration::from_secs(600));
+    assert_eq!(done.preempted_usage, Some(first), "{done:?}");
+    let total = done.usage.expect("the total");
+    assert!(
+        (secs(total.wall_time) - secs(first.wall_time) - 600.0).abs() < 1e-6,
+        "total {total:?} = preempted {first:?} + last {second:?}"
+    );
+
+    // History keeps the preempted part apart, as the final event says.
+    assert_eq!(record.preempted_usage, first);
+    assert_eq!(record.usage, total);
     tasks.shutdown().await;
 }

@@ -71,8 +71,13 @@ pub struct TaskRecord {
     pub retry: RetryPolicy,
     /// Where the executor runs the current attempt (for re-attaching after a restart).
     pub run_handle: Option<RunHandle>,
-    /// Usage summed over all attempts.
+    /// Usage summed over all attempts (preempted ones included).
     pub usage: Usage,
+    /// The part of [`usage`](Self::usage) that preempted attempts consumed: billing
+    /// rates it attempt by attempt from their `ops.task.preempted` events, not with
+    /// the final one. Zero for tasks recorded before it was kept.
+    #[serde(default)]
+    pub preempted_usage: Usage,
     /// When it was submitted.
     pub submitted_at: DateTime<Utc>,
     /// When its latest attempt started.

@@ -212,18 +212,27 @@ fn int(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-fn row_to_record(row: &PgRow) -> Result<TaskRecord> {
-    let wall: f64 = row.try_get("wall_secs").map_err(Error::postgres)?;
-    let cpu: f64 = row.try_get("cpu_secs").map_err(Error::postgres)?;
+/// The usage in the columns `<prefix>wall_secs`, `<prefix>cpu_secs`,
+/// `<prefix>peak_memory` and `<prefix>gpu_secs`.
+fn usage_of(row: &PgRow, prefix: &str) -> Result<Usage> {
+    let get = |name: &str| -> Result<f64> {
+        row.try_get(format!("{prefix}{name}").as_str())
+            .map_err(Error::postgres)
+    };
+    let peak: i64 = row
+        .try_get(format!("{prefix}peak_memory").as_str())
+        .map_err(Error::postgres)?;
     let mut usage = Usage::new(
-        std::time::Duration::from_secs_f64(wall.max(0.0)),
-        std::time::Duration::from_secs_f64(cpu.max(0.0)),
-        row.try_get::<i64, _>("peak_memory")
-            .map_err(Error::postgres)?
-            .max(0) as u64,
+        std::time::Duration::from_secs_f64(get("wall_secs")?.max(0.0)),
+        std::time::Duration::from_secs_f64(get("cpu_secs")?.max(0.0)),
+        peak.max(0) as u64,
         0,
     );
-    usage.gpu_seconds = row.try_get("gpu_secs").map_err(Error::postgres)?;
+    usage.gpu_seconds = get("gpu_secs")?;
+    Ok(usage)
+}
+
+fn row_to_record(row: &PgRow) -> Result<TaskRecord> {
     let Json(labels) = row.try_get("labels").map_err(Error::postgres)?;
     let Json(parameters) = row.try_get("parameters").map_err(Error::postgres)?;
     let Json(spec) = row.try_get("spec").map_err(Error::postgres)?;
@@ -261,7 +270,8 @@ fn row_to_record(row: &PgRow) -> Result<TaskRecord> {
         spec,
         retry,
         run_handle: run_handle.map(|Json(h)| h),
-        usage,
+        usage: usage_of(row, "")?,
+        preempted_usage: usage_of(row, "preempted_")?,
         submitted_at: row.try_get("submitted_at").map_err(Error::postgres)?,
         started_at: row.try_get("started_at").map_err(Error::postgres)?,
         finished_at: row.try_get("finished_at").map_err(Error::postgres)?,
@@ -298,6 +308,10 @@ struct TaskColumns {
     cpu: Vec<f64>,
     peak: Vec<i64>,
     gpu: Vec<f64>,
+    preempted_wall: Vec<f64>,
+    preempted_cpu: Vec<f64>,
+    preempted_peak: Vec<i64>,
+    preempted_gpu: Vec<f64>,
     submitted_at: Vec<DateTime<Utc>>,
     started_at: Vec<Option<DateTime<Utc>>>,
     finished_at: Vec<Option<DateTime<Utc>>>,
@@ -335,6 +349,12 @@ impl TaskColumns {
         self.peak
             .push(r.usage.peak_memory_bytes.min(i64::MAX as u64) as i64);
         self.gpu.push(r.usage.gpu_seconds);
+        let p = &r.preempted_usage;
+        self.preempted_wall.push(p.wall_time.as_secs_f64());
+        self.preempted_cpu.push(p.cpu_time.as_secs_f64());
+        self.preempted_peak
+            .push(p.peak_memory_bytes.min(i64::MAX as u64) as i64);
+        self.preempted_gpu.push(p.gpu_seconds);
         self.submitted_at.push(r.submitted_at);
         self.started_at.push(r.started_at);
         self.finished_at.push(r.finished_at);
@@ -351,21 +371,24 @@ impl TaskColumns {
             "INSERT INTO ops_tasks (id, tenant, environment, template, status, reason, message, \
                  exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, \
                  run_handle, wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, \
-                 started_at, finished_at, not_before, updated_at, owner, task_dir) \
+                 started_at, finished_at, not_before, updated_at, owner, task_dir, \
+                 preempted_wall_secs, preempted_cpu_secs, preempted_peak_memory, \
+                 preempted_gpu_secs) \
              SELECT id, tenant, environment, template, status, reason, message, exit_code, \
                  priority, attempt, max_attempts, labels::jsonb, parameters::json, spec::json, \
                  retry::json, run_handle::json, wall, cpu, peak, gpu, submitted_at, started_at, \
-                 finished_at, not_before, now(), owner, task_dir \
+                 finished_at, not_before, now(), owner, task_dir, p_wall, p_cpu, p_peak, p_gpu \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
                  $6::text[], $7::text[], $8::int4[], $9::int4[], $10::int4[], $11::int4[], \
                  $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
                  $17::float8[], $18::float8[], $19::int8[], $20::float8[], \
                  $21::timestamptz[], $22::timestamptz[], $23::timestamptz[], \
-                 $24::timestamptz[], $25::text[], $26::text[]) \
+                 $24::timestamptz[], $25::text[], $26::text[], \
+                 $27::float8[], $28::float8[], $29::int8[], $30::float8[]) \
              AS u(id, tenant, environment, template, status, reason, message, exit_code, \
                  priority, attempt, max_attempts, labels, parameters, spec, retry, run_handle, \
                  wall, cpu, peak, gpu, submitted_at, started_at, finished_at, not_before, owner, \
-                 task_dir)",
+                 task_dir, p_wall, p_cpu, p_peak, p_gpu)",
         )
         .bind(self.id)
         .bind(self.tenant)
@@ -393,6 +416,10 @@ impl TaskColumns {
         .bind(self.not_before)
         .bind(self.owner)
         .bind(self.task_dir)
+        .bind(self.preempted_wall)
+        .bind(self.preempted_cpu)
+        .bind(self.preempted_peak)
+        .bind(self.preempted_gpu)
         .execute(&mut *conn)
         .await
         .map_err(Error::postgres)?;
@@ -484,15 +511,18 @@ async fn apply_round(
              run_handle = u.run_handle::json, wall_secs = u.wall, cpu_secs = u.cpu, \
              peak_memory = u.peak, gpu_secs = u.gpu, started_at = u.started_at, \
              finished_at = u.finished_at, not_before = u.not_before, updated_at = now(), \
-             spec = u.spec::json, task_dir = u.task_dir, \
+             spec = u.spec::json, task_dir = u.task_dir, preempted_wall_secs = u.p_wall, \
+             preempted_cpu_secs = u.p_cpu, preempted_peak_memory = u.p_peak, \
+             preempted_gpu_secs = u.p_gpu, \
              owner = CASE WHEN u.status IN {FINAL_SQL} THEN NULL ELSE t.owner END \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], \
              $7::int4[], $8::int4[], $9::text[], $10::float8[], $11::float8[], $12::int8[], \
              $13::float8[], $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], \
-             $18::text[], $19::text[]) \
+             $18::text[], $19::text[], $20::float8[], $21::float8[], $22::int8[], \
+             $23::float8[]) \
          AS u(id, from_status, status, reason, message, exit_code, priority, attempt, \
              run_handle, wall, cpu, peak, gpu, started_at, finished_at, not_before, spec, \
-             task_dir) \
+             task_dir, p_wall, p_cpu, p_peak, p_gpu) \
          WHERE t.id = u.id AND t.status = u.from_status \
            AND t.owner IS NOT DISTINCT FROM $17 \
          RETURNING t.id"
@@ -516,6 +546,10 @@ async fn apply_round(
     .bind(batch.owner.as_deref())
     .bind(c.spec)
     .bind(c.task_dir)
+    .bind(c.preempted_wall)
+    .bind(c.preempted_cpu)
+    .bind(c.preempted_peak)
+    .bind(c.preempted_gpu)
     .fetch_all(&mut *conn)
     .await
     .map_err(Error::postgres)?;

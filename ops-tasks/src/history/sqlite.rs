@@ -28,7 +28,8 @@ const INSERT_CHUNK: usize = 500;
 const TASK_COLUMNS: &str = "id, tenant, environment, template, status, reason, message, \
     exit_code, priority, attempt, max_attempts, labels, parameters, spec, retry, run_handle, \
     wall_secs, cpu_secs, peak_memory, gpu_secs, submitted_at, started_at, finished_at, \
-    not_before, updated_at, owner";
+    not_before, updated_at, owner, preempted_wall_secs, preempted_cpu_secs, \
+    preempted_peak_memory, preempted_gpu_secs";
 
 /// [`HistoryStore`](super::HistoryStore) on SQLite. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -94,6 +95,46 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The usage in the columns `<prefix>wall_secs`, `<prefix>cpu_secs`,
+/// `<prefix>peak_memory` and `<prefix>gpu_secs`.
+fn usage_of(row: &SqliteRow, prefix: &str) -> Result<Usage> {
+    let get = |name: &str| -> Result<f64> {
+        row.try_get(format!("{prefix}{name}").as_str())
+            .map_err(Error::sqlite)
+    };
+    let peak: i64 = row
+        .try_get(format!("{prefix}peak_memory").as_str())
+        .map_err(Error::sqlite)?;
+    let mut usage = Usage::new(
+        std::time::Duration::from_secs_f64(get("wall_secs")?.max(0.0)),
+        std::time::Duration::from_secs_f64(get("cpu_secs")?.max(0.0)),
+        peak.max(0) as u64,
+        0,
+    );
+    usage.gpu_seconds = get("gpu_secs")?;
+    Ok(usage)
+}
+
+/// A usage's column values: wall, CPU, peak memory, GPU-seconds.
+#[derive(Clone, Copy)]
+struct UsageValues {
+    wall: f64,
+    cpu: f64,
+    peak: i64,
+    gpu: f64,
+}
+
+impl UsageValues {
+    fn new(u: &Usage) -> Self {
+        Self {
+            wall: u.wall_time.as_secs_f64(),
+            cpu: u.cpu_time.as_secs_f64(),
+            peak: u.peak_memory_bytes.min(i64::MAX as u64) as i64,
+            gpu: u.gpu_seconds,
+        }
+    }
+}
+
 fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
     let id: String = row.try_get("id").map_err(Error::sqlite)?;
     let status: String = row.try_get("status").map_err(Error::sqlite)?;
@@ -103,17 +144,6 @@ fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
     let spec: String = row.try_get("spec").map_err(Error::sqlite)?;
     let retry: String = row.try_get("retry").map_err(Error::sqlite)?;
     let run_handle: Option<String> = row.try_get("run_handle").map_err(Error::sqlite)?;
-    let wall: f64 = row.try_get("wall_secs").map_err(Error::sqlite)?;
-    let cpu: f64 = row.try_get("cpu_secs").map_err(Error::sqlite)?;
-    let mut usage = Usage::new(
-        std::time::Duration::from_secs_f64(wall.max(0.0)),
-        std::time::Duration::from_secs_f64(cpu.max(0.0)),
-        row.try_get::<i64, _>("peak_memory")
-            .map_err(Error::sqlite)?
-            .max(0) as u64,
-        0,
-    );
-    usage.gpu_seconds = row.try_get("gpu_secs").map_err(Error::sqlite)?;
     Ok(TaskRecord {
         id: TaskId::from_str(&id).map_err(|e| corrupt("task id", e))?,
         tenant: Tenant::parse(row.try_get::<String, _>("tenant").map_err(Error::sqlite)?)
@@ -141,7 +171,8 @@ fn row_to_record(row: &SqliteRow) -> Result<TaskRecord> {
         spec: serde_json::from_str(&spec)?,
         retry: serde_json::from_str(&retry)?,
         run_handle: run_handle.map(|h| serde_json::from_str(&h)).transpose()?,
-        usage,
+        usage: usage_of(row, "")?,
+        preempted_usage: usage_of(row, "preempted_")?,
         submitted_at: from_micros(row.try_get("submitted_at").map_err(Error::sqlite)?),
         started_at: row
             .try_get::<Option<i64>, _>("started_at")
@@ -177,10 +208,8 @@ struct TaskRow {
     spec: String,
     retry: String,
     run_handle: Option<String>,
-    wall: f64,
-    cpu: f64,
-    peak: i64,
-    gpu: f64,
+    usage: UsageValues,
+    preempted: UsageValues,
     submitted_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
@@ -210,10 +239,8 @@ impl TaskRow {
                 .as_ref()
                 .map(serde_json::to_string)
                 .transpose()?,
-            wall: r.usage.wall_time.as_secs_f64(),
-            cpu: r.usage.cpu_time.as_secs_f64(),
-            peak: r.usage.peak_memory_bytes.min(i64::MAX as u64) as i64,
-            gpu: r.usage.gpu_seconds,
+            usage: UsageValues::new(&r.usage),
+            preempted: UsageValues::new(&r.preempted_usage),
             submitted_at: micros(r.submitted_at),
             started_at: opt_micros(r.started_at),
             finished_at: opt_micros(r.finished_at),
@@ -507,16 +534,20 @@ impl HistoryWriter for SqliteHistory {
                     .push_bind(r.spec.as_str())
                     .push_bind(r.retry.as_str())
                     .push_bind(r.run_handle.as_deref())
-                    .push_bind(r.wall)
-                    .push_bind(r.cpu)
-                    .push_bind(r.peak)
-                    .push_bind(r.gpu)
+                    .push_bind(r.usage.wall)
+                    .push_bind(r.usage.cpu)
+                    .push_bind(r.usage.peak)
+                    .push_bind(r.usage.gpu)
                     .push_bind(r.submitted_at)
                     .push_bind(r.started_at)
                     .push_bind(r.finished_at)
                     .push_bind(r.not_before)
                     .push_bind(now)
-                    .push_bind(*owner);
+                    .push_bind(*owner)
+                    .push_bind(r.preempted.wall)
+                    .push_bind(r.preempted.cpu)
+                    .push_bind(r.preempted.peak)
+                    .push_bind(r.preempted.gpu);
             });
             qb.build().execute(&mut *tx).await.map_err(Error::sqlite)?;
         }
@@ -541,13 +572,16 @@ impl HistoryWriter for SqliteHistory {
                 "UPDATE ops_tasks SET status = ?, reason = ?, message = ?, exit_code = ?, \
                  priority = ?, attempt = ?, run_handle = ?, wall_secs = ?, cpu_secs = ?, \
                  peak_memory = ?, gpu_secs = ?, started_at = ?, finished_at = ?, \
-                 not_before = ?, updated_at = ?, spec = ?, owner = NULL \
+                 not_before = ?, updated_at = ?, spec = ?, preempted_wall_secs = ?, \
+                 preempted_cpu_secs = ?, preempted_peak_memory = ?, preempted_gpu_secs = ?, \
+                 owner = NULL \
                  WHERE id = ? AND status = ? AND owner IS ?"
             } else {
                 "UPDATE ops_tasks SET status = ?, reason = ?, message = ?, exit_code = ?, \
                  priority = ?, attempt = ?, run_handle = ?, wall_secs = ?, cpu_secs = ?, \
                  peak_memory = ?, gpu_secs = ?, started_at = ?, finished_at = ?, \
-                 not_before = ?, updated_at = ?, spec = ? \
+                 not_before = ?, updated_at = ?, spec = ?, preempted_wall_secs = ?, \
+                 preempted_cpu_secs = ?, preempted_peak_memory = ?, preempted_gpu_secs = ? \
                  WHERE id = ? AND status = ? AND owner IS ?"
             };
             let done = sqlx::query(sql)
@@ -558,15 +592,19 @@ impl HistoryWriter for SqliteHistory {
                 .bind(r.priority)
                 .bind(r.attempt)
                 .bind(r.run_handle.as_deref())
-                .bind(r.wall)
-                .bind(r.cpu)
-                .bind(r.peak)
-                .bind(r.gpu)
+                .bind(r.usage.wall)
+                .bind(r.usage.cpu)
+                .bind(r.usage.peak)
+                .bind(r.usage.gpu)
                 .bind(r.started_at)
                 .bind(r.finished_at)
                 .bind(r.not_before)
                 .bind(now)
                 .bind(r.spec.as_str())
+                .bind(r.preempted.wall)
+                .bind(r.preempted.cpu)
+                .bind(r.preempted.peak)
+                .bind(r.preempted.gpu)
                 .bind(r.id.as_str())
                 .bind(t.from.as_str())
                 .bind(owner)

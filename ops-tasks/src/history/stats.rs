@@ -258,6 +258,7 @@ mod tests {
             retry: RetryPolicy::default(),
             run_handle: None,
             usage: Usage::new(secs(run.unwrap_or(0) as u64), secs(1), 100, 1),
+            preempted_usage: Usage::default(),
             submitted_at: t0,
             started_at,
             finished_at,

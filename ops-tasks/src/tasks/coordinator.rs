@@ -20,7 +20,9 @@ use ops_core::{Event, Reason, TaskId, TaskStatus, event_types};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{TasksConfig, event_with, reason_status, request_of, task_data, task_event};
+use super::{
+    TasksConfig, attempt_event, event_with, reason_status, request_of, task_data, task_event,
+};
 use crate::admission::{
     Admission, AdmissionPolicy, BudgetDecision, BudgetGate, BudgetRequest, Preemption, QueueInfo,
     TenantUsage,
@@ -629,7 +631,12 @@ impl Coordinator {
             let delay = record.retry.delay(record.attempt);
             record.status = TaskStatus::Retrying;
             record.not_before = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
-            let event = task_event(&self.config.source, event_types::TASK_RETRYING, &record);
+            let event = attempt_event(
+                &self.config.source,
+                event_types::TASK_RETRYING,
+                &record,
+                outcome.usage,
+            );
             batch
                 .transitions
                 .push(Transition::new(TaskStatus::Running, record.clone(), event));
@@ -647,11 +654,16 @@ impl Coordinator {
             TaskStatus::Cancelled => event_types::TASK_CANCELLED,
             _ => event_types::TASK_FAILED,
         };
-        self.transition(TaskStatus::Running, record, ty, batch);
+        let event = attempt_event(&self.config.source, ty, &record, outcome.usage);
+        batch
+            .transitions
+            .push(Transition::new(TaskStatus::Running, record, event));
     }
 
-    /// A preempted attempt: `ops.task.preempted`, and the task goes back to the queue
-    /// in its old place (preemption uses up none of its retries).
+    /// A preempted attempt: `ops.task.preempted` with the attempt's usage (also kept
+    /// apart in `preempted_usage`, so that the final event tells billing which part of
+    /// the total it already saw), and the task goes back to the queue in its old place
+    /// (preemption uses up none of its retries).
     fn requeue_preempted(
         &mut self,
         mut record: TaskRecord,
@@ -660,18 +672,22 @@ impl Coordinator {
     ) {
         let id = record.id;
         record.usage.accumulate(&outcome.usage);
+        record.preempted_usage.accumulate(&outcome.usage);
         record.status = TaskStatus::Queued;
         record.reason = Some(Reason::Preempted);
         record.message = Some("preempted to make room for other work; queued again".to_owned());
         record.exit_code = outcome.exit_code;
         record.max_attempts = record.max_attempts.saturating_add(1);
         tracing::info!(task_id = %id, attempt = record.attempt, "preempted; requeued");
-        self.transition(
-            TaskStatus::Running,
-            record.clone(),
+        let event = attempt_event(
+            &self.config.source,
             event_types::TASK_PREEMPTED,
-            batch,
+            &record,
+            outcome.usage,
         );
+        batch
+            .transitions
+            .push(Transition::new(TaskStatus::Running, record.clone(), event));
         if self.admission.requeue(id) {
             self.queue.insert(id, record);
         } else {

@@ -342,7 +342,8 @@ fn default_coordinator_id(root: &std::path::Path) -> String {
     format!("{}:{}", hostname(), root.display())
 }
 
-/// The payload of a task's events, from its record.
+/// The payload of a task's events, from its record: on final events its usage, and the
+/// part of it preempted attempts consumed when there is one.
 pub(crate) fn task_data(record: &TaskRecord) -> TaskEventData {
     let mut data = TaskEventData::new(
         record.id,
@@ -358,6 +359,8 @@ pub(crate) fn task_data(record: &TaskRecord) -> TaskEventData {
     data.exit_code = record.exit_code;
     if record.status.is_final() {
         data.usage = Some(record.usage);
+        data.preempted_usage =
+            (!record.preempted_usage.is_zero()).then_some(record.preempted_usage);
     }
     if record.status.is_final() || record.status == TaskStatus::Running {
         data.resources = Some(record.spec.resources.clone());
@@ -368,6 +371,21 @@ pub(crate) fn task_data(record: &TaskRecord) -> TaskEventData {
 
 pub(crate) fn task_event(source: &str, ty: &str, record: &TaskRecord) -> Event {
     event_with(source, ty, record, &task_data(record))
+}
+
+/// The event of a change that ends an attempt (preempted, retrying or final): the
+/// task's payload with the usage of that attempt, which `record.usage` already counts,
+/// and the resources it held (what billing prices the attempt by).
+pub(crate) fn attempt_event(
+    source: &str,
+    ty: &str,
+    record: &TaskRecord,
+    attempt_usage: Usage,
+) -> Event {
+    let mut data = task_data(record);
+    data.attempt_usage = Some(attempt_usage);
+    data.resources = Some(record.spec.resources.clone());
+    event_with(source, ty, record, &data)
 }
 
 pub(crate) fn event_with(
@@ -555,6 +573,7 @@ impl Tasks {
             retry: template.retries().clone(),
             run_handle: None,
             usage: Usage::default(),
+            preempted_usage: Usage::default(),
             submitted_at: Utc::now(),
             started_at: None,
             finished_at: None,

@@ -109,6 +109,7 @@ pub fn record_with_id(id: TaskId, name: &str, status: TaskStatus) -> TaskRecord 
         retry: RetryPolicy::default(),
         run_handle: None,
         usage: Usage::default(),
+        preempted_usage: Usage::default(),
         submitted_at: submitted,
         started_at: None,
         finished_at: status.is_final().then_some(submitted),
@@ -225,6 +226,7 @@ where
     check!(cancel_requests);
     check!(prune_deletes_finished_tasks);
     check!(transitions_store_the_attempt_spec);
+    check!(preempted_usage_is_kept);
     check!(stats_per_template);
     tracing::info!(check = "claims_are_exclusive", "history conformance");
     claims_are_exclusive(make().await).await;
@@ -252,6 +254,7 @@ where
     check!(transitions_are_checked_and_compare_and_set);
     check!(prune_deletes_finished_tasks);
     check!(transitions_store_the_attempt_spec);
+    check!(preempted_usage_is_kept);
     check!(stats_per_template);
     check!(single_node_leases);
 }
@@ -303,6 +306,12 @@ pub async fn commit_and_get(store: &dyn HistoryStore) {
         Duration::from_millis(1500),
         Duration::from_millis(250),
         1 << 30,
+        2,
+    );
+    full.preempted_usage = Usage::new(
+        Duration::from_millis(500),
+        Duration::from_millis(125),
+        1 << 29,
         2,
     );
     full.started_at = Some(now());
@@ -1095,6 +1104,65 @@ pub async fn transitions_store_the_attempt_spec(store: &dyn HistoryStore) {
         .expect("prune");
     assert_eq!(pruned.len(), 1);
     assert_eq!(pruned[0].task_dir, t.record.spec.task_dir);
+}
+
+/// A preempted attempt's usage, kept apart in `preempted_usage` by the transition
+/// that requeues the task, is stored with every later transition, through to the final
+/// one.
+pub async fn preempted_usage_is_kept(store: &dyn HistoryStore) {
+    let queued = record("acme", TaskStatus::Queued);
+    insert(store, std::slice::from_ref(&queued), Some("c1")).await;
+    let start = transition(&queued, TaskStatus::Running, event_types::TASK_STARTED);
+    let first = Usage::new(Duration::from_secs(90), Duration::from_secs(80), 1 << 30, 1);
+    let mut preempted = transition(
+        &start.record,
+        TaskStatus::Queued,
+        event_types::TASK_PREEMPTED,
+    );
+    preempted.record.reason = Some(Reason::Preempted);
+    preempted.record.usage = first;
+    preempted.record.preempted_usage = first;
+    assert_eq!(
+        commit_transitions(store, Some("c1"), vec![start, preempted.clone()]).await,
+        [true, true]
+    );
+    // (A single-node store may not keep the owner: only the rest is compared.)
+    assert_eq!(
+        TaskRecord {
+            owner: None,
+            ..get(store, queued.id).await
+        },
+        preempted.record,
+        "preempted_usage_is_kept: the requeued task"
+    );
+    let mut again = transition(
+        &preempted.record,
+        TaskStatus::Running,
+        event_types::TASK_STARTED,
+    );
+    again.record.attempt = 2;
+    let mut done = transition(
+        &again.record,
+        TaskStatus::Succeeded,
+        event_types::TASK_SUCCEEDED,
+    );
+    done.record.usage.accumulate(&Usage::new(
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+        1 << 28,
+        1,
+    ));
+    assert_eq!(
+        commit_transitions(store, Some("c1"), vec![again, done.clone()]).await,
+        [true, true]
+    );
+    let finished = get(store, queued.id).await;
+    assert_eq!(
+        finished, done.record,
+        "preempted_usage_is_kept: the final record"
+    );
+    assert_eq!(finished.preempted_usage, first);
+    assert_eq!(finished.usage.wall_time, Duration::from_secs(120));
 }
 
 /// The events of applied changes, and only those, reach the store's outbox in order.
