@@ -867,11 +867,54 @@ impl Budgets {
                 Money::new(from_hold - charge.amount, charge.currency),
             );
         }
+        if self.limits.any_for(tenant) {
+            posting = self
+                .attempt_limit_entries(posting, tenant, task, charge)
+                .await?;
+        }
         match self.ledger.post(&posting).await {
             // Settled before, when the hold held another amount: nothing to do.
             Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
             other => other,
         }
+    }
+}
+
+impl Budgets {
+    /// A preempted attempt's charge is spent under the limits its task holds: taken
+    /// from each limit part (what the part lacks, from the limit in the current
+    /// period), as its money is taken from the hold.
+    async fn attempt_limit_entries(
+        &self,
+        mut posting: Posting,
+        tenant: &Tenant,
+        task: TaskId,
+        charge: Money,
+    ) -> Result<Posting> {
+        let prefix = format!("{}:", held(tenant, task)?);
+        let parts = self
+            .ledger
+            .balances_under(&format!("{prefix}limit:"))
+            .await?;
+        let now = chrono::Utc::now();
+        for (account, part) in parts.iter().filter(|(_, m)| m.currency == charge.currency) {
+            let Some((_, current)) = account
+                .as_str()
+                .strip_prefix(&prefix)
+                .and_then(|p| crate::limit::part_accounts(tenant, p, now))
+            else {
+                continue;
+            };
+            let take = part.amount.clamp(0, charge.amount);
+            if take != 0 {
+                posting = posting.entry(account.clone(), Money::new(-take, charge.currency));
+            }
+            if take < charge.amount {
+                posting = posting.entry(current, Money::new(take - charge.amount, charge.currency));
+            }
+            posting = posting.entry(Account::platform("limits-spent")?, charge);
+        }
+        Ok(posting)
     }
 }
 

@@ -291,3 +291,45 @@ period = "day"
         .unwrap();
     assert!(err.to_string().contains("week"), "{err}");
 }
+
+/// A charged preempted attempt is spent under the limit: taken from the task's limit
+/// part like its money from the hold; the next attempt's hold tops both up.
+#[tokio::test]
+async fn a_charged_preempted_attempt_counts_against_the_limit() {
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    let b = Budgets::new(ledger.clone(), book())
+        .limits(vec![SpendingLimit::new(dec("0.30"), LimitPeriod::Month)])
+        .unwrap();
+    let acme = tenant("acme");
+    b.top_up(&acme, eur(10_00), "paid").await.unwrap();
+    let r = Resources::new(1000, 0);
+    let mut task = hold(&acme, "production", &r);
+    b.reserve(&task).await.unwrap();
+    assert_eq!(
+        b.limits_left(&acme, "production").await.unwrap()[0].1,
+        eur(19)
+    );
+    // The first attempt was preempted and cost 0.04.
+    b.settle_attempt(&acme, task.task_id, 1, eur(4), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.limits_left(&acme, "production").await.unwrap()[0].1,
+        eur(19)
+    );
+    // The second attempt holds the worst case again: 0.04 more under the limit.
+    task.attempt = 2;
+    b.reserve(&task).await.unwrap();
+    assert_eq!(
+        b.limits_left(&acme, "production").await.unwrap()[0].1,
+        eur(15)
+    );
+    // It cost 0.05: 0.30 - 0.04 - 0.05 left.
+    b.settle(&acme, task.task_id, eur(5), None).await.unwrap();
+    assert_eq!(
+        b.limits_left(&acme, "production").await.unwrap()[0].1,
+        eur(21)
+    );
+    assert_eq!(b.available(&acme).await.unwrap(), eur(10_00 - 9));
+    assert!(ledger.audit().await.unwrap().is_empty());
+}

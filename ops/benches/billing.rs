@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench -p ops --all-features --bench billing              # 1,000,000 events
 //! cargo bench -p ops --all-features --bench billing -- --quick   # 100,000 events
+//! cargo bench -p ops --all-features --bench billing -- --only rating,reservation
 //! ```
 //!
 //! - `rating`: task final events (1 core, 1 GiB, 30 s CPU, 60 s wall) through
@@ -51,6 +52,17 @@ struct Args {
     events: usize,
     tenants: usize,
     quick: bool,
+    /// Only these parts (`--only rating,reservation`): rating (with invoices),
+    /// postgres, reservation, admission.
+    only: Option<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|p| p == part))
+    }
 }
 
 fn args() -> Args {
@@ -67,6 +79,11 @@ fn args() -> Args {
         events,
         tenants: value("--tenants").unwrap_or(events / 100).max(1),
         quick,
+        only: argv
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| argv.get(i + 1))
+            .cloned(),
     }
 }
 
@@ -299,9 +316,12 @@ async fn rating_and_invoices(a: &Args, dir: &std::path::Path, rows: &mut Vec<Row
     let (from, to) = period();
     let t = Instant::now();
     let mut lines = 0;
+    let mut reading = Duration::ZERO;
     for i in 0..a.tenants {
         let tenant = tenant_name(i);
+        let r = Instant::now();
         let records = ledger.records(&tenant, from, to).await.expect("records");
+        reading += r.elapsed();
         let invoice = ops::billing::invoice::invoice(
             &metering,
             &tenant,
@@ -315,6 +335,11 @@ async fn rating_and_invoices(a: &Args, dir: &std::path::Path, rows: &mut Vec<Row
         lines += invoice.lines.len();
     }
     let invoices = t.elapsed();
+    eprintln!(
+        "invoices: {:.2} s reading usage records, {:.2} s building invoices",
+        reading.as_secs_f64(),
+        (invoices - reading).as_secs_f64()
+    );
     rows.push(Row {
         name: format!(
             "invoices: {} tenants × {} tasks ({lines} lines)",
@@ -568,11 +593,19 @@ fn main() {
         println!("Machine: {}.", ops_testbed::machine());
         println!();
         let mut rows = Vec::new();
-        rating_and_invoices(&a, dir.path(), &mut rows).await;
+        if a.runs("rating") {
+            rating_and_invoices(&a, dir.path(), &mut rows).await;
+        }
         #[cfg(feature = "postgres")]
-        rating_postgres(&a, &mut rows).await;
-        reservations(&a, dir.path(), &mut rows).await;
-        admission(&a, dir.path(), &mut rows).await;
+        if a.runs("postgres") {
+            rating_postgres(&a, &mut rows).await;
+        }
+        if a.runs("reservation") {
+            reservations(&a, dir.path(), &mut rows).await;
+        }
+        if a.runs("admission") {
+            admission(&a, dir.path(), &mut rows).await;
+        }
         print(&rows);
     });
 }
