@@ -217,14 +217,6 @@ fn unit_price(model: &ChargeModel) -> String {
     }
 }
 
-/// The description of the price a record falls under.
-fn price_label(metering: &Metering, record: &UsageRecord) -> String {
-    match metering.book().price(&record.meter, &record.selector()) {
-        Some(entry) => entry_label(entry),
-        None => "unpriced".to_owned(),
-    }
-}
-
 /// Where a price applies, e.g. `environment=staging template=render`; empty for the
 /// default price.
 fn entry_label(entry: &PriceEntry) -> String {
@@ -265,7 +257,12 @@ pub fn invoice(
     let currency = metering.book().currency;
     let mine: Vec<&UsageRecord> = records.iter().filter(|r| r.tenant == tenant).collect();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-    let mut by_event: BTreeMap<EventId, Vec<UsageRecord>> = BTreeMap::new();
+    // Each event's charged amount and whether it ends a charged task, to add up what
+    // settlement charged (as `Metering::charge` does) without pricing twice.
+    let mut by_event: BTreeMap<EventId, (Decimal, bool)> = BTreeMap::new();
+    // The label of each price entry, made once.
+    let mut labels: std::collections::HashMap<*const PriceEntry, String> =
+        std::collections::HashMap::new();
     for r in &mine {
         let period_meter = r.task_id.is_none();
         // Task usage belongs to the period it ended in; a time-weighted meter counts
@@ -280,9 +277,14 @@ pub fn invoice(
         if !counts {
             continue;
         }
-        let group = groups
-            .entry((r.meter.clone(), price_label(metering, r)))
-            .or_default();
+        let label = match metering.book().price(&r.meter, &r.selector()) {
+            Some(entry) => labels
+                .entry(entry as *const PriceEntry)
+                .or_insert_with(|| entry_label(entry))
+                .clone(),
+            None => "unpriced".to_owned(),
+        };
+        let group = groups.entry((r.meter.clone(), label)).or_default();
         group.events.insert(r.event_id);
         if let Some(t) = r.task_id {
             group.tasks.insert(t);
@@ -291,11 +293,14 @@ pub fn invoice(
             group.records.push((*r).clone());
         } else if metering.charged(r) {
             group.quantity += r.quantity;
-            group.amount +=
+            let amount =
                 metering
                     .book()
                     .amount(&r.meter, &r.selector(), r.quantity.max(Decimal::ZERO))?;
-            by_event.entry(r.event_id).or_default().push((*r).clone());
+            group.amount += amount;
+            let event = by_event.entry(r.event_id).or_default();
+            event.0 += amount;
+            event.1 |= Metering::ends_a_task(r);
         } else {
             group.quantity += r.quantity;
         }
@@ -333,8 +338,8 @@ pub fn invoice(
     }
     // What was settled per task: the same charge settlement computed from each event.
     let mut tasks_total = Money::zero(currency);
-    for records in by_event.values() {
-        tasks_total = tasks_total.checked_add(metering.charge(records)?)?;
+    for (amount, ends_a_task) in by_event.values() {
+        tasks_total = tasks_total.checked_add(metering.event_charge(*amount, *ends_a_task)?)?;
     }
     let adjustment = tasks_total.checked_sub(lines_tasks)?;
     if adjustment.amount != 0 {

@@ -282,11 +282,25 @@ impl Metering {
             total += self
                 .book
                 .amount(&r.meter, &r.selector(), r.quantity.max(Decimal::ZERO))?;
-            charged_task |= r.task_id.is_some() && !r.preempted;
+            charged_task |= Self::ends_a_task(r);
         }
-        if charged_task {
-            total = total.max(self.book.charges.minimum_per_task);
-        }
+        self.event_charge(total, charged_task)
+    }
+
+    /// Whether a charged record makes its event's charge at least the minimum per
+    /// task: a task's record, not a preempted attempt's.
+    pub(crate) fn ends_a_task(r: &UsageRecord) -> bool {
+        r.task_id.is_some() && !r.preempted
+    }
+
+    /// An event's charge from the sum of its charged records' amounts: at least the
+    /// minimum per task when it ends a charged task, rounded once.
+    pub(crate) fn event_charge(&self, total: Decimal, charged_task: bool) -> Result<crate::Money> {
+        let total = if charged_task {
+            total.max(self.book.charges.minimum_per_task)
+        } else {
+            total
+        };
         crate::Money::from_decimal(total, self.book.currency)
     }
 }
@@ -621,49 +635,106 @@ pub(crate) fn usage_rows(records: &[UsageRecord]) -> Result<Vec<(UsageRow, usize
     Ok(out)
 }
 
+/// A stored event's records as read back: the shared place's fields spelt out (no
+/// `#[serde(flatten)]`, which buffers every field), the same JSON as [`StoredEvent`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Deserialize)]
+pub(crate) struct ReadEvent {
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    task_id: Option<String>,
+    #[serde(default)]
+    outcome: Option<String>,
+    #[serde(default)]
+    scavenger: bool,
+    #[serde(default)]
+    preempted: bool,
+    #[serde(default)]
+    attempt: Option<u32>,
+    m: Vec<StoredRecord>,
+}
+
 /// The usage records of a [`UsageRow`]; a value that does not parse is named.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn usage_from(row: UsageRow) -> Result<Vec<UsageRecord>> {
     let (event_id, tenant, at, json) = row;
-    let corrupt = |what: &str, value: &str| Error::InvalidQuantity {
+    let stored: ReadEvent = serde_json::from_str(&json).map_err(|e| Error::InvalidQuantity {
         meter: "usage record".to_owned(),
         event: event_id.clone(),
+        value: format!("records {:?}", e.to_string()),
+    })?;
+    usage_of(&event_id, tenant, at, stored)
+}
+
+/// The usage records of an event read back (`event_id, tenant, at` and its records).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn usage_of(
+    event_id: &str,
+    tenant: String,
+    at: i64,
+    stored: ReadEvent,
+) -> Result<Vec<UsageRecord>> {
+    let corrupt = |what: &str, value: &str| Error::InvalidQuantity {
+        meter: "usage record".to_owned(),
+        event: event_id.to_owned(),
         value: format!("{what} {value:?}"),
     };
     let id: EventId = event_id
         .parse()
-        .map_err(|_| corrupt("event id", &event_id))?;
-    let stored: StoredEvent =
-        serde_json::from_str(&json).map_err(|e| corrupt("records", &e.to_string()))?;
+        .map_err(|_| corrupt("event id", event_id))?;
     let at = DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default();
-    stored
-        .m
-        .into_iter()
-        .map(|r| {
-            let place = r.x.unwrap_or_else(|| stored.place.clone());
-            Ok(UsageRecord {
+    let task_of = |t: Option<&String>| {
+        t.map(|t| t.parse::<TaskId>().map_err(|_| corrupt("task id", t)))
+            .transpose()
+    };
+    let outcome_of = |o: Option<&String>| {
+        o.map(|o| o.parse::<TaskStatus>().map_err(|_| corrupt("outcome", o)))
+            .transpose()
+    };
+    // Parsed once for the records that share the event's place.
+    let task_id = task_of(stored.task_id.as_ref())?;
+    let outcome = outcome_of(stored.outcome.as_ref())?;
+    let mut out = Vec::with_capacity(stored.m.len());
+    for r in stored.m {
+        let quantity = r.q.parse().map_err(|_| corrupt("quantity", &r.q))?;
+        let record = match r.x {
+            None => UsageRecord {
                 event_id: id,
                 meter: r.n,
                 tenant: tenant.clone(),
+                environment: stored.environment.clone(),
+                template: stored.template.clone(),
+                task_id,
+                gpu_model: r.g,
+                outcome,
+                scavenger: stored.scavenger,
+                preempted: stored.preempted,
+                attempt: stored.attempt,
+                quantity,
+                at,
+            },
+            Some(place) => UsageRecord {
+                event_id: id,
+                meter: r.n,
+                tenant: tenant.clone(),
+                task_id: task_of(place.task_id.as_ref())?,
+                outcome: outcome_of(place.outcome.as_ref())?,
                 environment: place.environment,
                 template: place.template,
-                task_id: place
-                    .task_id
-                    .map(|t| t.parse().map_err(|_| corrupt("task id", &t)))
-                    .transpose()?,
                 gpu_model: r.g,
-                outcome: place
-                    .outcome
-                    .map(|o| o.parse().map_err(|_| corrupt("outcome", &o)))
-                    .transpose()?,
                 scavenger: place.scavenger,
                 preempted: place.preempted,
                 attempt: place.attempt,
-                quantity: r.q.parse().map_err(|_| corrupt("quantity", &r.q))?,
+                quantity,
                 at,
-            })
-        })
-        .collect()
+            },
+        };
+        out.push(record);
+    }
+    Ok(out)
 }
 
 /// How many records the rows whose event ids came back from an insert hold.

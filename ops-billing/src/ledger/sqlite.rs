@@ -14,7 +14,7 @@ use super::{
     Account, Ledger, LedgerEntry, Posted, Posting, audit_from, balances_from, entries_from, one,
     plan, touched,
 };
-use crate::metering::{UsageRow, usage_from, usage_rows};
+use crate::metering::{ReadEvent, UsageRow, usage_of, usage_rows};
 use crate::{Currency, Error, Money, Result, UsageRecord, UsageStore};
 
 /// [`Ledger`] on SQLite. Its tables (`ops_billing_postings`, `ops_billing_entries`,
@@ -383,9 +383,10 @@ impl UsageStore for SqliteLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>> {
-        // One row holding them all (see `stored_balances`).
+        // One row holding them all (see `stored_balances`), each event's records as
+        // JSON in it (not a string to parse again).
         let json: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(event_id, tenant, at, records)) FROM \
+            "SELECT json_group_array(json_array(event_id, tenant, at, json(records))) FROM \
              (SELECT event_id, tenant, at, records FROM ops_billing_usage_events \
              WHERE tenant = ? AND at >= ? AND at < ? ORDER BY at, event_id)",
         )
@@ -395,10 +396,11 @@ impl UsageStore for SqliteLedger {
         .fetch_one(self.outbox.pool())
         .await
         .map_err(store)?;
-        let rows: Vec<UsageRow> = serde_json::from_str(&json).map_err(store)?;
+        let rows: Vec<(String, String, i64, ReadEvent)> =
+            serde_json::from_str(&json).map_err(store)?;
         let mut out = Vec::new();
-        for row in rows {
-            out.extend(usage_from(row)?);
+        for (event_id, tenant, at, stored) in rows {
+            out.extend(usage_of(&event_id, tenant, at, stored)?);
         }
         out.sort_by(|a, b| (a.at, a.event_id, &a.meter).cmp(&(b.at, b.event_id, &b.meter)));
         Ok(out)
