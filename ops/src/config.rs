@@ -24,6 +24,7 @@
 //! # [billing]                             # credit held at admission (ops-billing)
 //! # prices = "prices.toml"
 //! # on_exhausted = "wait"                 # or "cancel": stop running work
+//! # costs = "costs.toml"                  # the seller's cost book (margins)
 //! # [[billing.limits]]                    # spending limits, held at admission
 //! # environment = "dev"                   # (no tenant: every tenant, each apart)
 //! # amount = "50.00"
@@ -272,6 +273,10 @@ pub struct BillingConfig {
     /// `month` or `total`).
     #[serde(default)]
     pub limits: Vec<ops_billing::SpendingLimit>,
+    /// The seller's cost book (TOML, relative to the config file): node prices and
+    /// owned machines, for cost reports and margins (`Platform::cost_book`).
+    #[serde(default)]
+    pub costs: Option<PathBuf>,
 }
 
 /// The policy of `[billing] on_exhausted`.
@@ -298,6 +303,7 @@ impl BillingConfig {
             default_hold: default_hold(),
             on_exhausted: OnExhausted::Wait,
             limits: Vec::new(),
+            costs: None,
         }
     }
 }
@@ -413,6 +419,9 @@ impl PlatformConfig {
         }
         if let Some(billing) = &mut self.billing {
             billing.prices = base.join(&billing.prices);
+            if let Some(costs) = &mut billing.costs {
+                *costs = base.join(&*costs);
+            }
         }
     }
 
@@ -464,6 +473,23 @@ impl PlatformConfig {
                 Ok(book) => {
                     for (i, l) in billing.limits.iter().enumerate() {
                         out.extend(l.problems(&format!("billing.limits[{i}]"), book.currency));
+                    }
+                    match billing.costs.as_ref().map(ops_billing::CostBook::load) {
+                        None => {}
+                        Some(Ok(costs)) if costs.currency != book.currency => out.push(format!(
+                            "billing.costs: currency {} is not the price book's {}",
+                            costs.currency, book.currency
+                        )),
+                        Some(Ok(_)) => {}
+                        Some(Err(ops_billing::Error::InvalidCostBook { file, problems })) => {
+                            let file = file.unwrap_or_default();
+                            out.extend(
+                                problems
+                                    .into_iter()
+                                    .map(|p| format!("billing.costs ({file}): {p}")),
+                            );
+                        }
+                        Some(Err(e)) => out.push(format!("billing.costs: {e}")),
                     }
                 }
                 Err(ops_billing::Error::InvalidPriceBook { file, problems }) => {

@@ -35,6 +35,7 @@ pub struct Platform {
     tasks: Tasks,
     storage: Option<Storage>,
     billing: Option<ops_billing::Budgets>,
+    cost_book: Option<Arc<ops_billing::CostBook>>,
     backends: Backends,
     dead_letters: Arc<dyn DeadLetters>,
     dispatcher: Option<(Dispatcher, RunningDispatcher)>,
@@ -97,6 +98,11 @@ impl Platform {
     /// Prepaid credit, holds and settlement, when `[billing]` is configured.
     pub fn billing(&self) -> Option<&ops_billing::Budgets> {
         self.billing.as_ref()
+    }
+
+    /// The seller's cost book (`[billing] costs`), for cost reports and margins.
+    pub fn cost_book(&self) -> Option<&Arc<ops_billing::CostBook>> {
+        self.cost_book.as_ref()
     }
 
     /// The usage records billing meters (in the history database), for invoices and
@@ -297,6 +303,10 @@ impl PlatformBuilder {
         let mut routes = self.functions;
         // Set once the task service has started, for functions that act on tasks.
         let started: Arc<std::sync::OnceLock<Tasks>> = Arc::default();
+        let cost_book = match config.billing.as_ref().and_then(|b| b.costs.as_ref()) {
+            Some(path) => Some(Arc::new(ops_billing::CostBook::load(path)?)),
+            None => None,
+        };
         let billing = match &config.billing {
             Some(billing) => {
                 let book = Arc::new(ops_billing::PriceBook::load(&billing.prices)?);
@@ -388,6 +398,7 @@ impl PlatformBuilder {
             tasks,
             storage,
             billing,
+            cost_book,
             backends,
             dead_letters,
             dispatcher,

@@ -282,3 +282,52 @@ async fn bad_spending_limits_are_named_in_the_platform_config() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(!dir.path().join("state").exists(), "nothing created");
 }
+
+#[tokio::test]
+async fn the_cost_book_is_read_with_the_config_and_its_problems_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("prices.toml"), PRICES);
+    write(
+        &dir.path().join("costs.toml"),
+        "currency = \"USD\"\n[[nodes]]\nname = \"box\"\nper_hour = \"-1\"\n",
+    );
+    write(
+        &dir.path().join("platform.toml"),
+        "history = \"sqlite://state/ops.db\"\n[billing]\nprices = \"prices.toml\"\n\
+         costs = \"costs.toml\"\n",
+    );
+    let err = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("billing.costs ("), "{text}");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(!dir.path().join("state").exists(), "nothing created");
+
+    // A good one in another currency than the prices: named too.
+    write(
+        &dir.path().join("costs.toml"),
+        "currency = \"USD\"\n[[nodes]]\nname = \"box\"\ncores = 2\nmemory_gib = 2\nhourly = \"0.10\"\n",
+    );
+    let err = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("billing.costs: currency USD is not the price book's EUR"),
+        "{err}"
+    );
+
+    write(
+        &dir.path().join("costs.toml"),
+        "currency = \"EUR\"\n[[nodes]]\nname = \"box\"\ncores = 2\nmemory_gib = 2\nhourly = \"0.10\"\n",
+    );
+    let platform = Platform::from_file(dir.path().join("platform.toml"))
+        .await
+        .unwrap();
+    assert_eq!(
+        platform.cost_book().expect("cost book").currency.code(),
+        "EUR"
+    );
+    platform.shutdown().await;
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use ops::billing::{
@@ -230,12 +230,6 @@ async fn main() -> anyhow::Result<()> {
     }
     let templates = config.templates.clone();
     let prices = config.billing.as_ref().map(|b| b.prices.clone());
-    // The seller's cost book sits beside the config file (the platform does not read it).
-    let costs = args
-        .config
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("costs.toml");
     // The invoices' period: this run.
     let period_start = Utc::now();
     let environment = config.tasks.default_environment.clone();
@@ -311,6 +305,20 @@ async fn main() -> anyhow::Result<()> {
                 );
                 budgets.top_up(tenant, money("20")?, &key).await?;
             }
+        }
+        // Granted credit, used before paid credit: a welcome grant to globex that
+        // expires at the start of the month after next (one grant per month, so that
+        // a rerun grants nothing more).
+        let month = chrono::NaiveDate::from_ymd_opt(period_start.year(), period_start.month(), 1)
+            .and_then(|d| d.checked_add_months(chrono::Months::new(2)))
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|d| d.and_utc());
+        if let Some(expires) = month {
+            let id = format!("welcome-{}", period_start.format("%Y-%m"));
+            let grant = ops::billing::Grant::new(id, money("5")?)
+                .priority(10)
+                .expires_at(expires);
+            budgets.grant(&globex, &grant).await?;
         }
         // A cent: not enough for a render's worst case.
         budgets
@@ -678,7 +686,7 @@ async fn main() -> anyhow::Result<()> {
             &tenants,
             (period_start, Utc::now()),
             &invoices_dir,
-            &costs,
+            platform.cost_book().map(|b| b.as_ref()),
         )
         .await?;
     }
@@ -716,14 +724,14 @@ async fn main() -> anyhow::Result<()> {
 
 /// Each tenant's invoice for the run's period `[from, to)` as a table, with its credit
 /// left, written as HTML and JSON into `invoices_dir`; then the seller's view of the
-/// period from the cost book `costs`, when there is one.
+/// period from the cost book `costs` (`[billing] costs`), when there is one.
 async fn print_billing(
     budgets: &Budgets,
     usage: &dyn UsageStore,
     tenants: &[&Tenant],
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     invoices_dir: &Path,
-    costs: &Path,
+    costs: Option<&CostBook>,
 ) -> anyhow::Result<()> {
     let metering = Metering::new(budgets.book().clone());
     let dir = invoices_dir.join(from.format("%Y%m%dT%H%M%SZ").to_string());
@@ -752,6 +760,18 @@ async fn print_billing(
             println!("  {line}");
         }
         println!("    credit left: {}", budgets.available(tenant).await?);
+        for g in budgets.grants(tenant).await? {
+            println!(
+                "      of which granted {:?}: {} left of {}{}",
+                g.grant.id,
+                g.remaining,
+                g.grant.amount,
+                g.grant
+                    .expires_at
+                    .map(|t| format!(", expires {}", t.format("%Y-%m-%d")))
+                    .unwrap_or_default()
+            );
+        }
         let (html, json) = (
             dir.join(format!("{tenant}.html")),
             dir.join(format!("{tenant}.json")),
@@ -764,19 +784,17 @@ async fn print_billing(
         all.extend(records);
     }
 
-    if !costs.is_file() {
-        println!("\nNo cost book at {}: no seller's view.", costs.display());
+    let Some(book) = costs else {
+        println!("\nNo cost book ([billing] costs): no seller's view.");
         return Ok(());
-    }
-    let book = CostBook::load(costs)?;
-    let report = CostReport::build(&book, &metering, &all, from, to)?;
+    };
+    let report = CostReport::build(book, &metering, &all, from, to)?;
     let html = dir.join("costs.html");
     std::fs::write(&html, report.to_html())
         .with_context(|| format!("writing {}", html.display()))?;
     println!(
-        "\nThe seller's view of this run ({:.1} s; cost book {}):",
+        "\nThe seller's view of this run ({:.1} s; cost book from [billing] costs):",
         (to - from).as_seconds_f64(),
-        costs.display()
     );
     for (name, node) in &report.nodes {
         println!(
