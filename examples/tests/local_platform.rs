@@ -68,7 +68,12 @@ fn local_platform_bills_its_tenants_and_reruns_on_its_state() {
     let config = config.to_str().unwrap();
     let first = run(&["--config", config, "--renders", "2"]);
     assert_billed(&first);
-    assert!(first.contains("acme 20.00 EUR, globex 20.00 EUR, thrifty 0.01 EUR"));
+    // globex has a welcome grant on top of its top-up, shown with its invoice.
+    assert!(
+        first.contains("acme 20.00 EUR, globex 25.00 EUR, thrifty 0.01 EUR"),
+        "{first}"
+    );
+    assert!(first.contains("of which granted \"welcome-"), "{first}");
     // Invoices are written into the state directory.
     let invoices = dir.path().join("state/invoices");
     let run_dir = std::fs::read_dir(&invoices)
