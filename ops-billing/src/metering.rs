@@ -658,7 +658,7 @@ pub(crate) struct ReadEvent {
 }
 
 /// The usage records of a [`UsageRow`]; a value that does not parse is named.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "postgres")]
 pub(crate) fn usage_from(row: UsageRow) -> Result<Vec<UsageRecord>> {
     let (event_id, tenant, at, json) = row;
     let stored: ReadEvent = serde_json::from_str(&json).map_err(|e| Error::InvalidQuantity {

@@ -129,7 +129,7 @@ async fn at_most_ten_under_the_limit(ledger: Arc<dyn Ledger>) {
         ])
         .unwrap();
     let acme = tenant("acme");
-    b.top_up(&acme, eur(100_00), "paid").await.unwrap();
+    b.top_up(&acme, eur(10_000), "paid").await.unwrap();
     let mut calls = Vec::new();
     for _ in 0..100 {
         let b = b.clone();
