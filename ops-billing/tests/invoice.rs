@@ -282,3 +282,47 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+/// A period's invoicing run over many tenants, several at a time, gives each tenant the
+/// invoice built from its records alone, in the order asked (a tenant without usage
+/// gets an empty one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_for_many_tenants_at_once_are_each_tenants_own() {
+    use std::sync::Arc;
+    let metering = Arc::new(Metering::new(PriceBook::parse(BOOK).unwrap()));
+    let acme = records(&metering, &events());
+    // The same usage for globex, under its own event ids.
+    let mut ids = std::collections::HashMap::new();
+    let globex: Vec<UsageRecord> = acme
+        .iter()
+        .map(|r| {
+            let mut g = r.clone();
+            g.tenant = "globex".to_owned();
+            g.event_id = *ids.entry(r.event_id).or_insert_with(ops_core::EventId::new);
+            g
+        })
+        .collect();
+    let store = Arc::new(ops_billing::MemoryUsageStore::new());
+    ops_billing::UsageStore::record(store.as_ref(), &acme)
+        .await
+        .unwrap();
+    ops_billing::UsageStore::record(store.as_ref(), &globex)
+        .await
+        .unwrap();
+    let (from, to) = (at(1, 0), at(1, 0) + chrono::Duration::days(30));
+    let (now, grace) = (at(20, 0), chrono::Duration::days(2));
+    let tenants = vec!["globex".to_owned(), "acme".to_owned(), "nobody".to_owned()];
+    let all =
+        ops_billing::invoice::invoices(metering.clone(), store, tenants, (from, to), now, grace, 2)
+            .await
+            .unwrap();
+    let alone = |tenant: &str, records: &[UsageRecord]| {
+        invoice(&metering, tenant, records, from, to, now, grace).unwrap()
+    };
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0], alone("globex", &globex));
+    assert_eq!(all[1], alone("acme", &acme));
+    assert_eq!(all[2], alone("nobody", &[]));
+    assert!(all[2].lines.is_empty());
+    assert_eq!(all[0].total, all[1].total);
+}

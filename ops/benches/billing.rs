@@ -14,7 +14,8 @@
 //!   Baseline: a raw multi-row INSERT of one row per event in batches of the same size.
 //!   On PostgreSQL too when `OPS_TEST_POSTGRES_URL` is set (scripts/bench sets it).
 //! - `invoices`: an invoice for every tenant of the rated ledger (10,000 tenants of 100
-//!   tasks in the full run), read from the ledger's usage records.
+//!   tasks in the full run), read from the ledger's usage records, with
+//!   `invoice::invoices` four tenants at a time; baseline: one tenant at a time.
 //! - `reservation`: `Budgets::reserve` one at a time on SQLite, p50 and p99; and
 //!   `reserve_many` for admission passes of 100.
 //! - `admission`: tasks submitted to a platform on the simulation executor, from submit
@@ -311,44 +312,57 @@ async fn rating_and_invoices(a: &Args, dir: &std::path::Path, rows: &mut Vec<Row
     let audit = ledger.audit().await.expect("audit");
     assert!(audit.is_empty(), "{audit:?}");
 
-    eprintln!("invoicing {} tenants", a.tenants);
+    eprintln!("invoicing {} tenants, one at a time", a.tenants);
     let metering = Metering::new((*book()).clone());
     let (from, to) = period();
+    let (now, grace) = (to + chrono::Duration::days(2), chrono::Duration::days(1));
     let t = Instant::now();
-    let mut lines = 0;
     let mut reading = Duration::ZERO;
     for i in 0..a.tenants {
         let tenant = tenant_name(i);
         let r = Instant::now();
         let records = ledger.records(&tenant, from, to).await.expect("records");
         reading += r.elapsed();
-        let invoice = ops::billing::invoice::invoice(
-            &metering,
-            &tenant,
-            &records,
-            from,
-            to,
-            to + chrono::Duration::days(2),
-            chrono::Duration::days(1),
-        )
-        .expect("invoice");
-        lines += invoice.lines.len();
+        ops::billing::invoice::invoice(&metering, &tenant, &records, from, to, now, grace)
+            .expect("invoice");
     }
-    let invoices = t.elapsed();
+    let one_at_a_time = t.elapsed();
     eprintln!(
-        "invoices: {:.2} s reading usage records, {:.2} s building invoices",
+        "  {:.2} s reading usage records, {:.2} s building invoices",
         reading.as_secs_f64(),
-        (invoices - reading).as_secs_f64()
+        (one_at_a_time - reading).as_secs_f64()
     );
+    let concurrency = 4;
+    eprintln!("invoicing {} tenants, {concurrency} at a time", a.tenants);
+    let t = Instant::now();
+    let all = ops::billing::invoice::invoices(
+        Arc::new(metering),
+        Arc::new(ledger.clone()),
+        (0..a.tenants).map(tenant_name).collect(),
+        (from, to),
+        now,
+        grace,
+        concurrency,
+    )
+    .await
+    .expect("invoices");
+    let invoices = t.elapsed();
+    let lines: usize = all.iter().map(|i| i.lines.len()).sum();
     rows.push(Row {
         name: format!(
             "invoices: {} tenants × {} tasks ({lines} lines)",
             a.tenants,
             a.events / a.tenants
         ),
-        figure: format!("{:.2} s", invoices.as_secs_f64()),
-        baseline: "—".to_owned(),
-        ratio: "—".to_owned(),
+        figure: format!(
+            "{:.2} s ({concurrency} tenants at a time, `invoice::invoices`)",
+            invoices.as_secs_f64()
+        ),
+        baseline: format!("{:.2} s one at a time", one_at_a_time.as_secs_f64()),
+        ratio: format!(
+            "{:.2}×",
+            one_at_a_time.as_secs_f64() / invoices.as_secs_f64()
+        ),
         target: format!(
             "< 10 s: {}",
             if invoices < Duration::from_secs(10) {
