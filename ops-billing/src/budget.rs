@@ -445,15 +445,14 @@ impl Budgets {
                 );
             }
         }
-        if !funding.is_empty() {
-            for r in self.ledger.post_many(&funding).await? {
-                match r {
-                    // Funded by another process at the same time (with the same or,
-                    // while a changed limit rolls out, another amount): the holds'
-                    // floors decide.
-                    Ok(_) | Err(Error::PostingConflict { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+        // One at a time (once per period and tenant): `post` settles a race on a key
+        // between processes as "already posted", where a Postgres batch would fail.
+        for posting in &funding {
+            match self.ledger.post(posting).await {
+                // Funded by another process at the same time (with the same or, while
+                // a changed limit rolls out, another amount): the holds' floors decide.
+                Ok(_) | Err(Error::PostingConflict { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(lefts)
