@@ -263,6 +263,18 @@ pub enum Error {
         /// The period's end.
         to: chrono::DateTime<chrono::Utc>,
     },
+    /// Another invoice is already kept for the tenant and period.
+    #[error(
+        "another invoice of {tenant} for {from} to {to} is already kept: a finalized invoice does not change (correct it with a credit note)"
+    )]
+    InvoiceConflict {
+        /// The tenant.
+        tenant: String,
+        /// The period's start.
+        from: chrono::DateTime<chrono::Utc>,
+        /// The period's end.
+        to: chrono::DateTime<chrono::Utc>,
+    },
     /// A grant of credit with problems, every one listed.
     #[error("grant {id:?} to {tenant}: {}", problems.join("; "))]
     InvalidGrant {
@@ -318,7 +330,9 @@ impl Error {
             | Error::InvalidCharge { .. }
             | Error::InvalidGrant { .. }
             | Error::InvalidLimits { .. } => ErrorKind::InvalidInput,
-            Error::PostingConflict { .. } | Error::InvoiceNotFinal { .. } => ErrorKind::Conflict,
+            Error::PostingConflict { .. }
+            | Error::InvoiceNotFinal { .. }
+            | Error::InvoiceConflict { .. } => ErrorKind::Conflict,
             Error::InsufficientFunds { .. } | Error::PaymentDeclined { .. } => {
                 ErrorKind::ResourceExhausted
             }

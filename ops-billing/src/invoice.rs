@@ -430,6 +430,137 @@ pub async fn invoices(
     Ok(out.into_iter().map(|(_, invoice)| invoice).collect())
 }
 
+/// What [`InvoiceStore::keep`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// The invoice was stored.
+    New,
+    /// The same invoice was already stored; nothing changed.
+    AlreadyKept,
+}
+
+/// Where finalized invoices are kept, once per tenant and period: what was sent to the
+/// tenant, unchanged by any event that arrives later. The SQL ledgers keep them in
+/// their database (`ops_billing_invoices`).
+#[async_trait::async_trait]
+pub trait InvoiceStore: Send + Sync + 'static {
+    /// Keeps a finalized invoice. Keeping the same invoice again changes nothing
+    /// ([`Kept::AlreadyKept`]); another invoice for the same tenant and period is
+    /// [`Error::InvoiceConflict`](crate::Error::InvoiceConflict); a draft is
+    /// [`Error::InvoiceNotFinal`](crate::Error::InvoiceNotFinal).
+    async fn keep(&self, invoice: &Invoice) -> Result<Kept>;
+
+    /// The invoice kept for `tenant` and the period `[from, to)`, if any.
+    async fn kept(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<Invoice>>;
+
+    /// Every invoice kept for `tenant`, oldest period first.
+    async fn kept_of(&self, tenant: &str) -> Result<Vec<Invoice>>;
+}
+
+/// An invoice as kept: its document, or why it cannot be kept.
+pub(crate) fn document(invoice: &Invoice) -> Result<String> {
+    if invoice.status != InvoiceStatus::Finalized {
+        return Err(crate::Error::InvoiceNotFinal {
+            tenant: invoice.tenant.clone(),
+            from: invoice.from,
+            to: invoice.to,
+        });
+    }
+    serde_json::to_string(invoice).map_err(|e| crate::Error::InvalidPosting {
+        key: format!("invoice:{}", invoice.tenant),
+        problems: vec![e.to_string()],
+    })
+}
+
+/// What keeping `invoice` did when `stored` is the document found under its key.
+pub(crate) fn kept_again(invoice: &Invoice, document: &str, stored: &str) -> Result<Kept> {
+    if document == stored {
+        Ok(Kept::AlreadyKept)
+    } else {
+        Err(crate::Error::InvoiceConflict {
+            tenant: invoice.tenant.clone(),
+            from: invoice.from,
+            to: invoice.to,
+        })
+    }
+}
+
+/// A kept invoice from its document.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn from_document(tenant: &str, document: &str) -> Result<Invoice> {
+    serde_json::from_str(document).map_err(|e| crate::Error::InvalidPosting {
+        key: format!("invoice:{tenant}"),
+        problems: vec![format!("the kept invoice does not read back: {e}")],
+    })
+}
+
+/// Invoices kept in memory, for tests and programs that keep nothing.
+#[derive(Debug, Default)]
+pub struct MemoryInvoiceStore {
+    kept: std::sync::Mutex<BTreeMap<(String, i64, i64), String>>,
+}
+
+impl MemoryInvoiceStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn kept_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i64, i64), String>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl InvoiceStore for MemoryInvoiceStore {
+    async fn keep(&self, invoice: &Invoice) -> Result<Kept> {
+        let doc = document(invoice)?;
+        let key = (
+            invoice.tenant.clone(),
+            invoice.from.timestamp_millis(),
+            invoice.to.timestamp_millis(),
+        );
+        let mut kept = self.kept_map();
+        match kept.get(&key) {
+            Some(stored) => kept_again(invoice, &doc, stored),
+            None => {
+                kept.insert(key, doc);
+                Ok(Kept::New)
+            }
+        }
+    }
+
+    async fn kept(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<Invoice>> {
+        let key = (
+            tenant.to_owned(),
+            from.timestamp_millis(),
+            to.timestamp_millis(),
+        );
+        let doc = self.kept_map().get(&key).cloned();
+        doc.map(|d| from_document(tenant, &d)).transpose()
+    }
+
+    async fn kept_of(&self, tenant: &str) -> Result<Vec<Invoice>> {
+        let docs: Vec<String> = self
+            .kept_map()
+            .iter()
+            .filter(|((t, _, _), _)| t == tenant)
+            .map(|(_, d)| d.clone())
+            .collect();
+        docs.iter().map(|d| from_document(tenant, d)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -79,7 +79,7 @@ pub use budget::{BillingFunction, Budgets, HoldRequest, Reservation};
 pub use cost::{CostBook, CostRates, CostReport, Margin, NodeCost};
 pub use credit::{ExpiredGrant, Grant, GrantStatus};
 pub use error::Error;
-pub use invoice::{Invoice, InvoiceLine, InvoiceStatus};
+pub use invoice::{Invoice, InvoiceLine, InvoiceStatus, InvoiceStore, Kept, MemoryInvoiceStore};
 pub use limit::{LimitPeriod, SpendingLimit};
 pub use meter::{Aggregation, MeterSpec};
 pub use metering::{MemoryUsageStore, Metering, MeteringFunction, UsageRecord, UsageStore};

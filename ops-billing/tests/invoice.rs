@@ -326,3 +326,66 @@ async fn invoices_for_many_tenants_at_once_are_each_tenants_own() {
     assert!(all[2].lines.is_empty());
     assert_eq!(all[0].total, all[1].total);
 }
+
+async fn kept_invoices_do_not_change(store: &dyn ops_billing::InvoiceStore) {
+    use ops_billing::{Error, Kept};
+    let metering = Metering::new(PriceBook::parse(BOOK).unwrap());
+    let records = records(&metering, &events());
+    let (from, to) = (at(1, 0), at(1, 0) + chrono::Duration::days(30));
+    let grace = chrono::Duration::days(2);
+    let draft = invoice(&metering, "acme", &records, from, to, at(20, 0), grace).unwrap();
+    let err = store.keep(&draft).await.unwrap_err();
+    assert!(matches!(err, Error::InvoiceNotFinal { .. }), "{err}");
+    let after = to + chrono::Duration::days(3);
+    let november = invoice(&metering, "acme", &records, from, to, after, grace).unwrap();
+    assert_eq!(store.keep(&november).await.unwrap(), Kept::New);
+    assert_eq!(store.keep(&november).await.unwrap(), Kept::AlreadyKept);
+    // A late event rebuilds another November: the kept one stands.
+    let mut late = records.clone();
+    late.extend(metering.records(&task("production", 50, 20)).unwrap());
+    let rebuilt = invoice(&metering, "acme", &late, from, to, after, grace).unwrap();
+    assert_ne!(rebuilt.total, november.total);
+    let err = store.keep(&rebuilt).await.unwrap_err();
+    assert!(matches!(err, Error::InvoiceConflict { .. }), "{err}");
+    assert_eq!(err.kind(), ops_core::ErrorKind::Conflict);
+    assert_eq!(
+        store.kept("acme", from, to).await.unwrap().as_ref(),
+        Some(&november)
+    );
+    // An earlier, empty period, kept after: listed first.
+    let october = invoice(
+        &metering,
+        "acme",
+        &[],
+        from - chrono::Duration::days(31),
+        from,
+        after,
+        grace,
+    )
+    .unwrap();
+    store.keep(&october).await.unwrap();
+    let all = store.kept_of("acme").await.unwrap();
+    assert_eq!(all, vec![october, november]);
+    assert!(store.kept("globex", from, to).await.unwrap().is_none());
+    assert!(store.kept_of("globex").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_kept_invoice_does_not_change_on_every_store() {
+    kept_invoices_do_not_change(&ops_billing::MemoryInvoiceStore::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = ops_billing::ledger::SqliteLedger::open(&format!(
+        "sqlite://{}/ops.db",
+        dir.path().display()
+    ))
+    .await
+    .unwrap();
+    kept_invoices_do_not_change(&sqlite).await;
+    #[cfg(feature = "postgres")]
+    if let Some(url) = ops_testbed::postgres_database() {
+        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
+            .await
+            .unwrap();
+        kept_invoices_do_not_change(&pg).await;
+    }
+}

@@ -52,6 +52,8 @@ pub struct Backends {
     pub ledger: Arc<dyn ops_billing::ledger::Ledger>,
     /// Where usage records are kept (the ledger's database).
     pub usage: Arc<dyn ops_billing::UsageStore>,
+    /// Where finalized invoices are kept (the ledger's database).
+    pub invoices: Arc<dyn ops_billing::InvoiceStore>,
     /// The history URL, password redacted (for logs).
     pub history_url: String,
     /// The event bus URL, password redacted (`None`: the outbox).
@@ -90,6 +92,7 @@ type Opened = (
     (
         Arc<dyn ops_billing::ledger::Ledger>,
         Arc<dyn ops_billing::UsageStore>,
+        Arc<dyn ops_billing::InvoiceStore>,
     ),
 );
 
@@ -98,7 +101,7 @@ type Opened = (
 /// an unknown scheme, a backend whose feature is off, an unreachable server.
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = ops_events::redact_url(history_url);
-    let (history, outbox, dead_letters, storage_catalog, (ledger, usage)) =
+    let (history, outbox, dead_letters, storage_catalog, (ledger, usage, invoices)) =
         match scheme(history_url) {
             None | Some("sqlite") => open_sqlite(history_url).await?,
             Some("postgres" | "postgresql") => open_postgres(history_url).await?,
@@ -117,6 +120,7 @@ pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backend
         storage_catalog,
         ledger,
         usage,
+        invoices,
         history_url: redacted,
         events_url: None,
         #[cfg(feature = "nats")]
@@ -128,19 +132,20 @@ pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backend
     Ok(backends)
 }
 
-/// One SQL ledger as both the ledger and the usage store of billing.
+/// One SQL ledger as the ledger, the usage store and the invoice store of billing.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn billing<L>(
     ledger: L,
 ) -> (
     Arc<dyn ops_billing::ledger::Ledger>,
     Arc<dyn ops_billing::UsageStore>,
+    Arc<dyn ops_billing::InvoiceStore>,
 )
 where
-    L: ops_billing::ledger::Ledger + ops_billing::UsageStore,
+    L: ops_billing::ledger::Ledger + ops_billing::UsageStore + ops_billing::InvoiceStore,
 {
     let ledger = Arc::new(ledger);
-    (ledger.clone(), ledger)
+    (ledger.clone(), ledger.clone(), ledger)
 }
 
 #[cfg(feature = "sqlite")]

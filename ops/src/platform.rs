@@ -100,6 +100,13 @@ impl Platform {
         self.billing.as_ref()
     }
 
+    /// Where finalized invoices are kept (in the history database), when `[billing]`
+    /// is configured: keep each one once its grace window has ended, and what was sent
+    /// stays as it was.
+    pub fn invoices(&self) -> Option<&Arc<dyn ops_billing::InvoiceStore>> {
+        self.billing.as_ref().map(|_| &self.backends.invoices)
+    }
+
     /// The seller's cost book (`[billing] costs`), for cost reports and margins.
     pub fn cost_book(&self) -> Option<&Arc<ops_billing::CostBook>> {
         self.cost_book.as_ref()

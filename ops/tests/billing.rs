@@ -331,3 +331,46 @@ async fn the_cost_book_is_read_with_the_config_and_its_problems_named() {
     );
     platform.shutdown().await;
 }
+
+/// Finalized invoices are kept in the history database, once, and read back after a
+/// restart.
+#[tokio::test]
+async fn finalized_invoices_are_kept_in_the_history_database() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("prices.toml"), PRICES);
+    let config = || {
+        let mut config = PlatformConfig::default();
+        config.history = format!("sqlite://{}/ops.db", dir.path().display());
+        config.tasks.root = dir.path().join("tasks");
+        config.billing = Some(BillingConfig::new(dir.path().join("prices.toml")));
+        config
+    };
+    let platform = Platform::from_config(config()).await.unwrap();
+    let book = platform.billing().unwrap().book().clone();
+    let metering = ops::billing::Metering::new(book);
+    let to = chrono::Utc::now() - chrono::Duration::days(2);
+    let from = to - chrono::Duration::days(30);
+    let invoice = ops::billing::invoice::invoice(
+        &metering,
+        "acme",
+        &[],
+        from,
+        to,
+        chrono::Utc::now(),
+        chrono::Duration::days(1),
+    )
+    .unwrap();
+    let store = platform.invoices().expect("billing configured").clone();
+    assert_eq!(store.keep(&invoice).await.unwrap(), ops::billing::Kept::New);
+    platform.shutdown().await;
+    drop(store);
+
+    let platform = Platform::from_config(config()).await.unwrap();
+    let store = platform.invoices().unwrap();
+    assert_eq!(store.kept_of("acme").await.unwrap(), vec![invoice.clone()]);
+    assert_eq!(
+        store.keep(&invoice).await.unwrap(),
+        ops::billing::Kept::AlreadyKept
+    );
+    platform.shutdown().await;
+}

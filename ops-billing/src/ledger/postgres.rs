@@ -460,3 +460,74 @@ impl UsageStore for PostgresLedger {
 fn store(e: impl Into<ops_events::BoxError>) -> Error {
     super::store("postgres", e)
 }
+
+#[async_trait]
+impl crate::InvoiceStore for PostgresLedger {
+    async fn keep(&self, invoice: &crate::Invoice) -> Result<crate::Kept> {
+        let document = crate::invoice::document(invoice)?;
+        let (from, to) = (
+            invoice.from.timestamp_millis(),
+            invoice.to.timestamp_millis(),
+        );
+        let inserted = sqlx::query(
+            "INSERT INTO ops_billing_invoices (tenant, period_from, period_to, document) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&invoice.tenant)
+        .bind(from)
+        .bind(to)
+        .bind(&document)
+        .execute(self.outbox.pool())
+        .await
+        .map_err(store)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(crate::Kept::New);
+        }
+        let stored: String = sqlx::query_scalar(
+            "SELECT document FROM ops_billing_invoices WHERE tenant = $1 AND period_from = $2 AND period_to = $3",
+        )
+        .bind(&invoice.tenant)
+        .bind(from)
+        .bind(to)
+        .fetch_one(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        crate::invoice::kept_again(invoice, &document, &stored)
+    }
+
+    async fn kept(
+        &self,
+        tenant: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Option<crate::Invoice>> {
+        let stored: Option<String> = sqlx::query_scalar(
+            "SELECT document FROM ops_billing_invoices WHERE tenant = $1 AND period_from = $2 AND period_to = $3",
+        )
+        .bind(tenant)
+        .bind(from.timestamp_millis())
+        .bind(to.timestamp_millis())
+        .fetch_optional(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        stored
+            .map(|d| crate::invoice::from_document(tenant, &d))
+            .transpose()
+    }
+
+    async fn kept_of(&self, tenant: &str) -> Result<Vec<crate::Invoice>> {
+        let stored: Vec<String> = sqlx::query_scalar(
+            "SELECT document FROM ops_billing_invoices WHERE tenant = $1 \
+             ORDER BY period_from, period_to",
+        )
+        .bind(tenant)
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(store)?;
+        stored
+            .iter()
+            .map(|d| crate::invoice::from_document(tenant, d))
+            .collect()
+    }
+}
