@@ -144,3 +144,40 @@ pub(crate) fn spawn_grant_expiry(
         }
     })
 }
+
+/// The payment provider `[billing.payments]` names (checked with the config).
+pub(crate) fn payment_provider(
+    config: Option<&crate::config::PaymentsConfig>,
+) -> crate::Result<std::sync::Arc<dyn PaymentProvider>> {
+    let Some(config) = config else {
+        return Ok(std::sync::Arc::new(NoPaymentProvider));
+    };
+    match config.provider.as_str() {
+        #[cfg(feature = "stripe")]
+        "stripe" => {
+            let env = |var: &Option<String>| {
+                var.as_deref()
+                    .and_then(|v| std::env::var(v).ok())
+                    .unwrap_or_default()
+            };
+            let mut stripe = payment::stripe::StripeConfig::new(env(&config.api_key_env));
+            if let Some(url) = &config.base_url {
+                stripe = stripe.base_url(url.clone());
+            }
+            for secret in env(&config.webhook_secrets_env)
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                stripe = stripe.webhook_secret(secret);
+            }
+            for (meter, event) in &config.meters {
+                stripe = stripe.meter(meter.clone(), event.clone());
+            }
+            Ok(std::sync::Arc::new(payment::stripe::StripeProvider::new(
+                stripe,
+            )?))
+        }
+        _ => Ok(std::sync::Arc::new(NoPaymentProvider)),
+    }
+}

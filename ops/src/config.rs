@@ -277,6 +277,75 @@ pub struct BillingConfig {
     /// owned machines, for cost reports and margins (`Platform::cost_book`).
     #[serde(default)]
     pub costs: Option<PathBuf>,
+    /// The payment provider (`[billing.payments]`; none: `none`, nothing leaves Ops).
+    #[serde(default)]
+    pub payments: Option<PaymentsConfig>,
+}
+
+/// The `[billing.payments]` section: who collects invoices. Secrets come from the
+/// environment, never from the file.
+///
+/// ```toml
+/// [billing.payments]
+/// provider = "stripe"                        # or "none" (the default)
+/// api_key_env = "STRIPE_SECRET_KEY"
+/// webhook_secrets_env = "STRIPE_WEBHOOK_SECRETS"   # comma-separated while rolling
+/// meters = { gpu_seconds = "ops_gpu_seconds" }     # Ops meter → Stripe meter event
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PaymentsConfig {
+    /// `none` or `stripe` (the `stripe` feature).
+    pub provider: String,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// The environment variable holding the webhook secrets, comma-separated.
+    pub webhook_secrets_env: Option<String>,
+    /// Another API base (a local fake in tests).
+    pub base_url: Option<String>,
+    /// Ops meter → the provider's meter event name.
+    pub meters: std::collections::BTreeMap<String, String>,
+}
+
+impl PaymentsConfig {
+    /// Every problem, each with its key under `billing.payments`: an unknown provider,
+    /// one whose feature is off, a missing or unset environment variable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.provider.as_str() {
+            "" | "none" => {}
+            "stripe" => {
+                if !cfg!(feature = "stripe") {
+                    out.push(
+                        "billing.payments.provider: \"stripe\" needs the `stripe` feature of ops"
+                            .to_owned(),
+                    );
+                }
+                match &self.api_key_env {
+                    None => out.push(
+                        "billing.payments.api_key_env: required for stripe (the variable holding the API key)"
+                            .to_owned(),
+                    ),
+                    Some(var) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => {
+                        out.push(format!("billing.payments.api_key_env: {var} is not set"))
+                    }
+                    Some(_) => {}
+                }
+                if let Some(var) = &self.webhook_secrets_env
+                    && std::env::var(var).map_or(true, |v| v.trim().is_empty())
+                {
+                    out.push(format!(
+                        "billing.payments.webhook_secrets_env: {var} is not set"
+                    ));
+                }
+            }
+            other => out.push(format!(
+                "billing.payments.provider: unknown provider {other:?}; use \"none\" or \"stripe\""
+            )),
+        }
+        out
+    }
 }
 
 /// The policy of `[billing] on_exhausted`.
@@ -304,6 +373,7 @@ impl BillingConfig {
             on_exhausted: OnExhausted::Wait,
             limits: Vec::new(),
             costs: None,
+            payments: None,
         }
     }
 }
@@ -471,6 +541,9 @@ impl PlatformConfig {
         if let Some(billing) = &self.billing {
             match ops_billing::PriceBook::load(&billing.prices) {
                 Ok(book) => {
+                    if let Some(payments) = &billing.payments {
+                        out.extend(payments.problems());
+                    }
                     for (i, l) in billing.limits.iter().enumerate() {
                         out.extend(l.problems(&format!("billing.limits[{i}]"), book.currency));
                     }

@@ -89,7 +89,9 @@ mod error;
 mod platform;
 pub mod staging;
 
-pub use config::{BillingConfig, DeadLetterStore, OnExhausted, PlatformConfig, WebhookEntry};
+pub use config::{
+    BillingConfig, DeadLetterStore, OnExhausted, PaymentsConfig, PlatformConfig, WebhookEntry,
+};
 pub use error::{Error, Result};
 pub use platform::{Platform, PlatformBuilder, STORAGE_RETENTION_INTERVAL};
 

@@ -36,6 +36,7 @@ pub struct Platform {
     storage: Option<Storage>,
     billing: Option<ops_billing::Budgets>,
     cost_book: Option<Arc<ops_billing::CostBook>>,
+    payments: Option<Arc<dyn ops_billing::PaymentProvider>>,
     backends: Backends,
     dead_letters: Arc<dyn DeadLetters>,
     dispatcher: Option<(Dispatcher, RunningDispatcher)>,
@@ -105,6 +106,12 @@ impl Platform {
     /// stays as it was.
     pub fn invoices(&self) -> Option<&Arc<dyn ops_billing::InvoiceStore>> {
         self.billing.as_ref().map(|_| &self.backends.invoices)
+    }
+
+    /// The payment provider of `[billing.payments]` (`none` when it names none), when
+    /// `[billing]` is configured.
+    pub fn payments(&self) -> Option<&Arc<dyn ops_billing::PaymentProvider>> {
+        self.payments.as_ref()
     }
 
     /// The seller's cost book (`[billing] costs`), for cost reports and margins.
@@ -314,6 +321,10 @@ impl PlatformBuilder {
             Some(path) => Some(Arc::new(ops_billing::CostBook::load(path)?)),
             None => None,
         };
+        let payments = match &config.billing {
+            Some(b) => Some(crate::billing::payment_provider(b.payments.as_ref())?),
+            None => None,
+        };
         let billing = match &config.billing {
             Some(billing) => {
                 let book = Arc::new(ops_billing::PriceBook::load(&billing.prices)?);
@@ -406,6 +417,7 @@ impl PlatformBuilder {
             storage,
             billing,
             cost_book,
+            payments,
             backends,
             dead_letters,
             dispatcher,

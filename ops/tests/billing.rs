@@ -374,3 +374,53 @@ async fn finalized_invoices_are_kept_in_the_history_database() {
     );
     platform.shutdown().await;
 }
+
+/// `[billing.payments]`: the provider named in the file, its secrets from the
+/// environment; an unknown provider or an unset variable is named in the config error.
+#[tokio::test]
+async fn the_payment_provider_comes_from_the_config_and_secrets_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("prices.toml"), PRICES);
+    let file = dir.path().join("platform.toml");
+    let with = |payments: &str| {
+        write(
+            &file,
+            &format!(
+                "history = \"sqlite://state/ops.db\"\n[billing]\nprices = \"prices.toml\"\n{payments}"
+            ),
+        );
+    };
+    // None named: `none`.
+    with("");
+    let platform = Platform::from_file(&file).await.unwrap();
+    assert_eq!(platform.payments().unwrap().name(), "none");
+    platform.shutdown().await;
+
+    with("[billing.payments]\nprovider = \"paypal\"\n");
+    let text = Platform::from_file(&file).await.unwrap_err().to_string();
+    assert!(
+        text.contains("billing.payments.provider: unknown provider \"paypal\""),
+        "{text}"
+    );
+
+    with(
+        "[billing.payments]\nprovider = \"stripe\"\napi_key_env = \"OPS_TEST_UNSET_STRIPE_KEY\"\n",
+    );
+    let text = Platform::from_file(&file).await.unwrap_err().to_string();
+    assert!(
+        text.contains("billing.payments.api_key_env: OPS_TEST_UNSET_STRIPE_KEY is not set"),
+        "{text}"
+    );
+
+    #[cfg(feature = "stripe")]
+    {
+        // Any variable that is set will do to build it (no call is made): PATH.
+        with(
+            "[billing.payments]\nprovider = \"stripe\"\napi_key_env = \"PATH\"\n\
+             base_url = \"http://127.0.0.1:9\"\n",
+        );
+        let platform = Platform::from_file(&file).await.unwrap();
+        assert_eq!(platform.payments().unwrap().name(), "stripe");
+        platform.shutdown().await;
+    }
+}
