@@ -76,6 +76,7 @@
 //! | `kube` | no | the Kubernetes executor (`[kube]`) |
 //! | `s3` | no | S3-compatible object storage and signed URLs |
 //! | `sim` | no | the simulation executor and capacity planner |
+//! | `stripe` | no | Stripe as the payment provider (`[billing.payments]`) |
 //!
 //! A configuration that names a backend whose feature is off is refused with the
 //! feature to enable.
