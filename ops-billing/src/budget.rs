@@ -140,6 +140,18 @@ fn creditable(tenant: &Tenant, invoice: &str) -> Result<Account> {
     Account::tenant(tenant, &format!("invoice:{invoice}"))
 }
 
+/// A task's hold on a spending limit: `tenant:<t>:held:<task>:limit:<scope>:<period>`.
+struct LimitPart {
+    /// The part's account.
+    account: Account,
+    /// What it holds.
+    held: Money,
+    /// The limit, in the period the part was taken from.
+    then: Account,
+    /// The same limit in the current period.
+    current: Account,
+}
+
 fn held(tenant: &Tenant, task: TaskId) -> Result<Account> {
     Account::parse(&format!("tenant:{tenant}:held:{task}"))
 }
@@ -319,8 +331,7 @@ impl Budgets {
             .zip(credit.chunks(2))
             .map(|(t, c)| (t.as_str(), (c[0].amount, c[1].amount)))
             .collect();
-        let lefts = self.fund_limits(&limits, limit_read).await?;
-        let mut lefts: std::collections::HashMap<&Account, i64> = lefts;
+        let mut lefts = self.fund_limits(&limits, limit_read).await?;
         let mut out: Vec<Option<Result<Reservation>>> = Vec::with_capacity(tasks.len());
         let mut postings = Vec::new();
         let mut wanted = Vec::new();
@@ -338,19 +349,16 @@ impl Budgets {
                         held: *already,
                     }));
                 }
+                let parts = applied
+                    .iter()
+                    .map(|a| Account::parse(&format!("{account}:{}", a.part)))
+                    .collect::<Result<Vec<_>>>()?;
                 let mut posting = self.hold_posting(task, account, added)?;
                 let mut fits = true;
-                for a in applied {
+                for (a, part) in applied.iter().zip(parts) {
                     posting = posting
                         .entry(a.account.clone(), Money::new(-added.amount, currency))
-                        .entry(
-                            Account::parse(&format!(
-                                "{}:{}",
-                                held(task.tenant, task.task_id)?,
-                                a.part
-                            ))?,
-                            added,
-                        )
+                        .entry(part, added)
                         .floor(a.account.clone(), Money::zero(currency));
                     fits &= lefts.get(&a.account).is_some_and(|l| *l >= added.amount);
                 }
@@ -600,15 +608,11 @@ impl Budgets {
         let mut slots = Vec::with_capacity(tasks.len());
         let now = chrono::Utc::now();
         for ((tenant, task, charge, event), holding) in tasks.iter().zip(holdings) {
-            let parts = if self.limits.any_for(tenant) {
-                self.ledger
-                    .balances_under(&format!("{}:limit:", held(tenant, *task)?))
-                    .await?
-            } else {
-                Vec::new()
-            };
+            let parts = self
+                .limit_parts(tenant, *task, charge.currency, now)
+                .await?;
             let settled = Self::settlement(tenant, *task, *charge, *event, holding)
-                .and_then(|p| Self::limit_entries(p, tenant, *task, *charge, *event, &parts, now));
+                .and_then(|p| Self::limit_entries(p, *task, *charge, *event, &parts));
             slots.push(match settled {
                 Ok(Some(p)) => {
                     postings.push(p);
@@ -626,46 +630,101 @@ impl Budgets {
         }))
     }
 
+    /// The limit parts a task holds (none for a tenant no limit applies to), each with
+    /// the limit it was taken from and that limit in the period of `now`.
+    async fn limit_parts(
+        &self,
+        tenant: &Tenant,
+        task: TaskId,
+        currency: crate::Currency,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<LimitPart>> {
+        if !self.limits.any_for(tenant) {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("{}:", held(tenant, task)?);
+        let parts = self
+            .ledger
+            .balances_under(&format!("{prefix}limit:"))
+            .await?;
+        Ok(parts
+            .into_iter()
+            .filter(|(_, m)| m.currency == currency)
+            .filter_map(|(account, held)| {
+                let (then, current) = account
+                    .as_str()
+                    .strip_prefix(&prefix)
+                    .and_then(|p| crate::limit::part_accounts(tenant, p, now))?;
+                Some(LimitPart {
+                    account,
+                    held,
+                    then,
+                    current,
+                })
+            })
+            .collect())
+    }
+
     /// Adds to a task's settlement what its limit parts need: each part goes back to
     /// the period it was taken from, and the charge counts against the limit in the
     /// current period.
     fn limit_entries(
         posting: Option<Posting>,
-        tenant: &Tenant,
         task: TaskId,
         charge: Money,
         event: Option<EventId>,
-        parts: &[(Account, Money)],
-        now: chrono::DateTime<chrono::Utc>,
+        parts: &[LimitPart],
     ) -> Result<Option<Posting>> {
         if parts.is_empty() {
             return Ok(posting);
         }
-        let prefix = format!("{}:", held(tenant, task)?);
         let mut posting = posting.unwrap_or_else(|| {
             Posting::new(format!("settle:{task}"), format!("task {task}")).source(Some(task), event)
         });
         let mut counted = std::collections::BTreeSet::new();
-        for (account, part) in parts.iter().filter(|(_, m)| m.currency == charge.currency) {
-            let Some((then, current)) = account
-                .as_str()
-                .strip_prefix(&prefix)
-                .and_then(|p| crate::limit::part_accounts(tenant, p, now))
-            else {
-                continue;
-            };
-            if part.amount != 0 {
+        for part in parts {
+            if part.held.amount != 0 {
                 posting = posting
-                    .entry(account.clone(), Money::new(-part.amount, part.currency))
-                    .entry(then, *part);
+                    .entry(
+                        part.account.clone(),
+                        Money::new(-part.held.amount, part.held.currency),
+                    )
+                    .entry(part.then.clone(), part.held);
             }
-            if charge.amount != 0 && counted.insert(current.clone()) {
+            if charge.amount != 0 && counted.insert(&part.current) {
                 posting = posting
-                    .entry(current, Money::new(-charge.amount, charge.currency))
+                    .entry(
+                        part.current.clone(),
+                        Money::new(-charge.amount, charge.currency),
+                    )
                     .entry(Account::platform("limits-spent")?, charge);
             }
         }
         Ok((!posting.entries.is_empty()).then_some(posting))
+    }
+
+    /// A preempted attempt's charge is spent under the limits its task holds: taken
+    /// from each limit part (what the part lacks, from the limit in the current
+    /// period), as its money is taken from the hold.
+    fn attempt_limit_entries(
+        mut posting: Posting,
+        charge: Money,
+        parts: &[LimitPart],
+    ) -> Result<Posting> {
+        for part in parts {
+            let take = part.held.amount.clamp(0, charge.amount);
+            if take != 0 {
+                posting = posting.entry(part.account.clone(), Money::new(-take, charge.currency));
+            }
+            if take < charge.amount {
+                posting = posting.entry(
+                    part.current.clone(),
+                    Money::new(take - charge.amount, charge.currency),
+                );
+            }
+            posting = posting.entry(Account::platform("limits-spent")?, charge);
+        }
+        Ok(posting)
     }
 
     /// The posting that settles `task` holding `holding`, or nothing to post.
@@ -866,54 +925,15 @@ impl Budgets {
                 Money::new(from_hold - charge.amount, charge.currency),
             );
         }
-        if self.limits.any_for(tenant) {
-            posting = self
-                .attempt_limit_entries(posting, tenant, task, charge)
-                .await?;
-        }
+        let parts = self
+            .limit_parts(tenant, task, charge.currency, chrono::Utc::now())
+            .await?;
+        posting = Self::attempt_limit_entries(posting, charge, &parts)?;
         match self.ledger.post(&posting).await {
             // Settled before, when the hold held another amount: nothing to do.
             Err(Error::PostingConflict { .. }) => Ok(Posted::AlreadyPosted),
             other => other,
         }
-    }
-}
-
-impl Budgets {
-    /// A preempted attempt's charge is spent under the limits its task holds: taken
-    /// from each limit part (what the part lacks, from the limit in the current
-    /// period), as its money is taken from the hold.
-    async fn attempt_limit_entries(
-        &self,
-        mut posting: Posting,
-        tenant: &Tenant,
-        task: TaskId,
-        charge: Money,
-    ) -> Result<Posting> {
-        let prefix = format!("{}:", held(tenant, task)?);
-        let parts = self
-            .ledger
-            .balances_under(&format!("{prefix}limit:"))
-            .await?;
-        let now = chrono::Utc::now();
-        for (account, part) in parts.iter().filter(|(_, m)| m.currency == charge.currency) {
-            let Some((_, current)) = account
-                .as_str()
-                .strip_prefix(&prefix)
-                .and_then(|p| crate::limit::part_accounts(tenant, p, now))
-            else {
-                continue;
-            };
-            let take = part.amount.clamp(0, charge.amount);
-            if take != 0 {
-                posting = posting.entry(account.clone(), Money::new(-take, charge.currency));
-            }
-            if take < charge.amount {
-                posting = posting.entry(current, Money::new(take - charge.amount, charge.currency));
-            }
-            posting = posting.entry(Account::platform("limits-spent")?, charge);
-        }
-        Ok(posting)
     }
 }
 

@@ -2,6 +2,8 @@
 //! expires once (on memory, SQLite and Postgres), bad grants list every problem, and a
 //! reservation never holds credit that has expired.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,24 +32,6 @@ fn eur(amount: i64) -> Money {
 
 fn acme() -> Tenant {
     Tenant::parse("acme").unwrap()
-}
-
-async fn ledgers() -> Vec<(Arc<dyn Ledger>, Option<tempfile::TempDir>)> {
-    let mut out: Vec<(Arc<dyn Ledger>, Option<tempfile::TempDir>)> =
-        vec![(Arc::new(MemoryLedger::new()), None)];
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
-        .await
-        .unwrap();
-    out.push((Arc::new(sqlite), Some(dir)));
-    #[cfg(feature = "postgres")]
-    if let Some(url) = ops_testbed::postgres_database() {
-        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
-            .await
-            .unwrap();
-        out.push((Arc::new(pg), None));
-    }
-    out
 }
 
 /// Grants B (priority 5, never expires, 3.00), C (priority 10, expires first, 2.00)
@@ -127,7 +111,7 @@ async fn layers_are_used_in_order_and_the_rest_expires(ledger: Arc<dyn Ledger>) 
 
 #[tokio::test]
 async fn grants_are_used_first_in_order_and_what_is_left_expires_once() {
-    for (ledger, _dir) in ledgers().await {
+    for (ledger, _dir) in common::ledgers().await {
         layers_are_used_in_order_and_the_rest_expires(ledger).await;
     }
 }

@@ -2,10 +2,12 @@
 //! period, never exceeded by tasks admitted at once (memory, SQLite, Postgres), given
 //! back at settlement, funded again when changed, and bad limits list every problem.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops_billing::ledger::{Ledger, MemoryLedger, SqliteLedger};
+use ops_billing::ledger::{Ledger, MemoryLedger};
 use ops_billing::{
     Budgets, Decimal, Error, HoldRequest, LimitPeriod, Money, PriceBook, Reservation, SpendingLimit,
 };
@@ -49,24 +51,6 @@ fn hold<'a>(tenant: &'a Tenant, environment: &'a str, resources: &'a Resources) 
         timeout: Some(Duration::from_secs(100)),
         scavenger: false,
     }
-}
-
-async fn ledgers() -> Vec<(Arc<dyn Ledger>, Option<tempfile::TempDir>)> {
-    let mut out: Vec<(Arc<dyn Ledger>, Option<tempfile::TempDir>)> =
-        vec![(Arc::new(MemoryLedger::new()), None)];
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteLedger::open(&format!("sqlite://{}/ops.db", dir.path().display()))
-        .await
-        .unwrap();
-    out.push((Arc::new(sqlite), Some(dir)));
-    #[cfg(feature = "postgres")]
-    if let Some(url) = ops_testbed::postgres_database() {
-        let pg = ops_billing::ledger::PostgresLedger::connect(&url)
-            .await
-            .unwrap();
-        out.push((Arc::new(pg), None));
-    }
-    out
 }
 
 async fn a_limit_holds_and_settlement_gives_back(ledger: Arc<dyn Ledger>) {
@@ -117,7 +101,7 @@ async fn a_limit_holds_and_settlement_gives_back(ledger: Arc<dyn Ledger>) {
 
 #[tokio::test]
 async fn a_limit_holds_at_admission_and_settlement_gives_the_rest_back() {
-    for (ledger, _dir) in ledgers().await {
+    for (ledger, _dir) in common::ledgers().await {
         a_limit_holds_and_settlement_gives_back(ledger).await;
     }
 }
@@ -152,7 +136,7 @@ async fn at_most_ten_under_the_limit(ledger: Arc<dyn Ledger>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_admitted_at_once_never_exceed_a_limit() {
-    for (ledger, _dir) in ledgers().await {
+    for (ledger, _dir) in common::ledgers().await {
         at_most_ten_under_the_limit(ledger).await;
     }
 }

@@ -313,6 +313,7 @@ impl PaymentsConfig {
     /// one whose feature is off, a missing or unset environment variable.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let unset = |var: &str| std::env::var(var).map_or(true, |v| v.trim().is_empty());
         match self.provider.as_str() {
             "" | "none" => {}
             "stripe" => {
@@ -327,13 +328,13 @@ impl PaymentsConfig {
                         "billing.payments.api_key_env: required for stripe (the variable holding the API key)"
                             .to_owned(),
                     ),
-                    Some(var) if std::env::var(var).map_or(true, |v| v.trim().is_empty()) => {
+                    Some(var) if unset(var) => {
                         out.push(format!("billing.payments.api_key_env: {var} is not set"))
                     }
                     Some(_) => {}
                 }
                 if let Some(var) = &self.webhook_secrets_env
-                    && std::env::var(var).map_or(true, |v| v.trim().is_empty())
+                    && unset(var)
                 {
                     out.push(format!(
                         "billing.payments.webhook_secrets_env: {var} is not set"

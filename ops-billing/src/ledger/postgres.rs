@@ -484,15 +484,11 @@ impl crate::InvoiceStore for PostgresLedger {
         if inserted == 1 {
             return Ok(crate::Kept::New);
         }
-        let stored: String = sqlx::query_scalar(
-            "SELECT document FROM ops_billing_invoices WHERE tenant = $1 AND period_from = $2 AND period_to = $3",
-        )
-        .bind(&invoice.tenant)
-        .bind(from)
-        .bind(to)
-        .fetch_one(self.outbox.pool())
-        .await
-        .map_err(store)?;
+        // Not inserted: one is kept.
+        let stored = self
+            .kept_document(&invoice.tenant, from, to)
+            .await?
+            .ok_or_else(|| store(sqlx::Error::RowNotFound))?;
         crate::invoice::kept_again(invoice, &document, &stored)
     }
 
@@ -502,15 +498,9 @@ impl crate::InvoiceStore for PostgresLedger {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Option<crate::Invoice>> {
-        let stored: Option<String> = sqlx::query_scalar(
-            "SELECT document FROM ops_billing_invoices WHERE tenant = $1 AND period_from = $2 AND period_to = $3",
-        )
-        .bind(tenant)
-        .bind(from.timestamp_millis())
-        .bind(to.timestamp_millis())
-        .fetch_optional(self.outbox.pool())
-        .await
-        .map_err(store)?;
+        let stored = self
+            .kept_document(tenant, from.timestamp_millis(), to.timestamp_millis())
+            .await?;
         stored
             .map(|d| crate::invoice::from_document(tenant, &d))
             .transpose()
@@ -529,5 +519,18 @@ impl crate::InvoiceStore for PostgresLedger {
             .iter()
             .map(|d| crate::invoice::from_document(tenant, d))
             .collect()
+    }
+}
+
+impl PostgresLedger {
+    /// The document of the invoice kept for `tenant` and the period (in milliseconds).
+    async fn kept_document(&self, tenant: &str, from: i64, to: i64) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT document FROM ops_billing_invoices WHERE tenant = $1 AND period_from = $2 AND period_to = $3")
+            .bind(tenant)
+            .bind(from)
+            .bind(to)
+            .fetch_optional(self.outbox.pool())
+            .await
+            .map_err(store)
     }
 }
