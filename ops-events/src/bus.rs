@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ops_core::Event;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +145,14 @@ pub trait EventBus: Send + Sync + 'static {
     async fn backlog(&self, subscription: &str) -> Result<u64> {
         self.pending(subscription).await
     }
+
+    /// When the oldest event `subscription` has not acknowledged was recorded: how far
+    /// behind it is (the outbox lag). `None` when it has caught up. The provided
+    /// implementation answers `None` for backends that cannot tell.
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        let _ = subscription;
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -173,6 +182,10 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
     }
     async fn backlog(&self, subscription: &str) -> Result<u64> {
         (**self).backlog(subscription).await
+    }
+
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        (**self).oldest_unacked(subscription).await
     }
 }
 

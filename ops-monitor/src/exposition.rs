@@ -45,7 +45,12 @@ impl Format {
             }
             let better = match best {
                 None => true,
-                Some((q, f)) => quality > q || (quality == q && f != Format::OpenMetrics && format == Format::OpenMetrics),
+                Some((q, f)) => {
+                    quality > q
+                        || (quality == q
+                            && f != Format::OpenMetrics
+                            && format == Format::OpenMetrics)
+                }
             };
             if better {
                 best = Some((quality, format));
@@ -83,6 +88,9 @@ mod tests {
             Format::negotiate(Some("application/openmetrics-text;q=0")),
             Format::Prometheus
         );
-        assert_eq!(Format::negotiate(Some("application/json")), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some("application/json")),
+            Format::Prometheus
+        );
     }
 }

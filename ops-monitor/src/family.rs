@@ -159,8 +159,12 @@ pub(crate) fn check_name(name: &str, label: bool, what: &str) -> Result<()> {
     if !ok_first {
         return Err(bad("must start with a letter or '_'"));
     }
-    if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || (!label && *c == ':'))) {
-        return Err(bad(&format!("{c:?} is not allowed (letters, digits and '_' only)")));
+    if let Some(c) =
+        chars.find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || (!label && *c == ':')))
+    {
+        return Err(bad(&format!(
+            "{c:?} is not allowed (letters, digits and '_' only)"
+        )));
     }
     if label && name.starts_with("__") {
         return Err(bad("names starting with '__' are reserved"));

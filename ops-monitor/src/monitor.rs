@@ -56,11 +56,21 @@ impl std::fmt::Debug for Monitor {
         f.debug_struct("Monitor")
             .field(
                 "collectors",
-                &self.inner.collectors.iter().map(|(c, _)| c.name()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .collectors
+                    .iter()
+                    .map(|(c, _)| c.name())
+                    .collect::<Vec<_>>(),
             )
             .field(
                 "checks",
-                &self.inner.checks.iter().map(|(_, c)| c.name()).collect::<Vec<_>>(),
+                &self
+                    .inner
+                    .checks
+                    .iter()
+                    .map(|(_, c)| c.name())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -102,11 +112,15 @@ impl Monitor {
     /// Reads every collector; see [`scrape`](Self::scrape).
     async fn collect(&self) -> Vec<Family> {
         let timeout = self.inner.collect_timeout;
-        let reads = self.inner.collectors.iter().map(|(c, declared)| async move {
-            let started = Instant::now();
-            let read = tokio::time::timeout(timeout, c.collect()).await;
-            (c, declared, read, started.elapsed())
-        });
+        let reads = self
+            .inner
+            .collectors
+            .iter()
+            .map(|(c, declared)| async move {
+                let started = Instant::now();
+                let read = tokio::time::timeout(timeout, c.collect()).await;
+                (c, declared, read, started.elapsed())
+            });
         let [up_desc, duration_desc] = own_descriptors();
         let mut up = Family::new(up_desc);
         let mut took = Family::new(duration_desc);
@@ -202,7 +216,11 @@ impl Monitor {
 
     /// The collectors' names.
     pub fn collectors(&self) -> Vec<&str> {
-        self.inner.collectors.iter().map(|(c, _)| c.name()).collect()
+        self.inner
+            .collectors
+            .iter()
+            .map(|(c, _)| c.name())
+            .collect()
     }
 }
 
@@ -214,7 +232,8 @@ impl PcCollector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
         for family in &self.0 {
             let d = &family.descriptor;
-            let mut metric = encoder.encode_descriptor(&d.name, &d.help, None, d.kind.metric_type())?;
+            let mut metric =
+                encoder.encode_descriptor(&d.name, &d.help, None, d.kind.metric_type())?;
             for sample in &family.samples {
                 let labels: Vec<(&str, &str)> = sample
                     .labels
@@ -283,7 +302,8 @@ impl MonitorBuilder {
         metric: impl Metric,
     ) -> Self {
         let name = name.into();
-        let help = help.into();
+        // prometheus-client ends every registered help text with a period.
+        let help = help.into().trim_end_matches('.').to_owned();
         let kind = MetricKind::of(EncodeMetric::metric_type(&metric));
         match check_name(&name, false, "registered metric") {
             Ok(()) => {
@@ -374,7 +394,11 @@ impl MonitorBuilder {
             .collectors
             .into_iter()
             .map(|c| {
-                let names = c.describe().into_iter().map(|d| d.name.into_owned()).collect();
+                let names = c
+                    .describe()
+                    .into_iter()
+                    .map(|d| d.name.into_owned())
+                    .collect();
                 (c, names)
             })
             .collect();

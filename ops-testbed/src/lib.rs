@@ -1,4 +1,4 @@
-//! Test support: real PostgreSQL and NATS servers for Ops' integration tests.
+//! Test support: real PostgreSQL, NATS and Prometheus servers for Ops' integration tests.
 //!
 //! The test command (`scripts/test`) starts one shared PostgreSQL and one NATS server
 //! and exports their URLs ([`POSTGRES_URL_ENV`], [`NATS_URL_ENV`]). Tests that share
@@ -421,13 +421,103 @@ impl Drop for NatsServer {
     }
 }
 
+/// A private Prometheus server (Debian `prometheus`) scraping the given targets every
+/// second, with its HTTP API on a free port. Stopped (and its data removed) on drop.
+#[derive(Debug)]
+pub struct PrometheusServer {
+    _dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrometheusServer {
+    /// Starts Prometheus scraping `targets` (`host:port`, `/metrics`) as job `ops`, or
+    /// reports it missing.
+    pub fn start(targets: &[String]) -> Option<Self> {
+        let program = std::env::var("OPS_PROMETHEUS")
+            .map(PathBuf::from)
+            .ok()
+            .or_else(|| which("prometheus"));
+        let Some(program) = program else {
+            return missing("prometheus (Debian package `prometheus`)");
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("ops-prometheus-")
+            .tempdir()
+            .expect("temp dir");
+        let list = targets
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ops\n    static_configs:\n      - targets: [{list}]\n"
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
+        let child = Command::new(program)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let server = Self {
+            _dir: dir,
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_ok(port, "/-/ready") {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("prometheus did not become ready on port {port}");
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The path of `promtool`, or `None` (reported with [`missing`]).
+pub fn promtool() -> Option<PathBuf> {
+    match which("promtool") {
+        Some(p) => Some(p),
+        None => missing("promtool (Debian package `prometheus`)"),
+    }
+}
+
 fn healthz(port: u16) -> bool {
+    http_ok(port, "/healthz")
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .is_err()
     {
         return false;

@@ -238,6 +238,11 @@ impl Dispatcher {
         &self.inner.config
     }
 
+    /// The bus the functions subscribe to.
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.inner.bus
+    }
+
     /// Counters summed over all functions.
     pub fn stats(&self) -> DispatchStats {
         let mut total = DispatchStats::default();

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ops_core::{Event, EventId};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -255,5 +256,20 @@ impl EventBus for InMemoryBus {
                 name: subscription.to_owned(),
             }),
         }
+    }
+
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        let state = self.lock();
+        let Some(sub) = state.subs.get(subscription) else {
+            return Err(Error::UnknownSubscription {
+                name: subscription.to_owned(),
+            });
+        };
+        let unread = (sub.cursor < state.log.len() as u64).then_some(sub.cursor + 1);
+        let oldest = sub.pending.keys().copied().chain(unread).min();
+        // Sequence `s` is at index `s - 1`.
+        Ok(oldest
+            .and_then(|seq| state.log.get(seq as usize - 1))
+            .map(|event| event.time))
     }
 }

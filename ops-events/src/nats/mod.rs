@@ -58,6 +58,7 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage, response::R
 use async_nats::{StatusCode, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use ops_core::Event;
@@ -767,6 +768,38 @@ impl EventBus for NatsBus {
                 Err(Error::UnknownSubscription {
                     name: subscription.to_owned(),
                 })
+            }
+        }
+    }
+
+    /// The time of the stream message after the consumer's acknowledgement floor (with
+    /// a subject filter, possibly an earlier message of another subject: the lag is
+    /// then overstated, never understated).
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        let sub = self.sub(subscription).await?;
+        let Some(info) = self.consumer_info(&sub.consumer).await? else {
+            self.forget(subscription);
+            return Err(Error::UnknownSubscription {
+                name: subscription.to_owned(),
+            });
+        };
+        if info.num_pending + info.num_ack_pending as u64 == 0 {
+            return Ok(None);
+        }
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.config.stream)
+            .await
+            .map_err(|e| broker("get stream", e, true))?;
+        let seq = info.ack_floor.stream_sequence + 1;
+        match stream.get_raw_message(seq).await {
+            Ok(message) => Ok(serde_json::from_slice::<Event>(&message.payload)
+                .ok()
+                .map(|event| event.time)),
+            Err(e) => {
+                tracing::debug!(error = %e, seq, "nats: oldest unacknowledged message not readable");
+                Ok(None)
             }
         }
     }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ops_core::Event;
 use sqlx::Row;
 use tokio::time::Instant;
@@ -324,5 +325,23 @@ impl EventBus for PostgresOutbox {
         .await
         .map_err(Error::postgres)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        self.exists(subscription).await?;
+        let at: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT MIN(at) FROM ( \
+                 SELECT e.recorded_at AS at FROM ops_event_deliveries d \
+                 JOIN ops_events e ON e.seq = d.seq WHERE d.subscription = $1 \
+                 UNION ALL \
+                 (SELECT e.recorded_at FROM ops_events e, ops_event_subscriptions s \
+                  WHERE s.name = $1 AND (e.txid, e.seq) > (s.cursor_txid, s.cursor_seq) \
+                  ORDER BY e.txid, e.seq LIMIT 1)) o",
+        )
+        .bind(subscription)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::postgres)?;
+        Ok(at)
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use ops_core::Event;
 use sqlx::Row;
 use tokio::time::Instant;
@@ -311,6 +312,24 @@ impl EventBus for SqliteOutbox {
         .await
         .map_err(Error::sqlite)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn oldest_unacked(&self, subscription: &str) -> Result<Option<DateTime<Utc>>> {
+        self.exists(subscription).await?;
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT e.recorded_at FROM ops_events e WHERE e.seq = ( \
+                 SELECT MIN(seq) FROM ( \
+                     SELECT MIN(d.seq) AS seq FROM ops_event_deliveries d WHERE d.subscription = ?1 \
+                     UNION ALL \
+                     SELECT MIN(e2.seq) FROM ops_events e2, ops_event_subscriptions s \
+                     WHERE s.name = ?1 AND e2.seq > s.cursor))",
+        )
+        .bind(subscription)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::sqlite)?
+        .flatten();
+        Ok(ms.and_then(DateTime::from_timestamp_millis))
     }
 }
 

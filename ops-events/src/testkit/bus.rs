@@ -80,6 +80,7 @@ where
     check!(publish_fetch_order);
     check!(ack_removes);
     check!(backlog_counts_what_is_not_acknowledged);
+    check!(oldest_unacked_is_the_lag);
     check!(unacked_redelivered_after_ack_wait);
     check!(nack_redelivers_after_delay);
     check!(independent_subscriptions);
@@ -195,6 +196,54 @@ pub async fn backlog_counts_what_is_not_acknowledged(bus: &dyn EventBus) {
             Err(Error::UnknownSubscription { .. })
         ),
         "backlog: unknown subscription"
+    );
+}
+
+/// `oldest_unacked` is `None` when caught up, else the time of the oldest event not
+/// acknowledged (fetched or not).
+pub async fn oldest_unacked_is_the_lag(bus: &dyn EventBus) {
+    let name = "lag";
+    bus.subscribe(name, opts(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.oldest_unacked(name).await.unwrap(),
+        None,
+        "lag: starts caught up"
+    );
+    let mut first = events(name, 2);
+    let old = chrono::Utc::now() - chrono::Duration::seconds(120);
+    first[0].time = old;
+    bus.publish(&first).await.unwrap();
+    let oldest = bus
+        .oldest_unacked(name)
+        .await
+        .unwrap()
+        .expect("lag: a backlog has an age");
+    let age = chrono::Utc::now() - oldest;
+    assert!(
+        age >= chrono::Duration::seconds(-5) && age <= chrono::Duration::seconds(130),
+        "lag: age of the oldest unacknowledged event is {age}"
+    );
+    let got = fetch_n(bus, name, 2).await;
+    assert_eq!(got.len(), 2, "lag: fetched");
+    assert!(
+        bus.oldest_unacked(name).await.unwrap().is_some(),
+        "lag: fetched but not acknowledged still counts"
+    );
+    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+    bus.ack(name, &tags).await.unwrap();
+    assert_eq!(
+        bus.oldest_unacked(name).await.unwrap(),
+        None,
+        "lag: caught up after ack"
+    );
+    assert!(
+        matches!(
+            bus.oldest_unacked("nobody").await,
+            Err(Error::UnknownSubscription { .. })
+        ),
+        "lag: unknown subscription"
     );
 }
 
