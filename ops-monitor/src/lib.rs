@@ -63,6 +63,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod collector;
+mod config;
 mod error;
 mod exposition;
 mod family;
@@ -78,6 +79,7 @@ pub mod spine;
 pub mod tasks;
 
 pub use collector::Collector;
+pub use config::MonitorConfig;
 pub use error::{CollectError, Error, Result};
 pub use exposition::{Format, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 pub use family::{Descriptor, Family, Labels, MetricKind, Sample};

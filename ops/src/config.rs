@@ -249,6 +249,10 @@ pub struct PlatformConfig {
     /// Billing: a price book, prepaid credit held at admission, settlement from
     /// usage events. `None`: tasks are not billed.
     pub billing: Option<BillingConfig>,
+    /// Monitoring (feature `monitor`): metrics fed by events, host and GPU collectors,
+    /// `/metrics` served at `listen`. `None`: no metrics are kept.
+    #[cfg(feature = "monitor")]
+    pub monitor: Option<ops_monitor::MonitorConfig>,
 }
 
 /// The `[billing]` section.
@@ -396,14 +400,17 @@ impl Default for PlatformConfig {
             shutdown_grace: Duration::from_secs(5),
             webhooks: Vec::new(),
             billing: None,
+            #[cfg(feature = "monitor")]
+            monitor: None,
         }
     }
 }
 
 /// Sections of the file that only some builds understand, and the feature each needs.
-const GATED: [(&str, &str, &str); 2] = [
+const GATED: [(&str, &str, &str); 3] = [
     ("executor", "the local executor", "local"),
     ("kube", "the Kubernetes executor", "kube"),
+    ("monitor", "monitoring", "monitor"),
 ];
 
 impl PlatformConfig {
@@ -538,6 +545,10 @@ impl PlatformConfig {
         #[cfg(feature = "kube")]
         if let Some(kube) = &self.kube {
             out.extend(kube.problems().into_iter().map(|p| format!("kube.{p}")));
+        }
+        #[cfg(feature = "monitor")]
+        if let Some(monitor) = &self.monitor {
+            out.extend(monitor.problems());
         }
         if let Some(billing) = &self.billing {
             match ops_billing::PriceBook::load(&billing.prices) {

@@ -32,6 +32,19 @@ pub enum Error {
     /// Billing failed.
     #[error(transparent)]
     Billing(#[from] ops_billing::Error),
+    /// Monitoring failed (a metric family declared twice, a bad name).
+    #[cfg(feature = "monitor")]
+    #[error(transparent)]
+    Monitor(#[from] ops_monitor::Error),
+    /// The metrics server could not listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A file could not be read.
     #[error("{}: {source}", path.display())]
     Io {
@@ -52,7 +65,9 @@ impl Error {
             Error::Billing(e) => e.kind(),
             Error::Events(e) => e.kind(),
             Error::Storage(e) => e.kind(),
-            Error::Io { source, .. } => ErrorKind::of_io(source),
+            #[cfg(feature = "monitor")]
+            Error::Monitor(e) => e.kind(),
+            Error::Io { source, .. } | Error::Listen { source, .. } => ErrorKind::of_io(source),
         }
     }
 
@@ -63,6 +78,9 @@ impl Error {
             Error::Events(e) => e.is_retryable(),
             Error::Storage(e) => e.is_retryable(),
             Error::Billing(e) => e.is_retryable(),
+            #[cfg(feature = "monitor")]
+            Error::Monitor(e) => e.is_retryable(),
+            Error::Listen { .. } => true,
             Error::Config { .. } | Error::Io { .. } => false,
         }
     }

@@ -13,6 +13,7 @@
 //! | [`tasks`] | `ops-tasks` | templates, admission, executors, history, the task service |
 //! | [`storage`] | `ops-storage` | tenant-scoped object storage for inputs and outputs |
 //! | [`billing`] | `ops-billing` | money, price books, the ledger, metering, credit held at admission, invoices (plus [`billing::BillingGate`]) |
+//! | `monitor` | `ops-monitor` | metrics in Prometheus' formats, health checks, alert rules, dashboards (feature `monitor`) |
 //!
 //! and owns the wiring between them: a [`Platform`] from a [`PlatformBuilder`] or one
 //! TOML file ([`PlatformConfig`], every problem reported at once) — history, outbox,
@@ -77,6 +78,8 @@
 //! | `s3` | no | S3-compatible object storage and signed URLs |
 //! | `sim` | no | the simulation executor and capacity planner |
 //! | `stripe` | no | Stripe as the payment provider (`[billing.payments]`) |
+//! | `monitor` | yes | `[monitor]`: task, queue, host, GPU and event-spine metrics, `/metrics`, `/healthz`, `/readyz` |
+//! | `nvml` | no | GPU metrics through NVML (DCGM exporter's names) |
 //!
 //! A configuration that names a backend whose feature is off is refused with the
 //! feature to enable.
@@ -87,6 +90,8 @@ pub mod backends;
 pub mod billing;
 pub mod config;
 mod error;
+#[cfg(feature = "monitor")]
+mod monitoring;
 mod platform;
 pub mod staging;
 
@@ -104,6 +109,10 @@ pub use ops_events as events;
 pub use ops_storage as storage;
 /// `ops-tasks`: templates, admission, executors, history and the task service.
 pub use ops_tasks as tasks;
+/// `ops-monitor`: metrics, health checks, alert rules and dashboards (feature
+/// `monitor`).
+#[cfg(feature = "monitor")]
+pub use ops_monitor as monitor;
 
 /// What most platform programs use: `use ops::prelude::*;`.
 pub mod prelude {

@@ -42,6 +42,8 @@ pub struct Platform {
     dispatcher: Option<(Dispatcher, RunningDispatcher)>,
     retention: Option<tokio::task::JoinHandle<()>>,
     grant_expiry: Option<tokio::task::JoinHandle<()>>,
+    #[cfg(feature = "monitor")]
+    monitoring: Option<crate::monitoring::Monitoring>,
     shutdown_grace: Duration,
 }
 
@@ -142,6 +144,20 @@ impl Platform {
         self.dispatcher.as_ref().map(|(d, _)| d)
     }
 
+    /// The monitor (metrics, collectors, health checks), when `[monitor]` is
+    /// configured: mount [`ops_monitor::http::router`] on it, or scrape it directly.
+    #[cfg(feature = "monitor")]
+    pub fn monitor(&self) -> Option<&ops_monitor::Monitor> {
+        self.monitoring.as_ref().map(|m| &m.monitor)
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`[monitor] listen`, the
+    /// port the system picked when it was 0).
+    #[cfg(feature = "monitor")]
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.monitoring.as_ref().and_then(|m| m.addr)
+    }
+
     /// The history URL, password redacted.
     pub fn history_url(&self) -> &str {
         &self.backends.history_url
@@ -158,6 +174,10 @@ impl Platform {
     /// (what is left is delivered after the next start); then the relay to the external
     /// bus (after forwarding what it fetched); then storage retention.
     pub async fn shutdown(self) {
+        #[cfg(feature = "monitor")]
+        if let Some(monitoring) = self.monitoring {
+            monitoring.shutdown();
+        }
         self.tasks.shutdown().await;
         if let Some((dispatcher, running)) = self.dispatcher {
             if let Err(e) = dispatcher.drain(self.shutdown_grace).await {
@@ -315,6 +335,13 @@ impl PlatformBuilder {
             .history(backends.history.clone())
             .config(config.tasks.clone());
         let mut routes = self.functions;
+        #[cfg(feature = "monitor")]
+        let task_metrics = config.monitor.as_ref().map(crate::monitoring::task_metrics);
+        #[cfg(feature = "monitor")]
+        if let Some(metrics) = &task_metrics {
+            routes.push((Trigger::on("*"), Arc::new(metrics.clone()) as Arc<dyn Function>));
+        }
+        let mut gpu_assignments: Option<GpuAssignments> = None;
         // Set once the task service has started, for functions that act on tasks.
         let started: Arc<std::sync::OnceLock<Tasks>> = Arc::default();
         let cost_book = match config.billing.as_ref().and_then(|b| b.costs.as_ref()) {
@@ -367,7 +394,11 @@ impl PlatformBuilder {
         } else {
             let executor = match self.executor {
                 Some(executor) => executor,
-                None => configured_executor(&config).await?,
+                None => {
+                    let (executor, gpus) = configured_executor(&config).await?;
+                    gpu_assignments = gpus;
+                    executor
+                }
             };
             tasks = match &storage {
                 Some(storage) => tasks.executor(StagingExecutor::new(
@@ -409,6 +440,32 @@ impl PlatformBuilder {
             let running = dispatcher.start().await?;
             Some((dispatcher, running))
         };
+        #[cfg(feature = "monitor")]
+        let monitoring = match (&task_metrics, &config.monitor) {
+            (Some(metrics), Some(monitor)) => {
+                let started = crate::monitoring::start(
+                    monitor,
+                    metrics,
+                    &tasks,
+                    dispatcher.as_ref().map(|(d, _)| d),
+                    gpu_assignments.take(),
+                )
+                .await;
+                match started {
+                    Ok(monitoring) => Some(monitoring),
+                    Err(e) => {
+                        tasks.shutdown().await;
+                        if let Some((_, running)) = dispatcher {
+                            running.shutdown().await;
+                        }
+                        backends.shutdown().await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
+        drop(gpu_assignments);
         let grant_expiry = billing
             .as_ref()
             .map(|b| crate::billing::spawn_grant_expiry(b.clone(), GRANT_EXPIRY_INTERVAL));
@@ -423,6 +480,8 @@ impl PlatformBuilder {
             dispatcher,
             retention,
             grant_expiry,
+            #[cfg(feature = "monitor")]
+            monitoring,
             shutdown_grace: config.shutdown_grace,
         })
     }
@@ -452,24 +511,37 @@ fn webhook_function(hook: &WebhookEntry) -> Result<Arc<dyn Function>> {
     )]))
 }
 
+/// Who holds which GPU now (GPU id as the executor names it, task).
+type GpuAssignments = Arc<dyn Fn() -> Vec<(String, ops_core::TaskId)> + Send + Sync>;
+
 /// The executor the configuration asks for: Kubernetes when `[kube]` is set, else the
-/// local executor.
+/// local executor (with its GPU assignment, for monitoring).
 #[allow(clippy::unused_async)]
-async fn configured_executor(config: &PlatformConfig) -> Result<Arc<dyn Executor>> {
+async fn configured_executor(
+    config: &PlatformConfig,
+) -> Result<(Arc<dyn Executor>, Option<GpuAssignments>)> {
     #[cfg(feature = "kube")]
     if let Some(kube) = &config.kube {
         let executor = ops_tasks::kube::KubeExecutor::connect(kube.clone()).await?;
         tracing::info!(server = %executor.server(), "running tasks on Kubernetes");
-        return Ok(Arc::new(executor));
+        return Ok((Arc::new(executor), None));
     }
     #[cfg(all(unix, feature = "local"))]
     {
-        let executor = ops_tasks::local::LocalExecutor::new(config.executor.clone())?;
+        let executor = Arc::new(ops_tasks::local::LocalExecutor::new(config.executor.clone())?);
         tracing::info!(
             cgroups = executor.cgroup_mode().as_str(),
             "running tasks on this machine"
         );
-        Ok(Arc::new(executor))
+        let local = executor.clone();
+        let gpus: GpuAssignments = Arc::new(move || {
+            local
+                .gpu_holders()
+                .into_iter()
+                .map(|(device, task, _)| (device.id(), task))
+                .collect()
+        });
+        Ok((executor, Some(gpus)))
     }
     #[cfg(not(all(unix, feature = "local")))]
     {

@@ -104,6 +104,14 @@ impl GpuPool {
             .collect())
     }
 
+    /// Every held GPU with its holder.
+    pub fn held(&self) -> Vec<(GpuDevice, Owner)> {
+        self.lock()
+            .iter()
+            .filter_map(|(d, held)| held.map(|owner| (d.clone(), owner)))
+            .collect()
+    }
+
     /// Marks the GPUs with these ids as held (after a re-attach).
     pub fn claim(&self, ids: &[String], owner: Owner) {
         for (d, held) in self.lock().iter_mut() {

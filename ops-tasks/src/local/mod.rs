@@ -266,6 +266,17 @@ impl LocalExecutor {
         self.inner.gpus.devices()
     }
 
+    /// The GPUs held now, each with the task and attempt holding it (for monitoring:
+    /// which task sits on which GPU).
+    pub fn gpu_holders(&self) -> Vec<(GpuDevice, TaskId, u32)> {
+        self.inner
+            .gpus
+            .held()
+            .into_iter()
+            .map(|(device, (task, attempt))| (device, task, attempt))
+            .collect()
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &LocalExecutorConfig {
         &self.inner.config
