@@ -67,7 +67,10 @@ impl Error {
             Error::Storage(e) => e.kind(),
             #[cfg(feature = "monitor")]
             Error::Monitor(e) => e.kind(),
-            Error::Io { source, .. } | Error::Listen { source, .. } => ErrorKind::of_io(source),
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            // Taken by another process, or not an address of this host: try later or
+            // elsewhere.
+            Error::Listen { .. } => ErrorKind::Unavailable,
         }
     }
 
