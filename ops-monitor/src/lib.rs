@@ -75,6 +75,7 @@ pub mod gpu;
 pub mod host;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod rules;
 pub mod spine;
 pub mod tasks;
 
