@@ -69,12 +69,14 @@ mod family;
 mod health;
 mod monitor;
 
+pub mod dashboards;
 pub mod gpu;
 #[cfg(feature = "host")]
 pub mod host;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod spine;
+pub mod stack;
 pub mod tasks;
 
 pub use collector::Collector;
