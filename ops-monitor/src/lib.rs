@@ -70,6 +70,7 @@ mod family;
 mod health;
 mod monitor;
 
+pub mod dashboards;
 pub mod gpu;
 #[cfg(feature = "host")]
 pub mod host;
@@ -77,6 +78,7 @@ pub mod host;
 pub mod http;
 pub mod rules;
 pub mod spine;
+pub mod stack;
 pub mod tasks;
 
 pub use collector::Collector;
