@@ -63,7 +63,12 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 async fn events_bench(tasks: usize, runs: usize) {
     let events: Vec<Event> = (0..tasks)
-        .flat_map(|i| lifecycle(&format!("tenant-{}", i % 100), &format!("template-{}", i % 20)))
+        .flat_map(|i| {
+            lifecycle(
+                &format!("tenant-{}", i % 100),
+                &format!("template-{}", i % 20),
+            )
+        })
         .collect();
     let mut ops = Vec::new();
     let mut base = Vec::new();
@@ -81,9 +86,18 @@ async fn events_bench(tasks: usize, runs: usize) {
         for e in &events {
             let d = &e.data;
             let labels = vec![
-                ("tenant".to_owned(), d["tenant"].as_str().unwrap_or_default().to_owned()),
-                ("template".to_owned(), d["template"].as_str().unwrap_or_default().to_owned()),
-                ("state".to_owned(), d["status"].as_str().unwrap_or_default().to_owned()),
+                (
+                    "tenant".to_owned(),
+                    d["tenant"].as_str().unwrap_or_default().to_owned(),
+                ),
+                (
+                    "template".to_owned(),
+                    d["template"].as_str().unwrap_or_default().to_owned(),
+                ),
+                (
+                    "state".to_owned(),
+                    d["status"].as_str().unwrap_or_default().to_owned(),
+                ),
             ];
             family.get_or_create(&labels).inc();
         }
@@ -110,7 +124,13 @@ async fn scrape_bench(tenants: usize, templates: usize, runs: usize) {
         for p in 0..templates {
             let (tenant, template) = (format!("tenant-{t}"), format!("template-{p}"));
             let id = TaskId::new();
-            let e = event(id, event_types::TASK_SUBMITTED, TaskStatus::Submitted, &tenant, &template);
+            let e = event(
+                id,
+                event_types::TASK_SUBMITTED,
+                TaskStatus::Submitted,
+                &tenant,
+                &template,
+            );
             metrics.call(&e).await.unwrap();
             baseline
                 .get_or_create(&vec![
@@ -137,8 +157,11 @@ async fn scrape_bench(tenants: usize, templates: usize, runs: usize) {
             let started = Instant::now();
             let mut out = String::new();
             match format {
-                Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry).unwrap(),
-                _ => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap(),
+                Format::OpenMetrics => {
+                    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap()
+                }
+                _ => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+                    .unwrap(),
             }
             theirs.push(started.elapsed().as_secs_f64() * 1e3);
             assert!(out.len() > series * 20);
@@ -162,7 +185,13 @@ fn host_bench(reads: usize) {
         assert!(!families.is_empty());
         let started = Instant::now();
         let mut n = 0;
-        for f in ["/proc/stat", "/proc/meminfo", "/proc/loadavg", "/proc/net/dev", "/proc/mounts"] {
+        for f in [
+            "/proc/stat",
+            "/proc/meminfo",
+            "/proc/loadavg",
+            "/proc/net/dev",
+            "/proc/mounts",
+        ] {
             n += std::fs::read_to_string(f).map(|s| s.len()).unwrap_or(0);
         }
         floor.push(started.elapsed().as_secs_f64() * 1e3);
@@ -178,11 +207,18 @@ fn host_bench(reads: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!("| benchmark | ops-monitor | baseline | ratio | target |");
     println!("|---|---|---|---|---|");
     rt.block_on(async {
-        events_bench(if quick { 10_000 } else { 100_000 }, if quick { 3 } else { 5 }).await;
+        events_bench(
+            if quick { 10_000 } else { 100_000 },
+            if quick { 3 } else { 5 },
+        )
+        .await;
         if quick {
             scrape_bench(100, 100, 3).await;
         } else {

@@ -2,9 +2,14 @@
 //! says.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dashboards::DashboardsConfig;
+use crate::rules::{AlertsConfig, parse_duration};
+use crate::stack::{StackConfig, StackInputs};
 use crate::tasks::TaskMetricsConfig;
 use crate::{Error, Result};
 
@@ -35,8 +40,18 @@ pub struct MonitorConfig {
     /// Export GPU metrics under DCGM's names (default true; needs the `nvml` feature
     /// and the NVIDIA driver, else `ops_gpu_collector_up 0`).
     pub gpu: bool,
+    /// How long a scrape waits for one collector before marking it down (a
+    /// Prometheus duration, default `5s`).
+    pub collect_timeout: String,
     /// Task, queue and tenant metrics: cardinality caps and histogram buckets.
     pub tasks: TaskMetricsConfig,
+    /// The alert rules: thresholds, durations, severities, which are on.
+    pub alerts: AlertsConfig,
+    /// The Grafana dashboards: data source, refresh, time range.
+    pub dashboards: DashboardsConfig,
+    /// A cluster's monitoring stack (Prometheus, node-exporter, DCGM exporter,
+    /// Grafana), for [`write_files`](Self::write_files).
+    pub stack: StackConfig,
 }
 
 impl Default for MonitorConfig {
@@ -46,7 +61,11 @@ impl Default for MonitorConfig {
             subscription: None,
             host: true,
             gpu: true,
+            collect_timeout: "5s".to_owned(),
             tasks: TaskMetricsConfig::default(),
+            alerts: AlertsConfig::default(),
+            dashboards: DashboardsConfig::default(),
+            stack: StackConfig::default(),
         }
     }
 }
@@ -67,8 +86,81 @@ impl MonitorConfig {
         {
             out.push(e.to_string());
         }
+        match parse_duration(&self.collect_timeout) {
+            Some(d) if !d.is_zero() => {}
+            _ => out.push(format!(
+                "monitor.collect_timeout: {:?} is not a Prometheus duration above 0 (e.g. 5s)",
+                self.collect_timeout
+            )),
+        }
         out.extend(self.tasks.problems("monitor.tasks"));
+        out.extend(
+            self.alerts
+                .problems()
+                .into_iter()
+                .map(|p| format!("monitor.{p}")),
+        );
+        out.extend(self.dashboards.problems("monitor.dashboards"));
+        out.extend(
+            self.stack
+                .problems()
+                .into_iter()
+                .map(|p| format!("monitor.{p}")),
+        );
         out
+    }
+
+    /// The collect timeout (5 s when it does not parse; [`problems`](Self::problems)
+    /// says so).
+    pub fn collect_timeout(&self) -> Duration {
+        parse_duration(&self.collect_timeout)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(crate::DEFAULT_COLLECT_TIMEOUT)
+    }
+
+    /// Writes what an operator loads into their tools, all from this one configuration,
+    /// under `dir`: `prometheus/ops-rules.yaml` (a Prometheus rules file),
+    /// `kubernetes/ops-prometheus-rule.yaml` (the same rules as a `PrometheusRule` for
+    /// the Prometheus Operator), `grafana/<uid>.json` (the dashboards) and
+    /// `kubernetes/monitoring-stack.yaml` (the cluster's monitoring stack with those
+    /// rules and dashboards). Gives the files written.
+    pub fn write_files(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.validate()?;
+        let rules = crate::rules::generate(&self.alerts)?;
+        let rules_yaml = rules.to_yaml()?;
+        let mut written = Vec::new();
+        let mut write = |path: PathBuf, text: &str| -> Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            std::fs::write(&path, text).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            written.push(path);
+            Ok(())
+        };
+        write(dir.join("prometheus/ops-rules.yaml"), &rules_yaml)?;
+        let manifest = rules.to_prometheus_rule(
+            "ops-alerts",
+            &self.stack.namespace,
+            &std::collections::BTreeMap::new(),
+        )?;
+        write(dir.join("kubernetes/ops-prometheus-rule.yaml"), &manifest)?;
+        let objects =
+            crate::stack::render(&self.stack, &StackInputs::default().with_rules(rules_yaml))?;
+        write(
+            dir.join("kubernetes/monitoring-stack.yaml"),
+            &crate::stack::to_yaml(&objects)?,
+        )?;
+        written.extend(crate::dashboards::write_dir(
+            &dir.join("grafana"),
+            &crate::dashboards::all(&self.dashboards),
+        )?);
+        Ok(written)
     }
 
     /// `Ok` when there is no problem, else [`Error::InvalidConfig`] with all of them.
@@ -91,7 +183,13 @@ impl MonitorConfig {
         self.subscription.clone().unwrap_or_else(|| {
             let host: String = crate::gpu::hostname()
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .take(100)
                 .collect();
             format!("ops-monitor.{host}")
@@ -112,13 +210,29 @@ mod tests {
         };
         config.tasks.max_tenants = 0;
         config.tasks.wait_buckets = vec![5.0, 1.0];
+        config.collect_timeout = "soon".into();
+        config.alerts.gpu_too_hot.celsius = -5.0;
         let problems = config.problems();
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems[0].starts_with("monitor.listen: \"localhost\""));
-        assert!(problems[1].contains("monitor.subscription"));
-        assert!(problems[2].starts_with("monitor.tasks.max_tenants"));
-        assert!(problems[3].starts_with("monitor.tasks.wait_buckets"));
-        assert!(matches!(config.validate(), Err(Error::InvalidConfig { .. })));
-        assert!(MonitorConfig::default().subscription_name().starts_with("ops-monitor."));
+        let starts = [
+            "monitor.listen: \"localhost\"",
+            "invalid monitor.subscription",
+            "monitor.collect_timeout: \"soon\"",
+            "monitor.tasks.max_tenants",
+            "monitor.tasks.wait_buckets",
+            "monitor.alerts.gpu_too_hot.celsius",
+        ];
+        assert_eq!(problems.len(), starts.len(), "{problems:?}");
+        for (p, start) in problems.iter().zip(starts) {
+            assert!(p.starts_with(start), "{p:?} should start with {start:?}");
+        }
+        assert!(matches!(
+            config.validate(),
+            Err(Error::InvalidConfig { .. })
+        ));
+        assert!(
+            MonitorConfig::default()
+                .subscription_name()
+                .starts_with("ops-monitor.")
+        );
     }
 }

@@ -238,6 +238,8 @@ struct State {
     types: HashMap<String, Value>,
     /// Object sizes per (tenant, environment/path), to count replaced objects once.
     objects: HashMap<(Value, String), u64>,
+    /// Label sets whose counters were started at zero.
+    started: std::collections::HashSet<RunLabels>,
 }
 
 /// Task, queue, quota, tenant, storage and billing metrics fed by events; see the
@@ -637,6 +639,14 @@ impl TaskMetrics {
                 &i.other,
             );
             let environment = intern(&mut s.environments, view.environment);
+            let labels = RunLabels {
+                tenant: tenant.clone(),
+                template: template.clone(),
+                environment: environment.clone(),
+            };
+            if s.started.insert(labels.clone()) {
+                self.start_at_zero(&labels);
+            }
             s.live.insert(
                 task_id.to_owned(),
                 Live {
@@ -762,6 +772,29 @@ impl TaskMetrics {
         }
         live.state = status;
         Ok(())
+    }
+
+    /// Creates a new label set's counters at 0, so that Prometheus' `increase` sees
+    /// its first task finish (a series that first appears at 1 shows no increase).
+    fn start_at_zero(&self, labels: &RunLabels) {
+        let i = &self.inner;
+        for state in [
+            TaskStatus::Succeeded,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::TimedOut,
+        ] {
+            drop(i.finished.get_or_create(&TaskLabels {
+                tenant: labels.tenant.clone(),
+                template: labels.template.clone(),
+                environment: labels.environment.clone(),
+                state: state.as_str(),
+            }));
+        }
+        drop(i.preemptions.get_or_create(&TenantEnvLabels {
+            tenant: labels.tenant.clone(),
+            environment: labels.environment.clone(),
+        }));
     }
 
     fn hold(&self, labels: &RunLabels, scavenger: bool, r: &Resources) {

@@ -434,6 +434,11 @@ impl PrometheusServer {
     /// Starts Prometheus scraping `targets` (`host:port`, `/metrics`) as job `ops`, or
     /// reports it missing.
     pub fn start(targets: &[String]) -> Option<Self> {
+        Self::start_with_rules(targets, None)
+    }
+
+    /// [`start`](Self::start), evaluating the rules file `rules` every second.
+    pub fn start_with_rules(targets: &[String], rules: Option<&Path>) -> Option<Self> {
         let program = std::env::var("OPS_PROMETHEUS")
             .map(PathBuf::from)
             .ok()
@@ -450,8 +455,11 @@ impl PrometheusServer {
             .map(|t| format!("\"{t}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let rule_files = rules
+            .map(|r| format!("rule_files:\n  - \"{}\"\n", r.display()))
+            .unwrap_or_default();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ops\n    static_configs:\n      - targets: [{list}]\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: ops\n    static_configs:\n      - targets: [{list}]\n"
         );
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");

@@ -105,14 +105,14 @@ pub use platform::{Platform, PlatformBuilder, STORAGE_RETENTION_INTERVAL};
 pub use ops_core as core;
 /// `ops-events`: the event spine.
 pub use ops_events as events;
-/// `ops-storage`: tenant-scoped object storage.
-pub use ops_storage as storage;
-/// `ops-tasks`: templates, admission, executors, history and the task service.
-pub use ops_tasks as tasks;
 /// `ops-monitor`: metrics, health checks, alert rules and dashboards (feature
 /// `monitor`).
 #[cfg(feature = "monitor")]
 pub use ops_monitor as monitor;
+/// `ops-storage`: tenant-scoped object storage.
+pub use ops_storage as storage;
+/// `ops-tasks`: templates, admission, executors, history and the task service.
+pub use ops_tasks as tasks;
 
 /// What most platform programs use: `use ops::prelude::*;`.
 pub mod prelude {

@@ -80,7 +80,9 @@ pub(crate) async fn start(
 ) -> Result<Monitoring> {
     metrics.set_capacity(&tasks.admin().capacity());
     set_quotas(metrics, &tasks.admin().admission_policy().config().clone());
-    let mut builder = metrics.register(Monitor::builder());
+    let mut builder = metrics
+        .register(Monitor::builder())
+        .collect_timeout(config.collect_timeout());
     if config.host {
         #[cfg(all(target_os = "linux", feature = "monitor"))]
         {

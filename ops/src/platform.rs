@@ -339,7 +339,10 @@ impl PlatformBuilder {
         let task_metrics = config.monitor.as_ref().map(crate::monitoring::task_metrics);
         #[cfg(feature = "monitor")]
         if let Some(metrics) = &task_metrics {
-            routes.push((Trigger::on("*"), Arc::new(metrics.clone()) as Arc<dyn Function>));
+            routes.push((
+                Trigger::on("*"),
+                Arc::new(metrics.clone()) as Arc<dyn Function>,
+            ));
         }
         let mut gpu_assignments: Option<GpuAssignments> = None;
         // Set once the task service has started, for functions that act on tasks.
@@ -528,7 +531,9 @@ async fn configured_executor(
     }
     #[cfg(all(unix, feature = "local"))]
     {
-        let executor = Arc::new(ops_tasks::local::LocalExecutor::new(config.executor.clone())?);
+        let executor = Arc::new(ops_tasks::local::LocalExecutor::new(
+            config.executor.clone(),
+        )?);
         tracing::info!(
             cgroups = executor.cgroup_mode().as_str(),
             "running tasks on this machine"

@@ -31,6 +31,26 @@ fn config(dir: &Path, monitor: &str) -> std::path::PathBuf {
     file
 }
 
+/// `$var` left in a query (inside label matchers) replaced by `.*`.
+fn strip_vars(expr: &str) -> String {
+    let mut out = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            while chars
+                .peek()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+            {
+                chars.next();
+            }
+            out.push_str(".*");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One PromQL instant query; the value of its only sample, if any.
 async fn query(client: &reqwest::Client, prometheus: &str, expr: &str) -> Option<f64> {
     let body: serde_json::Value = client
@@ -64,10 +84,22 @@ async fn eventually(client: &reqwest::Client, prometheus: &str, expr: &str, want
 #[tokio::test]
 async fn prometheus_scrapes_the_platform_and_answers_about_a_task() {
     let dir = tempfile::tempdir().unwrap();
-    let file = config(dir.path(), "listen = \"127.0.0.1:0\"\nsubscription = \"ops-monitor.test\"");
+    let file = config(
+        dir.path(),
+        "listen = \"127.0.0.1:0\"\nsubscription = \"ops-monitor.test\"",
+    );
     let platform = Platform::from_file(&file).await.unwrap();
     let addr = platform.metrics_addr().expect("metrics served");
-    let Some(prometheus) = ops_testbed::PrometheusServer::start(&[addr.to_string()]) else {
+    // The alert rules and dashboards made from the same configuration.
+    let kit = dir.path().join("kit");
+    let written = ops::monitor::MonitorConfig::default()
+        .write_files(&kit)
+        .unwrap();
+    assert!(written.len() >= 6, "{written:?}");
+    let rules = kit.join("prometheus/ops-rules.yaml");
+    let Some(prometheus) =
+        ops_testbed::PrometheusServer::start_with_rules(&[addr.to_string()], Some(&rules))
+    else {
         platform.shutdown().await;
         return;
     };
@@ -110,8 +142,52 @@ async fn prometheus_scrapes_the_platform_and_answers_about_a_task() {
     eventually(&client, &url, "ops_collector_up{collector=\"host\"}", 1.0).await;
     // Nothing is left running or queued.
     eventually(&client, &url, "sum(ops_tasks{tenant=\"acme\"})", 0.0).await;
+    // The rules are loaded and evaluated: the Watchdog fires, nothing else does.
+    eventually(
+        &client,
+        &url,
+        "count(ALERTS{alertname=\"Watchdog\",alertstate=\"firing\"})",
+        1.0,
+    )
+    .await;
+    // Every dashboard query runs against the real server (template variables filled in).
+    let mut queries = 0;
+    for dashboard in ops::monitor::dashboards::all(&Default::default()) {
+        for panel in dashboard.json["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = target["expr"].as_str() else {
+                    continue;
+                };
+                let expr = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__interval", "15s")
+                    .replace("$__range", "1h");
+                let expr = strip_vars(&expr);
+                let body: serde_json::Value = client
+                    .get(format!("{url}/api/v1/query"))
+                    .query(&[("query", expr.as_str())])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    body["status"], "success",
+                    "{} / {}: {expr}: {body}",
+                    dashboard.title, panel["title"]
+                );
+                queries += 1;
+            }
+        }
+    }
+    assert!(queries > 40, "{queries} dashboard queries");
     // Health over HTTP.
-    let ready = client.get(format!("http://{addr}/readyz")).send().await.unwrap();
+    let ready = client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     platform.shutdown().await;
 }
