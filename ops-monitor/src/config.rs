@@ -157,7 +157,7 @@ impl MonitorConfig {
             &crate::stack::to_yaml(&objects)?,
         )?;
         written.extend(crate::dashboards::write_dir(
-            &dir.join("grafana"),
+            dir.join("grafana"),
             &crate::dashboards::all(&self.dashboards),
         )?);
         Ok(written)

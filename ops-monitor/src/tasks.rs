@@ -686,7 +686,7 @@ impl TaskMetrics {
             tenant: labels.tenant.clone(),
             template: labels.template.clone(),
             environment: labels.environment.clone(),
-            state: state.as_str_static(),
+            state: state.as_str(),
         };
         let queue = QueueLabels {
             environment: labels.environment.clone(),
@@ -889,16 +889,6 @@ fn fold(known: &mut HashMap<String, Value>, name: &str, cap: usize, other: &Valu
 
 fn intern(known: &mut HashMap<String, Value>, name: &str) -> Value {
     fold(known, name, usize::MAX, &Arc::default())
-}
-
-trait StaticStr {
-    fn as_str_static(self) -> &'static str;
-}
-
-impl StaticStr for TaskStatus {
-    fn as_str_static(self) -> &'static str {
-        self.as_str()
-    }
 }
 
 #[async_trait]

@@ -54,6 +54,17 @@ struct Args {
     /// Event bus URL, overriding the config (e.g. nats://127.0.0.1:4222).
     #[arg(long, env = "OPS_EVENTS_URL")]
     events: Option<String>,
+    /// Serve /metrics (Prometheus and OpenMetrics), /healthz and /readyz on this
+    /// address while the platform runs (e.g. 127.0.0.1:9464; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    serve: Option<String>,
+    /// Keep serving this many seconds after the summary (for a scrape or a look).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    linger: u64,
+    /// Write the alert rules, the PrometheusRule, the Grafana dashboards and the
+    /// cluster's monitoring stack made from `[monitor]` into this directory, then exit.
+    #[arg(long, value_name = "DIR")]
+    write_monitoring: Option<PathBuf>,
 }
 
 /// `examples/local-platform/config.toml` of the checkout the command runs in (the
@@ -140,6 +151,21 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.events.is_some() {
         config.events = args.events.clone();
+    }
+    if let Some(dir) = &args.write_monitoring {
+        let monitor = config.monitor.clone().unwrap_or_default();
+        for file in monitor.write_files(dir)? {
+            println!("wrote {}", file.display());
+        }
+        return Ok(());
+    }
+    if let Some(addr) = &args.serve {
+        let monitor = config.monitor.get_or_insert_with(Default::default);
+        monitor.listen = Some(addr.clone());
+        let problems = monitor.problems();
+        if !problems.is_empty() {
+            bail!("--serve: {}", problems.join("; "));
+        }
     }
     // Invoices and cost reports are written beside the task directories.
     let invoices_dir = config
@@ -242,6 +268,11 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     let tasks = platform.tasks().clone();
+    if let Some(addr) = platform.metrics_addr() {
+        println!(
+            "Metrics: http://{addr}/metrics (also /healthz and /readyz) while the platform runs"
+        );
+    }
     println!(
         "Loaded {} templates from {}: {}",
         tasks.catalogue().len(),
@@ -691,6 +722,15 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
 
+    if let Some(monitor) = platform.monitor() {
+        print_monitoring(monitor, platform.metrics_addr()).await?;
+        if let Some(addr) = platform.metrics_addr()
+            && args.linger > 0
+        {
+            println!("  serving http://{addr}/metrics for {} s more", args.linger);
+            tokio::time::sleep(Duration::from_secs(args.linger)).await;
+        }
+    }
     platform.shutdown().await;
 
     let mut wrong = Vec::new();
@@ -911,6 +951,29 @@ async fn count_final(tasks: &Tasks, ids: &[(TaskId, Tenant)]) -> anyhow::Result<
         }
     }
     Ok(n)
+}
+
+/// What the monitor exports now: a few of its series, and where it is served.
+async fn print_monitoring(
+    monitor: &ops::monitor::Monitor,
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let text = monitor.scrape(ops::monitor::Format::Prometheus).await?;
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    println!("\nMonitoring ([monitor]): {series} series in one scrape");
+    for line in text.lines().filter(|l| {
+        l.starts_with("ops_tasks_finished_total{") && !l.ends_with(" 0")
+            || l.starts_with("ops_collector_up{")
+            || l.starts_with("ops_gpu_collector_up")
+            || l.starts_with("ops_outbox_lag_seconds{")
+    }) {
+        println!("  {line}");
+    }
+    match addr {
+        Some(addr) => println!("  served at http://{addr}/metrics, /healthz, /readyz"),
+        None => println!("  not served: pass --serve 127.0.0.1:9464 (or set [monitor] listen)"),
+    }
+    Ok(())
 }
 
 async fn print_summary(
