@@ -671,10 +671,8 @@ impl TaskMetrics {
         // A stale event (redelivered out of order after a later one) changes nothing.
         if let Some(prev) = previous
             && (prev.is_final()
-                || (view.attempt < live.attempt)
-                || (prev == view.status
-                    && view.attempt == live.attempt
-                    && event.ty != event_types::TASK_PREEMPTED))
+                || view.attempt < live.attempt
+                || (prev == view.status && view.attempt == live.attempt))
         {
             return Ok(());
         }
