@@ -27,6 +27,8 @@ pub struct SpineCollector {
     dead_letters: Option<Arc<dyn DeadLetters>>,
     dispatcher: Option<Dispatcher>,
     subscriptions: Vec<String>,
+    /// Subscriptions on other buses (a relay's on the outbox).
+    others: Vec<(Arc<dyn EventBus>, String)>,
 }
 
 impl std::fmt::Debug for SpineCollector {
@@ -75,6 +77,7 @@ impl SpineCollector {
                 .map(str::to_owned)
                 .collect(),
             dispatcher: Some(dispatcher.clone()),
+            others: Vec::new(),
         }
     }
 
@@ -86,6 +89,7 @@ impl SpineCollector {
             dead_letters: None,
             dispatcher: None,
             subscriptions: Vec::new(),
+            others: Vec::new(),
         }
     }
 
@@ -95,6 +99,13 @@ impl SpineCollector {
         if !self.subscriptions.contains(&name) {
             self.subscriptions.push(name);
         }
+        self
+    }
+
+    /// Also reports the backlog and lag of `name` on another bus: the relay's
+    /// subscription on the outbox, when events are relayed to NATS.
+    pub fn subscription_on(mut self, bus: Arc<dyn EventBus>, name: impl Into<String>) -> Self {
+        self.others.push((bus, name.into()));
         self
     }
 }
@@ -149,15 +160,18 @@ impl Collector for SpineCollector {
             }
         }
         let now = Utc::now();
-        for name in &self.subscriptions {
-            let n = self
-                .bus
+        let subscriptions = self
+            .subscriptions
+            .iter()
+            .map(|name| (&self.bus, name))
+            .chain(self.others.iter().map(|(bus, name)| (bus, name)));
+        for (bus, name) in subscriptions {
+            let n = bus
                 .backlog(name)
                 .await
                 .map_err(|e| CollectError::new(format!("backlog of {name}: {e}")))?;
             backlog.sample([("subscription", name.clone())], n as f64);
-            let oldest = self
-                .bus
+            let oldest = bus
                 .oldest_unacked(name)
                 .await
                 .map_err(|e| CollectError::new(format!("lag of {name}: {e}")))?;

@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -216,10 +216,51 @@ struct View<'a> {
     scavenger: bool,
 }
 
+/// The series of one (tenant, template, environment), made once (at zero) and kept,
+/// so that an event updates them without looking them up.
+#[derive(Debug)]
+struct Handles {
+    /// `ops_tasks` by [`live_index`].
+    tasks: [Gauge; 4],
+    /// `ops_tasks_finished_total` by [`final_index`].
+    finished: [Counter; 4],
+    /// Histograms are made at their first observation (each is 16 series or more).
+    run: OnceLock<Histogram>,
+    /// `ops_queue_wait_seconds` and `ops_queue_depth`: regular, scavenger.
+    wait: [OnceLock<Histogram>; 2],
+    queue: [Gauge; 2],
+    preemptions: Counter,
+    /// `ops_quota_used`: cpu, memory, gpu.
+    quota: [FloatGauge; 3],
+}
+
+const LIVE_STATES: [TaskStatus; 4] = [
+    TaskStatus::Submitted,
+    TaskStatus::Queued,
+    TaskStatus::Running,
+    TaskStatus::Retrying,
+];
+const FINAL_STATES: [TaskStatus; 4] = [
+    TaskStatus::Succeeded,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+    TaskStatus::TimedOut,
+];
+const RESOURCES: [&str; 3] = ["cpu", "memory", "gpu"];
+
+fn live_index(s: TaskStatus) -> Option<usize> {
+    LIVE_STATES.iter().position(|x| *x == s)
+}
+
+fn final_index(s: TaskStatus) -> Option<usize> {
+    FINAL_STATES.iter().position(|x| *x == s)
+}
+
 /// A task the metrics follow until it finishes.
 #[derive(Debug)]
 struct Live {
     labels: RunLabels,
+    series: Arc<Handles>,
     state: TaskStatus,
     attempt: u32,
     scavenger: bool,
@@ -235,11 +276,11 @@ struct State {
     tenants: HashMap<String, Value>,
     templates: HashMap<String, Value>,
     environments: HashMap<String, Value>,
-    types: HashMap<String, Value>,
+    types: HashMap<String, Counter>,
     /// Object sizes per (tenant, environment/path), to count replaced objects once.
     objects: HashMap<(Value, String), u64>,
-    /// Label sets whose counters were started at zero.
-    started: std::collections::HashSet<RunLabels>,
+    /// The series of each label set seen.
+    series: HashMap<RunLabels, Arc<Handles>>,
 }
 
 /// Task, queue, quota, tenant, storage and billing metrics fed by events; see the
@@ -295,6 +336,8 @@ struct Inner {
     storage_objects: PcFamily<TenantLabels, Gauge>,
     budget_percent: PcFamily<TenantLabels, FloatGauge>,
     budget_exhausted: PcFamily<TenantLabels, Counter>,
+    /// `ops_capacity_used`: cpu, memory, gpu.
+    capacity_held: [FloatGauge; 3],
     state: Mutex<State>,
     seen: Dedupe,
 }
@@ -332,6 +375,12 @@ impl TaskMetrics {
     pub fn new(config: TaskMetricsConfig) -> Self {
         let wait = Buckets(config.wait_buckets.clone().into());
         let run = Buckets(config.run_buckets.clone().into());
+        let capacity_used: PcFamily<ResourceLabels, FloatGauge> = PcFamily::default();
+        let capacity_held = RESOURCES.map(|resource| {
+            capacity_used
+                .get_or_create(&ResourceLabels { resource })
+                .clone()
+        });
         Self {
             inner: Arc::new(Inner {
                 name: "ops-monitor".to_owned(),
@@ -346,7 +395,8 @@ impl TaskMetrics {
                 quota_used: PcFamily::default(),
                 quota_nominal: PcFamily::default(),
                 capacity: PcFamily::default(),
-                capacity_used: PcFamily::default(),
+                capacity_used,
+                capacity_held,
                 events: PcFamily::default(),
                 storage_bytes: PcFamily::default(),
                 storage_objects: PcFamily::default(),
@@ -526,18 +576,14 @@ impl TaskMetrics {
             return Ok(());
         }
         let ty = event.ty.as_str();
-        let ty_label = {
+        if ty.starts_with("ops.task.") && ty != event_types::TASK_OUTPUT_CREATED {
             let mut s = self.lock();
-            fold(&mut s.types, ty, 256, &i.other)
-        };
-        i.events
-            .get_or_create(&TypeLabels { r#type: ty_label })
-            .inc();
-        if ty.starts_with("ops.task.") {
-            if ty == event_types::TASK_OUTPUT_CREATED {
-                return Ok(());
-            }
-            return self.task_event(event);
+            self.count_type(&mut s, ty);
+            return self.task_event(&mut s, event);
+        }
+        {
+            let mut s = self.lock();
+            self.count_type(&mut s, ty);
         }
         match ty {
             event_types::STORAGE_OBJECT_CREATED | event_types::STORAGE_OBJECT_DELETED => {
@@ -573,6 +619,71 @@ impl TaskMetrics {
             _ => {}
         }
         Ok(())
+    }
+
+    /// `ops_events_total` for `ty` (at most 256 types; later ones are `other`).
+    fn count_type(&self, s: &mut State, ty: &str) {
+        if let Some(c) = s.types.get(ty) {
+            c.inc();
+            return;
+        }
+        let label = if s.types.len() >= 256 {
+            self.inner.other.clone()
+        } else {
+            Arc::new(ty.to_owned())
+        };
+        let counter = self
+            .inner
+            .events
+            .get_or_create(&TypeLabels {
+                r#type: label.clone(),
+            })
+            .clone();
+        counter.inc();
+        if !Arc::ptr_eq(&label, &self.inner.other) {
+            s.types.insert(ty.to_owned(), counter);
+        }
+    }
+
+    /// The series of `labels`, made (at zero) the first time: a counter that first
+    /// appears at 1 shows no `increase` in Prometheus.
+    fn series(&self, s: &mut State, labels: &RunLabels) -> Arc<Handles> {
+        if let Some(h) = s.series.get(labels) {
+            return h.clone();
+        }
+        let i = &self.inner;
+        let task = |state: TaskStatus| TaskLabels {
+            tenant: labels.tenant.clone(),
+            template: labels.template.clone(),
+            environment: labels.environment.clone(),
+            state: state.as_str(),
+        };
+        let queue = |scavenger: bool| QueueLabels {
+            environment: labels.environment.clone(),
+            tier: tier(scavenger),
+        };
+        let quota = |resource: &'static str| QuotaLabels {
+            tenant: labels.tenant.clone(),
+            environment: labels.environment.clone(),
+            resource,
+        };
+        let handles = Arc::new(Handles {
+            tasks: LIVE_STATES.map(|st| i.tasks.get_or_create(&task(st)).clone()),
+            finished: FINAL_STATES.map(|st| i.finished.get_or_create(&task(st)).clone()),
+            run: OnceLock::new(),
+            wait: [OnceLock::new(), OnceLock::new()],
+            queue: [false, true].map(|sc| i.queue_depth.get_or_create(&queue(sc)).clone()),
+            preemptions: i
+                .preemptions
+                .get_or_create(&TenantEnvLabels {
+                    tenant: labels.tenant.clone(),
+                    environment: labels.environment.clone(),
+                })
+                .clone(),
+            quota: RESOURCES.map(|r| i.quota_used.get_or_create(&quota(r)).clone()),
+        });
+        s.series.insert(labels.clone(), handles.clone());
+        handles
     }
 
     fn storage_event(&self, event: &Event, created: bool) {
@@ -612,7 +723,7 @@ impl TaskMetrics {
         }
     }
 
-    fn task_event(&self, event: &Event) -> Result<(), FunctionError> {
+    fn task_event(&self, s: &mut State, event: &Event) -> Result<(), FunctionError> {
         let i = &self.inner;
         let view = match View::deserialize(&event.data) {
             Ok(view) => view,
@@ -628,10 +739,9 @@ impl TaskMetrics {
             return Ok(());
         };
         let now = event.time;
-        let mut s = self.lock();
         let known = s.live.contains_key(task_id);
         if !known {
-            let tenant = self.tenant(&mut s, view.tenant);
+            let tenant = self.tenant(s, view.tenant);
             let template = fold(
                 &mut s.templates,
                 view.template,
@@ -640,21 +750,16 @@ impl TaskMetrics {
             );
             let environment = intern(&mut s.environments, view.environment);
             let labels = RunLabels {
-                tenant: tenant.clone(),
-                template: template.clone(),
-                environment: environment.clone(),
+                tenant,
+                template,
+                environment,
             };
-            if s.started.insert(labels.clone()) {
-                self.start_at_zero(&labels);
-            }
+            let series = self.series(s, &labels);
             s.live.insert(
                 task_id.to_owned(),
                 Live {
-                    labels: RunLabels {
-                        tenant,
-                        template,
-                        environment,
-                    },
+                    labels,
+                    series,
                     state: TaskStatus::Submitted,
                     attempt: view.attempt,
                     scavenger: view.scavenger,
@@ -678,30 +783,20 @@ impl TaskMetrics {
         }
         live.attempt = view.attempt.max(live.attempt);
         live.scavenger = view.scavenger;
-        let labels = live.labels.clone();
-        let scavenger = live.scavenger;
-        let state_labels = |state: TaskStatus| TaskLabels {
-            tenant: labels.tenant.clone(),
-            template: labels.template.clone(),
-            environment: labels.environment.clone(),
-            state: state.as_str(),
-        };
-        let queue = QueueLabels {
-            environment: labels.environment.clone(),
-            tier: tier(scavenger),
-        };
+        let series = live.series.clone();
+        let tier_index = usize::from(live.scavenger);
 
         // Leave the previous state.
         if let Some(prev) = previous {
-            i.tasks.get_or_create(&state_labels(prev)).dec();
+            if let Some(k) = live_index(prev) {
+                series.tasks[k].dec();
+            }
             if prev == TaskStatus::Queued {
-                i.queue_depth.get_or_create(&queue).dec();
+                series.queue[tier_index].dec();
             }
         }
         // An attempt ended: count it, its run time, and give back what it held.
-        let ended_attempt =
-            previous == Some(TaskStatus::Running) && (view.status != TaskStatus::Running);
-        if ended_attempt {
+        if previous == Some(TaskStatus::Running) && view.status != TaskStatus::Running {
             let reason = match event.ty.as_str() {
                 event_types::TASK_PREEMPTED => Reason::Preempted,
                 _ => view.reason.unwrap_or(match view.status {
@@ -713,56 +808,55 @@ impl TaskMetrics {
             };
             i.attempts
                 .get_or_create(&AttemptLabels {
-                    tenant: labels.tenant.clone(),
-                    template: labels.template.clone(),
-                    environment: labels.environment.clone(),
+                    tenant: live.labels.tenant.clone(),
+                    template: live.labels.template.clone(),
+                    environment: live.labels.environment.clone(),
                     reason: reason.as_str(),
                 })
                 .inc();
             if let Some(started) = live.started_at.take() {
-                let secs = (now - started).num_milliseconds().max(0) as f64 / 1000.0;
-                i.run.get_or_create(&labels).observe(secs);
+                series
+                    .run
+                    .get_or_init(|| i.run.get_or_create(&live.labels).clone())
+                    .observe(seconds(now - started));
             }
             if let Some(held) = live.held.take() {
-                self.release(&labels, scavenger, &held);
+                self.adjust(&series, live.scavenger, &held, -1.0);
             }
         }
         if event.ty == event_types::TASK_PREEMPTED {
-            i.preemptions
-                .get_or_create(&TenantEnvLabels {
-                    tenant: labels.tenant.clone(),
-                    environment: labels.environment.clone(),
-                })
-                .inc();
+            series.preemptions.inc();
         }
 
         // Enter the new one.
         let status = view.status;
-        if status.is_final() {
-            i.finished.get_or_create(&state_labels(status)).inc();
+        if let Some(k) = final_index(status) {
+            series.finished[k].inc();
             s.live.remove(task_id);
             return Ok(());
         }
-        i.tasks.get_or_create(&state_labels(status)).inc();
+        if let Some(k) = live_index(status) {
+            series.tasks[k].inc();
+        }
         match status {
             TaskStatus::Queued => {
                 live.queued_at = Some(now);
-                i.queue_depth.get_or_create(&queue).inc();
+                series.queue[tier_index].inc();
             }
             TaskStatus::Running => {
                 if let Some(queued) = live.queued_at.take() {
-                    let secs = (now - queued).num_milliseconds().max(0) as f64 / 1000.0;
-                    i.wait
-                        .get_or_create(&WaitLabels {
-                            tenant: labels.tenant.clone(),
-                            environment: labels.environment.clone(),
-                            tier: tier(scavenger),
-                        })
-                        .observe(secs);
+                    let labels = WaitLabels {
+                        tenant: live.labels.tenant.clone(),
+                        environment: live.labels.environment.clone(),
+                        tier: tier(live.scavenger),
+                    };
+                    series.wait[tier_index]
+                        .get_or_init(|| i.wait.get_or_create(&labels).clone())
+                        .observe(seconds(now - queued));
                 }
                 live.started_at = Some(now);
                 if let Some(r) = view.resources {
-                    self.hold(&labels, scavenger, &r);
+                    self.adjust(&series, live.scavenger, &r, 1.0);
                     live.held = Some(r);
                 }
             }
@@ -772,55 +866,15 @@ impl TaskMetrics {
         Ok(())
     }
 
-    /// Creates a new label set's counters at 0, so that Prometheus' `increase` sees
-    /// its first task finish (a series that first appears at 1 shows no increase).
-    fn start_at_zero(&self, labels: &RunLabels) {
-        let i = &self.inner;
-        for state in [
-            TaskStatus::Succeeded,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-            TaskStatus::TimedOut,
-        ] {
-            drop(i.finished.get_or_create(&TaskLabels {
-                tenant: labels.tenant.clone(),
-                template: labels.template.clone(),
-                environment: labels.environment.clone(),
-                state: state.as_str(),
-            }));
-        }
-        drop(i.preemptions.get_or_create(&TenantEnvLabels {
-            tenant: labels.tenant.clone(),
-            environment: labels.environment.clone(),
-        }));
-    }
-
-    fn hold(&self, labels: &RunLabels, scavenger: bool, r: &Resources) {
-        self.adjust(labels, scavenger, r, 1.0);
-    }
-
-    fn release(&self, labels: &RunLabels, scavenger: bool, r: &Resources) {
-        self.adjust(labels, scavenger, r, -1.0);
-    }
-
-    fn adjust(&self, labels: &RunLabels, scavenger: bool, r: &Resources, sign: f64) {
-        for (resource, v) in amounts(r) {
+    /// Adds (`sign` 1) or gives back (-1) what a running task holds.
+    fn adjust(&self, series: &Handles, scavenger: bool, r: &Resources, sign: f64) {
+        for (k, (_, v)) in amounts(r).into_iter().enumerate() {
             if v == 0.0 {
                 continue;
             }
-            self.inner
-                .capacity_used
-                .get_or_create(&ResourceLabels { resource })
-                .inc_by(sign * v);
+            self.inner.capacity_held[k].inc_by(sign * v);
             if !scavenger {
-                self.inner
-                    .quota_used
-                    .get_or_create(&QuotaLabels {
-                        tenant: labels.tenant.clone(),
-                        environment: labels.environment.clone(),
-                        resource,
-                    })
-                    .inc_by(sign * v);
+                series.quota[k].inc_by(sign * v);
             }
         }
     }
@@ -869,6 +923,11 @@ fn queue_age_descriptor() -> Descriptor {
         "How long the oldest queued task has waited (0 when none waits).",
         MetricKind::Gauge,
     )
+}
+
+/// A duration in seconds, never negative.
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_milliseconds().max(0) as f64 / 1000.0
 }
 
 /// The label value for `name`: its own while fewer than `cap` are known, else

@@ -76,6 +76,7 @@ pub(crate) async fn start(
     metrics: &TaskMetrics,
     tasks: &Tasks,
     dispatcher: Option<&ops_events::Dispatcher>,
+    relay: Option<(Arc<dyn ops_events::EventBus>, &str)>,
     gpus: Option<GpuAssignments>,
 ) -> Result<Monitoring> {
     metrics.set_capacity(&tasks.admin().capacity());
@@ -110,7 +111,26 @@ pub(crate) async fn start(
         builder = builder.collector(collector);
     }
     if let Some(dispatcher) = dispatcher {
-        builder = builder.collector(SpineCollector::new(dispatcher));
+        let mut spine = SpineCollector::new(dispatcher);
+        if let Some((outbox, name)) = relay {
+            spine = spine.subscription_on(outbox, name);
+        }
+        builder = builder.collector(spine);
+        // Ready when the bus answers for the metrics' own subscription.
+        let bus = dispatcher.bus().clone();
+        let subscription = config.subscription_name();
+        builder = builder.health_check(
+            Probe::Readiness,
+            health_check_fn("events", move || {
+                let (bus, subscription) = (bus.clone(), subscription.clone());
+                async move {
+                    bus.backlog(&subscription)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }),
+        );
     }
     let history = tasks.admin().history().clone();
     builder = builder.health_check(

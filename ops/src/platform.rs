@@ -451,6 +451,10 @@ impl PlatformBuilder {
                     metrics,
                     &tasks,
                     dispatcher.as_ref().map(|(d, _)| d),
+                    backends
+                        .events_url
+                        .is_some()
+                        .then(|| (backends.outbox.clone(), crate::backends::RELAY_SUBSCRIPTION)),
                     gpu_assignments.take(),
                 )
                 .await;
