@@ -49,6 +49,7 @@ struct Inner {
     checks: Vec<(Probe, Arc<dyn HealthCheck>)>,
     collect_timeout: Duration,
     check_timeout: Duration,
+    last_size: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -165,7 +166,13 @@ impl Monitor {
     fn encode(&self, format: Format, snapshot: Vec<Family>) -> Result<String> {
         let mut extra = Registry::default();
         extra.register_collector(Box::new(Snapshot(snapshot)));
-        let mut out = String::with_capacity(64 * 1024);
+        // The last scrape's size and a margin: a large exposition is not copied over
+        // and over as the buffer grows.
+        let hint = self
+            .inner
+            .last_size
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut out = String::with_capacity((hint + hint / 8).max(64 * 1024));
         let written = match format {
             Format::OpenMetrics => {
                 use prometheus_client::encoding::text;
@@ -180,6 +187,9 @@ impl Monitor {
             }
         };
         written.map_err(|e| Error::Encode(e.to_string()))?;
+        self.inner
+            .last_size
+            .store(out.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
@@ -409,6 +419,7 @@ impl MonitorBuilder {
                 checks: self.checks,
                 collect_timeout: self.collect_timeout,
                 check_timeout: self.check_timeout,
+                last_size: Default::default(),
             }),
         })
     }

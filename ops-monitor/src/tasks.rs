@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ops_core::{Event, Reason, Resources, TaskStatus, event_types};
-use ops_events::{Dedupe, Function, FunctionError};
+use ops_events::{Function, FunctionError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family as PcFamily, MetricConstructor};
@@ -196,32 +196,60 @@ impl MetricConstructor<Histogram> for Buckets {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-/// What a task event says, read without copying its strings.
-#[derive(Deserialize)]
+/// What a task event says, read from its JSON without copying strings and without
+/// parsing what this event does not need (a task's resources, on its start only).
 struct View<'a> {
-    #[serde(borrow)]
     tenant: &'a str,
-    #[serde(borrow)]
     environment: &'a str,
-    #[serde(borrow)]
     template: &'a str,
     status: TaskStatus,
-    #[serde(default)]
     attempt: u32,
-    #[serde(default)]
     reason: Option<Reason>,
-    #[serde(default)]
-    resources: Option<Resources>,
-    #[serde(default)]
+    resources: Option<&'a serde_json::Value>,
     scavenger: bool,
+}
+
+impl<'a> View<'a> {
+    fn read(data: &'a serde_json::Value) -> Result<Self, String> {
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("no {key:?} string"))
+        };
+        let status = text("status")?
+            .parse::<TaskStatus>()
+            .map_err(|e| e.to_string())?;
+        let reason = match data.get("reason").and_then(serde_json::Value::as_str) {
+            Some(r) => Some(r.parse::<Reason>().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Self {
+            tenant: text("tenant")?,
+            environment: text("environment")?,
+            template: text("template")?,
+            status,
+            attempt: data
+                .get("attempt")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(0, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+            reason,
+            resources: data.get("resources").filter(|r| !r.is_null()),
+            scavenger: data
+                .get("scavenger")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
 }
 
 /// The series of one (tenant, template, environment), made once (at zero) and kept,
 /// so that an event updates them without looking them up.
 #[derive(Debug)]
 struct Handles {
-    /// `ops_tasks` by [`live_index`].
-    tasks: [Gauge; 4],
+    /// `ops_tasks` by [`live_index`], made when first entered.
+    tasks: [OnceLock<Gauge>; 4],
+    /// `ops_task_attempts_total` by [`REASONS`] index, made when first counted.
+    attempts: [OnceLock<Counter>; REASONS.len()],
     /// `ops_tasks_finished_total` by [`final_index`].
     finished: [Counter; 4],
     /// Histograms are made at their first observation (each is 16 series or more).
@@ -247,6 +275,22 @@ const FINAL_STATES: [TaskStatus; 4] = [
     TaskStatus::TimedOut,
 ];
 const RESOURCES: [&str; 3] = ["cpu", "memory", "gpu"];
+const REASONS: [Reason; 14] = [
+    Reason::Completed,
+    Reason::NonZeroExit,
+    Reason::Signaled,
+    Reason::OutOfMemory,
+    Reason::TimedOut,
+    Reason::Cancelled,
+    Reason::CommandNotFound,
+    Reason::LaunchFailed,
+    Reason::CoordinatorLost,
+    Reason::Preempted,
+    Reason::QuotaExceeded,
+    Reason::ImageUnavailable,
+    Reason::Evicted,
+    Reason::StagingFailed,
+];
 
 fn live_index(s: TaskStatus) -> Option<usize> {
     LIVE_STATES.iter().position(|x| *x == s)
@@ -279,6 +323,9 @@ struct State {
     types: HashMap<String, Counter>,
     /// Object sizes per (tenant, environment/path), to count replaced objects once.
     objects: HashMap<(Value, String), u64>,
+    /// Recently handled event ids, to skip redeliveries (oldest first).
+    recent: std::collections::HashSet<ops_core::EventId>,
+    recent_order: std::collections::VecDeque<ops_core::EventId>,
     /// The series of each label set seen.
     series: HashMap<RunLabels, Arc<Handles>>,
 }
@@ -339,7 +386,6 @@ struct Inner {
     /// `ops_capacity_used`: cpu, memory, gpu.
     capacity_held: [FloatGauge; 3],
     state: Mutex<State>,
-    seen: Dedupe,
 }
 
 impl std::fmt::Debug for TaskMetrics {
@@ -403,7 +449,6 @@ impl TaskMetrics {
                 budget_percent: PcFamily::default(),
                 budget_exhausted: PcFamily::default(),
                 state: Mutex::default(),
-                seen: Dedupe::new(100_000),
                 config,
             }),
         }
@@ -572,19 +617,16 @@ impl TaskMetrics {
     /// Applies one event.
     fn apply(&self, event: &Event) -> Result<(), FunctionError> {
         let i = &self.inner;
-        if !i.seen.first_time(event.id) {
+        let ty = event.ty.as_str();
+        let mut s = self.lock();
+        if !first_time(&mut s, event.id) {
             return Ok(());
         }
-        let ty = event.ty.as_str();
+        self.count_type(&mut s, ty);
         if ty.starts_with("ops.task.") && ty != event_types::TASK_OUTPUT_CREATED {
-            let mut s = self.lock();
-            self.count_type(&mut s, ty);
             return self.task_event(&mut s, event);
         }
-        {
-            let mut s = self.lock();
-            self.count_type(&mut s, ty);
-        }
+        drop(s);
         match ty {
             event_types::STORAGE_OBJECT_CREATED | event_types::STORAGE_OBJECT_DELETED => {
                 self.storage_event(event, ty == event_types::STORAGE_OBJECT_CREATED);
@@ -668,7 +710,8 @@ impl TaskMetrics {
             resource,
         };
         let handles = Arc::new(Handles {
-            tasks: LIVE_STATES.map(|st| i.tasks.get_or_create(&task(st)).clone()),
+            tasks: Default::default(),
+            attempts: Default::default(),
             finished: FINAL_STATES.map(|st| i.finished.get_or_create(&task(st)).clone()),
             run: OnceLock::new(),
             wait: [OnceLock::new(), OnceLock::new()],
@@ -725,7 +768,7 @@ impl TaskMetrics {
 
     fn task_event(&self, s: &mut State, event: &Event) -> Result<(), FunctionError> {
         let i = &self.inner;
-        let view = match View::deserialize(&event.data) {
+        let view = match View::read(&event.data) {
             Ok(view) => view,
             Err(e) => {
                 // Not retryable: the same event fails the same way. Logged, not
@@ -788,8 +831,8 @@ impl TaskMetrics {
 
         // Leave the previous state.
         if let Some(prev) = previous {
-            if let Some(k) = live_index(prev) {
-                series.tasks[k].dec();
+            if let Some(gauge) = live_index(prev).and_then(|k| series.tasks[k].get()) {
+                gauge.dec();
             }
             if prev == TaskStatus::Queued {
                 series.queue[tier_index].dec();
@@ -806,14 +849,18 @@ impl TaskMetrics {
                     _ => Reason::NonZeroExit,
                 }),
             };
-            i.attempts
-                .get_or_create(&AttemptLabels {
-                    tenant: live.labels.tenant.clone(),
-                    template: live.labels.template.clone(),
-                    environment: live.labels.environment.clone(),
-                    reason: reason.as_str(),
-                })
-                .inc();
+            let labels = || AttemptLabels {
+                tenant: live.labels.tenant.clone(),
+                template: live.labels.template.clone(),
+                environment: live.labels.environment.clone(),
+                reason: reason.as_str(),
+            };
+            match REASONS.iter().position(|r| *r == reason) {
+                Some(k) => series.attempts[k]
+                    .get_or_init(|| i.attempts.get_or_create(&labels()).clone())
+                    .inc(),
+                None => i.attempts.get_or_create(&labels()).inc(),
+            };
             if let Some(started) = live.started_at.take() {
                 series
                     .run
@@ -836,7 +883,18 @@ impl TaskMetrics {
             return Ok(());
         }
         if let Some(k) = live_index(status) {
-            series.tasks[k].inc();
+            series.tasks[k]
+                .get_or_init(|| {
+                    i.tasks
+                        .get_or_create(&TaskLabels {
+                            tenant: live.labels.tenant.clone(),
+                            template: live.labels.template.clone(),
+                            environment: live.labels.environment.clone(),
+                            state: status.as_str(),
+                        })
+                        .clone()
+                })
+                .inc();
         }
         match status {
             TaskStatus::Queued => {
@@ -855,9 +913,15 @@ impl TaskMetrics {
                         .observe(seconds(now - queued));
                 }
                 live.started_at = Some(now);
-                if let Some(r) = view.resources {
-                    self.adjust(&series, live.scavenger, &r, 1.0);
-                    live.held = Some(r);
+                match view.resources.map(Resources::deserialize) {
+                    Some(Ok(r)) => {
+                        self.adjust(&series, live.scavenger, &r, 1.0);
+                        live.held = Some(r);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(event_id = %event.id, error = %e, "task resources unreadable: not counted in quota use");
+                    }
+                    None => {}
                 }
             }
             _ => {}
@@ -923,6 +987,23 @@ fn queue_age_descriptor() -> Descriptor {
         "How long the oldest queued task has waited (0 when none waits).",
         MetricKind::Gauge,
     )
+}
+
+/// How many event ids are remembered to skip redeliveries.
+const RECENT: usize = 100_000;
+
+/// Records `id`; `true` the first time it is seen among the last [`RECENT`].
+fn first_time(s: &mut State, id: ops_core::EventId) -> bool {
+    if !s.recent.insert(id) {
+        return false;
+    }
+    s.recent_order.push_back(id);
+    if s.recent_order.len() > RECENT
+        && let Some(old) = s.recent_order.pop_front()
+    {
+        s.recent.remove(&old);
+    }
+    true
 }
 
 /// A duration in seconds, never negative.
