@@ -20,6 +20,16 @@
 //!   coordinators, with tenant and template cardinality capped.
 //! - [`spine::SpineCollector`]: what the dispatcher delivered, retried and
 //!   dead-lettered, backlogs and outbox lag per subscription.
+//! - [`rules`]: alert rules generated from [`rules::AlertsConfig`] (host down, disk
+//!   filling, memory pressure, task failure ratio, queue stuck, dead letters, outbox
+//!   lag, GPU XID errors, row-remap failures, heat and idle allocation, preemption
+//!   storms, budget burn, a Watchdog), as a Prometheus rules file and a
+//!   `PrometheusRule`, from one source.
+//! - [`dashboards`]: Grafana dashboards (fleet and GPUs, tasks and queues, tenants).
+//! - [`stack`]: a cluster's monitoring stack (Prometheus, node-exporter, DCGM exporter,
+//!   Grafana with the dashboards) rendered from [`stack::StackConfig`].
+//! - [`MonitorConfig`]: all of it from one config section (`[monitor]` in the `ops`
+//!   facade); [`MonitorConfig::write_files`] writes the rules, dashboards and stack.
 //!
 //! # Features
 //!
