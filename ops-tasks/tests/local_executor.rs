@@ -587,6 +587,24 @@ async fn gpus_are_assigned_exclusively() {
     }
     assert_eq!(assigned[0].len(), 1);
     assert_ne!(assigned[0], assigned[1], "the same GPU twice");
+    // Monitoring asks who holds which GPU: both are held, each by one task.
+    let mut holders: Vec<(String, TaskId)> = ex
+        .gpu_holders()
+        .into_iter()
+        .map(|(device, task, attempt)| {
+            assert_eq!(attempt, 1);
+            (device.id(), task)
+        })
+        .collect();
+    holders.sort();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert_ne!(holders[0].1, holders[1].1, "{holders:?}");
+    let mut ids: Vec<String> = assigned.iter().map(|g| g[0].clone()).collect();
+    ids.sort();
+    assert_eq!(
+        holders.iter().map(|(g, _)| g.clone()).collect::<Vec<_>>(),
+        ids
+    );
 
     // A third does not fit until one ends; a model that is not there never does.
     let (tx, _rx) = mpsc::unbounded_channel();
@@ -622,6 +640,7 @@ async fn gpus_are_assigned_exclusively() {
     )
     .await;
     assert!(o.succeeded(), "GPUs were not freed: {o:?}");
+    assert!(ex.gpu_holders().is_empty(), "released GPUs have no holder");
     let (_, o) = run(
         &ex,
         spec(

@@ -206,6 +206,7 @@ pub struct PlatformBuilder {
     functions: Vec<(Trigger, Arc<dyn Function>)>,
     budget: Option<Arc<dyn BudgetGate>>,
     submit_only: bool,
+    gpu_assignments: Option<GpuAssignments>,
 }
 
 impl std::fmt::Debug for PlatformBuilder {
@@ -272,6 +273,16 @@ impl PlatformBuilder {
     /// The executor, instead of the configured one.
     pub fn executor(mut self, executor: impl Executor) -> Self {
         self.executor = Some(Arc::new(executor));
+        self
+    }
+
+    /// The local executor, instead of the configured one, shared with the caller (who
+    /// may ask it about GPUs and cgroups); monitoring labels each GPU with the task
+    /// this executor gave it to.
+    #[cfg(all(unix, feature = "local"))]
+    pub fn local_executor(mut self, executor: Arc<ops_tasks::local::LocalExecutor>) -> Self {
+        self.gpu_assignments = Some(local_gpus(executor.clone()));
+        self.executor = Some(executor);
         self
     }
 
@@ -344,7 +355,7 @@ impl PlatformBuilder {
                 Arc::new(metrics.clone()) as Arc<dyn Function>,
             ));
         }
-        let mut gpu_assignments: Option<GpuAssignments> = None;
+        let mut gpu_assignments: Option<GpuAssignments> = self.gpu_assignments;
         // Set once the task service has started, for functions that act on tasks.
         let started: Arc<std::sync::OnceLock<Tasks>> = Arc::default();
         let cost_book = match config.billing.as_ref().and_then(|b| b.costs.as_ref()) {
@@ -521,6 +532,18 @@ fn webhook_function(hook: &WebhookEntry) -> Result<Arc<dyn Function>> {
 /// Who holds which GPU now (GPU id as the executor names it, task).
 type GpuAssignments = Arc<dyn Fn() -> Vec<(String, ops_core::TaskId)> + Send + Sync>;
 
+/// Who holds which of `executor`'s GPUs.
+#[cfg(all(unix, feature = "local"))]
+fn local_gpus(executor: Arc<ops_tasks::local::LocalExecutor>) -> GpuAssignments {
+    Arc::new(move || {
+        executor
+            .gpu_holders()
+            .into_iter()
+            .map(|(device, task, _)| (device.id(), task))
+            .collect()
+    })
+}
+
 /// The executor the configuration asks for: Kubernetes when `[kube]` is set, else the
 /// local executor (with its GPU assignment, for monitoring).
 #[allow(clippy::unused_async)]
@@ -542,14 +565,7 @@ async fn configured_executor(
             cgroups = executor.cgroup_mode().as_str(),
             "running tasks on this machine"
         );
-        let local = executor.clone();
-        let gpus: GpuAssignments = Arc::new(move || {
-            local
-                .gpu_holders()
-                .into_iter()
-                .map(|(device, task, _)| (device.id(), task))
-                .collect()
-        });
+        let gpus = local_gpus(executor.clone());
         Ok((executor, Some(gpus)))
     }
     #[cfg(not(all(unix, feature = "local")))]

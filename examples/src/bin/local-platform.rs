@@ -197,8 +197,8 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. The executor, made by hand to show what it found on this machine; the
     //    platform wires the rest (history and outbox, storage with staging, functions).
-    let executor = LocalExecutor::new(config.executor.clone())?;
-    let capacity = ops::tasks::Executor::capacity(&executor);
+    let executor = Arc::new(LocalExecutor::new(config.executor.clone())?);
+    let capacity = ops::tasks::Executor::capacity(executor.as_ref());
     println!(
         "Local executor: {} CPU, {} MiB, {} GPU(s); limits through cgroups: {}",
         capacity.cpu_millis as f64 / 1000.0,
@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let storage_config = config.storage.clone().unwrap_or_default();
     let platform = Platform::builder()
         .config(config)
-        .executor(executor)
+        .local_executor(executor)
         .function(usage_trigger, usage_fn)
         .function(Trigger::on("ops.task.*").or_on("ops.storage.*"), count_fn)
         .start()
