@@ -1,0 +1,72 @@
+//! Ops provisioning: servers from cloud providers and from machines you own, priced,
+//! chosen and never leaked.
+//!
+//! - [`Provider`]: offerings with prices, create (idempotent through a token label),
+//!   list by labels, get, delete, wait until ready. Everything Ops creates carries
+//!   `ops.managed-by=ops` and its fleet and pool, so Ops only ever touches what it owns.
+//! - Backends always built: [`memory::InMemoryProvider`] (with injectable capacity,
+//!   quota, rate-limit, lost-answer and delete faults, and API latency),
+//!   [`inventory::StaticProvider`] (an inventory file of owned machines, each priced by
+//!   its cost basis) and [`local::LocalProvider`] (this host).
+//! - [`choice`]: the cheapest offering across providers and owned machines for a
+//!   [`ResourceRequest`] (GPU model, CPU, memory, regions, spot, a maximum price, exchange
+//!   rates), with every alternative's reason for losing
+//!   ([`Ranking::explain`](choice::Ranking::explain)), and
+//!   [`create_with_failover`](choice::create_with_failover) down the ranking on capacity
+//!   and quota errors, each step an `ops.provision.failover` event.
+//! - Errors are classified ([`Error::kind`], [`Error::is_capacity`],
+//!   [`Error::is_retryable`]): capacity, quota, authentication, invalid request,
+//!   transient.
+//!
+//! Work in progress (see the project's issue 16): the Hetzner and DigitalOcean
+//! backends, fleets (plan, apply, destroy, refresh, orphan sweep) with state in SQL,
+//! and SSH reachability checks of owned machines.
+//!
+//! # Example
+//!
+//! ```
+//! use ops_provision::choice::{self, ResourceRequest};
+//! use ops_provision::memory::InMemoryProvider;
+//! use ops_provision::{Offering, Provider};
+//! use rust_decimal::Decimal;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> ops_provision::Result<()> {
+//! let cloud = InMemoryProvider::new("cloud", vec![
+//!     Offering::new("", "small", "fsn1", 2000, 4 << 30, Decimal::new(6, 3), "EUR"),
+//!     Offering::new("", "large", "fsn1", 8000, 32 << 30, Decimal::new(40, 3), "EUR"),
+//! ]);
+//! let request = ResourceRequest::new().cpu_millis(4000);
+//! let ranking = choice::rank(&cloud.offerings().await?, &request)?;
+//! assert_eq!(ranking.best()?.offering.instance_type, "large");
+//! assert!(ranking.explain().contains("2 CPU < 4 asked"));
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testkit` | no | the provider conformance suite (`testkit`) |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod offering;
+mod provider;
+mod server;
+
+pub mod choice;
+pub mod inventory;
+pub mod local;
+pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use choice::ResourceRequest;
+pub use error::{Error, Result};
+pub use offering::{HOURS_PER_MONTH, Offering};
+pub use provider::Provider;
+pub use server::{
+    FLEET, Labels, MANAGED_BY, MANAGED_BY_OPS, POOL, Server, ServerSpec, ServerStatus, TOKEN, token,
+};
