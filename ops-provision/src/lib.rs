@@ -18,9 +18,14 @@
 //!   [`Error::is_retryable`]): capacity, quota, authentication, invalid request,
 //!   transient.
 //!
+//! - [`fleet`]: a declarative [`fleet::FleetSpec`] (pools of N servers of an offering or
+//!   a request) → [`fleet::plan`] from what the providers really have (their labels are
+//!   the source of truth), with the cost before and after → [`fleet::apply`] with
+//!   bounded concurrency, failover and per-slot failures; applying again resumes.
+//!
 //! Work in progress (see the project's issue 16): the Hetzner and DigitalOcean
-//! backends, fleets (plan, apply, destroy, refresh, orphan sweep) with state in SQL,
-//! and SSH reachability checks of owned machines.
+//! backends, fleet state in SQL with orphan adoption and events written with each
+//! change, destroy, and SSH reachability checks of owned machines.
 //!
 //! # Example
 //!
@@ -57,6 +62,7 @@ mod provider;
 mod server;
 
 pub mod choice;
+pub mod fleet;
 pub mod inventory;
 pub mod local;
 pub mod memory;

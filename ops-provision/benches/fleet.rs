@@ -1,0 +1,67 @@
+//! Plan and apply a 1,000-server fleet against the in-memory provider with 50 ms of
+//! simulated latency on every API call: wall time at several concurrency bounds, and
+//! API calls per server created (polling included).
+//!
+//! ```text
+//! cargo bench -p ops-provision --bench fleet [-- --quick]
+//! ```
+// A benchmark's output is its table.
+#![allow(clippy::print_stdout)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ops_provision::fleet::{self, FleetSpec};
+use ops_provision::memory::{Faults, InMemoryProvider};
+use ops_provision::{Offering, Provider};
+use rust_decimal::Decimal;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let servers: u32 = if quick { 200 } else { 1000 };
+    let latency = Duration::from_millis(50);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "| servers | concurrency | plan | apply | API calls per server | ideal apply (calls × latency ÷ concurrency) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for concurrency in [16usize, 64, 256] {
+        rt.block_on(async {
+            let cloud = InMemoryProvider::new(
+                "cloud",
+                vec![Offering::new("", "cpu-4", "fsn1", 4000, 16 << 30, Decimal::new(5, 2), "EUR")],
+            )
+            .latency(latency);
+            // A server runs after its first poll, as a fast cloud's would.
+            cloud.set_faults(Faults::none().ready_after_polls(0));
+            let spec = FleetSpec::parse(&format!(
+                "name = \"bench\"\n[[pools]]\nname = \"web\"\ncount = {servers}\noffering = {{ provider = \"cloud\", instance_type = \"cpu-4\", region = \"fsn1\" }}\n"
+            ))
+            .unwrap();
+            let providers: [&dyn Provider; 1] = [&cloud];
+            let started = Instant::now();
+            let plan = fleet::plan(&spec, &providers).await.unwrap();
+            let planned = started.elapsed();
+            let before = cloud.calls().total();
+            let started = Instant::now();
+            let report = fleet::apply(&plan, &providers, concurrency).await;
+            let applied = started.elapsed();
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            assert_eq!(report.created.len(), servers as usize);
+            let calls = cloud.calls().total() - before;
+            let ideal = latency.as_secs_f64() * calls as f64 / concurrency as f64;
+            println!(
+                "| {servers} | {concurrency} | {:.2} s | {:.2} s | {:.2} (create {}, get {}) | {:.2} s |",
+                planned.as_secs_f64(),
+                applied.as_secs_f64(),
+                calls as f64 / f64::from(servers),
+                cloud.calls().create.load(Ordering::Relaxed),
+                cloud.calls().get.load(Ordering::Relaxed),
+                ideal
+            );
+        });
+    }
+}
