@@ -1,4 +1,4 @@
-//! The conformance suite every [`Provider`](crate::Provider) runs (feature `testkit`).
+//! The conformance suite every [`Provider`] runs (feature `testkit`).
 //!
 //! [`run_all`] takes a provider and the instance type and region of an offering it can
 //! create twice; each check is also public. A failed check panics with its name.
