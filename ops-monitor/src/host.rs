@@ -117,7 +117,8 @@ const MEMORY: &[(&str, &str)] = &[
     ),
 ];
 
-fn descriptors() -> Vec<Descriptor> {
+/// The families, made once: each read takes its descriptors from here.
+static DESCRIPTORS: std::sync::LazyLock<Vec<Descriptor>> = std::sync::LazyLock::new(|| {
     let mut out = vec![
         d(
             "node_cpu_seconds",
@@ -174,7 +175,7 @@ fn descriptors() -> Vec<Descriptor> {
             .map(|(name, help)| d(name, help, MetricKind::Gauge)),
     );
     out
-}
+});
 
 #[async_trait]
 impl Collector for HostCollector {
@@ -183,7 +184,7 @@ impl Collector for HostCollector {
     }
 
     fn describe(&self) -> Vec<Descriptor> {
-        descriptors()
+        DESCRIPTORS.clone()
     }
 
     async fn collect(&self) -> Result<Vec<Family>, CollectError> {
@@ -194,9 +195,10 @@ impl Collector for HostCollector {
 }
 
 fn family(name: &'static str) -> Family {
-    let desc = descriptors()
-        .into_iter()
+    let desc = DESCRIPTORS
+        .iter()
         .find(|d| d.name == name)
+        .cloned()
         .unwrap_or_else(|| Descriptor::new(name, name, MetricKind::Gauge));
     Family::new(desc)
 }

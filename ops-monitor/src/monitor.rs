@@ -268,7 +268,7 @@ impl PcCollector for Snapshot {
 pub struct MonitorBuilder {
     registry: Registry,
     declared: Vec<(Descriptor, String)>,
-    collectors: Vec<Arc<dyn Collector>>,
+    collectors: Vec<(Arc<dyn Collector>, HashSet<String>)>,
     checks: Vec<(Probe, Arc<dyn HealthCheck>)>,
     problems: Vec<Error>,
     collect_timeout: Duration,
@@ -334,13 +334,17 @@ impl MonitorBuilder {
         if let Err(e) = check_name(&name, true, "collector name") {
             self.problems.push(e);
         }
+        let mut names = HashSet::new();
         for d in collector.describe() {
             match check_name(&d.name, false, &format!("collector {name:?}")) {
-                Ok(()) => self.declared.push((d, format!("collector {name:?}"))),
+                Ok(()) => {
+                    names.insert(d.name.to_string());
+                    self.declared.push((d, format!("collector {name:?}")));
+                }
                 Err(e) => self.problems.push(e),
             }
         }
-        self.collectors.push(Arc::new(collector));
+        self.collectors.push((Arc::new(collector), names));
         self
     }
 
@@ -400,22 +404,10 @@ impl MonitorBuilder {
         if !clashes.is_empty() {
             return Err(Error::DuplicateFamily { clashes });
         }
-        let collectors = self
-            .collectors
-            .into_iter()
-            .map(|c| {
-                let names = c
-                    .describe()
-                    .into_iter()
-                    .map(|d| d.name.into_owned())
-                    .collect();
-                (c, names)
-            })
-            .collect();
         Ok(Monitor {
             inner: Arc::new(Inner {
                 registry: self.registry,
-                collectors,
+                collectors: self.collectors,
                 checks: self.checks,
                 collect_timeout: self.collect_timeout,
                 check_timeout: self.check_timeout,

@@ -365,9 +365,7 @@ impl Provider for StaticProvider {
         };
         let mut claims = self.lock();
         if let Some(server) = claims.get(&host.name) {
-            if spec.token().is_some()
-                && server.labels.get(crate::TOKEN) == spec.labels.get(crate::TOKEN)
-            {
+            if server.made_for(spec) {
                 return Ok(server.clone());
             }
             return Err(Error::Capacity {

@@ -83,9 +83,7 @@ impl Provider for LocalProvider {
         }
         let mut claim = self.lock();
         if let Some(server) = claim.as_ref() {
-            if spec.token().is_some()
-                && server.labels.get(crate::TOKEN) == spec.labels.get(crate::TOKEN)
-            {
+            if server.made_for(spec) {
                 return Ok(server.clone());
             }
             return Err(Error::Capacity {

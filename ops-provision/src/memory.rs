@@ -265,12 +265,7 @@ impl Provider for InMemoryProvider {
             });
         };
         let mut s = self.lock();
-        if let Some(token) = spec.token()
-            && let Some(existing) = s
-                .servers
-                .values()
-                .find(|e| e.server.labels.get(crate::TOKEN).map(String::as_str) == Some(token))
-        {
+        if let Some(existing) = s.servers.values().find(|e| e.server.made_for(spec)) {
             return Ok(existing.server.clone());
         }
         if s.faults.no_capacity_in.contains(&spec.region) {

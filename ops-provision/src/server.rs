@@ -128,6 +128,13 @@ impl Server {
         self.labels.get(MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_OPS)
     }
 
+    /// Whether a create of `spec` made it: `spec` has a token and this server carries
+    /// the same one (a retried create finds it instead of making a second).
+    pub fn made_for(&self, spec: &ServerSpec) -> bool {
+        spec.token()
+            .is_some_and(|t| self.labels.get(TOKEN).map(String::as_str) == Some(t))
+    }
+
     /// Whether it carries every label of `selector`.
     pub fn matches(&self, selector: &Labels) -> bool {
         selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))

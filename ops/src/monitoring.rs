@@ -15,8 +15,7 @@ use ops_tasks::admission::{AdmissionConfig, GpuQuota, Quantity, QuotaSpec};
 
 use crate::{Error, Result};
 
-/// Who holds which GPU: the local executor's assignment, when it runs here.
-pub(crate) type GpuAssignments = Arc<dyn Fn() -> Vec<(String, TaskId)> + Send + Sync>;
+use crate::platform::GpuAssignments;
 
 /// The running monitoring of a platform.
 pub(crate) struct Monitoring {
@@ -80,7 +79,7 @@ pub(crate) async fn start(
     gpus: Option<GpuAssignments>,
 ) -> Result<Monitoring> {
     metrics.set_capacity(&tasks.admin().capacity());
-    set_quotas(metrics, &tasks.admin().admission_policy().config().clone());
+    set_quotas(metrics, tasks.admin().admission_policy().config());
     let mut builder = metrics
         .register(Monitor::builder())
         .collect_timeout(config.collect_timeout());

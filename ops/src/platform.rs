@@ -530,7 +530,7 @@ fn webhook_function(hook: &WebhookEntry) -> Result<Arc<dyn Function>> {
 }
 
 /// Who holds which GPU now (GPU id as the executor names it, task).
-type GpuAssignments = Arc<dyn Fn() -> Vec<(String, ops_core::TaskId)> + Send + Sync>;
+pub(crate) type GpuAssignments = Arc<dyn Fn() -> Vec<(String, ops_core::TaskId)> + Send + Sync>;
 
 /// Who holds which of `executor`'s GPUs.
 #[cfg(all(unix, feature = "local"))]
