@@ -62,10 +62,23 @@ mod provider;
 mod server;
 
 pub mod choice;
+#[cfg(feature = "digitalocean")]
+#[cfg_attr(docsrs, doc(cfg(feature = "digitalocean")))]
+pub mod digitalocean;
 pub mod fleet;
+#[cfg(feature = "hetzner")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hetzner")))]
+pub mod hetzner;
+#[cfg(any(feature = "hetzner", feature = "digitalocean"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "hetzner", feature = "digitalocean"))))]
+pub mod http;
 pub mod inventory;
 pub mod local;
 pub mod memory;
+#[cfg(feature = "ssh")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
+pub mod ssh;
+pub mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

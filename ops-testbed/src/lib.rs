@@ -12,6 +12,9 @@
 //! This crate is for tests only: it panics on failure, as tests do.
 #![allow(clippy::print_stderr)]
 
+pub mod prism;
+pub mod sshd;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

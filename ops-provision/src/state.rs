@@ -1,0 +1,1 @@
+//! (stub: fleet state)

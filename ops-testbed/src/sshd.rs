@@ -1,0 +1,1 @@
+//! (stub: sshd in a network namespace)
