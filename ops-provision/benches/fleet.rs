@@ -1,6 +1,8 @@
 //! Plan and apply a 1,000-server fleet against the in-memory provider with 50 ms of
 //! simulated latency on every API call: wall time at several concurrency bounds, and
-//! API calls per server created (polling included).
+//! API calls per server created (polling included). Records go to an in-memory store
+//! (the provider's behaviour alone) and, in the last rows, to SQLite (each server's
+//! record and events committed twice: created, then ready).
 //!
 //! ```text
 //! cargo bench -p ops-provision --bench fleet [-- --quick]
@@ -8,11 +10,13 @@
 // A benchmark's output is its table.
 #![allow(clippy::print_stdout)]
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ops_provision::fleet::{self, FleetSpec};
+use ops_provision::fleet::{Fleet, FleetSpec};
 use ops_provision::memory::{Faults, InMemoryProvider};
+use ops_provision::state::{FleetStore, MemoryFleetStore, SqliteFleetStore};
 use ops_provision::{Offering, Provider};
 use rust_decimal::Decimal;
 
@@ -25,36 +29,51 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| servers | concurrency | plan | apply | API calls per server | ideal apply (calls × latency ÷ concurrency) |"
+        "| servers | concurrency | store | plan | apply | API calls per server | ideal apply (calls × latency ÷ concurrency) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for concurrency in [16usize, 64, 256] {
+    println!("|---|---|---|---|---|---|---|");
+    let dir = tempfile::tempdir().unwrap();
+    for (concurrency, sqlite) in [
+        (16usize, false),
+        (64, false),
+        (256, false),
+        (64, true),
+        (256, true),
+    ] {
         rt.block_on(async {
-            let cloud = InMemoryProvider::new(
+            let store: Arc<dyn FleetStore> = if sqlite {
+                let path = dir.path().join(format!("bench-{concurrency}.db"));
+                Arc::new(SqliteFleetStore::open(path.to_str().unwrap()).await.unwrap())
+            } else {
+                Arc::new(MemoryFleetStore::default())
+            };
+            let cloud = Arc::new(InMemoryProvider::new(
                 "cloud",
                 vec![Offering::new("", "cpu-4", "fsn1", 4000, 16 << 30, Decimal::new(5, 2), "EUR")],
             )
-            .latency(latency);
+            .latency(latency));
             // A server runs after its first poll, as a fast cloud's would.
             cloud.set_faults(Faults::none().ready_after_polls(0));
             let spec = FleetSpec::parse(&format!(
                 "name = \"bench\"\n[[pools]]\nname = \"web\"\ncount = {servers}\noffering = {{ provider = \"cloud\", instance_type = \"cpu-4\", region = \"fsn1\" }}\n"
             ))
             .unwrap();
-            let providers: [&dyn Provider; 1] = [&cloud];
+            let fleet = Fleet::new(spec, vec![cloud.clone() as Arc<dyn Provider>], store)
+                .concurrency(concurrency);
             let started = Instant::now();
-            let plan = fleet::plan(&spec, &providers).await.unwrap();
+            let plan = fleet.plan().await.unwrap();
             let planned = started.elapsed();
             let before = cloud.calls().total();
             let started = Instant::now();
-            let report = fleet::apply(&plan, &providers, concurrency).await;
+            let report = fleet.apply(&plan).await;
             let applied = started.elapsed();
             assert!(report.failed.is_empty(), "{:?}", report.failed);
             assert_eq!(report.created.len(), servers as usize);
             let calls = cloud.calls().total() - before;
             let ideal = latency.as_secs_f64() * calls as f64 / concurrency as f64;
             println!(
-                "| {servers} | {concurrency} | {:.2} s | {:.2} s | {:.2} (create {}, get {}) | {:.2} s |",
+                "| {servers} | {concurrency} | {} | {:.2} s | {:.2} s | {:.2} (create {}, get {}) | {:.2} s |",
+                if sqlite { "SQLite" } else { "memory" },
                 planned.as_secs_f64(),
                 applied.as_secs_f64(),
                 calls as f64 / f64::from(servers),

@@ -108,6 +108,16 @@ pub enum Error {
         /// Each attempt and why it failed, in order.
         attempts: Vec<String>,
     },
+    /// The fleet store's database failed.
+    #[error("fleet store ({}): {source}", source.backend())]
+    Store {
+        /// The database failure, classified.
+        #[source]
+        source: ops_events::StoreError,
+    },
+    /// The event outbox or bus failed.
+    #[error("fleet events: {0}")]
+    Events(#[from] ops_events::Error),
     /// Reading a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -134,12 +144,19 @@ impl Error {
             Error::Transient { .. } | Error::NotReady { .. } => ErrorKind::Unavailable,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Store { source } => source.kind(),
+            Error::Events(e) => e.kind(),
         }
     }
 
     /// Whether the same call may succeed later (rate limits, 5xx, timeouts).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Transient { .. } | Error::NotReady { .. })
+        match self {
+            Error::Transient { .. } | Error::NotReady { .. } => true,
+            Error::Store { source } => source.is_retryable(),
+            Error::Events(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 
     /// Whether another offering (region, type, provider) may succeed where this one

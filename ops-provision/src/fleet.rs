@@ -6,8 +6,10 @@
 //! again after a crash or a partial failure picks up where it stopped, and a server
 //! whose slot the spec no longer has is planned for deletion.
 //!
-//! State kept in SQL (resumable records, orphan adoption by policy) and the events
-//! written with each change come next; see the crate documentation.
+//! [`Fleet`] adds records ([`FleetStore`]: in memory, SQLite or PostgreSQL) written with
+//! the events of each change in one transaction, [`Fleet::refresh`] (records against
+//! what exists), the orphan sweep ([`Fleet::sweep`], by [`OrphanPolicy`]) and
+//! [`Fleet::destroy`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -19,6 +21,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::choice::{self, Failover, Ranking, ResourceRequest};
+use crate::state::{Change, FleetStore, NodeKey, NodeRecord, NodeState};
 use crate::{
     Error, FLEET, Labels, MANAGED_BY, MANAGED_BY_OPS, Offering, POOL, Provider, Result, Server,
     ServerSpec, TOKEN, token,
@@ -26,6 +29,11 @@ use crate::{
 
 /// `ops.node.provisioned`: a server was created for a fleet.
 pub const NODE_PROVISIONED: &str = "ops.node.provisioned";
+/// `ops.node.ready`: a created server runs (and, for owned machines, answers SSH).
+pub const NODE_READY: &str = "ops.node.ready";
+/// `ops.node.adopted`: a server labelled as a fleet's that its records did not know (an
+/// orphan) was recorded as the fleet's.
+pub const NODE_ADOPTED: &str = "ops.node.adopted";
 /// `ops.node.deleted`: a server was deleted (the provider confirmed it is gone).
 pub const NODE_DELETED: &str = "ops.node.deleted";
 /// `ops.node.failed`: a slot could not be provisioned.
@@ -211,6 +219,9 @@ pub struct Delete {
     pub server: Server,
     /// Why (`pool "gpu" has 2 slots; this is slot 3`).
     pub reason: String,
+    /// Whether a create of the same slot waits for this delete (an orphan deleted by
+    /// [`OrphanPolicy::Delete`] and made afresh).
+    pub replaced: bool,
 }
 
 /// What applying a spec would do, and what it would cost.
@@ -231,6 +242,15 @@ pub struct Plan {
     pub hourly_before: Decimal,
     /// Hourly cost after the plan is applied (with the first candidate of each create).
     pub hourly_after: Decimal,
+    /// Servers labelled as this fleet's that its records do not know (a crash between
+    /// create and record, or records kept elsewhere): orphans, handled by the fleet's
+    /// [`OrphanPolicy`]. Empty for a plan made without records ([`plan`]).
+    pub unrecorded: Vec<Server>,
+    /// Records of servers the providers no longer have (deleted outside Ops); applying
+    /// removes them, with an `ops.node.deleted` event.
+    pub gone: Vec<NodeRecord>,
+    /// The hourly price of each offering (`provider/type@region`) in `currency`.
+    prices: BTreeMap<String, Decimal>,
 }
 
 impl Plan {
@@ -268,6 +288,22 @@ impl Plan {
             );
         }
         let _ = writeln!(out, "  = {} kept", self.keep.len());
+        for s in &self.unrecorded {
+            let _ = writeln!(
+                out,
+                "  ! {:<24} {:<40} labelled as this fleet's but not in its records (orphan)",
+                s.name,
+                format!("{}/{}@{}", s.provider, s.instance_type, s.region),
+            );
+        }
+        for r in &self.gone {
+            let _ = writeln!(
+                out,
+                "  ? {:<24} {:<40} recorded, but the provider no longer has it",
+                r.server.name,
+                format!("{}/{}", r.server.provider, r.server.id),
+            );
+        }
         let month = Decimal::from(crate::HOURS_PER_MONTH);
         let _ = writeln!(
             out,
@@ -296,6 +332,17 @@ pub fn fleet_selector(fleet: &str) -> Labels {
 /// fleet) and what they offer. Every problem of the spec, and every pinned offering no
 /// provider has, is an error naming the pool and field.
 pub async fn plan(spec: &FleetSpec, providers: &[&dyn Provider]) -> Result<Plan> {
+    plan_with(spec, providers, None).await
+}
+
+/// Plans with the fleet's records: `records` (when given) names the servers the fleet
+/// knows and its orphan policy; orphans in wanted slots are replaced under
+/// [`OrphanPolicy::Delete`].
+async fn plan_with(
+    spec: &FleetSpec,
+    providers: &[&dyn Provider],
+    records: Option<(&[NodeRecord], OrphanPolicy)>,
+) -> Result<Plan> {
     let problems = spec.problems();
     if !problems.is_empty() {
         return Err(Error::Invalid {
@@ -407,6 +454,18 @@ pub async fn plan(spec: &FleetSpec, providers: &[&dyn Provider]) -> Result<Plan>
             problems,
         });
     }
+    let known: Option<BTreeSet<(&str, &str)>> = records.map(|(records, _)| {
+        records
+            .iter()
+            .map(|r| (r.server.provider.as_str(), r.server.id.as_str()))
+            .collect()
+    });
+    let is_known = |s: &Server| {
+        known
+            .as_ref()
+            .is_none_or(|k| k.contains(&(s.provider.as_str(), s.id.as_str())))
+    };
+    let replace_orphans = matches!(records, Some((_, OrphanPolicy::Delete)));
     let mut plan = Plan {
         fleet: spec.name.clone(),
         currency: spec.currency.clone(),
@@ -415,11 +474,45 @@ pub async fn plan(spec: &FleetSpec, providers: &[&dyn Provider]) -> Result<Plan>
         keep: Vec::new(),
         hourly_before: existing.iter().map(&price_of).sum(),
         hourly_after: Decimal::ZERO,
+        unrecorded: existing.iter().filter(|s| !is_known(s)).cloned().collect(),
+        gone: Vec::new(),
+        prices: offerings
+            .iter()
+            .map(|o| {
+                let price = if o.currency == spec.currency {
+                    o.hourly
+                } else {
+                    spec.rates
+                        .get(&o.currency)
+                        .map_or(Decimal::ZERO, |r| o.hourly * r)
+                };
+                (o.key(), price)
+            })
+            .collect(),
     };
+    if let Some((records, _)) = records {
+        plan.gone = records
+            .iter()
+            .filter(|r| {
+                !existing
+                    .iter()
+                    .any(|s| s.provider == r.server.provider && s.id == r.server.id)
+            })
+            .cloned()
+            .collect();
+    }
     let mut present = BTreeSet::new();
     for server in existing {
         let tok = server.labels.get(TOKEN).cloned().unwrap_or_default();
-        if wanted.contains_key(&tok) && present.insert(tok) {
+        if wanted.contains_key(&tok) && replace_orphans && !is_known(&server) {
+            plan.delete.push(Delete {
+                server,
+                reason:
+                    "orphan (labelled as this fleet's, not in its records); orphan policy: delete"
+                        .to_owned(),
+                replaced: true,
+            });
+        } else if wanted.contains_key(&tok) && present.insert(tok) {
             plan.hourly_after += price_of(&server);
             plan.keep.push(server);
         } else {
@@ -431,7 +524,11 @@ pub async fn plan(spec: &FleetSpec, providers: &[&dyn Provider]) -> Result<Plan>
                 ),
                 None => format!("pool {pool:?} is not in the spec"),
             };
-            plan.delete.push(Delete { server, reason });
+            plan.delete.push(Delete {
+                server,
+                reason,
+                replaced: false,
+            });
         }
     }
     for (tok, (pool, slot)) in &wanted {
@@ -471,137 +568,814 @@ pub async fn plan(spec: &FleetSpec, providers: &[&dyn Provider]) -> Result<Plan>
     Ok(plan)
 }
 
-/// What [`apply`] did.
+/// What to do with orphans: servers labelled as a fleet's that its records do not know
+/// (a crash between a create and its record, or a record lost).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OrphanPolicy {
+    /// Record an orphan that fills a slot the spec wants (`ops.node.adopted`); one the
+    /// spec does not want is deleted like any other surplus server. The default.
+    #[default]
+    Adopt,
+    /// Delete every orphan; the slot is created afresh (after the delete is confirmed).
+    Delete,
+    /// Touch nothing; list orphans in plans and sweep reports.
+    Report,
+}
+
+/// A step of [`Fleet::apply`], for progress output.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Progress {
+    /// A server was created (or found made by an earlier try) and recorded.
+    Created {
+        /// `pool/slot`.
+        slot: String,
+        /// The server.
+        server: Server,
+    },
+    /// A created server runs.
+    Ready {
+        /// `pool/slot`.
+        slot: String,
+        /// The server.
+        server: Server,
+    },
+    /// An offering failed for capacity or quota and the next one is tried.
+    Failover(Failover),
+    /// A server was deleted (confirmed gone) and its record removed.
+    Deleted {
+        /// The server.
+        server: Server,
+    },
+    /// An orphan was adopted.
+    Adopted {
+        /// The server.
+        server: Server,
+    },
+    /// A slot or a server failed.
+    Failed {
+        /// `pool/slot` or the server's name.
+        what: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+type ProgressFn = std::sync::Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// What [`Fleet::apply`] (and [`Fleet::destroy`]) did.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct ApplyReport {
     /// Servers created (or found made by an earlier try).
     pub created: Vec<Server>,
+    /// Servers created and running.
+    pub ready: Vec<Server>,
     /// Servers deleted (the provider confirmed they are gone).
     pub deleted: Vec<Server>,
-    /// Slots or servers that failed, with the error.
+    /// Orphans adopted.
+    pub adopted: Vec<Server>,
+    /// Records removed because the provider no longer has their servers.
+    pub gone: Vec<NodeRecord>,
+    /// Slots or servers that failed, with the error. A server created but not recorded
+    /// is among them, naming the server (the next plan or sweep finds it by its labels).
     pub failed: Vec<(String, Error)>,
     /// Failover steps taken.
     pub failovers: Vec<Failover>,
-    /// The events of it all, in order, to publish.
+    /// The events written: each slot's in the order they happened (slots run
+    /// concurrently, so the outbox may interleave them differently).
     pub events: Vec<Event>,
 }
 
-/// How long [`apply`] waits for a created server to run.
+impl ApplyReport {
+    /// Whether everything asked for was done.
+    pub fn is_complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// What [`Fleet::refresh`] found and did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct RefreshReport {
+    /// Records removed: the provider no longer has their servers.
+    pub gone: Vec<NodeRecord>,
+    /// Records whose server became ready.
+    pub ready: Vec<NodeRecord>,
+    /// Servers labelled as the fleet's that no record knows.
+    pub orphans: Vec<Server>,
+}
+
+/// What [`Fleet::sweep`] found and did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Orphans recorded as the fleet's.
+    pub adopted: Vec<Server>,
+    /// Orphans deleted (confirmed gone).
+    pub deleted: Vec<Server>,
+    /// Orphans left alone ([`OrphanPolicy::Report`]).
+    pub reported: Vec<Server>,
+    /// Orphans that could not be handled.
+    pub failed: Vec<(String, Error)>,
+}
+
+/// How long [`Fleet::apply`] waits for a created server to run, unless told otherwise.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Applies `plan` with at most `concurrency` slots in flight at a time: each create
-/// (with failover) is followed by a wait until the server runs. A slot that fails is
-/// reported (and an `ops.node.failed` event made) while the others go on; applying a
-/// fresh plan again resumes. A delete counts only once the provider says the server
-/// is gone.
-pub async fn apply(plan: &Plan, providers: &[&dyn Provider], concurrency: usize) -> ApplyReport {
-    let source = "ops://provision";
-    let creates = futures::stream::iter(plan.create.iter().map(|c| async move {
-        let mut steps = Vec::new();
-        let mut result =
-            choice::create_with_failover(providers, &c.ranking, &c.spec, &mut steps).await;
-        if let Ok((server, candidate)) = &result
-            && let Some(p) = providers.iter().find(|p| p.name() == server.provider)
-        {
-            result = p
-                .wait_ready(&server.id, READY_TIMEOUT)
-                .await
-                .map(|ready| (ready, candidate.clone()));
-        }
-        (c, result, steps)
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .collect::<Vec<_>>();
-    let deletes = futures::stream::iter(plan.delete.iter().map(|d| async move {
-        let result = match providers.iter().find(|p| p.name() == d.server.provider) {
-            Some(p) => match p.delete(&d.server.id).await {
-                Ok(()) => match p.get(&d.server.id).await {
-                    Ok(None) => Ok(()),
-                    Ok(Some(_)) => Err(Error::Transient {
-                        provider: d.server.provider.clone(),
-                        message: format!("server {} still there after delete", d.server.id),
-                        retry_after: None,
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
-            None => Err(Error::InvalidRequest {
-                provider: d.server.provider.clone(),
-                field: "provider".to_owned(),
-                message: "not configured".to_owned(),
-            }),
-        };
-        (d, result)
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .collect::<Vec<_>>();
-    let (created, deleted) = futures::join!(creates, deletes);
-    let mut report = ApplyReport::default();
-    for (c, result, steps) in created {
-        for step in &steps {
-            report.events.push(step.event(source));
-        }
-        report.failovers.extend(steps);
-        match result {
-            Ok((server, candidate)) => {
-                report.events.push(
-                    Event::builder(NODE_PROVISIONED, source)
-                        .subject(server.id.clone())
-                        .json(serde_json::json!({
-                            "fleet": plan.fleet, "pool": c.pool, "slot": c.slot,
-                            "provider": server.provider, "instance_type": server.instance_type,
-                            "region": server.region, "hourly": candidate.hourly.to_string(),
-                            "currency": plan.currency, "spot": candidate.spot,
-                        }))
-                        .build(),
-                );
-                report.created.push(server);
-            }
-            Err(e) => {
-                report.events.push(
-                    Event::builder(NODE_FAILED, source)
-                        .subject(format!("{}/{}/{}", plan.fleet, c.pool, c.slot))
-                        .json(serde_json::json!({
-                            "fleet": plan.fleet, "pool": c.pool, "slot": c.slot,
-                            "error": e.to_string(), "kind": e.kind().as_str(),
-                        }))
-                        .build(),
-                );
-                report.failed.push((format!("{}/{}", c.pool, c.slot), e));
-            }
+const SOURCE: &str = "ops://provision";
+
+/// A fleet: its spec, the providers it may use, and the store of its records.
+///
+/// ```
+/// use std::sync::Arc;
+/// use ops_provision::fleet::{Fleet, FleetSpec};
+/// use ops_provision::memory::InMemoryProvider;
+/// use ops_provision::state::{FleetStore, MemoryFleetStore};
+/// use ops_provision::Offering;
+/// use rust_decimal::Decimal;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ops_provision::Result<()> {
+/// let cloud = Arc::new(InMemoryProvider::new("cloud", vec![
+///     Offering::new("", "cx22", "fsn1", 2000, 4 << 30, Decimal::new(6, 3), "EUR"),
+/// ]));
+/// let spec = FleetSpec::parse(r#"
+///     name = "web"
+///     [[pools]]
+///     name = "app"
+///     count = 2
+///     offering = { provider = "cloud", instance_type = "cx22", region = "fsn1" }
+/// "#)?;
+/// let store = Arc::new(MemoryFleetStore::default());
+/// let fleet = Fleet::new(spec, vec![cloud], store.clone());
+/// let plan = fleet.plan().await?;
+/// assert_eq!(plan.create.len(), 2);
+/// let report = fleet.apply(&plan).await;
+/// assert!(report.is_complete());
+/// assert_eq!(store.nodes("web").await?.len(), 2);
+/// assert!(fleet.plan().await?.is_empty());
+/// fleet.destroy().await?;
+/// assert!(store.nodes("web").await?.is_empty());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Fleet {
+    spec: FleetSpec,
+    providers: Vec<std::sync::Arc<dyn Provider>>,
+    store: std::sync::Arc<dyn FleetStore>,
+    concurrency: usize,
+    orphans: OrphanPolicy,
+    ready_timeout: std::time::Duration,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("spec", &self.spec.name)
+            .field(
+                "providers",
+                &self.providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
+            .field("concurrency", &self.concurrency)
+            .field("orphans", &self.orphans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// A fleet of `spec` on `providers`, recorded in `store`; 16 slots in flight at a
+    /// time, orphans adopted, ten minutes for a server to run.
+    pub fn new(
+        spec: FleetSpec,
+        providers: Vec<std::sync::Arc<dyn Provider>>,
+        store: std::sync::Arc<dyn FleetStore>,
+    ) -> Self {
+        Self {
+            spec,
+            providers,
+            store,
+            concurrency: 16,
+            orphans: OrphanPolicy::default(),
+            ready_timeout: READY_TIMEOUT,
+            progress: None,
         }
     }
-    for (d, result) in deleted {
-        match result {
-            Ok(()) => {
-                report.events.push(
-                    Event::builder(NODE_DELETED, source)
-                        .subject(d.server.id.clone())
-                        .json(serde_json::json!({
-                            "fleet": plan.fleet, "server": d.server.name,
-                            "provider": d.server.provider, "reason": d.reason,
-                        }))
-                        .build(),
-                );
-                report.deleted.push(d.server.clone());
-            }
-            Err(e) => report.failed.push((d.server.name.clone(), e)),
+
+    /// At most `n` creates and deletes in flight at a time (at least 1).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// What to do with orphans.
+    pub fn orphans(mut self, policy: OrphanPolicy) -> Self {
+        self.orphans = policy;
+        self
+    }
+
+    /// How long a created server may take to run before its slot fails (the server is
+    /// kept, recorded as not ready).
+    pub fn ready_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Calls `f` with each step of apply, destroy and sweep as it happens.
+    pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &FleetSpec {
+        &self.spec
+    }
+
+    /// The store of its records.
+    pub fn store(&self) -> &std::sync::Arc<dyn FleetStore> {
+        &self.store
+    }
+
+    fn providers(&self) -> Vec<&dyn Provider> {
+        self.providers
+            .iter()
+            .map(|p| &**p as &dyn Provider)
+            .collect()
+    }
+
+    fn provider(&self, name: &str) -> Option<&dyn Provider> {
+        self.providers
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| &**p as &dyn Provider)
+    }
+
+    fn tell(&self, step: Progress) {
+        if let Some(f) = &self.progress {
+            f(step);
         }
     }
-    report.events.push(
-        Event::builder(FLEET_PLAN_APPLIED, source)
+
+    /// The records of the fleet.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.store.nodes(&self.spec.name).await
+    }
+
+    /// Plans the spec against what the providers have, with the fleet's records: the
+    /// plan also lists orphans and records of servers that are gone.
+    pub async fn plan(&self) -> Result<Plan> {
+        let records = self.nodes().await?;
+        plan_with(
+            &self.spec,
+            &self.providers(),
+            Some((&records, self.orphans)),
+        )
+        .await
+    }
+
+    /// Applies `plan`: records of vanished servers are removed, orphans handled by the
+    /// policy, replaced orphans deleted, then creates (with failover, each followed by a
+    /// wait until the server runs) and deletes run at most `concurrency` at a time.
+    /// Each change is recorded with its events in one transaction as it happens, so a
+    /// crash loses at most the server being created (found again by its labels). A slot
+    /// that fails is reported (`ops.node.failed`) while the others go on; applying a
+    /// fresh plan again resumes.
+    pub async fn apply(&self, plan: &Plan) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        for record in &plan.gone {
+            self.forget(record, "the provider no longer has it", &mut report)
+                .await;
+        }
+        if self.orphans == OrphanPolicy::Adopt {
+            for server in plan.unrecorded.iter().filter(|s| {
+                plan.keep
+                    .iter()
+                    .any(|k| k.provider == s.provider && k.id == s.id)
+            }) {
+                match self.adopt(plan, server).await {
+                    Ok(event) => {
+                        report.events.push(event);
+                        report.adopted.push(server.clone());
+                    }
+                    Err(e) => report.failed.push((server.name.clone(), e)),
+                }
+            }
+        }
+        let (replaced, rest): (Vec<&Delete>, Vec<&Delete>) =
+            plan.delete.iter().partition(|d| d.replaced);
+        let outcomes =
+            futures::stream::iter(replaced.into_iter().map(|d| self.delete_one(plan, d)))
+                .buffer_unordered(self.concurrency)
+                .collect::<Vec<_>>()
+                .await;
+        for (server, outcome) in outcomes {
+            report.absorb_delete(server, outcome);
+        }
+        let creates = futures::stream::iter(plan.create.iter().map(|c| self.create_one(plan, c)))
+            .buffer_unordered(self.concurrency)
+            .collect::<Vec<_>>();
+        let deletes = futures::stream::iter(rest.into_iter().map(|d| self.delete_one(plan, d)))
+            .buffer_unordered(self.concurrency)
+            .collect::<Vec<_>>();
+        let (created, deleted) = futures::join!(creates, deletes);
+        for outcome in created {
+            report.failovers.extend(outcome.failovers);
+            report.events.extend(outcome.events);
+            report.created.extend(outcome.created);
+            report.ready.extend(outcome.ready);
+            report.failed.extend(outcome.failed);
+        }
+        for (server, outcome) in deleted {
+            report.absorb_delete(server, outcome);
+        }
+        let applied = Event::builder(FLEET_PLAN_APPLIED, SOURCE)
             .subject(plan.fleet.clone())
             .json(serde_json::json!({
                 "fleet": plan.fleet,
                 "created": report.created.len(),
+                "ready": report.ready.len(),
                 "deleted": report.deleted.len(),
+                "adopted": report.adopted.len(),
                 "failed": report.failed.iter().map(|(what, e)| format!("{what}: {e}")).collect::<Vec<_>>(),
+                "hourly_before": plan.hourly_before.to_string(),
                 "hourly_after": plan.hourly_after.to_string(),
                 "currency": plan.currency,
             }))
-            .build(),
-    );
-    report
+            .build();
+        match self.store.commit(&[], std::slice::from_ref(&applied)).await {
+            Ok(()) => report.events.push(applied),
+            Err(e) => report.failed.push((format!("fleet {}", plan.fleet), e)),
+        }
+        report
+    }
+
+    /// Deletes every server of the fleet (what the providers' labels say, and what the
+    /// records say), each record removed once the provider confirms its server is gone.
+    /// A server that could not be deleted keeps its record and is in the report's
+    /// failures: destroy again to retry.
+    pub async fn destroy(&self) -> Result<ApplyReport> {
+        let mut empty = self.spec.clone();
+        empty.pools.clear();
+        let records = self.nodes().await?;
+        let missing: Vec<String> = records
+            .iter()
+            .filter(|r| self.provider(&r.server.provider).is_none())
+            .map(|r| {
+                format!(
+                    "{} ({}/{}): provider {:?} is not configured",
+                    r.server.name, r.server.provider, r.server.id, r.server.provider
+                )
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Invalid {
+                what: format!("destroy fleet {:?}", self.spec.name),
+                problems: missing,
+            });
+        }
+        // Orphans are deleted too: destroy leaves nothing labelled as the fleet's.
+        let mut plan = plan_with(&empty, &self.providers(), Some((&records, self.orphans))).await?;
+        plan.unrecorded.clear();
+        Ok(self.apply(&plan).await)
+    }
+
+    /// Reconciles the records with what the providers really have: a record whose server
+    /// is gone is removed (`ops.node.deleted`, reason "gone at the provider"), a record
+    /// whose server now runs becomes ready (`ops.node.ready`), and servers labelled as
+    /// the fleet's that no record knows are listed as orphans (see [`sweep`](Self::sweep)).
+    pub async fn refresh(&self) -> Result<RefreshReport> {
+        let records = self.nodes().await?;
+        let selector = fleet_selector(&self.spec.name);
+        let mut existing = Vec::new();
+        for p in &self.providers {
+            existing.extend(p.list(&selector).await?);
+        }
+        let mut report = RefreshReport::default();
+        let mut scratch = ApplyReport::default();
+        for record in &records {
+            let Some(provider) = self.provider(&record.server.provider) else {
+                continue;
+            };
+            let listed = existing
+                .iter()
+                .find(|s| s.provider == record.server.provider && s.id == record.server.id);
+            // A list may lag a create (ask for the one server before forgetting it) and
+            // may not say a server has started (ask before calling it not ready).
+            let now = match listed {
+                Some(s)
+                    if s.status == crate::ServerStatus::Running
+                        || record.state == NodeState::Ready =>
+                {
+                    Some(s.clone())
+                }
+                _ => provider.get(&record.server.id).await?,
+            };
+            match now {
+                None => {
+                    self.forget(record, "the provider no longer has it", &mut scratch)
+                        .await;
+                    if let Some((_, e)) = scratch.failed.pop() {
+                        return Err(e);
+                    }
+                    report.gone.push(record.clone());
+                }
+                Some(server)
+                    if server.status == crate::ServerStatus::Running
+                        && matches!(record.state, NodeState::Provisioned | NodeState::NotReady) =>
+                {
+                    let mut ready = record.clone().with_state(NodeState::Ready);
+                    ready.server = server.clone();
+                    let event = node_event(NODE_READY, &self.spec.name, &ready, None);
+                    self.store
+                        .commit(&[Change::Put(Box::new(ready.clone()))], &[event])
+                        .await?;
+                    report.ready.push(ready);
+                }
+                Some(_) => {}
+            }
+        }
+        report.orphans = existing
+            .into_iter()
+            .filter(|s| {
+                !records
+                    .iter()
+                    .any(|r| r.server.provider == s.provider && r.server.id == s.id)
+            })
+            .collect();
+        Ok(report)
+    }
+
+    /// Finds orphans (servers labelled as the fleet's that no record knows) and handles
+    /// them by the fleet's [`OrphanPolicy`]: adopted when they fill a slot the spec
+    /// wants (otherwise deleted), all deleted, or only reported.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let plan = self.plan().await?;
+        let mut report = SweepReport::default();
+        for server in &plan.unrecorded {
+            let wanted = plan
+                .keep
+                .iter()
+                .any(|k| k.provider == server.provider && k.id == server.id)
+                || plan.delete.iter().any(|d| {
+                    d.replaced && d.server.provider == server.provider && d.server.id == server.id
+                });
+            match (self.orphans, wanted) {
+                (OrphanPolicy::Report, _) => report.reported.push(server.clone()),
+                (OrphanPolicy::Adopt, true) => match self.adopt(&plan, server).await {
+                    Ok(_) => report.adopted.push(server.clone()),
+                    Err(e) => report.failed.push((server.name.clone(), e)),
+                },
+                (OrphanPolicy::Adopt, false) | (OrphanPolicy::Delete, _) => {
+                    let delete = Delete {
+                        server: server.clone(),
+                        reason: "orphan (labelled as this fleet's, not in its records)".to_owned(),
+                        replaced: false,
+                    };
+                    match self.delete_one(&plan, &delete).await {
+                        (s, Ok(_)) => report.deleted.push(s),
+                        (s, Err(e)) => report.failed.push((s.name, e)),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn price(&self, plan: &Plan, server: &Server) -> Decimal {
+        plan.prices
+            .get(&format!(
+                "{}/{}@{}",
+                server.provider, server.instance_type, server.region
+            ))
+            .copied()
+            .unwrap_or(Decimal::ZERO)
+    }
+
+    fn slot_of(&self, server: &Server) -> Option<u32> {
+        let tok = server.labels.get(TOKEN)?;
+        let pool = self
+            .spec
+            .pools
+            .iter()
+            .find(|p| Some(&p.name) == server.labels.get(POOL))?;
+        (0..pool.count).find(|slot| &token(&self.spec.name, &pool.name, *slot) == tok)
+    }
+
+    async fn adopt(&self, plan: &Plan, server: &Server) -> Result<Event> {
+        let state = if server.status == crate::ServerStatus::Running {
+            NodeState::Ready
+        } else {
+            NodeState::Provisioned
+        };
+        let record = NodeRecord::new(
+            &self.spec.name,
+            server.clone(),
+            self.slot_of(server),
+            state,
+            self.price(plan, server),
+            &plan.currency,
+        );
+        let event = node_event(
+            NODE_ADOPTED,
+            &self.spec.name,
+            &record,
+            Some(serde_json::json!(
+                "labelled as this fleet's but not in its records"
+            )),
+        );
+        self.store
+            .commit(
+                &[Change::Put(Box::new(record))],
+                std::slice::from_ref(&event),
+            )
+            .await?;
+        self.tell(Progress::Adopted {
+            server: server.clone(),
+        });
+        Ok(event)
+    }
+
+    /// Removes the record of a server the provider no longer has.
+    async fn forget(&self, record: &NodeRecord, reason: &str, report: &mut ApplyReport) {
+        let event = node_event(
+            NODE_DELETED,
+            &self.spec.name,
+            record,
+            Some(serde_json::json!(reason)),
+        );
+        match self
+            .store
+            .commit(
+                &[Change::Remove(record.key())],
+                std::slice::from_ref(&event),
+            )
+            .await
+        {
+            Ok(()) => {
+                report.events.push(event);
+                report.gone.push(record.clone());
+            }
+            Err(e) => report.failed.push((record.server.name.clone(), e)),
+        }
+    }
+
+    async fn create_one(&self, plan: &Plan, c: &Create) -> CreateOutcome {
+        let slot = format!("{}/{}", c.pool, c.slot);
+        let providers = self.providers();
+        let mut out = CreateOutcome::default();
+        let mut steps = Vec::new();
+        let created =
+            choice::create_with_failover(&providers, &c.ranking, &c.spec, &mut steps).await;
+        let failover_events: Vec<Event> = steps.iter().map(|s| s.event(SOURCE)).collect();
+        for step in &steps {
+            self.tell(Progress::Failover(step.clone()));
+        }
+        out.failovers = steps;
+        let (server, candidate) = match created {
+            Ok(ok) => ok,
+            Err(e) => {
+                let mut events = failover_events;
+                events.push(failed_event(&plan.fleet, &slot, "create", &e));
+                self.fail(&mut out, slot, e, events).await;
+                return out;
+            }
+        };
+        let record = NodeRecord::new(
+            &plan.fleet,
+            server.clone(),
+            Some(c.slot),
+            NodeState::Provisioned,
+            candidate.hourly,
+            &plan.currency,
+        );
+        let mut events = failover_events;
+        events.push(node_event(
+            NODE_PROVISIONED,
+            &plan.fleet,
+            &record,
+            Some(serde_json::json!({ "spot": candidate.spot })),
+        ));
+        if let Err(e) = self
+            .store
+            .commit(&[Change::Put(Box::new(record.clone()))], &events)
+            .await
+        {
+            // The server exists and costs money: say which, so nothing is lost; the next
+            // plan or sweep finds it by its labels.
+            let what = format!(
+                "{slot} (server {} {} created, not recorded)",
+                server.provider, server.id
+            );
+            self.tell(Progress::Failed {
+                what: what.clone(),
+                error: e.to_string(),
+            });
+            out.failed.push((what, e));
+            return out;
+        }
+        out.events.extend(events);
+        out.created.push(server.clone());
+        self.tell(Progress::Created {
+            slot: slot.clone(),
+            server: server.clone(),
+        });
+        let Some(provider) = self.provider(&server.provider) else {
+            return out;
+        };
+        match provider.wait_ready(&server.id, self.ready_timeout).await {
+            Ok(ready) => {
+                let mut record = record.with_state(NodeState::Ready);
+                record.server = ready.clone();
+                let event = node_event(NODE_READY, &plan.fleet, &record, None);
+                match self
+                    .store
+                    .commit(
+                        &[Change::Put(Box::new(record))],
+                        std::slice::from_ref(&event),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        out.events.push(event);
+                        out.ready.push(ready.clone());
+                        self.tell(Progress::Ready {
+                            slot,
+                            server: ready,
+                        });
+                    }
+                    Err(e) => out.failed.push((slot, e)),
+                }
+            }
+            Err(e) => {
+                let event = failed_event(&plan.fleet, &slot, "ready", &e);
+                let record = record.with_state(NodeState::NotReady);
+                match self
+                    .store
+                    .commit(
+                        &[Change::Put(Box::new(record))],
+                        std::slice::from_ref(&event),
+                    )
+                    .await
+                {
+                    Ok(()) => out.events.push(event),
+                    Err(store) => out.failed.push((slot.clone(), store)),
+                }
+                self.tell(Progress::Failed {
+                    what: slot.clone(),
+                    error: e.to_string(),
+                });
+                out.failed.push((slot, e));
+            }
+        }
+        out
+    }
+
+    async fn fail(&self, out: &mut CreateOutcome, what: String, e: Error, events: Vec<Event>) {
+        match self.store.commit(&[], &events).await {
+            Ok(()) => out.events.extend(events),
+            Err(store) => out.failed.push((what.clone(), store)),
+        }
+        self.tell(Progress::Failed {
+            what: what.clone(),
+            error: e.to_string(),
+        });
+        out.failed.push((what, e));
+    }
+
+    /// Deletes a server: its record (if any) is marked deleting first, and removed with
+    /// `ops.node.deleted` only once the provider says the server is gone.
+    async fn delete_one(&self, plan: &Plan, d: &Delete) -> (Server, Result<Vec<Event>>) {
+        let result = async {
+            let provider =
+                self.provider(&d.server.provider)
+                    .ok_or_else(|| Error::InvalidRequest {
+                        provider: d.server.provider.clone(),
+                        field: "provider".to_owned(),
+                        message: "not configured".to_owned(),
+                    })?;
+            let key = NodeKey::new(&plan.fleet, &d.server.provider, &d.server.id);
+            let record = self
+                .store
+                .nodes(&plan.fleet)
+                .await?
+                .into_iter()
+                .find(|r| r.key() == key);
+            if let Some(r) = &record {
+                self.store
+                    .commit(
+                        &[Change::Put(Box::new(
+                            r.clone().with_state(NodeState::Deleting),
+                        ))],
+                        &[],
+                    )
+                    .await?;
+            }
+            provider.delete(&d.server.id).await?;
+            if provider.get(&d.server.id).await?.is_some() {
+                return Err(Error::Transient {
+                    provider: d.server.provider.clone(),
+                    message: format!("server {} still there after delete", d.server.id),
+                    retry_after: None,
+                });
+            }
+            let event = Event::builder(NODE_DELETED, SOURCE)
+                .subject(d.server.id.clone())
+                .json(serde_json::json!({
+                    "fleet": plan.fleet,
+                    "server": d.server.name,
+                    "id": d.server.id,
+                    "provider": d.server.provider,
+                    "pool": d.server.labels.get(POOL),
+                    "reason": d.reason,
+                }))
+                .build();
+            self.store
+                .commit(&[Change::Remove(key)], std::slice::from_ref(&event))
+                .await?;
+            Ok(vec![event])
+        }
+        .await;
+        match &result {
+            Ok(_) => self.tell(Progress::Deleted {
+                server: d.server.clone(),
+            }),
+            Err(e) => {
+                let event = failed_event(&plan.fleet, &d.server.name, "delete", e);
+                if let Err(store) = self.store.commit(&[], &[event]).await {
+                    tracing::warn!(server = %d.server.name, error = %store, "could not record a failed delete");
+                }
+                self.tell(Progress::Failed {
+                    what: d.server.name.clone(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        (d.server.clone(), result)
+    }
+}
+
+impl ApplyReport {
+    fn absorb_delete(&mut self, server: Server, outcome: Result<Vec<Event>>) {
+        match outcome {
+            Ok(events) => {
+                self.events.extend(events);
+                self.deleted.push(server);
+            }
+            Err(e) => self.failed.push((server.name.clone(), e)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct CreateOutcome {
+    created: Vec<Server>,
+    ready: Vec<Server>,
+    failed: Vec<(String, Error)>,
+    failovers: Vec<Failover>,
+    events: Vec<Event>,
+}
+
+fn node_event(ty: &str, fleet: &str, r: &NodeRecord, reason: Option<serde_json::Value>) -> Event {
+    let mut data = serde_json::json!({
+        "fleet": fleet,
+        "pool": r.pool,
+        "slot": r.slot,
+        "server": r.server.name,
+        "id": r.server.id,
+        "provider": r.server.provider,
+        "instance_type": r.server.instance_type,
+        "region": r.server.region,
+        "address": r.server.address,
+        "hourly": r.hourly.to_string(),
+        "currency": r.currency,
+    });
+    if let (Some(reason), Some(map)) = (reason, data.as_object_mut()) {
+        match reason {
+            serde_json::Value::Object(extra) => map.extend(extra),
+            other => {
+                map.insert("reason".to_owned(), other);
+            }
+        }
+    }
+    Event::builder(ty, SOURCE)
+        .subject(r.server.id.clone())
+        .json(data)
+        .build()
+}
+
+fn failed_event(fleet: &str, what: &str, operation: &str, e: &Error) -> Event {
+    Event::builder(NODE_FAILED, SOURCE)
+        .subject(format!("{fleet}/{what}"))
+        .json(serde_json::json!({
+            "fleet": fleet,
+            "what": what,
+            "operation": operation,
+            "error": e.to_string(),
+            "kind": e.kind().as_str(),
+        }))
+        .build()
 }

@@ -1,0 +1,128 @@
+//! Fleet records in SQLite, beside (and in the transactions of) an `ops-events` outbox.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ops_core::Event;
+use ops_events::sqlite::SqliteOutbox;
+
+use super::{Change, FleetStore, NodeRecord, decode, sort, store};
+use crate::Result;
+
+/// [`FleetStore`] on SQLite: the table `ops_provision_nodes` sits beside the outbox's
+/// tables, and each commit's events go into that outbox in the same transaction.
+/// Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteFleetStore {
+    outbox: SqliteOutbox,
+    // SQLite has one writer: this process's write transactions queue here rather than
+    // retrying on busy errors.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SqliteFleetStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or a plain
+    /// path) with its outbox, and runs the fleet migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let outbox = SqliteOutbox::open(url).await?;
+        Self::from_outbox(outbox).await
+    }
+
+    /// Uses the database of an existing outbox (the platform's), running the fleet
+    /// migrations.
+    pub async fn from_outbox(outbox: SqliteOutbox) -> Result<Self> {
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(outbox.pool())
+            .await
+            .map_err(|e| store("sqlite", e))?;
+        Ok(Self {
+            outbox,
+            write_lock: Default::default(),
+        })
+    }
+
+    /// The outbox that holds its events (an `EventBus`).
+    pub fn outbox(&self) -> &SqliteOutbox {
+        &self.outbox
+    }
+}
+
+#[async_trait]
+impl FleetStore for SqliteFleetStore {
+    async fn nodes(&self, fleet: &str) -> Result<Vec<NodeRecord>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT record FROM ops_provision_nodes WHERE fleet = ?")
+                .bind(fleet)
+                .fetch_all(self.outbox.pool())
+                .await
+                .map_err(|e| store("sqlite", e))?;
+        let mut out = rows
+            .iter()
+            .map(|(json,)| decode("sqlite", json))
+            .collect::<Result<Vec<_>>>()?;
+        sort(&mut out);
+        Ok(out)
+    }
+
+    async fn fleets(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT fleet FROM ops_provision_nodes ORDER BY fleet")
+                .fetch_all(self.outbox.pool())
+                .await
+                .map_err(|e| store("sqlite", e))?;
+        Ok(rows.into_iter().map(|(f,)| f).collect())
+    }
+
+    async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| store("sqlite", e))?;
+        for change in changes {
+            match change {
+                Change::Put(r) => {
+                    let json = serde_json::to_string(r).map_err(|e| store("sqlite", e))?;
+                    sqlx::query(
+                        "INSERT INTO ops_provision_nodes \
+                         (fleet, provider, server_id, token, state, record, updated_at) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (fleet, provider, server_id) DO UPDATE SET \
+                         token = excluded.token, state = excluded.state, \
+                         record = excluded.record, updated_at = excluded.updated_at",
+                    )
+                    .bind(&r.fleet)
+                    .bind(&r.server.provider)
+                    .bind(&r.server.id)
+                    .bind(&r.token)
+                    .bind(r.state.as_str())
+                    .bind(json)
+                    .bind(r.updated_at.timestamp_millis())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| store("sqlite", e))?;
+                }
+                Change::Remove(k) => {
+                    sqlx::query(
+                        "DELETE FROM ops_provision_nodes \
+                         WHERE fleet = ? AND provider = ? AND server_id = ?",
+                    )
+                    .bind(&k.fleet)
+                    .bind(&k.provider)
+                    .bind(&k.server_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| store("sqlite", e))?;
+                }
+            }
+        }
+        SqliteOutbox::append(&mut tx, events).await?;
+        tx.commit().await.map_err(|e| store("sqlite", e))?;
+        self.outbox.notify();
+        Ok(())
+    }
+}
