@@ -18,7 +18,7 @@ use std::path::Path;
 use futures::StreamExt;
 use ops_core::Event;
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::choice::{self, Failover, Ranking, ResourceRequest};
 use crate::state::{Change, FleetStore, NodeKey, NodeRecord, NodeState};
@@ -570,7 +570,7 @@ async fn plan_with(
 
 /// What to do with orphans: servers labelled as a fleet's that its records do not know
 /// (a crash between a create and its record, or a record lost).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum OrphanPolicy {

@@ -62,6 +62,7 @@ mod provider;
 mod server;
 
 pub mod choice;
+pub mod config;
 #[cfg(feature = "digitalocean")]
 #[cfg_attr(docsrs, doc(cfg(feature = "digitalocean")))]
 pub mod digitalocean;

@@ -54,6 +54,10 @@ pub struct Backends {
     pub usage: Arc<dyn ops_billing::UsageStore>,
     /// Where finalized invoices are kept (the ledger's database).
     pub invoices: Arc<dyn ops_billing::InvoiceStore>,
+    /// Fleet records of `ops-provision` (feature `provision`), in the history database:
+    /// each change and its events share the outbox.
+    #[cfg(feature = "provision")]
+    pub fleet_store: Arc<dyn ops_provision::state::FleetStore>,
     /// The history URL, password redacted (for logs).
     pub history_url: String,
     /// The event bus URL, password redacted (`None`: the outbox).
@@ -94,14 +98,21 @@ type Opened = (
         Arc<dyn ops_billing::UsageStore>,
         Arc<dyn ops_billing::InvoiceStore>,
     ),
+    FleetStoreSlot,
 );
+
+#[cfg(feature = "provision")]
+type FleetStoreSlot = Arc<dyn ops_provision::state::FleetStore>;
+#[cfg(not(feature = "provision"))]
+type FleetStoreSlot = ();
 
 /// Opens the history store at `history_url` and, when `events_url` is given, the
 /// event bus that the outbox is relayed to. Errors name the URL (password redacted):
 /// an unknown scheme, a backend whose feature is off, an unreachable server.
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = ops_events::redact_url(history_url);
-    let (history, outbox, dead_letters, storage_catalog, (ledger, usage, invoices)) =
+    #[cfg_attr(not(feature = "provision"), allow(clippy::let_unit_value, unused_variables))]
+    let (history, outbox, dead_letters, storage_catalog, (ledger, usage, invoices), fleet_store) =
         match scheme(history_url) {
             None | Some("sqlite") => open_sqlite(history_url).await?,
             Some("postgres" | "postgresql") => open_postgres(history_url).await?,
@@ -121,6 +132,8 @@ pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backend
         ledger,
         usage,
         invoices,
+        #[cfg(feature = "provision")]
+        fleet_store,
         history_url: redacted,
         events_url: None,
         #[cfg(feature = "nats")]
@@ -156,12 +169,14 @@ async fn open_sqlite(url: &str) -> Result<Opened> {
     let catalog =
         ops_storage::catalog::SqliteCatalog::from_outbox(history.outbox().clone()).await?;
     let ledger = ops_billing::ledger::SqliteLedger::from_outbox(history.outbox().clone()).await?;
+    let fleet_store = sqlite_fleet_store(history.outbox().clone()).await?;
     Ok((
         Arc::new(history),
         outbox,
         dead_letters,
         Arc::new(catalog),
         billing(ledger),
+        fleet_store,
     ))
 }
 
@@ -181,12 +196,14 @@ async fn open_postgres(url: &str) -> Result<Opened> {
     let catalog =
         ops_storage::catalog::PostgresCatalog::from_outbox(history.outbox().clone()).await?;
     let ledger = ops_billing::ledger::PostgresLedger::from_outbox(history.outbox().clone()).await?;
+    let fleet_store = postgres_fleet_store(history.outbox().clone()).await?;
     Ok((
         Arc::new(history),
         outbox,
         dead_letters,
         Arc::new(catalog),
         billing(ledger),
+        fleet_store,
     ))
 }
 
@@ -271,4 +288,30 @@ mod tests {
         assert_eq!(backends.dead_letters.count(None).await.unwrap(), 0);
         backends.shutdown().await;
     }
+}
+
+#[cfg(all(feature = "sqlite", feature = "provision"))]
+async fn sqlite_fleet_store(outbox: ops_events::sqlite::SqliteOutbox) -> Result<FleetStoreSlot> {
+    Ok(Arc::new(
+        ops_provision::state::SqliteFleetStore::from_outbox(outbox).await?,
+    ))
+}
+
+#[cfg(all(feature = "sqlite", not(feature = "provision")))]
+async fn sqlite_fleet_store(_: ops_events::sqlite::SqliteOutbox) -> Result<FleetStoreSlot> {
+    Ok(())
+}
+
+#[cfg(all(feature = "postgres", feature = "provision"))]
+async fn postgres_fleet_store(
+    outbox: ops_events::postgres::PostgresOutbox,
+) -> Result<FleetStoreSlot> {
+    Ok(Arc::new(
+        ops_provision::state::PostgresFleetStore::from_outbox(outbox).await?,
+    ))
+}
+
+#[cfg(all(feature = "postgres", not(feature = "provision")))]
+async fn postgres_fleet_store(_: ops_events::postgres::PostgresOutbox) -> Result<FleetStoreSlot> {
+    Ok(())
 }

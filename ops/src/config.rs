@@ -253,6 +253,11 @@ pub struct PlatformConfig {
     /// `/metrics` served at `listen`. `None`: no metrics are kept.
     #[cfg(feature = "monitor")]
     pub monitor: Option<ops_monitor::MonitorConfig>,
+    /// Fleets (feature `provision`): providers (an inventory of owned machines, this
+    /// host, cloud accounts) and fleet specs, with records in the history database.
+    /// `None`: no fleets.
+    #[cfg(feature = "provision")]
+    pub provision: Option<ops_provision::config::ProvisionConfig>,
 }
 
 /// The `[billing]` section.
@@ -402,15 +407,18 @@ impl Default for PlatformConfig {
             billing: None,
             #[cfg(feature = "monitor")]
             monitor: None,
+            #[cfg(feature = "provision")]
+            provision: None,
         }
     }
 }
 
 /// Sections of the file that only some builds understand, and the feature each needs.
-const GATED: [(&str, &str, &str); 3] = [
+const GATED: [(&str, &str, &str); 4] = [
     ("executor", "the local executor", "local"),
     ("kube", "the Kubernetes executor", "kube"),
     ("monitor", "monitoring", "monitor"),
+    ("provision", "fleets", "provision"),
 ];
 
 impl PlatformConfig {
@@ -495,6 +503,10 @@ impl PlatformConfig {
         {
             kube.kubeconfig = Some(base.join(k));
         }
+        #[cfg(feature = "provision")]
+        if let Some(provision) = &mut self.provision {
+            provision.resolve_paths(base);
+        }
         if let Some(billing) = &mut self.billing {
             billing.prices = base.join(&billing.prices);
             if let Some(costs) = &mut billing.costs {
@@ -545,6 +557,10 @@ impl PlatformConfig {
         #[cfg(feature = "kube")]
         if let Some(kube) = &self.kube {
             out.extend(kube.problems().into_iter().map(|p| format!("kube.{p}")));
+        }
+        #[cfg(feature = "provision")]
+        if let Some(provision) = &self.provision {
+            out.extend(provision.problems());
         }
         #[cfg(feature = "monitor")]
         if let Some(monitor) = &self.monitor {

@@ -32,6 +32,10 @@ pub enum Error {
     /// Billing failed.
     #[error(transparent)]
     Billing(#[from] ops_billing::Error),
+    /// Provisioning failed (a provider, a fleet spec, the fleet records).
+    #[cfg(feature = "provision")]
+    #[error(transparent)]
+    Provision(#[from] ops_provision::Error),
     /// Monitoring failed (a metric family declared twice, a bad name).
     #[cfg(feature = "monitor")]
     #[error(transparent)]
@@ -67,6 +71,8 @@ impl Error {
             Error::Storage(e) => e.kind(),
             #[cfg(feature = "monitor")]
             Error::Monitor(e) => e.kind(),
+            #[cfg(feature = "provision")]
+            Error::Provision(e) => e.kind(),
             Error::Io { source, .. } => ErrorKind::of_io(source),
             // Taken by another process, or not an address of this host: try later or
             // elsewhere.
@@ -83,6 +89,8 @@ impl Error {
             Error::Billing(e) => e.is_retryable(),
             #[cfg(feature = "monitor")]
             Error::Monitor(e) => e.is_retryable(),
+            #[cfg(feature = "provision")]
+            Error::Provision(e) => e.is_retryable(),
             Error::Listen { .. } => true,
             Error::Config { .. } | Error::Io { .. } => false,
         }

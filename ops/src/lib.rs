@@ -14,6 +14,7 @@
 //! | [`storage`] | `ops-storage` | tenant-scoped object storage for inputs and outputs |
 //! | [`billing`] | `ops-billing` | money, price books, the ledger, metering, credit held at admission, invoices (plus [`billing::BillingGate`]) |
 //! | `monitor` | `ops-monitor` | metrics in Prometheus' formats, health checks, alert rules, dashboards (feature `monitor`) |
+//! | `provision` | `ops-provision` | fleets of servers from clouds and owned machines: offers, plans with costs, apply, destroy, records with events (feature `provision`) |
 //!
 //! and owns the wiring between them: a [`Platform`] from a [`PlatformBuilder`] or one
 //! TOML file ([`PlatformConfig`], every problem reported at once) — history, outbox,
@@ -80,6 +81,9 @@
 //! | `stripe` | no | Stripe as the payment provider (`[billing.payments]`) |
 //! | `monitor` | yes | `[monitor]`: task, queue, host, GPU and event-spine metrics, `/metrics`, `/healthz`, `/readyz` |
 //! | `nvml` | no | GPU metrics through NVML (DCGM exporter's names) |
+//! | `provision` | yes | `[provision]`: fleets on owned machines (inventory, SSH checks) and this host, records in the history database ([`Platform::fleets`]) |
+//! | `hetzner` | no | Hetzner Cloud servers for fleets (`[provision.hetzner]`) |
+//! | `digitalocean` | no | DigitalOcean droplets for fleets (`[provision.digitalocean]`) |
 //!
 //! A configuration that names a backend whose feature is off is refused with the
 //! feature to enable.
@@ -109,6 +113,10 @@ pub use ops_events as events;
 /// `monitor`).
 #[cfg(feature = "monitor")]
 pub use ops_monitor as monitor;
+/// `ops-provision`: servers from cloud providers and owned machines, priced, planned
+/// and recorded (feature `provision`).
+#[cfg(feature = "provision")]
+pub use ops_provision as provision;
 /// `ops-storage`: tenant-scoped object storage.
 pub use ops_storage as storage;
 /// `ops-tasks`: templates, admission, executors, history and the task service.

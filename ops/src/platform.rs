@@ -44,6 +44,8 @@ pub struct Platform {
     grant_expiry: Option<tokio::task::JoinHandle<()>>,
     #[cfg(feature = "monitor")]
     monitoring: Option<crate::monitoring::Monitoring>,
+    #[cfg(feature = "provision")]
+    fleets: Option<ops_provision::config::Fleets>,
     shutdown_grace: Duration,
 }
 
@@ -149,6 +151,14 @@ impl Platform {
     #[cfg(feature = "monitor")]
     pub fn monitor(&self) -> Option<&ops_monitor::Monitor> {
         self.monitoring.as_ref().map(|m| &m.monitor)
+    }
+
+    /// The fleets of `[provision]` (feature `provision`): their providers, specs and
+    /// records (in the history database, each change written with its events), when
+    /// the section is configured.
+    #[cfg(feature = "provision")]
+    pub fn fleets(&self) -> Option<&ops_provision::config::Fleets> {
+        self.fleets.as_ref()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`[monitor] listen`, the
@@ -334,6 +344,16 @@ impl PlatformBuilder {
             events = backends.events_url.as_deref().unwrap_or("outbox"),
             "backends open"
         );
+        // Fleets: providers and specs checked now, so that a bad inventory or a missing
+        // token stops the start with every problem named.
+        #[cfg(feature = "provision")]
+        let fleets = match &config.provision {
+            Some(provision) => Some(ops_provision::config::Fleets::from_config(
+                provision,
+                backends.fleet_store.clone(),
+            )?),
+            None => None,
+        };
         let storage = match &config.storage {
             Some(storage) => Some(Storage::from_config(
                 storage,
@@ -500,6 +520,8 @@ impl PlatformBuilder {
             grant_expiry,
             #[cfg(feature = "monitor")]
             monitoring,
+            #[cfg(feature = "provision")]
+            fleets,
             shutdown_grace: config.shutdown_grace,
         })
     }
