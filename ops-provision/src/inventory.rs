@@ -11,6 +11,8 @@
 //! port = 22                     # default 22
 //! user = "ops"                  # the SSH user (default root)
 //! key = "keys/ops_ed25519"      # private key, relative to the file
+//! host_key = "SHA256:…"         # optional: the only host key accepted (`ssh-keygen -lf`)
+//! check_ssh = true              # wait_ready logs in over SSH (default false)
 //! region = "home-lab"           # default "owned"
 //! cpu = 32
 //! memory = "128Gi"
@@ -21,6 +23,23 @@
 //! Each host is one offering (its name is the instance type). Creating a server on it
 //! claims it for a fleet; deleting releases it. A host with no cost basis is refused:
 //! an owned machine priced at zero would always win and hide what it costs.
+//!
+//! # SSH reachability (feature `ssh`)
+//!
+//! [`StaticProvider::check_reachable`] logs in to every host with its user and key and
+//! runs `uname -sm` ([`ssh::check`](crate::ssh::check)), and lists every host that
+//! failed at once, each error naming the host. A claimed host is only checked by
+//! [`wait_ready`](Provider::wait_ready) when the inventory says `check_ssh = true`:
+//! then `wait_ready` retries (with backoff) until the host answers or the timeout
+//! passes, and fails at once on a refused key, a garbled key file or a changed host
+//! key. Without `check_ssh`, `wait_ready` trusts the inventory as before, so an
+//! inventory of machines this process cannot reach (a planning copy) still works.
+//! `check_ssh = true` without the `ssh` feature is an inventory problem rather than a
+//! check silently skipped.
+//!
+//! Host keys: `host_key` pins one fingerprint; without it the first key a host shows
+//! is accepted and remembered for the provider's life (OpenSSH's `accept-new`), and a
+//! different key later is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -97,6 +116,14 @@ pub struct Host {
     pub gpus: Option<HostGpus>,
     /// What it costs to keep: monthly or hourly.
     pub cost: Option<CostBasis>,
+    /// The SSH host key's fingerprint (`SHA256:…`, as `ssh-keygen -lf` prints it):
+    /// any other key is refused. Without it the first key seen is accepted.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Whether [`wait_ready`](Provider::wait_ready) waits until the host answers over
+    /// SSH (feature `ssh`; default false).
+    #[serde(default)]
+    pub check_ssh: bool,
 }
 
 /// GPUs of an owned machine.
@@ -194,6 +221,18 @@ impl Inventory {
             if h.port == 0 {
                 out.push(format!("{who}.port: 0 is not a port"));
             }
+            if let Some(k) = &h.host_key
+                && !valid_fingerprint(k)
+            {
+                out.push(format!(
+                    "{who}.host_key: {k:?} is not a SHA256 fingerprint (`SHA256:` and 43 base64 characters, as `ssh-keygen -lf` prints it)"
+                ));
+            }
+            if h.check_ssh && !cfg!(feature = "ssh") {
+                out.push(format!(
+                    "{who}.check_ssh: needs ops-provision built with the `ssh` feature"
+                ));
+            }
             if files && !h.key.is_file() {
                 out.push(format!(
                     "{who}.key: {} is not a readable file",
@@ -253,6 +292,15 @@ fn valid_address(address: &str) -> bool {
         })
 }
 
+fn valid_fingerprint(fingerprint: &str) -> bool {
+    fingerprint.strip_prefix("SHA256:").is_some_and(|b64| {
+        b64.len() == 43
+            && b64
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/')
+    })
+}
+
 fn memory_bytes(v: &toml::Value) -> std::result::Result<u64, String> {
     match v {
         toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
@@ -291,7 +339,18 @@ impl Host {
 pub struct StaticProvider {
     inventory: Inventory,
     claims: Mutex<BTreeMap<String, Server>>,
+    #[cfg(feature = "ssh")]
+    known_hosts: crate::ssh::KnownHosts,
 }
+
+/// How many hosts [`StaticProvider::check_reachable`] checks at a time.
+#[cfg(feature = "ssh")]
+pub const REACH_CONCURRENCY: usize = 16;
+
+/// The longest one SSH attempt of [`wait_ready`](Provider::wait_ready) may take (a
+/// host that drops packets would otherwise use the whole timeout in one try).
+#[cfg(feature = "ssh")]
+const SSH_ATTEMPT: Duration = Duration::from_secs(30);
 
 impl StaticProvider {
     /// A provider over `inventory` (checked with [`Inventory::problems`]).
@@ -306,12 +365,79 @@ impl StaticProvider {
         Ok(Self {
             inventory,
             claims: Mutex::default(),
+            #[cfg(feature = "ssh")]
+            known_hosts: crate::ssh::KnownHosts::new(),
         })
     }
 
     /// The inventory.
     pub fn inventory(&self) -> &Inventory {
         &self.inventory
+    }
+
+    /// Logs in to every host over SSH (whether claimed or not, `check_ssh` or not),
+    /// [`REACH_CONCURRENCY`] at a time, each within `timeout`; every failure is in the
+    /// report at once, each naming its host. Host keys are checked as in the
+    /// [module documentation](self).
+    #[cfg(feature = "ssh")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
+    pub async fn check_reachable(&self, timeout: Duration) -> crate::ssh::Reachability {
+        let targets: Vec<crate::ssh::Target> =
+            self.inventory.hosts.iter().map(Into::into).collect();
+        let report = crate::ssh::check_each(&targets, REACH_CONCURRENCY, |t| {
+            self.known_hosts.check(t, timeout)
+        })
+        .await;
+        tracing::info!(
+            hosts = report.results.len(),
+            unreachable = report.failures().count(),
+            "static: SSH reachability checked"
+        );
+        report
+    }
+
+    /// The host keys seen so far (and pinned by later checks).
+    #[cfg(feature = "ssh")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ssh")))]
+    pub fn known_hosts(&self) -> &crate::ssh::KnownHosts {
+        &self.known_hosts
+    }
+
+    /// Retries [`ssh::check`](crate::ssh::check) with backoff until `host` answers
+    /// or `timeout` passes; a refused key or host key and a bad key file end it at
+    /// once.
+    #[cfg(feature = "ssh")]
+    async fn wait_for_ssh(&self, host: &Host, timeout: Duration) -> Result<crate::ssh::Reach> {
+        let target = crate::ssh::Target::from(host);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(200);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let e = match self.known_hosts.check(&target, left.min(SSH_ATTEMPT)).await {
+                Ok(reach) => return Ok(reach),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() + backoff >= deadline {
+                let last = match &e {
+                    Error::Transient { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                return Err(Error::Transient {
+                    provider: STATIC.to_owned(),
+                    message: format!(
+                        "host {:?} not reachable by SSH within {timeout:?} ({tries} tries): {last}",
+                        host.name
+                    ),
+                    retry_after: None,
+                });
+            }
+            tracing::debug!(host = %host.name, tries, error = %e, "static: waiting for SSH");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
     }
 
     fn host(&self, name: &str) -> Option<&Host> {
@@ -411,11 +537,20 @@ impl Provider for StaticProvider {
         Ok(())
     }
 
-    async fn wait_ready(&self, id: &str, _timeout: Duration) -> Result<Server> {
-        self.get(id).await?.ok_or_else(|| Error::NotFound {
+    /// The claimed server at once, or (for a host with `check_ssh = true`, feature
+    /// `ssh`) once it answers over SSH; see the [module documentation](self).
+    async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<Server> {
+        let server = self.get(id).await?.ok_or_else(|| Error::NotFound {
             provider: STATIC.to_owned(),
             id: id.to_owned(),
-        })
+        })?;
+        #[cfg(feature = "ssh")]
+        if let Some(host) = self.host(&server.instance_type).filter(|h| h.check_ssh) {
+            self.wait_for_ssh(host, timeout).await?;
+        }
+        #[cfg(not(feature = "ssh"))]
+        let _ = timeout;
+        Ok(server)
     }
 }
 
@@ -455,6 +590,39 @@ mod tests {
                 joined.contains(needle),
                 "{needle:?} missing from:\n{joined}"
             );
+        }
+    }
+
+    #[test]
+    fn ssh_fields_are_checked() {
+        let text = r#"
+            [[hosts]]
+            name = "a"
+            address = "10.0.0.1"
+            key = "k"
+            host_key = "MD5:aa:bb"
+            check_ssh = true
+            cpu = 4
+            memory = "8Gi"
+            cost = { monthly = 10.0 }
+        "#;
+        let joined = Inventory::parse(text).unwrap_err().join("\n");
+        assert!(
+            joined.contains("host \"a\".host_key: \"MD5:aa:bb\""),
+            "{joined}"
+        );
+        assert_eq!(
+            joined.contains("host \"a\".check_ssh"),
+            !cfg!(feature = "ssh"),
+            "{joined}"
+        );
+        let good = text.replace(
+            "MD5:aa:bb",
+            "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s",
+        );
+        if cfg!(feature = "ssh") {
+            let inventory = Inventory::parse(&good).unwrap();
+            assert!(inventory.hosts[0].check_ssh);
         }
     }
 
