@@ -4,6 +4,8 @@
 //!
 //! ```toml
 //! inventory = "machines.toml"   # owned machines (the static provider)
+//! claims = "machines.claims.json" # which host serves which fleet (the default: beside
+//!                               # the inventory, named after it)
 //! local = false                 # this host as a provider
 //! fleets = ["fleet.toml"]       # fleet specs, relative to this file
 //! orphans = "adopt"             # adopt | delete | report
@@ -81,6 +83,9 @@ fn default_ready_timeout() -> Duration {
 pub struct ProvisionConfig {
     /// An inventory of owned machines (the `static` provider).
     pub inventory: Option<PathBuf>,
+    /// Where the static provider keeps its claims (which host serves which fleet);
+    /// default: beside the inventory, `NAME.claims.json`.
+    pub claims: Option<PathBuf>,
     /// Offer this host (the `local` provider).
     pub local: bool,
     /// This host's hourly cost basis when `local` (default 0.05).
@@ -107,6 +112,7 @@ impl Default for ProvisionConfig {
     fn default() -> Self {
         Self {
             inventory: None,
+            claims: None,
             local: false,
             local_hourly: Decimal::new(5, 2),
             local_currency: "EUR".to_owned(),
@@ -168,6 +174,9 @@ impl ProvisionConfig {
         if let Some(inventory) = &mut self.inventory {
             *inventory = base.join(&*inventory);
         }
+        if let Some(claims) = &mut self.claims {
+            *claims = base.join(&*claims);
+        }
         for fleet in &mut self.fleets {
             *fleet = base.join(&*fleet);
         }
@@ -206,8 +215,10 @@ impl ProvisionConfig {
         let mut out: Vec<Arc<dyn Provider>> = Vec::new();
         let mut problems = self.problems();
         if let Some(path) = &self.inventory {
+            let claims = self.claims.clone().unwrap_or_else(|| claims_beside(path));
             match crate::inventory::Inventory::load(path)
                 .and_then(crate::inventory::StaticProvider::new)
+                .and_then(|p| p.with_claims_file(claims))
             {
                 Ok(p) => out.push(Arc::new(p)),
                 Err(e) => problems.push(format!("provision.inventory: {e}")),
@@ -271,6 +282,15 @@ impl ProvisionConfig {
             })
         }
     }
+}
+
+/// `machines.toml` → `machines.claims.json`, in the same directory.
+fn claims_beside(inventory: &Path) -> PathBuf {
+    let stem = inventory
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "inventory".to_owned());
+    inventory.with_file_name(format!("{stem}.claims.json"))
 }
 
 #[cfg(any(feature = "hetzner", feature = "digitalocean"))]

@@ -379,6 +379,7 @@ async fn plan_with(
     let mut wanted: BTreeMap<String, (&PoolSpec, u32)> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut rankings: BTreeMap<&str, Ranking> = BTreeMap::new();
+    let mut unfit: BTreeMap<&str, String> = BTreeMap::new();
     for (i, pool) in spec.pools.iter().enumerate() {
         let request = match (&pool.offering, &pool.request) {
             (Some(o), _) => {
@@ -437,11 +438,12 @@ async fn plan_with(
                 .candidates
                 .retain(|c| c.offering.instance_type == o.instance_type);
         }
+        // No fitting offering is a problem only when the pool needs a server made (an
+        // owned machine this very pool holds is not available, and need not be).
         if pool.count > 0
             && let Err(e) = ranking.best()
         {
-            problems.push(format!("pools[{i}] ({:?}): {e}", pool.name));
-            continue;
+            unfit.insert(pool.name.as_str(), format!("pools[{i}] ({:?}): {e}", pool.name));
         }
         for slot in 0..pool.count {
             wanted.insert(token(&spec.name, &pool.name, slot), (pool, slot));
@@ -449,6 +451,7 @@ async fn plan_with(
         rankings.insert(pool.name.as_str(), ranking);
     }
     if !problems.is_empty() {
+        problems.extend(unfit.into_values());
         return Err(Error::Invalid {
             what: format!("fleet {:?}", spec.name),
             problems,
@@ -536,7 +539,12 @@ async fn plan_with(
             continue;
         }
         let ranking = rankings[pool.name.as_str()].clone();
-        let best = ranking.candidates[0].clone();
+        let Some(best) = ranking.candidates.first().cloned() else {
+            if let Some(problem) = unfit.remove(pool.name.as_str()) {
+                problems.push(problem);
+            }
+            continue;
+        };
         let mut server = ServerSpec::new(
             format!("{}-{}-{}", spec.name, pool.name, slot),
             best.offering.instance_type.clone(),
@@ -561,6 +569,12 @@ async fn plan_with(
             slot: *slot,
             spec: server,
             ranking,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(Error::Invalid {
+            what: format!("fleet {:?}", spec.name),
+            problems,
         });
     }
     plan.create

@@ -339,6 +339,7 @@ impl Host {
 pub struct StaticProvider {
     inventory: Inventory,
     claims: Mutex<BTreeMap<String, Server>>,
+    claims_file: Option<PathBuf>,
     #[cfg(feature = "ssh")]
     known_hosts: crate::ssh::KnownHosts,
 }
@@ -365,6 +366,7 @@ impl StaticProvider {
         Ok(Self {
             inventory,
             claims: Mutex::default(),
+            claims_file: None,
             #[cfg(feature = "ssh")]
             known_hosts: crate::ssh::KnownHosts::new(),
         })
@@ -373,6 +375,51 @@ impl StaticProvider {
     /// The inventory.
     pub fn inventory(&self) -> &Inventory {
         &self.inventory
+    }
+
+    /// Keeps the claims (which host serves which fleet, with its labels) in `path`, a
+    /// JSON file read now if it exists and rewritten atomically on every create and
+    /// delete: what a cloud account is to its servers, so that another process (the
+    /// next `fleet plan`) sees what this one claimed. Without it claims live in memory.
+    /// A claim of a host no longer in the inventory is kept (and listed) until deleted.
+    pub fn with_claims_file(mut self, path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let claims = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<BTreeMap<String, Server>>(&text).map_err(|e| {
+                Error::Invalid {
+                    what: format!("claims file {}", path.display()),
+                    problems: vec![format!("not the claims JSON this provider writes: {e}")],
+                }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        self.claims = Mutex::new(claims);
+        self.claims_file = Some(path);
+        Ok(self)
+    }
+
+    /// Writes the claims to the claims file (if any): a temporary file renamed over it.
+    fn persist(&self, claims: &BTreeMap<String, Server>) -> Result<()> {
+        let Some(path) = &self.claims_file else {
+            return Ok(());
+        };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(claims).map_err(|e| io(std::io::Error::other(e)))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// Logs in to every host over SSH (whether claimed or not, `check_ssh` or not),
@@ -516,6 +563,12 @@ impl Provider for StaticProvider {
             created_at: Utc::now(),
         };
         claims.insert(host.name.clone(), server.clone());
+        if let Err(e) = self.persist(&claims) {
+            // Not claimed unless recorded: a claim only in memory would vanish with
+            // this process while the fleet believes in it.
+            claims.remove(&host.name);
+            return Err(e);
+        }
         Ok(server)
     }
 
@@ -533,7 +586,13 @@ impl Provider for StaticProvider {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
-        self.lock().remove(id);
+        let mut claims = self.lock();
+        if let Some(server) = claims.remove(id)
+            && let Err(e) = self.persist(&claims)
+        {
+            claims.insert(id.to_owned(), server);
+            return Err(e);
+        }
         Ok(())
     }
 

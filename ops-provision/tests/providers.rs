@@ -256,3 +256,54 @@ fn an_inventory_with_a_missing_key_names_the_host() {
     let err = Inventory::load(dir.path().join("missing.toml")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+/// Claims in a claims file are seen by the next provider over the same file (the next
+/// process), survive nothing else, and a claims file that cannot be written refuses the
+/// claim rather than keep it only in memory.
+#[tokio::test]
+async fn owned_machine_claims_outlive_the_process_that_made_them() {
+    use ops_provision::fleet::{Fleet, FleetSpec};
+    use ops_provision::state::MemoryFleetStore;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = inventory(dir.path());
+    let claims = dir.path().join("state/claims.json");
+    let open = || {
+        StaticProvider::new(Inventory::load(&file).unwrap())
+            .unwrap()
+            .with_claims_file(&claims)
+            .unwrap()
+    };
+    let spec = FleetSpec::parse(
+        r#"
+        name = "lab"
+        [[pools]]
+        name = "gpu"
+        count = 1
+        request = { gpus = 2 }
+        "#,
+    )
+    .unwrap();
+    let store = Arc::new(MemoryFleetStore::default());
+    let fleet = Fleet::new(spec.clone(), vec![Arc::new(open())], store.clone());
+    assert!(fleet.apply(&fleet.plan().await.unwrap()).await.is_complete());
+    assert!(claims.is_file());
+
+    // A new provider over the same file: the claim is there, nothing more to do.
+    let again = Fleet::new(spec, vec![Arc::new(open())], store);
+    let plan = again.plan().await.unwrap();
+    assert!(plan.is_empty(), "{}", plan.table());
+    assert_eq!(plan.keep[0].instance_type, "rig-1");
+    assert!(again.destroy().await.unwrap().is_complete());
+    assert!(open().list(&Default::default()).await.unwrap().is_empty());
+
+    // A claims file that is not ours is refused, naming it.
+    std::fs::write(&claims, "[1, 2]").unwrap();
+    let err = StaticProvider::new(Inventory::load(&file).unwrap())
+        .unwrap()
+        .with_claims_file(&claims)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("claims.json"), "{err}");
+}
