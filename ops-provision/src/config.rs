@@ -182,7 +182,9 @@ impl ProvisionConfig {
         }
     }
 
-    /// Every problem that can be seen without reading files or calling providers.
+    /// Every problem, each naming its key: settings, the inventory (each host), the
+    /// fleet specs (each pool), cloud tokens missing from the environment, sections
+    /// whose feature is not built. Reads the files; calls no provider.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.concurrency == 0 {
@@ -191,38 +193,55 @@ impl ProvisionConfig {
         if self.local_hourly < Decimal::ZERO {
             out.push("provision.local_hourly: must not be negative".to_owned());
         }
-        #[cfg(not(feature = "hetzner"))]
-        if self.hetzner.is_some() {
-            out.push(
-                "provision.hetzner: this build has no Hetzner support (enable the `hetzner` \
-                 feature)"
-                    .to_owned(),
-            );
+        if let Some(path) = &self.inventory
+            && let Err(e) = crate::inventory::Inventory::load(path)
+        {
+            out.push(format!("provision.inventory: {e}"));
         }
-        #[cfg(not(feature = "digitalocean"))]
-        if self.digitalocean.is_some() {
-            out.push(
-                "provision.digitalocean: this build has no DigitalOcean support (enable the \
-                 `digitalocean` feature)"
-                    .to_owned(),
-            );
+        if let Err(Error::Invalid { problems, .. }) = self.load_specs() {
+            out.extend(problems);
+        }
+        for (section, account, built) in [
+            ("hetzner", &self.hetzner, cfg!(feature = "hetzner")),
+            (
+                "digitalocean",
+                &self.digitalocean,
+                cfg!(feature = "digitalocean"),
+            ),
+        ] {
+            let Some(account) = account else { continue };
+            if !built {
+                out.push(format!(
+                    "provision.{section}: this build has no {section} support (enable the \
+                     `{section}` feature)"
+                ));
+            } else if let Err(Error::Invalid { problems, .. }) = account.token(section) {
+                out.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("provision.{section}.{p}")),
+                );
+            }
         }
         out
     }
 
-    /// The providers it names; every problem (a bad inventory, a missing token) at once.
+    /// The providers it names; every problem (see [`problems`](Self::problems)) at once.
     pub fn providers(&self) -> Result<Vec<Arc<dyn Provider>>> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(Error::Invalid {
+                what: "provision".to_owned(),
+                problems,
+            });
+        }
         let mut out: Vec<Arc<dyn Provider>> = Vec::new();
-        let mut problems = self.problems();
         if let Some(path) = &self.inventory {
             let claims = self.claims.clone().unwrap_or_else(|| claims_beside(path));
-            match crate::inventory::Inventory::load(path)
+            let p = crate::inventory::Inventory::load(path)
                 .and_then(crate::inventory::StaticProvider::new)
-                .and_then(|p| p.with_claims_file(claims))
-            {
-                Ok(p) => out.push(Arc::new(p)),
-                Err(e) => problems.push(format!("provision.inventory: {e}")),
-            }
+                .and_then(|p| p.with_claims_file(claims))?;
+            out.push(Arc::new(p));
         }
         if self.local {
             out.push(Arc::new(crate::local::LocalProvider::detect(
@@ -232,30 +251,21 @@ impl ProvisionConfig {
         }
         #[cfg(feature = "hetzner")]
         if let Some(account) = &self.hetzner {
-            match cloud::hetzner(account) {
-                Ok(p) => out.push(p),
-                Err(e) => problems.push(e.to_string()),
-            }
+            out.push(cloud::hetzner(account)?);
         }
         #[cfg(feature = "digitalocean")]
         if let Some(account) = &self.digitalocean {
-            match cloud::digitalocean(account) {
-                Ok(p) => out.push(p),
-                Err(e) => problems.push(e.to_string()),
-            }
+            out.push(cloud::digitalocean(account)?);
         }
-        if problems.is_empty() {
-            Ok(out)
-        } else {
-            Err(Error::Invalid {
-                what: "provision".to_owned(),
-                problems,
-            })
-        }
+        Ok(out)
     }
 
     /// The fleet specs it names, each read and checked; every problem at once.
     pub fn fleet_specs(&self) -> Result<Vec<FleetSpec>> {
+        self.load_specs()
+    }
+
+    fn load_specs(&self) -> Result<Vec<FleetSpec>> {
         let mut specs = Vec::new();
         let mut problems = Vec::new();
         for path in &self.fleets {
@@ -337,7 +347,11 @@ impl std::fmt::Debug for Fleets {
             )
             .field(
                 "fleets",
-                &self.specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+                &self
+                    .specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
     }
@@ -346,13 +360,8 @@ impl std::fmt::Debug for Fleets {
 impl Fleets {
     /// Builds the providers and reads the specs of `config`, recording in `store`.
     pub fn from_config(config: &ProvisionConfig, store: Arc<dyn FleetStore>) -> Result<Self> {
-        let providers = config.providers();
-        let specs = config.fleet_specs();
-        let (providers, specs) = match (providers, specs) {
-            (Ok(p), Ok(s)) => (p, s),
-            (Err(a), Err(b)) => return Err(merge(a, b)),
-            (Err(e), _) | (_, Err(e)) => return Err(e),
-        };
+        let providers = config.providers()?;
+        let specs = config.fleet_specs()?;
         Ok(Self {
             providers,
             specs,
@@ -406,23 +415,12 @@ impl Fleets {
                 )],
             });
         };
-        Ok(Fleet::new(spec.clone(), self.providers.clone(), self.store.clone())
-            .concurrency(self.config.concurrency)
-            .orphans(self.config.orphans)
-            .ready_timeout(self.config.ready_timeout))
-    }
-}
-
-fn merge(a: Error, b: Error) -> Error {
-    let problems = |e: Error| match e {
-        Error::Invalid { problems, .. } => problems,
-        other => vec![other.to_string()],
-    };
-    let mut all = problems(a);
-    all.extend(problems(b));
-    Error::Invalid {
-        what: "provision".to_owned(),
-        problems: all,
+        Ok(
+            Fleet::new(spec.clone(), self.providers.clone(), self.store.clone())
+                .concurrency(self.config.concurrency)
+                .orphans(self.config.orphans)
+                .ready_timeout(self.config.ready_timeout),
+        )
     }
 }
 
@@ -451,8 +449,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("provision.concurrency"), "{err}");
-        assert!(err.contains("provision.inventory: /nonexistent/machines.toml"), "{err}");
-        assert!(err.contains("provision.fleets: /nonexistent/f.toml"), "{err}");
+        assert!(
+            err.contains("provision.inventory: /nonexistent/machines.toml"),
+            "{err}"
+        );
+        assert!(
+            err.contains("provision.fleets: /nonexistent/f.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -443,7 +443,10 @@ async fn plan_with(
         if pool.count > 0
             && let Err(e) = ranking.best()
         {
-            unfit.insert(pool.name.as_str(), format!("pools[{i}] ({:?}): {e}", pool.name));
+            unfit.insert(
+                pool.name.as_str(),
+                format!("pools[{i}] ({:?}): {e}", pool.name),
+            );
         }
         for slot in 0..pool.count {
             wanted.insert(token(&spec.name, &pool.name, slot), (pool, slot));

@@ -413,7 +413,8 @@ impl StaticProvider {
             path: path.display().to_string(),
             source,
         };
-        let text = serde_json::to_string_pretty(claims).map_err(|e| io(std::io::Error::other(e)))?;
+        let text =
+            serde_json::to_string_pretty(claims).map_err(|e| io(std::io::Error::other(e)))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }

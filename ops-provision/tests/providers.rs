@@ -287,7 +287,12 @@ async fn owned_machine_claims_outlive_the_process_that_made_them() {
     .unwrap();
     let store = Arc::new(MemoryFleetStore::default());
     let fleet = Fleet::new(spec.clone(), vec![Arc::new(open())], store.clone());
-    assert!(fleet.apply(&fleet.plan().await.unwrap()).await.is_complete());
+    assert!(
+        fleet
+            .apply(&fleet.plan().await.unwrap())
+            .await
+            .is_complete()
+    );
     assert!(claims.is_file());
 
     // A new provider over the same file: the claim is there, nothing more to do.

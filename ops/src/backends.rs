@@ -111,7 +111,10 @@ type FleetStoreSlot = ();
 /// an unknown scheme, a backend whose feature is off, an unreachable server.
 pub async fn open(history_url: &str, events_url: Option<&str>) -> Result<Backends> {
     let redacted = ops_events::redact_url(history_url);
-    #[cfg_attr(not(feature = "provision"), allow(clippy::let_unit_value, unused_variables))]
+    #[cfg_attr(
+        not(feature = "provision"),
+        allow(clippy::let_unit_value, unused_variables)
+    )]
     let (history, outbox, dead_letters, storage_catalog, (ledger, usage, invoices), fleet_store) =
         match scheme(history_url) {
             None | Some("sqlite") => open_sqlite(history_url).await?,

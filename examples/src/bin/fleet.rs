@@ -63,7 +63,12 @@ struct Args {
     #[arg(long, global = true, env = "HCLOUD_ENDPOINT", hide_env_values = true)]
     hetzner_url: Option<String>,
     /// DigitalOcean's API address; the token is `DIGITALOCEAN_TOKEN`.
-    #[arg(long, global = true, env = "DIGITALOCEAN_ENDPOINT", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "DIGITALOCEAN_ENDPOINT",
+        hide_env_values = true
+    )]
     digitalocean_url: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -121,8 +126,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -160,7 +164,9 @@ async fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("offerings of {}", p.name()))?,
                 );
             }
-            let mut request = ResourceRequest::new().currency(spec.currency.clone()).spot(spot);
+            let mut request = ResourceRequest::new()
+                .currency(spec.currency.clone())
+                .spot(spot);
             for (code, rate) in &spec.rates {
                 request = request.rate(code.clone(), *rate);
             }
@@ -199,8 +205,10 @@ async fn main() -> anyhow::Result<()> {
             let steps = (plan.create.len() * 2 + plan.delete.len()) as u64;
             let bar = ProgressBar::new(steps.max(1));
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
             let shown = bar.clone();
@@ -253,8 +261,14 @@ async fn main() -> anyhow::Result<()> {
                     "{:<28} {:<10} {:<36} {:<10} {:>10} {}",
                     n.server.name,
                     n.state.as_str(),
-                    format!("{}/{}@{}", n.server.provider, n.server.instance_type, n.server.region),
-                    n.server.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                    format!(
+                        "{}/{}@{}",
+                        n.server.provider, n.server.instance_type, n.server.region
+                    ),
+                    n.server
+                        .address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     n.hourly.round_dp(4).normalize(),
                     n.currency
                 );
@@ -264,7 +278,9 @@ async fn main() -> anyhow::Result<()> {
                 nodes.len(),
                 total.round_dp(4).normalize(),
                 spec.currency,
-                (total * Decimal::from(HOURS_PER_MONTH)).round_dp(2).normalize(),
+                (total * Decimal::from(HOURS_PER_MONTH))
+                    .round_dp(2)
+                    .normalize(),
                 spec.currency
             );
         }
@@ -315,8 +331,7 @@ async fn fleets(args: &Args, base: &Path) -> anyhow::Result<Fleets> {
         Some(url) => url.clone(),
         None => {
             let dir = base.join("fleet-data");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             format!("sqlite://{}", dir.join("fleet.db").display())
         }
     };
@@ -341,7 +356,10 @@ fn show(bar: &ProgressBar, step: Progress) {
     match step {
         Progress::Created { slot, server } => {
             bar.inc(1);
-            bar.set_message(format!("created {slot} ({} {})", server.provider, server.id));
+            bar.set_message(format!(
+                "created {slot} ({} {})",
+                server.provider, server.id
+            ));
         }
         Progress::Ready { slot, .. } => {
             bar.inc(1);
@@ -352,7 +370,10 @@ fn show(bar: &ProgressBar, step: Progress) {
             bar.set_message(format!("deleted {}", server.name));
         }
         Progress::Adopted { server } => {
-            bar.println(format!("adopted orphan {} ({}/{})", server.name, server.provider, server.id));
+            bar.println(format!(
+                "adopted orphan {} ({}/{})",
+                server.name, server.provider, server.id
+            ));
         }
         Progress::Failover(f) => {
             bar.println(format!("failover: {} → {}: {}", f.from, f.to, f.reason));
