@@ -19,13 +19,20 @@
 //!   transient.
 //!
 //! - [`fleet`]: a declarative [`fleet::FleetSpec`] (pools of N servers of an offering or
-//!   a request) → [`fleet::plan`] from what the providers really have (their labels are
-//!   the source of truth), with the cost before and after → [`fleet::apply`] with
-//!   bounded concurrency, failover and per-slot failures; applying again resumes.
-//!
-//! Work in progress (see the project's issue 16): the Hetzner and DigitalOcean
-//! backends, fleet state in SQL with orphan adoption and events written with each
-//! change, destroy, and SSH reachability checks of owned machines.
+//!   a request) → [`fleet::Fleet::plan`] from what the providers really have (their
+//!   labels are the source of truth) and the fleet's records, with the cost before and
+//!   after → [`fleet::Fleet::apply`] with bounded concurrency, failover and per-slot
+//!   failures (applying again resumes) → [`fleet::Fleet::destroy`];
+//!   [`fleet::Fleet::refresh`] reconciles records with what exists and
+//!   [`fleet::Fleet::sweep`] handles orphans (servers labelled as the fleet's that no
+//!   record knows) by [`fleet::OrphanPolicy`].
+//! - [`state`]: fleet records ([`state::FleetStore`]: in memory, SQLite, PostgreSQL),
+//!   each change written with its `ops.node.*` events in one transaction.
+//! - [`config`]: the `[provision]` section (providers and fleet specs) and
+//!   [`config::Fleets`].
+//! - `ssh` (feature `ssh`): SSH reachability of owned machines (russh).
+//! - `hetzner`, `digitalocean` (features of those names): typed clients on reqwest
+//!   sharing one rate-limit budget per credential (`http`).
 //!
 //! # Example
 //!
@@ -52,6 +59,11 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
+//! | `sqlite` | yes | fleet records in SQLite beside the `ops-events` outbox (`state::SqliteFleetStore`) |
+//! | `ssh` | yes | SSH reachability of owned machines (`ssh`, `StaticProvider::check_reachable`, `check_ssh` hosts) |
+//! | `postgres` | no | fleet records in PostgreSQL (`state::PostgresFleetStore`) |
+//! | `hetzner` | no | Hetzner Cloud (`hetzner::HetznerProvider`) |
+//! | `digitalocean` | no | DigitalOcean (`digitalocean::DigitalOceanProvider`) |
 //! | `testkit` | no | the provider conformance suite (`testkit`) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
