@@ -113,7 +113,7 @@ impl DigitalOceanProvider {
     /// The id of the SSH key named `name`, uploading `public_key` under that name when
     /// there is none. The id (or the name) can go in [`ServerSpec::ssh_keys`].
     pub async fn ensure_ssh_key(&self, name: &str, public_key: &str) -> Result<String> {
-        if let Some(id) = self.known_keys().await?.get(name) {
+        if let Some(id) = self.key_id(name).await? {
             return Ok(id.to_string());
         }
         let created: SshKeyAnswer = self
@@ -138,14 +138,16 @@ impl DigitalOceanProvider {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every SSH key of the account by name (listed once, then remembered).
-    async fn known_keys(&self) -> Result<HashMap<String, u64>> {
-        {
-            let keys = self.lock_keys();
-            if !keys.is_empty() {
-                return Ok(keys.clone());
-            }
+    /// The id of the SSH key named `name`: remembered, else from a fresh listing of
+    /// the account's keys (which is remembered).
+    async fn key_id(&self, name: &str) -> Result<Option<u64>> {
+        if let Some(id) = self.lock_keys().get(name) {
+            return Ok(Some(*id));
         }
+        Ok(self.list_keys().await?.get(name).copied())
+    }
+
+    async fn list_keys(&self) -> Result<HashMap<String, u64>> {
         let listed: Vec<SshKey> = self
             .http
             .paginate("/v2/account/keys", &[], PER_PAGE, |p: SshKeysPage| {
@@ -167,8 +169,7 @@ impl DigitalOceanProvider {
             } else if key.contains(':') {
                 refs.push(key.as_str().into());
             } else {
-                let id = self.known_keys().await?.get(key).copied();
-                let Some(id) = id else {
+                let Some(id) = self.key_id(key).await? else {
                     return Err(Error::InvalidRequest {
                         provider: NAME.to_owned(),
                         field: "ssh_keys".to_owned(),
@@ -719,6 +720,16 @@ mod tests {
         )
         .expect("links");
         assert_eq!(next_page(Some(&links)), Some(2));
+    }
+
+    #[test]
+    fn from_env_names_the_variable() {
+        // Only checkable where the variable is unset (tests may not change the
+        // environment: that is `unsafe`).
+        if std::env::var_os(TOKEN_ENV).is_none() {
+            let err = DigitalOceanProvider::from_env().expect_err("no token");
+            assert!(err.to_string().contains("DIGITALOCEAN_TOKEN"), "{err}");
+        }
     }
 
     fn classify_body(status: u16, body: &str) -> Error {

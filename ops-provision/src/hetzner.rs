@@ -599,6 +599,16 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderMap;
 
+    #[test]
+    fn from_env_names_the_variable() {
+        // Only checkable where the variable is unset (tests may not change the
+        // environment: that is `unsafe`).
+        if std::env::var_os(TOKEN_ENV).is_none() {
+            let err = HetznerProvider::from_env().expect_err("no token");
+            assert!(err.to_string().contains("HCLOUD_TOKEN"), "{err}");
+        }
+    }
+
     fn classify_body(status: u16, body: &str) -> Error {
         let headers = HeaderMap::new();
         let answer = Answer {

@@ -76,6 +76,9 @@ pub struct HttpConfig {
     /// Requests kept in hand: callers wait for the reset when the remaining requests
     /// fall to this (default 0).
     pub reserve: u32,
+    /// Headers sent with every request, besides the credential (a proxy's, or a mock's
+    /// `Prefer`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Default for HttpConfig {
@@ -87,6 +90,7 @@ impl Default for HttpConfig {
             backoff_max: Duration::from_secs(30),
             max_wait: Duration::from_secs(60),
             reserve: 0,
+            headers: Vec::new(),
         }
     }
 }
@@ -120,6 +124,12 @@ impl HttpConfig {
     /// With `requests` kept in reserve.
     pub fn reserve(mut self, requests: u32) -> Self {
         self.reserve = requests;
+        self
+    }
+
+    /// With the header `name: value` on every request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
         self
     }
 
@@ -395,21 +405,16 @@ impl<'a> Subject<'a> {
 /// naming the provider.
 pub type Classify = fn(provider: &str, answer: &Answer<'_>, subject: &Subject<'_>) -> Error;
 
-#[derive(Clone, Debug)]
-enum Setup {
-    Ready(reqwest::Client, HeaderValue),
-    BadToken,
-    NoClient(String),
-}
-
 /// A JSON client of one provider's API; see the [module documentation](self).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     provider: &'static str,
-    token: Arc<str>,
+    /// `Bearer TOKEN`, marked sensitive (`Debug` does not show it); `None` when the
+    /// token cannot be a header.
+    auth: Option<HeaderValue>,
     base_url: String,
     config: HttpConfig,
-    setup: Setup,
+    client: std::result::Result<reqwest::Client, String>,
     budget: Arc<RateBudget>,
     classify: Classify,
     sent: Arc<AtomicU64>,
@@ -424,13 +429,19 @@ impl HttpClient {
         base_url: impl Into<String>,
         classify: Classify,
     ) -> Self {
-        let token: Arc<str> = Arc::from(token.into());
+        let token = token.into();
         let config = HttpConfig::default();
+        let auth = HeaderValue::from_str(&format!("Bearer {token}"))
+            .ok()
+            .map(|mut auth| {
+                auth.set_sensitive(true);
+                auth
+            });
         Self {
             provider,
             budget: RateBudget::shared(provider, &token),
-            setup: setup(&token, &config),
-            token,
+            auth,
+            client: build_client(&config),
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             config,
             classify,
@@ -446,7 +457,7 @@ impl HttpClient {
 
     /// With timeouts, retries and reserve from `config`.
     pub fn config(mut self, config: HttpConfig) -> Self {
-        self.setup = setup(&self.token, &config);
+        self.client = build_client(&config);
         self.config = config;
         self
     }
@@ -559,23 +570,17 @@ impl HttpClient {
         body: Option<&B>,
         subject: &Subject<'_>,
     ) -> Result<String> {
-        let (client, auth) = match &self.setup {
-            Setup::Ready(client, auth) => (client, auth),
-            Setup::BadToken => {
-                return Err(Error::Authentication {
-                    provider: self.provider.to_owned(),
-                    message: "the API token has characters not allowed in an HTTP header"
-                        .to_owned(),
-                });
-            }
-            Setup::NoClient(why) => {
-                return Err(Error::Transient {
-                    provider: self.provider.to_owned(),
-                    message: format!("no HTTP client: {why}"),
-                    retry_after: None,
-                });
-            }
+        let Some(auth) = &self.auth else {
+            return Err(Error::Authentication {
+                provider: self.provider.to_owned(),
+                message: "the API token has characters not allowed in an HTTP header".to_owned(),
+            });
         };
+        let client = self.client.as_ref().map_err(|why| Error::Transient {
+            provider: self.provider.to_owned(),
+            message: format!("no HTTP client: {why}"),
+            retry_after: None,
+        })?;
         let url = format!("{}{path}", self.base_url);
         // A POST the provider may have acted on is not sent again (see module docs).
         let resend_on_failure = method != Method::POST;
@@ -608,28 +613,34 @@ impl HttpClient {
                     let status = response.status();
                     let headers = response.headers().clone();
                     self.budget.update(&headers);
-                    let text = response.text().await.unwrap_or_default();
                     tracing::debug!(provider = self.provider, %method, path, attempt, status = status.as_u16(), "answer");
-                    if status.is_success() {
-                        return Ok(text);
-                    }
                     hint = retry_hint(&headers);
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        let wait = hint.unwrap_or_else(|| self.config.backoff_for(attempt));
-                        self.budget.spent_until(SystemTime::now() + wait);
-                        last = describe(status, &text);
-                        true
-                    } else if status.is_server_error() {
-                        last = describe(status, &text);
-                        resend_on_failure
-                    } else {
-                        let answer = Answer {
-                            status: status.as_u16(),
-                            headers: &headers,
-                            body: &text,
-                            retry_after: hint,
-                        };
-                        return Err((self.classify)(self.provider, &answer, subject));
+                    match response.text().await {
+                        // A cut answer: to a POST, whether the provider acted is unknown.
+                        Err(e) => {
+                            last = format!("{method} {path}: HTTP {status}, answer cut: {e}");
+                            resend_on_failure
+                        }
+                        Ok(text) if status.is_success() => return Ok(text),
+                        Ok(text) if status == StatusCode::TOO_MANY_REQUESTS => {
+                            let wait = hint.unwrap_or_else(|| self.config.backoff_for(attempt));
+                            self.budget.spent_until(SystemTime::now() + wait);
+                            last = describe(status, &text);
+                            true
+                        }
+                        Ok(text) if status.is_server_error() => {
+                            last = describe(status, &text);
+                            resend_on_failure
+                        }
+                        Ok(text) => {
+                            let answer = Answer {
+                                status: status.as_u16(),
+                                headers: &headers,
+                                body: &text,
+                                retry_after: hint,
+                            };
+                            return Err((self.classify)(self.provider, &answer, subject));
+                        }
                     }
                 }
             };
@@ -660,20 +671,22 @@ impl HttpClient {
     }
 }
 
-fn setup(token: &str, config: &HttpConfig) -> Setup {
-    let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {token}")) else {
-        return Setup::BadToken;
-    };
-    auth.set_sensitive(true);
-    match reqwest::Client::builder()
+fn build_client(config: &HttpConfig) -> std::result::Result<reqwest::Client, String> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("header name {name:?}: {e}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|e| format!("header {name} value: {e}"))?;
+        headers.append(name, value);
+    }
+    reqwest::Client::builder()
         .timeout(config.timeout)
         .connect_timeout(config.timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("ops-provision/", env!("CARGO_PKG_VERSION")))
+        .default_headers(headers)
         .build()
-    {
-        Ok(client) => Setup::Ready(client, auth),
-        Err(e) => Setup::NoClient(e.to_string()),
-    }
+        .map_err(|e| e.to_string())
 }
 
 /// `HTTP 503 Service Unavailable: <the body's start>`.
@@ -742,6 +755,20 @@ mod tests {
             assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
             assert!(config.backoff_for(30) <= Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        fn classify(provider: &str, answer: &Answer<'_>, _: &Subject<'_>) -> Error {
+            Error::Transient {
+                provider: provider.to_owned(),
+                message: answer.body.to_owned(),
+                retry_after: None,
+            }
+        }
+        let client = HttpClient::new("p", "secret-token-value", "http://127.0.0.1:9/", classify);
+        assert_eq!(client.url(), "http://127.0.0.1:9");
+        assert!(!format!("{client:?}").contains("secret-token-value"));
     }
 
     #[test]

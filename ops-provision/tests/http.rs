@@ -5,12 +5,12 @@
 #![cfg(any(feature = "hetzner", feature = "digitalocean"))]
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ops_provision::http::{HttpConfig, PollIntervals};
-use ops_provision::{Error, Labels, Provider, ServerSpec};
+use ops_provision::http::HttpConfig;
+use ops_provision::{Error, Provider, ServerSpec};
 use serde_json::json;
-use wiremock::matchers::{header, method, path, query_param};
+use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A token of its own for each test: budgets are shared per token, process-wide, and
@@ -43,7 +43,11 @@ fn unix_in(secs: u64) -> String {
 #[cfg(feature = "hetzner")]
 mod hetzner {
     use super::*;
+    use ops_provision::Labels;
     use ops_provision::hetzner::HetznerProvider;
+    use ops_provision::http::PollIntervals;
+    use std::time::Instant;
+    use wiremock::matchers::header;
 
     fn provider(server: &MockServer, token: &str) -> HetznerProvider {
         HetznerProvider::new(token)

@@ -284,6 +284,26 @@ async fn digitalocean_requests_follow_the_spec() {
     );
     accepted("delete", digitalocean.delete("3164444").await);
     accepted("delete a non-number", digitalocean.delete("0").await);
+
+    // The spec's own error answers, chosen with Prism's `Prefer: code=…`: 429 and 500
+    // are retried, then transient; 404 reads as gone.
+    let answering = |code: &str| {
+        DigitalOceanProvider::new("test-token")
+            .base_url(prism.url())
+            .http_config(fast().header("Prefer", format!("code={code}")))
+    };
+    for code in ["429", "500"] {
+        let failing = answering(code);
+        let err = failing.offerings().await.expect_err(code);
+        assert!(
+            matches!(&err, Error::Transient { provider, .. } if provider == "digitalocean"),
+            "{code}: {err:?}"
+        );
+        assert_eq!(failing.http().requests_sent(), 2, "{code}: tries");
+    }
+    let gone = answering("404");
+    assert_eq!(accepted("get, 404", gone.get("3164444").await), None);
+    accepted("delete, 404", gone.delete("3164444").await);
     assert_valid_so_far(&prism);
 
     // No credential: the spec's 401, naming the provider.
