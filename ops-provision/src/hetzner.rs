@@ -10,6 +10,10 @@
 //!   capacity error (failover moves on), `resource_limit_exceeded` a quota one, 429 and
 //!   5xx are retried by the [shared HTTP layer](crate::http).
 //!
+//! A server being deleted (status `deleting`) counts as gone: `get` says `None` and
+//! `list` leaves it out, so that a delete is done when the API has accepted it and a
+//! fleet does not count a server that is going away.
+//!
 //! A server just created is never running yet, so [`wait_ready`](Provider::wait_ready)
 //! waits before its first poll: a created server typically costs three requests (the
 //! token lookup, the create, one poll).
@@ -154,7 +158,9 @@ impl HetznerProvider {
             .get::<ServerAnswer>(&format!("/servers/{number}"), &[], &Subject::id(id))
             .await
         {
-            Ok(answer) => Ok(Some(answer.server.into_server())),
+            Ok(answer) => Ok(
+                Some(answer.server.into_server()).filter(|s| s.status != ServerStatus::Deleting)
+            ),
             Err(Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -277,7 +283,7 @@ impl Provider for HetznerProvider {
             .into_iter()
             .filter(|s| seen.insert(s.id))
             .map(HServer::into_server)
-            .filter(|s| s.matches(selector))
+            .filter(|s| s.status != ServerStatus::Deleting && s.matches(selector))
             .collect())
     }
 

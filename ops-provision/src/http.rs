@@ -625,11 +625,11 @@ impl HttpClient {
                         Ok(text) if status == StatusCode::TOO_MANY_REQUESTS => {
                             let wait = hint.unwrap_or_else(|| self.config.backoff_for(attempt));
                             self.budget.spent_until(SystemTime::now() + wait);
-                            last = describe(status, &text);
+                            last = format!("{method} {path}: {}", describe(status, &text));
                             true
                         }
                         Ok(text) if status.is_server_error() => {
-                            last = describe(status, &text);
+                            last = format!("{method} {path}: {}", describe(status, &text));
                             resend_on_failure
                         }
                         Ok(text) => {

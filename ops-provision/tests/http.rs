@@ -541,3 +541,157 @@ mod digitalocean {
         assert_eq!(digitalocean.http().budget().remaining(), Some(4000));
     }
 }
+
+/// Small stateful fakes of both APIs (servers made, listed by label or tag, deleted),
+/// so that the whole conformance suite runs against each backend; Prism's mocks are
+/// stateless (see `tests/prism.rs`).
+mod conformance {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use serde_json::Value;
+    use wiremock::matchers::any;
+    use wiremock::{Request, Respond};
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        servers: Arc<Mutex<BTreeMap<u64, Value>>>,
+        digitalocean: bool,
+    }
+
+    impl Fake {
+        fn not_found(&self) -> ResponseTemplate {
+            ResponseTemplate::new(404).set_body_json(if self.digitalocean {
+                json!({"id": "not_found", "message": "The resource you requested could not be found."})
+            } else {
+                json!({"error": {"code": "not_found", "message": "server not found"}})
+            })
+        }
+
+        fn matches(&self, server: &Value, query: &BTreeMap<String, String>) -> bool {
+            if self.digitalocean {
+                query.get("tag_name").is_none_or(|tag| {
+                    server["tags"]
+                        .as_array()
+                        .is_some_and(|tags| tags.iter().any(|t| t == tag))
+                })
+            } else {
+                query.get("label_selector").is_none_or(|expr| {
+                    expr.split(',').all(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        server["labels"][k] == v
+                    })
+                })
+            }
+        }
+    }
+
+    impl Respond for Fake {
+        fn respond(&self, request: &Request) -> ResponseTemplate {
+            let path = request.url.path().trim_start_matches("/v2");
+            let query: BTreeMap<String, String> = request.url.query_pairs().into_owned().collect();
+            let mut servers = self.servers.lock().expect("fake state");
+            let (kind, list) = if self.digitalocean {
+                ("droplet", "droplets")
+            } else {
+                ("server", "servers")
+            };
+            let id = path
+                .strip_prefix(&format!("/{list}/"))
+                .and_then(|id| id.parse::<u64>().ok());
+            match (request.method.as_str(), path, id) {
+                ("GET", "/server_types", _) => ResponseTemplate::new(200).set_body_json(json!({
+                    "server_types": [{"name": "cx22", "cores": 2, "memory": 4.0, "disk": 40, "deprecated": false,
+                        "prices": [{"location": "fsn1", "price_hourly": {"net": "0.0060", "gross": "0.0071"}}],
+                        "locations": [{"name": "fsn1", "deprecation": null}]}],
+                    "meta": {"pagination": {"page": 1, "next_page": null}}
+                })),
+                ("GET", "/sizes", _) => ResponseTemplate::new(200).set_body_json(json!({
+                    "sizes": [{"slug": "s-2vcpu-4gb", "memory": 4096, "vcpus": 2, "disk": 80,
+                        "price_hourly": 0.03571, "regions": ["fra1"], "available": true}],
+                    "links": {}
+                })),
+                ("GET", p, None) if p == format!("/{list}") => {
+                    let found: Vec<&Value> = servers.values().filter(|s| self.matches(s, &query)).collect();
+                    ResponseTemplate::new(200).set_body_json(
+                        json!({list: found, "meta": {"pagination": {"next_page": null}}, "links": {}}),
+                    )
+                }
+                ("POST", p, None) if p == format!("/{list}") => {
+                    let body: Value = serde_json::from_slice(&request.body).expect("JSON body");
+                    let id = servers.keys().last().map_or(100, |k| k + 1);
+                    let mut server = json!({
+                        "id": id, "name": body["name"], "created": "2026-12-01T10:00:00Z",
+                        "created_at": "2026-12-01T10:00:00Z",
+                        "labels": body["labels"], "tags": body["tags"],
+                        "server_type": {"name": body["server_type"]}, "location": {"name": body["location"]},
+                        "size_slug": body["size"], "region": {"slug": body["region"]}
+                    });
+                    server["status"] = json!(if self.digitalocean { "active" } else { "running" });
+                    servers.insert(id, server.clone());
+                    // As the providers answer: not running yet.
+                    server["status"] = json!(if self.digitalocean { "new" } else { "initializing" });
+                    ResponseTemplate::new(if self.digitalocean { 202 } else { 201 })
+                        .set_body_json(json!({kind: server}))
+                }
+                ("GET", _, Some(id)) => match servers.get(&id) {
+                    Some(server) => ResponseTemplate::new(200).set_body_json(json!({kind: server})),
+                    None => self.not_found(),
+                },
+                ("DELETE", _, Some(id)) => match servers.remove(&id) {
+                    Some(_) if self.digitalocean => ResponseTemplate::new(204),
+                    Some(_) => ResponseTemplate::new(200).set_body_json(json!({"action": {"id": 1}})),
+                    None => self.not_found(),
+                },
+                _ => ResponseTemplate::new(400),
+            }
+        }
+    }
+
+    async fn serve(fake: Fake) -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(any()).respond_with(fake).mount(&server).await;
+        server
+    }
+
+    #[cfg(feature = "hetzner")]
+    #[tokio::test]
+    async fn hetzner_passes_the_conformance_suite() {
+        use ops_provision::hetzner::HetznerProvider;
+        let server = serve(Fake::default()).await;
+        let hetzner = HetznerProvider::new(token("suite"))
+            .base_url(server.uri())
+            .http_config(fast())
+            .poll_intervals(ops_provision::http::PollIntervals {
+                first: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+            });
+        ops_provision::testkit::run_all(&hetzner, "cx22", "fsn1").await;
+    }
+
+    #[cfg(feature = "digitalocean")]
+    #[tokio::test]
+    async fn digitalocean_passes_the_conformance_suite() {
+        use ops_provision::digitalocean::DigitalOceanProvider;
+        let server = serve(Fake {
+            digitalocean: true,
+            ..Fake::default()
+        })
+        .await;
+        let digitalocean = DigitalOceanProvider::new(token("suite"))
+            .base_url(server.uri())
+            .http_config(fast())
+            .poll_intervals(ops_provision::http::PollIntervals {
+                first: Duration::from_millis(5),
+                max: Duration::from_millis(20),
+            });
+        ops_provision::testkit::run_all(&digitalocean, "s-2vcpu-4gb", "fra1").await;
+        // The one droplet made is gone.
+        let all = digitalocean
+            .list(&ops_provision::Labels::new())
+            .await
+            .expect("list");
+        assert!(all.is_empty(), "{all:?}");
+    }
+}
