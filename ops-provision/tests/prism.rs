@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ops_provision::http::{HttpConfig, PollIntervals};
-use ops_provision::{Error, Labels, MANAGED_BY, MANAGED_BY_OPS, Provider, Result, ServerStatus};
+use ops_provision::{
+    Error, FLEET, Labels, MANAGED_BY, MANAGED_BY_OPS, Provider, Result, ServerStatus,
+};
 use ops_testbed::prism::PrismServer;
 
 fn spec(file: &str) -> PathBuf {
@@ -109,7 +111,7 @@ async fn hetzner_requests_follow_the_spec() {
         hetzner
             .list(&selector(&[
                 (MANAGED_BY, MANAGED_BY_OPS),
-                ("ops.fleet", "my.fleet_1"),
+                (FLEET, "my.fleet_1"),
             ]))
             .await,
     );
@@ -135,7 +137,6 @@ async fn hetzner_requests_follow_the_spec() {
     assert_eq!(created.id, "42");
     assert_eq!(created.provider, "hetzner");
     assert!(hetzner.http().requests_sent() - before >= 2);
-
     assert_eq!(created.status, ServerStatus::Creating);
     assert_eq!(created.region, "fsn1");
     assert_eq!(created.instance_type, "cpx22");
@@ -190,8 +191,8 @@ async fn hetzner_requests_follow_the_spec() {
 #[cfg(feature = "digitalocean")]
 #[tokio::test(flavor = "multi_thread")]
 async fn digitalocean_requests_follow_the_spec() {
+    use ops_provision::ServerSpec;
     use ops_provision::digitalocean::{DigitalOceanProvider, label_tag};
-    use ops_provision::{FLEET, ServerSpec};
 
     let Some(prism) = PrismServer::start(spec("digitalocean.yaml")) else {
         return;
