@@ -354,8 +354,8 @@ async fn plan_with(
     let mut existing: Vec<Server> = Vec::new();
     let selector = fleet_selector(&spec.name);
     for p in providers {
-        offerings.extend(p.offerings().await?);
-        existing.extend(p.list(&selector).await?);
+        offerings.extend(p.offerings().await.map_err(|e| at_plan(e, "offerings"))?);
+        existing.extend(p.list(&selector).await.map_err(|e| at_plan(e, "servers"))?);
     }
     let price_of = |s: &Server| -> Decimal {
         offerings
@@ -537,17 +537,45 @@ async fn plan_with(
             });
         }
     }
-    for (tok, (pool, slot)) in &wanted {
-        if present.contains(tok) {
-            continue;
-        }
-        let ranking = rankings[pool.name.as_str()].clone();
+    // Slots to fill in spec order. An owned machine is one server: once a slot takes
+    // it, later slots rank without it (so the plan and its cost are what apply does).
+    let mut missing: Vec<(usize, &PoolSpec, u32)> = wanted
+        .iter()
+        .filter(|(tok, _)| !present.contains(*tok))
+        .map(|(_, (pool, slot))| {
+            let order = spec
+                .pools
+                .iter()
+                .position(|p| p.name == pool.name)
+                .unwrap_or(0);
+            (order, *pool, *slot)
+        })
+        .collect();
+    missing.sort_by_key(|(order, _, slot)| (*order, *slot));
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    for (_, pool, slot) in missing {
+        let slot = &slot;
+        let mut ranking = rankings[pool.name.as_str()].clone();
+        ranking
+            .candidates
+            .retain(|c| !(c.offering.owned && taken.contains(&c.offering.key())));
         let Some(best) = ranking.candidates.first().cloned() else {
-            if let Some(problem) = unfit.remove(pool.name.as_str()) {
-                problems.push(problem);
+            match unfit.remove(pool.name.as_str()) {
+                Some(problem) => problems.push(problem),
+                None if !rankings[pool.name.as_str()].candidates.is_empty() => {
+                    problems.push(format!(
+                        "pool {:?}: slot {slot} has no owned machine left that fits (each \
+                         serves one slot) and no rented offering fits",
+                        pool.name
+                    ));
+                }
+                None => {}
             }
             continue;
         };
+        if best.offering.owned {
+            taken.insert(best.offering.key());
+        }
         let mut server = ServerSpec::new(
             format!("{}-{}-{}", spec.name, pool.name, slot),
             best.offering.instance_type.clone(),
@@ -583,6 +611,21 @@ async fn plan_with(
     plan.create
         .sort_by(|a, b| (a.pool.as_str(), a.slot).cmp(&(b.pool.as_str(), b.slot)));
     Ok(plan)
+}
+
+/// A provider's refusal while planning, saying what was asked; a refused credential
+/// names the field to fix (`token`).
+fn at_plan(e: Error, what: &str) -> Error {
+    match e {
+        Error::Authentication { provider, message } => Error::Authentication {
+            message: format!(
+                "listing {what} at plan time: {message}; token: the API token was refused \
+                 (check its value, its project and that it may read and write)"
+            ),
+            provider,
+        },
+        other => other,
+    }
 }
 
 /// What to do with orphans: servers labelled as a fleet's that its records do not know

@@ -321,6 +321,38 @@ mod hetzner {
         );
     }
 
+    /// An expired token stops a fleet at plan time, naming the provider and the field.
+    #[tokio::test]
+    async fn a_refused_token_fails_the_plan_naming_provider_and_field() {
+        use ops_provision::fleet::{Fleet, FleetSpec};
+        use ops_provision::state::MemoryFleetStore;
+        use std::sync::Arc;
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(
+                ResponseTemplate::new(401)
+                    .set_body_json(error("unauthorized", "unable to authenticate")),
+            )
+            .mount(&server)
+            .await;
+        let spec = FleetSpec::parse(
+            "name = \"web\"\n[[pools]]\nname = \"app\"\ncount = 1\n\
+             offering = { provider = \"hetzner\", instance_type = \"cx22\", region = \"fsn1\" }",
+        )
+        .expect("spec");
+        let fleet = Fleet::new(
+            spec,
+            vec![Arc::new(provider(&server, "expired"))],
+            Arc::new(MemoryFleetStore::default()),
+        );
+        let err = fleet.plan().await.expect_err("401");
+        assert_eq!(err.kind(), ops_core::ErrorKind::PermissionDenied);
+        let text = err.to_string();
+        for needle in ["hetzner", "plan time", "token:", "unable to authenticate"] {
+            assert!(text.contains(needle), "{needle:?} missing from {text}");
+        }
+    }
+
     async fn create_failing_with(status: u16, body: serde_json::Value) -> Error {
         let server = MockServer::start().await;
         let hetzner = provider(&server, &token("create"));

@@ -376,7 +376,12 @@ fn show(bar: &ProgressBar, step: Progress) {
             ));
         }
         Progress::Failover(f) => {
-            bar.println(format!("failover: {} → {}: {}", f.from, f.to, f.reason));
+            bar.println(format!(
+                "failover: {} → {}: {}",
+                f.from,
+                f.to.as_deref().unwrap_or("nothing left"),
+                f.reason
+            ));
         }
         Progress::Failed { what, error } => {
             bar.inc(1);
