@@ -1,6 +1,6 @@
 //! Fleets: a declarative spec (pools of N servers, each pool an offering or a resource
 //! request) → [`plan`] (what would be created and deleted, the hourly and monthly cost
-//! before and after) → [`apply`] with bounded concurrency, failover, and partial
+//! before and after) → [`Fleet::apply`] with bounded concurrency, failover, and partial
 //! failures reported per slot. The providers' labels are the source of truth: a plan
 //! starts from what really exists (every server labelled with the fleet), so applying
 //! again after a crash or a partial failure picks up where it stopped, and a server
