@@ -1,6 +1,7 @@
 //! Plan and apply a 1,000-server fleet against the in-memory provider with 50 ms of
 //! simulated latency on every API call: wall time at several concurrency bounds, and
-//! API calls per server created (polling included). Records go to an in-memory store
+//! API calls per server created (polling included), then destroy (delete and a `get`
+//! confirming each server is gone, plus the plan's offerings and list). Records go to an in-memory store
 //! (the provider's behaviour alone) and, in the last rows, to SQLite (each server's
 //! record and events committed twice: created, then ready).
 //!
@@ -29,9 +30,9 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| servers | concurrency | store | plan | apply | API calls per server | ideal apply (calls × latency ÷ concurrency) |"
+        "| servers | concurrency | store | plan | apply | API calls per server | ideal apply (calls × latency ÷ concurrency) | destroy (calls per server) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let dir = tempfile::tempdir().unwrap();
     for (concurrency, sqlite) in [
         (16usize, false),
@@ -71,15 +72,28 @@ fn main() {
             assert_eq!(report.created.len(), servers as usize);
             let calls = cloud.calls().total() - before;
             let ideal = latency.as_secs_f64() * calls as f64 / concurrency as f64;
+            let (create, get) = (
+                cloud.calls().create.load(Ordering::Relaxed),
+                cloud.calls().get.load(Ordering::Relaxed),
+            );
+            let before = cloud.calls().total();
+            let started = Instant::now();
+            let destroyed = fleet.destroy().await.unwrap();
+            let destroy = started.elapsed();
+            assert!(destroyed.failed.is_empty(), "{:?}", destroyed.failed);
+            assert_eq!(destroyed.deleted.len(), servers as usize);
+            let destroy_calls = cloud.calls().total() - before;
             println!(
-                "| {servers} | {concurrency} | {} | {:.2} s | {:.2} s | {:.2} (create {}, get {}) | {:.2} s |",
+                "| {servers} | {concurrency} | {} | {:.2} s | {:.2} s | {:.2} (create {}, get {}) | {:.2} s | {:.2} s ({:.2}) |",
                 if sqlite { "SQLite" } else { "memory" },
                 planned.as_secs_f64(),
                 applied.as_secs_f64(),
                 calls as f64 / f64::from(servers),
-                cloud.calls().create.load(Ordering::Relaxed),
-                cloud.calls().get.load(Ordering::Relaxed),
-                ideal
+                create,
+                get,
+                ideal,
+                destroy.as_secs_f64(),
+                destroy_calls as f64 / f64::from(servers)
             );
         });
     }

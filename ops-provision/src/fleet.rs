@@ -906,6 +906,14 @@ impl Fleet {
     /// fresh plan again resumes.
     pub async fn apply(&self, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let records: BTreeMap<NodeKey, NodeRecord> = match self.nodes().await {
+            Ok(nodes) => nodes.into_iter().map(|r| (r.key(), r)).collect(),
+            Err(e) => {
+                // Nothing is touched without the records to write to.
+                report.failed.push((format!("fleet {}", plan.fleet), e));
+                return report;
+            }
+        };
         for record in &plan.gone {
             self.forget(record, "the provider no longer has it", &mut report)
                 .await;
@@ -928,7 +936,7 @@ impl Fleet {
         let (replaced, rest): (Vec<&Delete>, Vec<&Delete>) =
             plan.delete.iter().partition(|d| d.replaced);
         let outcomes =
-            futures::stream::iter(replaced.into_iter().map(|d| self.delete_one(plan, d)))
+            futures::stream::iter(replaced.into_iter().map(|d| self.delete_one(plan, d, &records)))
                 .buffer_unordered(self.concurrency)
                 .collect::<Vec<_>>()
                 .await;
@@ -938,7 +946,7 @@ impl Fleet {
         let creates = futures::stream::iter(plan.create.iter().map(|c| self.create_one(plan, c)))
             .buffer_unordered(self.concurrency)
             .collect::<Vec<_>>();
-        let deletes = futures::stream::iter(rest.into_iter().map(|d| self.delete_one(plan, d)))
+        let deletes = futures::stream::iter(rest.into_iter().map(|d| self.delete_one(plan, d, &records)))
             .buffer_unordered(self.concurrency)
             .collect::<Vec<_>>();
         let (created, deleted) = futures::join!(creates, deletes);
@@ -1075,6 +1083,8 @@ impl Fleet {
     pub async fn sweep(&self) -> Result<SweepReport> {
         let plan = self.plan().await?;
         let mut report = SweepReport::default();
+        // Orphans have no records by definition.
+        let records = BTreeMap::new();
         for server in &plan.unrecorded {
             let wanted = plan
                 .keep
@@ -1095,7 +1105,7 @@ impl Fleet {
                         reason: "orphan (labelled as this fleet's, not in its records)".to_owned(),
                         replaced: false,
                     };
-                    match self.delete_one(&plan, &delete).await {
+                    match self.delete_one(&plan, &delete, &records).await {
                         (s, Ok(_)) => report.deleted.push(s),
                         (s, Err(e)) => report.failed.push((s.name, e)),
                     }
@@ -1308,7 +1318,12 @@ impl Fleet {
 
     /// Deletes a server: its record (if any) is marked deleting first, and removed with
     /// `ops.node.deleted` only once the provider says the server is gone.
-    async fn delete_one(&self, plan: &Plan, d: &Delete) -> (Server, Result<Vec<Event>>) {
+    async fn delete_one(
+        &self,
+        plan: &Plan,
+        d: &Delete,
+        records: &BTreeMap<NodeKey, NodeRecord>,
+    ) -> (Server, Result<Vec<Event>>) {
         let result = async {
             let provider =
                 self.provider(&d.server.provider)
@@ -1318,13 +1333,7 @@ impl Fleet {
                         message: "not configured".to_owned(),
                     })?;
             let key = NodeKey::new(&plan.fleet, &d.server.provider, &d.server.id);
-            let record = self
-                .store
-                .nodes(&plan.fleet)
-                .await?
-                .into_iter()
-                .find(|r| r.key() == key);
-            if let Some(r) = &record {
+            if let Some(r) = records.get(&key) {
                 self.store
                     .commit(
                         &[Change::Put(Box::new(

@@ -249,10 +249,26 @@ impl FleetStore for MemoryFleetStore {
 
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {
         let mut inner = self.inner.lock().await;
-        let before = inner.clone();
+        // What the changed keys held before, to undo exactly those if publishing fails.
+        let undo: Vec<(NodeKey, Option<NodeRecord>)> = changes
+            .iter()
+            .map(|c| {
+                let key = match c {
+                    Change::Put(r) => r.key(),
+                    Change::Remove(k) => k.clone(),
+                };
+                let before = inner.get(&key).cloned();
+                (key, before)
+            })
+            .collect();
         apply_changes(&mut inner, changes);
         if let Err(e) = self.bus.publish(events).await {
-            *inner = before;
+            for (key, before) in undo.into_iter().rev() {
+                match before {
+                    Some(r) => inner.insert(key, r),
+                    None => inner.remove(&key),
+                };
+            }
             return Err(Error::Events(e));
         }
         Ok(())
