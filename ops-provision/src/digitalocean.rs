@@ -222,6 +222,30 @@ impl Provider for DigitalOceanProvider {
         NAME
     }
 
+    /// `GET /v2/images/{slug}` (Ops' `ubuntu-24.04` is asked as `ubuntu-24-04-x64`);
+    /// a 404 is no.
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        let slug = image_slug(image);
+        // A slug is letters, digits, '-', '_' and '.'; anything else names no image
+        // (and must not reach the path).
+        if slug.is_empty()
+            || !slug
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Ok(false);
+        }
+        match self
+            .http
+            .get::<serde_json::Value>(&format!("/v2/images/{slug}"), &[], &Subject::none())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn offerings(&self) -> Result<Vec<Offering>> {
         let sizes: Vec<Size> = self
             .http

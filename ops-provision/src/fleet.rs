@@ -380,6 +380,7 @@ async fn plan_with(
     let mut problems = Vec::new();
     let mut rankings: BTreeMap<&str, Ranking> = BTreeMap::new();
     let mut unfit: BTreeMap<&str, String> = BTreeMap::new();
+    let mut images: BTreeMap<(String, String), bool> = BTreeMap::new();
     for (i, pool) in spec.pools.iter().enumerate() {
         let request = match (&pool.offering, &pool.request) {
             (Some(o), _) => {
@@ -437,6 +438,52 @@ async fn plan_with(
             ranking
                 .candidates
                 .retain(|c| c.offering.instance_type == o.instance_type);
+        }
+        // The image, asked once per provider at plan time: candidates at providers
+        // without it drop out, and a pool left with none is a problem naming the field.
+        if pool.count > 0 {
+            let mut lacking: Vec<String> = Vec::new();
+            for name in ranking
+                .candidates
+                .iter()
+                .map(|c| c.offering.provider.clone())
+                .collect::<BTreeSet<_>>()
+            {
+                let key = (name.clone(), pool.image.clone());
+                let has = match images.get(&key) {
+                    Some(has) => *has,
+                    None => {
+                        let Some(p) = providers.iter().find(|p| p.name() == name) else {
+                            continue;
+                        };
+                        let has = p
+                            .has_image(&pool.image)
+                            .await
+                            .map_err(|e| at_plan(e, "images"))?;
+                        images.insert(key, has);
+                        has
+                    }
+                };
+                if !has {
+                    lacking.push(name);
+                }
+            }
+            if !lacking.is_empty() {
+                let before = ranking.candidates.len();
+                ranking
+                    .candidates
+                    .retain(|c| !lacking.contains(&c.offering.provider));
+                if before > 0 && ranking.candidates.is_empty() {
+                    problems.push(format!(
+                        "pools[{i}] ({:?}).image: {} {} no image {:?}",
+                        pool.name,
+                        lacking.join(", "),
+                        if lacking.len() == 1 { "has" } else { "have" },
+                        pool.image
+                    ));
+                    continue;
+                }
+            }
         }
         // No fitting offering is a problem only when the pool needs a server made (an
         // owned machine this very pool holds is not available, and need not be).
@@ -935,20 +982,24 @@ impl Fleet {
         }
         let (replaced, rest): (Vec<&Delete>, Vec<&Delete>) =
             plan.delete.iter().partition(|d| d.replaced);
-        let outcomes =
-            futures::stream::iter(replaced.into_iter().map(|d| self.delete_one(plan, d, &records)))
-                .buffer_unordered(self.concurrency)
-                .collect::<Vec<_>>()
-                .await;
+        let outcomes = futures::stream::iter(
+            replaced
+                .into_iter()
+                .map(|d| self.delete_one(plan, d, &records)),
+        )
+        .buffer_unordered(self.concurrency)
+        .collect::<Vec<_>>()
+        .await;
         for (server, outcome) in outcomes {
             report.absorb_delete(server, outcome);
         }
         let creates = futures::stream::iter(plan.create.iter().map(|c| self.create_one(plan, c)))
             .buffer_unordered(self.concurrency)
             .collect::<Vec<_>>();
-        let deletes = futures::stream::iter(rest.into_iter().map(|d| self.delete_one(plan, d, &records)))
-            .buffer_unordered(self.concurrency)
-            .collect::<Vec<_>>();
+        let deletes =
+            futures::stream::iter(rest.into_iter().map(|d| self.delete_one(plan, d, &records)))
+                .buffer_unordered(self.concurrency)
+                .collect::<Vec<_>>();
         let (created, deleted) = futures::join!(creates, deletes);
         for outcome in created {
             report.failovers.extend(outcome.failovers);

@@ -173,6 +173,19 @@ impl Provider for HetznerProvider {
         NAME
     }
 
+    /// `GET /images?name=…`: a system image, snapshot or backup of that name.
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        #[derive(serde::Deserialize)]
+        struct Images {
+            images: Vec<serde_json::Value>,
+        }
+        let found: Images = self
+            .http
+            .get("/images", &[("name", image.to_owned())], &Subject::none())
+            .await?;
+        Ok(!found.images.is_empty())
+    }
+
     async fn offerings(&self) -> Result<Vec<Offering>> {
         let types: Vec<ServerType> = self
             .http

@@ -88,6 +88,8 @@ pub struct Calls {
     pub get: AtomicU64,
     /// `delete`.
     pub delete: AtomicU64,
+    /// `has_image`.
+    pub images: AtomicU64,
 }
 
 impl Calls {
@@ -99,6 +101,7 @@ impl Calls {
             &self.list,
             &self.get,
             &self.delete,
+            &self.images,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -125,6 +128,7 @@ pub struct InMemoryProvider {
     name: String,
     offerings: Vec<Offering>,
     latency: Duration,
+    images: Option<Vec<String>>,
     state: Mutex<State>,
     calls: Calls,
 }
@@ -144,6 +148,7 @@ impl InMemoryProvider {
                 .collect(),
             name,
             latency: Duration::ZERO,
+            images: None,
             state: Mutex::default(),
             calls: Calls::default(),
         }
@@ -152,6 +157,12 @@ impl InMemoryProvider {
     /// Each call takes `latency` (a simulated API round trip).
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Only these OS images exist (by default every image does).
+    pub fn images(mut self, images: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.images = Some(images.into_iter().map(Into::into).collect());
         self
     }
 
@@ -356,6 +367,14 @@ impl Provider for InMemoryProvider {
         }
         s.servers.remove(id);
         Ok(())
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        self.call(&self.calls.images).await?;
+        Ok(self
+            .images
+            .as_ref()
+            .is_none_or(|known| known.iter().any(|i| i == image)))
     }
 
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<Server> {

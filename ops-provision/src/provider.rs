@@ -42,6 +42,15 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Waits until the server runs, up to `timeout`.
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<Server>;
+
+    /// Whether servers can be created here from the OS image `image`, asked at plan
+    /// time so that an unknown image is an error before anything is created. The
+    /// provided implementation says yes: providers without images (owned machines,
+    /// this host) ignore the field.
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        let _ = image;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -66,5 +75,8 @@ impl<T: Provider + ?Sized> Provider for Arc<T> {
     }
     async fn wait_ready(&self, id: &str, timeout: Duration) -> Result<Server> {
         (**self).wait_ready(id, timeout).await
+    }
+    async fn has_image(&self, image: &str) -> Result<bool> {
+        (**self).has_image(image).await
     }
 }

@@ -462,6 +462,75 @@ async fn a_server_that_never_runs_is_kept_on_record_as_not_ready() {
 }
 
 #[tokio::test]
+async fn an_unknown_image_is_refused_at_plan_time_or_avoided() {
+    let only_ubuntu = Arc::new(
+        InMemoryProvider::new(
+            "cloud",
+            vec![Offering::new(
+                "",
+                "cpu-4",
+                "fsn1",
+                4000,
+                16 << 30,
+                Decimal::new(5, 2),
+                "EUR",
+            )],
+        )
+        .images(["ubuntu-24.04"]),
+    );
+    let any_image = Arc::new(InMemoryProvider::new(
+        "other",
+        vec![Offering::new(
+            "",
+            "c4",
+            "ams3",
+            4000,
+            16 << 30,
+            Decimal::new(9, 2),
+            "EUR",
+        )],
+    ));
+    let spec = |image: &str, pin: bool| {
+        let what = if pin {
+            r#"offering = { provider = "cloud", instance_type = "cpu-4", region = "fsn1" }"#
+        } else {
+            "request = { cpu_millis = 2000 }"
+        };
+        FleetSpec::parse(&format!(
+            "name = \"f\"\n[[pools]]\nname = \"web\"\ncount = 1\nimage = \"{image}\"\n{what}\n"
+        ))
+        .unwrap()
+    };
+    let providers = || -> Vec<Arc<dyn Provider>> { vec![only_ubuntu.clone(), any_image.clone()] };
+    let store = || Arc::new(MemoryFleetStore::default());
+
+    // Pinned to a provider without the image: an error naming pool, field and provider.
+    let err = Fleet::new(spec("debian-99", true), providers(), store())
+        .plan()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string()
+            .contains("pools[0] (\"web\").image: cloud has no image \"debian-99\""),
+        "{err}"
+    );
+    // A request: the cheaper provider lacks the image, so the other is chosen.
+    let plan = Fleet::new(spec("debian-99", false), providers(), store())
+        .plan()
+        .await
+        .unwrap();
+    assert_eq!(plan.create[0].spec.instance_type, "c4");
+    // With the image both are candidates, the cheaper first.
+    let plan = Fleet::new(spec("ubuntu-24.04", false), providers(), store())
+        .plan()
+        .await
+        .unwrap();
+    assert_eq!(plan.create[0].spec.instance_type, "cpu-4");
+    assert_eq!(only_ubuntu.calls().images.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
 async fn a_spec_with_mistakes_is_refused_naming_each() {
     let err = FleetSpec::parse(
         r#"

@@ -98,6 +98,11 @@ async fn hetzner_requests_follow_the_spec() {
         .expect("the example server type");
     assert_eq!(cpx22.hourly.to_string(), "1.0000");
     assert_eq!(cpx22.currency, "EUR");
+    // Images at plan time: GET /images?name=… (the example lists one image).
+    assert!(accepted(
+        "has_image",
+        hetzner.has_image("ubuntu-24.04").await
+    ));
     assert_eq!((cpx22.cpu_millis, cpx22.memory_bytes), (2000, 4 << 30));
     // The example is no longer sold in fsn1 (`unavailable_after` 2023).
     assert_eq!(cpx22.available, Some(false));
@@ -206,6 +211,16 @@ async fn digitalocean_requests_follow_the_spec() {
     // only their page number is used).
     ops_provision::testkit::offerings_name_the_provider(&digitalocean).await;
     let offerings = accepted("offerings", digitalocean.offerings().await);
+    // Images at plan time: GET /v2/images/ubuntu-24-04-x64 (a slug).
+    assert!(accepted(
+        "has_image",
+        digitalocean.has_image("ubuntu-24.04").await
+    ));
+    // A name that is no slug is not sent at all.
+    assert!(!accepted(
+        "has_image",
+        digitalocean.has_image("../v2/account").await
+    ));
     let small = offerings
         .iter()
         .find(|o| o.instance_type == "s-1vcpu-1gb" && o.region == "fra1")
