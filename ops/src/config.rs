@@ -30,6 +30,12 @@
 //! # amount = "50.00"
 //! # period = "month"                      # or "day", "total"
 //!
+//! # [provision]                           # fleets (ops-provision, feature `provision`)
+//! # inventory = "machines.toml"           # owned machines, priced by their cost basis
+//! # fleets = ["fleet.toml"]               # fleet specs: Platform::fleets()
+//! # [provision.hetzner]                   # feature `hetzner`
+//! # token_env = "HCLOUD_TOKEN"
+//!
 //! [[webhooks]]                            # functions from configuration
 //! name = "billing"
 //! url = "https://billing.internal/ops-events"
