@@ -102,6 +102,14 @@ pub enum Error {
         /// Why the closest offerings did not fit (a few).
         reasons: Vec<String>,
     },
+    /// Another apply, destroy, refresh or sweep of the same fleet holds its lock.
+    #[error("fleet {fleet:?} is being changed by {holder}; try again when it is done")]
+    Busy {
+        /// The fleet.
+        fleet: String,
+        /// Who holds it (`another task of this process`, `another process`).
+        holder: String,
+    },
     /// Every candidate offering failed with a capacity or quota error.
     #[error("every offering failed: {}", attempts.join("; "))]
     Exhausted {
@@ -143,6 +151,7 @@ impl Error {
             | Error::NoOffering { .. } => ErrorKind::InvalidInput,
             Error::Transient { .. } | Error::NotReady { .. } => ErrorKind::Unavailable,
             Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Busy { .. } => ErrorKind::Conflict,
             Error::Io { source, .. } => ErrorKind::of_io(source),
             Error::Store { source } => source.kind(),
             Error::Events(e) => e.kind(),
@@ -152,7 +161,7 @@ impl Error {
     /// Whether the same call may succeed later (rate limits, 5xx, timeouts).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Transient { .. } | Error::NotReady { .. } => true,
+            Error::Transient { .. } | Error::NotReady { .. } | Error::Busy { .. } => true,
             Error::Store { source } => source.is_retryable(),
             Error::Events(e) => e.is_retryable(),
             _ => false,

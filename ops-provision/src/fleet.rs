@@ -944,8 +944,10 @@ impl Fleet {
         .await
     }
 
-    /// Applies `plan`: records of vanished servers are removed, orphans handled by the
-    /// policy, replaced orphans deleted, then creates (with failover, each followed by a
+    /// Applies `plan` while holding the fleet's lock ([`FleetStore::lock`]: a fleet
+    /// that another apply, destroy, refresh or sweep is changing fails at once with
+    /// [`Error::Busy`] in the report). Records of vanished servers are removed, orphans
+    /// handled by the policy, replaced orphans deleted, then creates (with failover, each followed by a
     /// wait until the server runs) and deletes run at most `concurrency` at a time.
     /// Each change is recorded with its events in one transaction as it happens, so a
     /// crash loses at most the server being created (found again by its labels). A slot
@@ -953,6 +955,14 @@ impl Fleet {
     /// fresh plan again resumes.
     pub async fn apply(&self, plan: &Plan) -> ApplyReport {
         let mut report = ApplyReport::default();
+        // One change of a fleet at a time (across processes on PostgreSQL).
+        let lock = match self.store.lock(&plan.fleet).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                report.failed.push((format!("fleet {}", plan.fleet), e));
+                return report;
+            }
+        };
         let records: BTreeMap<NodeKey, NodeRecord> = match self.nodes().await {
             Ok(nodes) => nodes.into_iter().map(|r| (r.key(), r)).collect(),
             Err(e) => {
@@ -1029,6 +1039,7 @@ impl Fleet {
             Ok(()) => report.events.push(applied),
             Err(e) => report.failed.push((format!("fleet {}", plan.fleet), e)),
         }
+        lock.release().await;
         report
     }
 
@@ -1067,6 +1078,7 @@ impl Fleet {
     /// whose server now runs becomes ready (`ops.node.ready`), and servers labelled as
     /// the fleet's that no record knows are listed as orphans (see [`sweep`](Self::sweep)).
     pub async fn refresh(&self) -> Result<RefreshReport> {
+        let lock = self.store.lock(&self.spec.name).await?;
         let records = self.nodes().await?;
         let selector = fleet_selector(&self.spec.name);
         let mut existing = Vec::new();
@@ -1125,6 +1137,7 @@ impl Fleet {
                     .any(|r| r.server.provider == s.provider && r.server.id == s.id)
             })
             .collect();
+        lock.release().await;
         Ok(report)
     }
 
@@ -1132,6 +1145,7 @@ impl Fleet {
     /// them by the fleet's [`OrphanPolicy`]: adopted when they fill a slot the spec
     /// wants (otherwise deleted), all deleted, or only reported.
     pub async fn sweep(&self) -> Result<SweepReport> {
+        let lock = self.store.lock(&self.spec.name).await?;
         let plan = self.plan().await?;
         let mut report = SweepReport::default();
         // Orphans have no records by definition.
@@ -1163,6 +1177,7 @@ impl Fleet {
                 }
             }
         }
+        lock.release().await;
         Ok(report)
     }
 

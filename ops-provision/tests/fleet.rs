@@ -123,6 +123,40 @@ async fn lifecycle(store: Arc<dyn FleetStore>, bus: &dyn EventBus) {
         "{table}"
     );
 
+    // While someone else changes the fleet, apply, refresh and sweep fail at once
+    // (Busy, a conflict) and touch nothing.
+    let held = store.lock("farm").await.unwrap();
+    let report = fleet.apply(&plan).await;
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(report.failed[0].1.kind(), ErrorKind::Conflict);
+    assert!(report.created.is_empty() && cloud.all_servers().is_empty());
+    assert!(matches!(
+        fleet.refresh().await,
+        Err(ops_provision::Error::Busy { .. })
+    ));
+    assert!(matches!(
+        fleet.sweep().await,
+        Err(ops_provision::Error::Busy { .. })
+    ));
+    held.release().await;
+    // Released at once (and a dropped lock is released too: PostgreSQL a moment later,
+    // when its connection has closed).
+    store.lock("farm").await.unwrap().release().await;
+    let dropped = store.lock("farm").await.unwrap();
+    drop(dropped);
+    let mut tries = 0;
+    loop {
+        match store.lock("farm").await {
+            Ok(lock) => break lock.release().await,
+            Err(e) if tries < 40 => {
+                assert_eq!(e.kind(), ErrorKind::Conflict);
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a dropped lock was not released: {e}"),
+        }
+    }
+
     // One create loses its answer (the server was made): that slot fails in this run.
     cloud.set_faults(Faults::none().lost_create_answers(1));
     let report = fleet.apply(&plan).await;

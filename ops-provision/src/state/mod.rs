@@ -176,6 +176,86 @@ pub trait FleetStore: Send + Sync + 'static {
 
     /// Applies `changes` and appends `events`, atomically.
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()>;
+
+    /// Takes the fleet's lock, or fails at once with [`Error::Busy`] when someone else
+    /// holds it: one apply, destroy, refresh or sweep of a fleet at a time. Released
+    /// when the returned guard is dropped. The provided implementation does not lock
+    /// (a store of its own caller's); the stores here do: in memory and SQLite within
+    /// this process, PostgreSQL across processes.
+    async fn lock(&self, fleet: &str) -> Result<FleetLock> {
+        let _ = fleet;
+        Ok(FleetLock::holding(()))
+    }
+}
+
+/// What a store holds while a fleet is locked ([`FleetStore::lock`]): released by
+/// [`release`](Self::release), or by dropping it (for a connection: closing it).
+#[async_trait]
+pub trait HeldLock: Send + Sync + 'static {
+    /// Releases the lock now.
+    async fn release(self: Box<Self>);
+}
+
+#[async_trait]
+impl HeldLock for tokio::sync::OwnedMutexGuard<()> {
+    async fn release(self: Box<Self>) {}
+}
+
+#[async_trait]
+impl HeldLock for () {
+    async fn release(self: Box<Self>) {}
+}
+
+/// A fleet's lock. [`release`](Self::release) it when done; dropping it releases it
+/// too (a PostgreSQL lock a moment later, when its connection has closed).
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct FleetLock {
+    held: Option<Box<dyn HeldLock>>,
+}
+
+impl std::fmt::Debug for FleetLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetLock").finish_non_exhaustive()
+    }
+}
+
+impl FleetLock {
+    /// A guard over `held`.
+    pub fn holding(held: impl HeldLock) -> Self {
+        Self {
+            held: Some(Box::new(held)),
+        }
+    }
+
+    /// Releases the lock now (waiting for the store to say so).
+    pub async fn release(mut self) {
+        if let Some(held) = self.held.take() {
+            held.release().await;
+        }
+    }
+
+    /// The lock of `fleet` among the users of one store in this process (`store`: the
+    /// address of something its clones share).
+    pub(crate) fn in_process(store: usize, fleet: &str) -> Result<Self> {
+        type Locks = std::sync::Mutex<BTreeMap<(usize, String), Arc<tokio::sync::Mutex<()>>>>;
+        static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
+        let mutex = {
+            let mut locks = LOCKS
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Forget locks nobody holds or waits for, so the map stays small.
+            locks.retain(|_, m| Arc::strong_count(m) > 1);
+            locks.entry((store, fleet.to_owned())).or_default().clone()
+        };
+        match mutex.try_lock_owned() {
+            Ok(guard) => Ok(Self::holding(guard)),
+            Err(_) => Err(Error::Busy {
+                fleet: fleet.to_owned(),
+                holder: "another task of this process".to_owned(),
+            }),
+        }
+    }
 }
 
 #[async_trait]
@@ -188,6 +268,9 @@ impl<T: FleetStore + ?Sized> FleetStore for Arc<T> {
     }
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {
         (**self).commit(changes, events).await
+    }
+    async fn lock(&self, fleet: &str) -> Result<FleetLock> {
+        (**self).lock(fleet).await
     }
 }
 
@@ -245,6 +328,10 @@ impl FleetStore for MemoryFleetStore {
         let mut out: Vec<String> = inner.keys().map(|k| k.fleet.clone()).collect();
         out.dedup();
         Ok(out)
+    }
+
+    async fn lock(&self, fleet: &str) -> Result<FleetLock> {
+        FleetLock::in_process(Arc::as_ptr(&self.inner) as *const () as usize, fleet)
     }
 
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {

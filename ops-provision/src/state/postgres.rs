@@ -4,8 +4,41 @@ use async_trait::async_trait;
 use ops_core::Event;
 use ops_events::postgres::PostgresOutbox;
 
-use super::{Change, FleetStore, NodeRecord, decode, sort, store};
+use super::{Change, FleetLock, FleetStore, HeldLock, NodeRecord, decode, sort, store};
 use crate::Result;
+
+/// The first key of ops-provision's advisory locks (`'opsv'`); the second is the
+/// fleet name's hash.
+const LOCK_CLASS: i32 = 0x6f70_7376;
+
+/// A held advisory lock: its connection. Released by unlocking and closing it, or by
+/// dropping it (the server ends the session when the socket closes).
+struct PgLock {
+    conn: std::sync::Mutex<sqlx::PgConnection>,
+    fleet: String,
+}
+
+#[async_trait]
+impl HeldLock for PgLock {
+    async fn release(self: Box<Self>) {
+        let PgLock { conn, fleet } = *self;
+        let mut conn = conn
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(&fleet)
+            .fetch_one(&mut conn)
+            .await;
+        if let Err(e) = unlocked {
+            tracing::warn!(fleet, error = %e, "could not unlock the fleet; closing its connection releases it");
+        }
+        use sqlx::Connection;
+        if let Err(e) = conn.close().await {
+            tracing::debug!(fleet, error = %e, "closing the fleet lock's connection");
+        }
+    }
+}
 
 /// [`FleetStore`] on PostgreSQL, for several processes sharing one database: the
 /// table `ops_provision_nodes` sits beside the outbox's tables, and each commit's events
@@ -65,6 +98,36 @@ impl FleetStore for PostgresFleetStore {
                 .await
                 .map_err(|e| store("postgres", e))?;
         Ok(rows.into_iter().map(|(f,)| f).collect())
+    }
+
+    /// A session advisory lock (`pg_try_advisory_lock`), held on a connection of its
+    /// own: across every process on this database. Dropping the guard closes that
+    /// connection, which releases the lock (also when the process dies).
+    async fn lock(&self, fleet: &str) -> Result<FleetLock> {
+        let mut conn = self
+            .outbox
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| store("postgres", e))?
+            .detach();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(fleet)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| store("postgres", e))?;
+        if taken {
+            Ok(FleetLock::holding(PgLock {
+                conn: std::sync::Mutex::new(conn),
+                fleet: fleet.to_owned(),
+            }))
+        } else {
+            Err(crate::Error::Busy {
+                fleet: fleet.to_owned(),
+                holder: "another process (a PostgreSQL advisory lock)".to_owned(),
+            })
+        }
     }
 
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {

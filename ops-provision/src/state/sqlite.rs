@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ops_core::Event;
 use ops_events::sqlite::SqliteOutbox;
 
-use super::{Change, FleetStore, NodeRecord, decode, sort, store};
+use super::{Change, FleetLock, FleetStore, NodeRecord, decode, sort, store};
 use crate::Result;
 
 /// [`FleetStore`] on SQLite: the table `ops_provision_nodes` sits beside the outbox's
@@ -73,6 +73,12 @@ impl FleetStore for SqliteFleetStore {
                 .await
                 .map_err(|e| store("sqlite", e))?;
         Ok(rows.into_iter().map(|(f,)| f).collect())
+    }
+
+    /// Within this process (every clone of this store); two processes on one SQLite
+    /// file are not locked against each other.
+    async fn lock(&self, fleet: &str) -> Result<FleetLock> {
+        FleetLock::in_process(Arc::as_ptr(&self.write_lock) as *const () as usize, fleet)
     }
 
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {
