@@ -331,6 +331,15 @@ async fn lifecycle_in_sqlite_and_records_survive_a_reopen() {
     drop(fleet);
     drop(store);
     let reopened = SqliteFleetStore::open(&url).await.unwrap();
+    // Two stores on one file (two processes) exclude each other through the lock file.
+    let other = SqliteFleetStore::open(&url).await.unwrap();
+    let held = reopened.lock("farm").await.unwrap();
+    let err = other.lock("farm").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(err.to_string().contains("ops.db.fleet-farm.lock"), "{err}");
+    other.lock("elsewhere").await.unwrap().release().await;
+    held.release().await;
+    other.lock("farm").await.unwrap().release().await;
     let nodes = reopened.nodes("farm").await.unwrap();
     assert_eq!(nodes.len(), 2);
     assert!(nodes.iter().all(|n| n.state == NodeState::Ready));

@@ -6,8 +6,20 @@ use async_trait::async_trait;
 use ops_core::Event;
 use ops_events::sqlite::SqliteOutbox;
 
-use super::{Change, FleetLock, FleetStore, NodeRecord, decode, sort, store};
+use super::{Change, FleetLock, FleetStore, HeldLock, NodeRecord, decode, sort, store};
 use crate::Result;
+
+/// A locked lock file; closing it (on release or drop) unlocks it.
+struct LockFile(std::fs::File);
+
+#[async_trait]
+impl HeldLock for LockFile {
+    async fn release(self: Box<Self>) {
+        if let Err(e) = self.0.unlock() {
+            tracing::debug!(error = %e, "unlocking a fleet lock file (closing it unlocks it)");
+        }
+    }
+}
 
 /// [`FleetStore`] on SQLite: the table `ops_provision_nodes` sits beside the outbox's
 /// tables, and each commit's events go into that outbox in the same transaction.
@@ -75,10 +87,41 @@ impl FleetStore for SqliteFleetStore {
         Ok(rows.into_iter().map(|(f,)| f).collect())
     }
 
-    /// Within this process (every clone of this store); two processes on one SQLite
-    /// file are not locked against each other.
+    /// A lock file beside the database (`ops.db.fleet-NAME.lock`, locked with the
+    /// operating system's exclusive file lock), so processes sharing the file exclude
+    /// each other, and a lock dies with its process. An in-memory database locks within
+    /// this process.
     async fn lock(&self, fleet: &str) -> Result<FleetLock> {
-        FleetLock::in_process(Arc::as_ptr(&self.write_lock) as *const () as usize, fleet)
+        let file: Option<String> =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_optional(self.outbox.pool())
+                .await
+                .map_err(|e| store("sqlite", e))?;
+        let Some(db) = file.filter(|f| !f.is_empty()) else {
+            return FleetLock::in_process(
+                Arc::as_ptr(&self.write_lock) as *const () as usize,
+                fleet,
+            );
+        };
+        let path = std::path::PathBuf::from(format!("{db}.fleet-{fleet}.lock"));
+        let io = |source| crate::Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => Ok(FleetLock::holding(LockFile(lock))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(crate::Error::Busy {
+                fleet: fleet.to_owned(),
+                holder: format!("another process or task (lock file {})", path.display()),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 
     async fn commit(&self, changes: &[Change], events: &[Event]) -> Result<()> {
