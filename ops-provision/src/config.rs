@@ -228,13 +228,25 @@ impl ProvisionConfig {
 
     /// The providers it names; every problem (see [`problems`](Self::problems)) at once.
     pub fn providers(&self) -> Result<Vec<Arc<dyn Provider>>> {
+        self.checked()?;
+        self.build_providers()
+    }
+
+    /// Every problem at once as one error, or `Ok` when there is none.
+    fn checked(&self) -> Result<()> {
         let problems = self.problems();
-        if !problems.is_empty() {
-            return Err(Error::Invalid {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
                 what: "provision".to_owned(),
                 problems,
-            });
+            })
         }
+    }
+
+    /// The providers of a checked configuration.
+    fn build_providers(&self) -> Result<Vec<Arc<dyn Provider>>> {
         let mut out: Vec<Arc<dyn Provider>> = Vec::new();
         if let Some(path) = &self.inventory {
             let claims = self.claims.clone().unwrap_or_else(|| claims_beside(path));
@@ -360,8 +372,11 @@ impl std::fmt::Debug for Fleets {
 impl Fleets {
     /// Builds the providers and reads the specs of `config`, recording in `store`.
     pub fn from_config(config: &ProvisionConfig, store: Arc<dyn FleetStore>) -> Result<Self> {
-        let providers = config.providers()?;
-        let specs = config.fleet_specs()?;
+        // One check of everything (it reads the inventory and the specs), then the
+        // providers and specs built without checking again.
+        config.checked()?;
+        let providers = config.build_providers()?;
+        let specs = config.load_specs()?;
         Ok(Self {
             providers,
             specs,
